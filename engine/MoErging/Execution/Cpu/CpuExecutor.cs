@@ -1,0 +1,491 @@
+using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using MoErging.Experts;
+using MoErging.Routing;
+
+namespace MoErging.Execution.Cpu;
+
+/// <summary>
+/// One session's CPU execution: routing (normalise, score, select) and the routed forward (dispatch by
+/// expert, shrink, expand with the weighted sum fused in). Work is split across the engine's worker pool:
+/// shrink by (expert, block of rank rows), expand by fixed blocks of output columns, so every expert's A
+/// and B are read once per call and no two threads write the same output element. All buffers live on
+/// the pinned heap and grow only when a call needs more than any before it.
+/// </summary>
+internal sealed unsafe class CpuExecutor
+{
+    private const int RowBlock = 4;
+    private const int ColumnBlock = 512;
+    private const int TokenBlock = 16;
+    private const int ExpertBlock = 16;
+
+    private readonly WorkerPool _pool;
+    private readonly ShrinkJob _shrink;
+    private readonly ExpandJob _expand;
+    private readonly NormalizeJob _normalize;
+    private readonly ScoreJob _score;
+    private readonly SelectJob _select;
+
+    // Workspace (pinned, grown on demand).
+    private float[] _xFloat = [];
+    private float[] _yAccumulator = [];
+    private float[] _rowScratch = [];
+    private float[] _scores = [];
+    private int[] _segmentStart = [];
+    private int[] _segmentEnd = [];
+    private int[] _active = [];
+    private int[] _shrinkExpert = [];
+    private int[] _shrinkRow = [];
+    private int[] _pairToken = [];
+    private float[] _pairCoefficient = [];
+    private float[] _v = [];
+    private float*[] _a = [];
+    private float*[] _bTransposed = [];
+    private int[] _rank = [];
+    private int _activeCount;
+    private int _shrinkItemCount;
+
+    public CpuExecutor(WorkerPool pool)
+    {
+        _pool = pool;
+        _shrink = new ShrinkJob(this);
+        _expand = new ExpandJob(this);
+        _normalize = new NormalizeJob();
+        _score = new ScoreJob(this);
+        _select = new SelectJob(this);
+    }
+
+    // ---------------------------------------------------------------- routing
+
+    public void Route(LinearRouter router, float* x, int tokens, RoutingDecision destination)
+    {
+        int n = router.InputDim, experts = router.ExpertCount;
+        destination.Reset(tokens, router.TopK, experts);
+        if (tokens == 0)
+        {
+            return;
+        }
+        float* rows = x;
+        if (router.Normalization != InputNormalization.None)
+        {
+            Grow(ref _rowScratch, (long)tokens * n);
+            rows = Address(_rowScratch);
+            _normalize.Set(router.Normalization, x, rows, n);
+            _pool.Run(_normalize, tokens);
+        }
+        Grow(ref _scores, (long)tokens * experts);
+        fixed (float* prototypes = router.Prototypes)
+        {
+            int tokenBlocks = (tokens + TokenBlock - 1) / TokenBlock;
+            int expertBlocks = (experts + ExpertBlock - 1) / ExpertBlock;
+            _score.Set(rows, prototypes, n, tokens, experts, expertBlocks);
+            _pool.Run(_score, tokenBlocks * expertBlocks);
+        }
+        _select.Set(router, destination, tokens);
+        _pool.Run(_select, (tokens + TokenBlock - 1) / TokenBlock);
+    }
+
+    public static void Route(FixedRouter router, int tokens, RoutingDecision destination)
+    {
+        destination.Reset(tokens, router.TopK, router.ExpertCount);
+        for (int t = 0; t < tokens; t++)
+        {
+            router.SortedIds.CopyTo(destination.MutableIds(t));
+            router.SortedWeights.CopyTo(destination.MutableWeights(t));
+        }
+    }
+
+    /// <summary>Widens Half rows into the float workspace and returns its address.</summary>
+    public float* Widen(ReadOnlySpan<Half> x)
+    {
+        Grow(ref _xFloat, x.Length);
+        TensorPrimitives.ConvertToSingle(x, _xFloat.AsSpan(0, x.Length));
+        return Address(_xFloat);
+    }
+
+    // ---------------------------------------------------------------- forward
+
+    /// <summary>y[t] += Σ_slots w · s_e · B_e (A_e x_t) for float32 y.</summary>
+    public void Forward(AdaptedModule module, RoutingDecision decision, float* x, float* y)
+    {
+        if (Dispatch(module, decision) == 0)
+        {
+            return;
+        }
+        RunShrinkAndExpand(module, x, y, null, decision.TokenCount);
+    }
+
+    /// <summary>The same for Half y: accumulate in float32, round into y once.</summary>
+    public void Forward(AdaptedModule module, RoutingDecision decision, float* x, Half* y)
+    {
+        if (Dispatch(module, decision) == 0)
+        {
+            return;
+        }
+        Grow(ref _yAccumulator, (long)decision.TokenCount * module.OutputDim);
+        RunShrinkAndExpand(module, x, Address(_yAccumulator), y, decision.TokenCount);
+    }
+
+    private void RunShrinkAndExpand(AdaptedModule module, float* x, float* accumulate, Half* roundInto, int tokens)
+    {
+        _shrink.Set(module, x);
+        _pool.Run(_shrink, _shrinkItemCount);
+        _expand.Set(module, accumulate, roundInto, tokens);
+        _pool.Run(_expand, (module.OutputDim + ColumnBlock - 1) / ColumnBlock);
+    }
+
+    /// <summary>
+    /// Groups the decision's (token, slot) pairs by expert (counting sort: tokens ascending within an
+    /// expert), folding each pair's weight and the expert's scaling into one coefficient. Slots that are
+    /// empty, weigh exactly 0, or name an expert that does not adapt the module are dropped; repeats of
+    /// an expert within one token merge. Returns the number of experts with work.
+    /// </summary>
+    private int Dispatch(AdaptedModule module, RoutingDecision decision)
+    {
+        int experts = module.ExpertCount, tokens = decision.TokenCount, k = decision.TopK;
+        ReadOnlySpan<LoraFactors?> factors = module.AllFactors;
+        ReadOnlySpan<int> ids = decision.ExpertIds;
+        ReadOnlySpan<float> weights = decision.Weights;
+
+        Grow(ref _segmentStart, experts);
+        Grow(ref _segmentEnd, experts);
+        Grow(ref _active, experts);
+        Grow(ref _rank, experts);
+        if (_a.Length < experts)
+        {
+            _a = new float*[experts];
+            _bTransposed = new float*[experts];
+        }
+        Span<int> count = _segmentEnd.AsSpan(0, experts);
+        count.Clear();
+        for (int i = 0; i < ids.Length; i++)
+        {
+            int e = ids[i];
+            if (e >= 0 && weights[i] != 0 && factors[e] is not null)
+            {
+                count[e]++;
+            }
+        }
+        int pairs = 0;
+        _activeCount = 0;
+        _shrinkItemCount = 0;
+        for (int e = 0; e < experts; e++)
+        {
+            _segmentStart[e] = pairs;
+            pairs += count[e];
+            count[e] = _segmentStart[e]; // from here on: the segment's fill position, then its end
+        }
+        if (pairs == 0)
+        {
+            return 0;
+        }
+        Grow(ref _pairToken, pairs);
+        Grow(ref _pairCoefficient, pairs);
+        Grow(ref _v, (long)pairs * module.MaxRank);
+        for (int t = 0; t < tokens; t++)
+        {
+            for (int s = 0; s < k; s++)
+            {
+                int i = t * k + s, e = ids[i];
+                if (e < 0 || weights[i] == 0 || factors[e] is not LoraFactors f)
+                {
+                    continue;
+                }
+                float coefficient = weights[i] * f.Scaling;
+                int end = _segmentEnd[e];
+                if (end > _segmentStart[e] && _pairToken[end - 1] == t)
+                {
+                    _pairCoefficient[end - 1] += coefficient;
+                    continue;
+                }
+                _pairToken[end] = t;
+                _pairCoefficient[end] = coefficient;
+                _segmentEnd[e] = end + 1;
+            }
+        }
+        for (int e = 0; e < experts; e++)
+        {
+            if (_segmentEnd[e] == _segmentStart[e])
+            {
+                continue;
+            }
+            LoraFactors f = factors[e]!;
+            _active[_activeCount++] = e;
+            _a[e] = f.APointer;
+            _bTransposed[e] = f.BTransposedPointer;
+            _rank[e] = f.Rank;
+            _shrinkItemCount += (f.Rank + RowBlock - 1) / RowBlock;
+        }
+        Grow(ref _shrinkExpert, _shrinkItemCount);
+        Grow(ref _shrinkRow, _shrinkItemCount);
+        int item = 0;
+        for (int a = 0; a < _activeCount; a++)
+        {
+            int e = _active[a];
+            for (int row = 0; row < _rank[e]; row += RowBlock, item++)
+            {
+                _shrinkExpert[item] = e;
+                _shrinkRow[item] = row;
+            }
+        }
+        return _activeCount;
+    }
+
+    // ---------------------------------------------------------------- jobs
+
+    /// <summary>V[p, k] = c_p · (A_e[k] · x_{t_p}) for one expert and a block of its rank rows.</summary>
+    private sealed class ShrinkJob(CpuExecutor owner) : ParallelJob
+    {
+        private float* _x;
+        private int _n;
+        private int _vStride;
+
+        public void Set(AdaptedModule module, float* x)
+        {
+            _x = x;
+            _n = module.InputDim;
+            _vStride = module.MaxRank;
+        }
+
+        public override void Execute(int item)
+        {
+            CpuExecutor o = owner;
+            int e = o._shrinkExpert[item], row0 = o._shrinkRow[item];
+            int rows = Math.Min(RowBlock, o._rank[e] - row0);
+            int begin = o._segmentStart[e], end = o._segmentEnd[e], n = _n, stride = _vStride;
+            float* a = o._a[e] + (long)row0 * n;
+            fixed (int* token = o._pairToken)
+            fixed (float* coefficient = o._pairCoefficient, v = o._v)
+            {
+                float* dots = stackalloc float[4];
+                for (int r = 0; r < rows; r++, a += n)
+                {
+                    int k = row0 + r;
+                    int p = begin;
+                    for (; p + 4 <= end; p += 4)
+                    {
+                        CpuKernels.Dot1x4(a, _x + (long)token[p] * n, _x + (long)token[p + 1] * n,
+                            _x + (long)token[p + 2] * n, _x + (long)token[p + 3] * n, n, dots);
+                        for (int i = 0; i < 4; i++)
+                        {
+                            v[(long)(p + i) * stride + k] = coefficient[p + i] * dots[i];
+                        }
+                    }
+                    for (; p < end; p++)
+                    {
+                        v[(long)p * stride + k] = coefficient[p] * CpuKernels.Dot(a, _x + (long)token[p] * n, n);
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// One block of output columns: for every active expert in ascending order, y[t] += Σ_k V[p, k] Bᵀ_e[k];
+    /// for Half outputs, accumulate in float32 and round into y once at the end.
+    /// </summary>
+    private sealed class ExpandJob(CpuExecutor owner) : ParallelJob
+    {
+        private float* _y;
+        private Half* _roundInto;
+        private int _dOut;
+        private int _vStride;
+        private int _tokens;
+
+        public void Set(AdaptedModule module, float* accumulate, Half* roundInto, int tokens)
+        {
+            _y = accumulate;
+            _roundInto = roundInto;
+            _dOut = module.OutputDim;
+            _vStride = module.MaxRank;
+            _tokens = tokens;
+        }
+
+        public override void Execute(int item)
+        {
+            CpuExecutor o = owner;
+            int dOut = _dOut, stride = _vStride;
+            int j0 = item * ColumnBlock, j1 = Math.Min(j0 + ColumnBlock, dOut);
+            float* y = _y;
+            if (_roundInto is not null)
+            {
+                for (int t = 0; t < _tokens; t++)
+                {
+                    new Span<float>(y + (long)t * dOut + j0, j1 - j0).Clear();
+                }
+            }
+            fixed (int* token = o._pairToken)
+            fixed (float* v = o._v)
+            {
+                for (int a = 0; a < o._activeCount; a++)
+                {
+                    int e = o._active[a];
+                    float* bT = o._bTransposed[e];
+                    int rank = o._rank[e];
+                    int p = o._segmentStart[e], end = o._segmentEnd[e];
+                    for (; p + 4 <= end; p += 4)
+                    {
+                        CpuKernels.Expand4(bT, dOut, rank,
+                            v + (long)p * stride, v + (long)(p + 1) * stride, v + (long)(p + 2) * stride, v + (long)(p + 3) * stride,
+                            y + (long)token[p] * dOut, y + (long)token[p + 1] * dOut, y + (long)token[p + 2] * dOut, y + (long)token[p + 3] * dOut,
+                            j0, j1);
+                    }
+                    for (; p < end; p++)
+                    {
+                        CpuKernels.Expand1(bT, dOut, rank, v + (long)p * stride, y + (long)token[p] * dOut, j0, j1);
+                    }
+                }
+            }
+            if (_roundInto is not null)
+            {
+                for (int t = 0; t < _tokens; t++)
+                {
+                    long row = (long)t * dOut;
+                    for (int j = j0; j < j1; j++)
+                    {
+                        _roundInto[row + j] = (Half)((float)_roundInto[row + j] + y[row + j]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>LayerNorm (no affine) or L2 normalisation of one row.</summary>
+    private sealed class NormalizeJob : ParallelJob
+    {
+        private InputNormalization _kind;
+        private float* _x;
+        private float* _rows;
+        private int _n;
+
+        public void Set(InputNormalization kind, float* x, float* rows, int n)
+        {
+            _kind = kind;
+            _x = x;
+            _rows = rows;
+            _n = n;
+        }
+
+        public override void Execute(int t)
+        {
+            var x = new ReadOnlySpan<float>(_x + (long)t * _n, _n);
+            var z = new Span<float>(_rows + (long)t * _n, _n);
+            if (_kind == InputNormalization.LayerNorm)
+            {
+                float mean = TensorPrimitives.Sum(x) / _n;
+                TensorPrimitives.Subtract(x, mean, z);
+                float variance = TensorPrimitives.SumOfSquares(z) / _n;
+                TensorPrimitives.Multiply(z, 1f / MathF.Sqrt(variance + LinearRouter.LayerNormEpsilon), z);
+            }
+            else
+            {
+                float norm = MathF.Max(TensorPrimitives.Norm(x), LinearRouter.L2Epsilon);
+                TensorPrimitives.Multiply(x, 1f / norm, z);
+            }
+        }
+    }
+
+    /// <summary>Raw dot products x_t · p_e for a block of tokens and a block of experts.</summary>
+    private sealed class ScoreJob(CpuExecutor owner) : ParallelJob
+    {
+        private float* _rows;
+        private float* _prototypes;
+        private int _n;
+        private int _tokens;
+        private int _experts;
+        private int _expertBlocks;
+
+        public void Set(float* rows, float* prototypes, int n, int tokens, int experts, int expertBlocks)
+        {
+            _rows = rows;
+            _prototypes = prototypes;
+            _n = n;
+            _tokens = tokens;
+            _experts = experts;
+            _expertBlocks = expertBlocks;
+        }
+
+        public override void Execute(int item)
+        {
+            int t0 = item / _expertBlocks * TokenBlock, t1 = Math.Min(t0 + TokenBlock, _tokens);
+            int e0 = item % _expertBlocks * ExpertBlock, e1 = Math.Min(e0 + ExpertBlock, _experts);
+            int n = _n, experts = _experts;
+            float* x = _rows;
+            fixed (float* scores = owner._scores)
+            {
+                float* dots = stackalloc float[4];
+                for (int e = e0; e < e1; e++)
+                {
+                    float* p = _prototypes + (long)e * n;
+                    int t = t0;
+                    for (; t + 4 <= t1; t += 4)
+                    {
+                        CpuKernels.Dot1x4(p, x + (long)t * n, x + (long)(t + 1) * n, x + (long)(t + 2) * n, x + (long)(t + 3) * n, n, dots);
+                        for (int i = 0; i < 4; i++)
+                        {
+                            scores[(long)(t + i) * experts + e] = dots[i];
+                        }
+                    }
+                    for (; t < t1; t++)
+                    {
+                        scores[(long)t * experts + e] = CpuKernels.Dot(p, x + (long)t * n, n);
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>score = f(dot) / τ + b, top-k, softmax over the kept scores, for a block of tokens.</summary>
+    private sealed class SelectJob(CpuExecutor owner) : ParallelJob
+    {
+        private LinearRouter? _router;
+        private RoutingDecision? _decision;
+        private int _tokens;
+
+        public void Set(LinearRouter router, RoutingDecision decision, int tokens)
+        {
+            _router = router;
+            _decision = decision;
+            _tokens = tokens;
+        }
+
+        public override void Execute(int item)
+        {
+            LinearRouter router = _router!;
+            int experts = router.ExpertCount;
+            float inverseTemperature = 1f / router.Options.Temperature;
+            bool absolute = router.ScoreFunction == ScoreFunction.AbsoluteValue;
+            ReadOnlySpan<float> bias = router.Bias;
+            int t1 = Math.Min((item + 1) * TokenBlock, _tokens);
+            for (int t = item * TokenBlock; t < t1; t++)
+            {
+                Span<float> s = owner._scores.AsSpan(t * experts, experts);
+                for (int e = 0; e < experts; e++)
+                {
+                    float score = (absolute ? MathF.Abs(s[e]) : s[e]) * inverseTemperature;
+                    s[e] = bias.IsEmpty ? score : score + bias[e];
+                }
+                Span<float> w = _decision!.MutableWeights(t);
+                SlotOrder.SelectTopK(s, _decision.MutableIds(t), w);
+                SlotOrder.Softmax(w);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- workspace
+
+    private static void Grow<T>(ref T[] buffer, long length) where T : unmanaged
+    {
+        if (buffer.Length < length)
+        {
+            if (length > Array.MaxLength)
+            {
+                throw new OutOfMemoryException($"a CPU workspace buffer of {length} elements exceeds the largest array");
+            }
+            buffer = GC.AllocateUninitializedArray<T>((int)length, pinned: true);
+        }
+    }
+
+    private static float* Address(float[] pinned) => (float*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(pinned));
+}

@@ -1,0 +1,261 @@
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using MoErging.Experts;
+
+namespace MoErging.Formats;
+
+/// <summary>
+/// Reads and writes PEFT LoRA adapter directories: <c>adapter_config.json</c> and
+/// <c>adapter_model.safetensors</c> with keys <c>&lt;module&gt;.lora_A.weight</c> <c>[r, d_in]</c> and
+/// <c>&lt;module&gt;.lora_B.weight</c> <c>[d_out, r]</c>.
+/// </summary>
+public static class PeftAdapter
+{
+    /// <summary>The config file's name.</summary>
+    public const string ConfigFileName = "adapter_config.json";
+
+    /// <summary>The weights file's name.</summary>
+    public const string WeightsFileName = "adapter_model.safetensors";
+
+    /// <summary>The prefix PEFT puts before module names in saved keys.</summary>
+    public const string ModelPrefix = "base_model.model.";
+
+    private const string ASuffix = ".lora_A.weight";
+    private const string BSuffix = ".lora_B.weight";
+
+    /// <summary>
+    /// Loads an adapter directory as an expert named after the directory. Shapes are checked against the
+    /// config (rank per module after <c>rank_pattern</c>); scaling follows <c>lora_alpha</c>,
+    /// <c>alpha_pattern</c> and <c>use_rslora</c>.
+    /// </summary>
+    /// <exception cref="DirectoryNotFoundException">The directory does not exist.</exception>
+    /// <exception cref="FileNotFoundException">The config or weights file is missing.</exception>
+    /// <exception cref="InvalidDataException">A malformed file, or shapes that disagree with the config.</exception>
+    /// <exception cref="NotSupportedException">DoRA, LoRA bias, embedding or convolution LoRA, modules_to_save, pickled weights.</exception>
+    public static Expert Load(string directory)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(directory);
+        string full = Path.GetFullPath(directory);
+        if (!Directory.Exists(full))
+        {
+            throw new DirectoryNotFoundException(File.Exists(full)
+                ? $"{directory}: is a file; an expert is a PEFT adapter directory"
+                : $"{directory}: no such directory");
+        }
+        string configPath = Path.Combine(full, ConfigFileName);
+        string weightsPath = Path.Combine(full, WeightsFileName);
+        if (!File.Exists(configPath))
+        {
+            throw new FileNotFoundException($"{directory}: no {ConfigFileName}", configPath);
+        }
+        if (!File.Exists(weightsPath))
+        {
+            if (File.Exists(Path.Combine(full, "adapter_model.bin")))
+            {
+                throw new NotSupportedException($"{directory}: only {WeightsFileName} is read; adapter_model.bin is a pickle (convert it with PEFT's save_pretrained(safe_serialization=True))");
+            }
+            throw new FileNotFoundException($"{directory}: no {WeightsFileName}", weightsPath);
+        }
+        PeftLoraConfig config = PeftLoraConfig.Load(configPath);
+        string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(full));
+        using SafeTensorsFile file = SafeTensorsFile.Open(weightsPath);
+        return new Expert(name, ReadModules(config, configPath, file));
+    }
+
+    private static List<KeyValuePair<string, LoraFactors>> ReadModules(PeftLoraConfig config, string configPath, SafeTensorsFile file)
+    {
+        var aOf = new SortedDictionary<string, TensorInfo>(StringComparer.Ordinal);
+        var bOf = new SortedDictionary<string, TensorInfo>(StringComparer.Ordinal);
+        foreach (TensorInfo t in file.Tensors)
+        {
+            string key = t.Name;
+            if (key.EndsWith(ASuffix, StringComparison.Ordinal) && key.Length > ASuffix.Length)
+            {
+                aOf.Add(key[..^ASuffix.Length], t);
+            }
+            else if (key.EndsWith(BSuffix, StringComparison.Ordinal) && key.Length > BSuffix.Length)
+            {
+                bOf.Add(key[..^BSuffix.Length], t);
+            }
+            else
+            {
+                throw Unsupported(file.Label, key);
+            }
+        }
+        if (aOf.Count == 0 && bOf.Count == 0)
+        {
+            throw new InvalidDataException($"{file.Label}: holds no LoRA factors");
+        }
+        foreach (string module in bOf.Keys.Where(m => !aOf.ContainsKey(m)))
+        {
+            throw new InvalidDataException($"{file.Label}: module '{module}' has lora_B but no lora_A");
+        }
+
+        var modules = new List<KeyValuePair<string, LoraFactors>>(aOf.Count);
+        foreach (var (module, a) in aOf)
+        {
+            if (!bOf.TryGetValue(module, out TensorInfo? b))
+            {
+                throw new InvalidDataException($"{file.Label}: module '{module}' has lora_A but no lora_B");
+            }
+            modules.Add(new(module, ReadFactors(config, configPath, file, module, a, b)));
+        }
+        return modules;
+    }
+
+    private static LoraFactors ReadFactors(PeftLoraConfig config, string configPath, SafeTensorsFile file, string module, TensorInfo a, TensorInfo b)
+    {
+        string where = $"{file.Label}: module '{module}'";
+        if (a.Rank > 2 || b.Rank > 2)
+        {
+            throw new NotSupportedException($"{where}: factors of shapes {a.ShapeText} and {b.ShapeText} are convolution LoRA, which is not supported");
+        }
+        if (a.Rank != 2 || b.Rank != 2)
+        {
+            throw new InvalidDataException($"{where}: lora_A {a.ShapeText} and lora_B {b.ShapeText} must both be matrices");
+        }
+        string baseName = module.StartsWith(ModelPrefix, StringComparison.Ordinal) ? module[ModelPrefix.Length..] : module;
+        if (!config.Targets(baseName))
+        {
+            throw new InvalidDataException($"{where}: not covered by target_modules in {configPath}");
+        }
+        int rank = config.RankFor(baseName);
+        long r = a.Shape[0], dIn = a.Shape[1], dOut = b.Shape[0];
+        if (r != rank || b.Shape[1] != rank)
+        {
+            throw new InvalidDataException($"{where}: lora_A {a.ShapeText} and lora_B {b.ShapeText} do not have the rank {rank} that {configPath} gives it (r, rank_pattern)");
+        }
+        if (dIn < 1 || dOut < 1 || r * dIn > Array.MaxLength || r * dOut > Array.MaxLength)
+        {
+            throw new InvalidDataException($"{where}: lora_A {a.ShapeText} and lora_B {b.ShapeText} have an empty or oversized dimension");
+        }
+        float[] aValues = LoraFactors.AllocatePinned(rank * (int)dIn);
+        file.ReadSingles(a, aValues);
+        float[] bTransposed = LoraFactors.Transpose(file.ReadSingles(b), rank, (int)dOut);
+        return new LoraFactors(aValues, bTransposed, rank, (int)dIn, (int)dOut,
+            config.ScalingFor(baseName), config.AlphaFor(baseName), a.DType);
+    }
+
+    private static Exception Unsupported(string label, string key)
+    {
+        if (key.Contains(".lora_magnitude_vector", StringComparison.Ordinal))
+        {
+            return new NotSupportedException($"{label}: tensor '{key}' is a DoRA magnitude vector; DoRA is not supported");
+        }
+        if (key.Contains(".lora_embedding_", StringComparison.Ordinal))
+        {
+            return new NotSupportedException($"{label}: tensor '{key}' is an embedding LoRA factor; embedding LoRA is not supported");
+        }
+        if (key.EndsWith(".lora_B.bias", StringComparison.Ordinal))
+        {
+            return new NotSupportedException($"{label}: tensor '{key}' is a LoRA bias; lora_bias is not supported");
+        }
+        if (key.Contains(".lora_A.", StringComparison.Ordinal) || key.Contains(".lora_B.", StringComparison.Ordinal))
+        {
+            return new InvalidDataException($"{label}: tensor '{key}' is not named '<module>.lora_A.weight' or '<module>.lora_B.weight' (PEFT's save_pretrained removes the adapter name)");
+        }
+        return new NotSupportedException($"{label}: tensor '{key}' is not a LoRA factor (modules_to_save and trained biases are not supported)");
+    }
+
+    /// <summary>
+    /// Writes an expert as a PEFT adapter directory PEFT can load: <c>r</c> and <c>lora_alpha</c> are the most
+    /// common rank and alpha, with <c>rank_pattern</c> / <c>alpha_pattern</c> for the modules that differ;
+    /// <c>target_modules</c> lists the modules by name; use_rslora is false, so alpha = s · r per module.
+    /// Each file is written atomically; the directory is created if needed.
+    /// </summary>
+    /// <param name="directory">Target directory.</param>
+    /// <param name="expert">The expert to write.</param>
+    /// <param name="storage">F32, F16 or BF16 for the factors.</param>
+    /// <param name="baseModelName">Optional <c>base_model_name_or_path</c>.</param>
+    public static void Write(string directory, Expert expert, TensorDType storage = TensorDType.F32, string? baseModelName = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(directory);
+        ArgumentNullException.ThrowIfNull(expert);
+        var writer = new SafeTensorsWriter();
+        foreach (var (module, f) in expert.Modules)
+        {
+            writer.Add(module + ASuffix, f.A, [f.Rank, f.InputDim], storage);
+            var b = new float[f.OutputDim * f.Rank];
+            f.CopyB(b);
+            writer.Add(module + BSuffix, b, [f.OutputDim, f.Rank], storage);
+        }
+
+        var byBaseName = expert.Modules.ToDictionary(
+            p => p.Key.StartsWith(ModelPrefix, StringComparison.Ordinal) ? p.Key[ModelPrefix.Length..] : p.Key,
+            p => p.Value, StringComparer.Ordinal);
+        int r = MostCommon(byBaseName.Values.Select(f => f.Rank));
+        float alpha = MostCommon(byBaseName.Values.Select(PlainAlpha));
+        var rankPattern = byBaseName.Where(p => p.Value.Rank != r).ToDictionary(p => Regex.Escape(p.Key), p => p.Value.Rank);
+        var alphaPattern = byBaseName.Where(p => PlainAlpha(p.Value) != alpha).ToDictionary(p => Regex.Escape(p.Key), p => PlainAlpha(p.Value));
+
+        Directory.CreateDirectory(directory);
+        writer.WriteTo(Path.Combine(directory, WeightsFileName));
+        string json = ConfigJson(r, alpha, rankPattern, alphaPattern, [.. byBaseName.Keys.Order(StringComparer.Ordinal)], baseModelName);
+        string configPath = Path.Combine(directory, ConfigFileName);
+        string temporary = configPath + $".{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
+        try
+        {
+            File.WriteAllText(temporary, json);
+            File.Move(temporary, configPath, overwrite: true);
+        }
+        catch
+        {
+            File.Delete(temporary);
+            throw;
+        }
+    }
+
+    /// <summary>The lora_alpha that gives this scaling without rsLoRA: s · r.</summary>
+    private static float PlainAlpha(LoraFactors f) => (float)((double)f.Scaling * f.Rank);
+
+    private static T MostCommon<T>(IEnumerable<T> values) where T : notnull =>
+        values.GroupBy(v => v).OrderByDescending(g => g.Count()).ThenBy(g => g.Key).First().Key;
+
+    private static string ConfigJson(int r, float alpha, Dictionary<string, int> rankPattern, Dictionary<string, float> alphaPattern,
+        string[] targetModules, string? baseModelName)
+    {
+        using var stream = new MemoryStream();
+        using (var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
+        {
+            w.WriteStartObject();
+            w.WriteString("peft_type", "LORA");
+            w.WriteString("task_type", "CAUSAL_LM");
+            if (baseModelName is null)
+            {
+                w.WriteNull("base_model_name_or_path");
+            }
+            else
+            {
+                w.WriteString("base_model_name_or_path", baseModelName);
+            }
+            w.WriteNumber("r", r);
+            w.WriteNumber("lora_alpha", alpha);
+            w.WriteNumber("lora_dropout", 0);
+            w.WriteBoolean("use_rslora", false);
+            w.WriteBoolean("use_dora", false);
+            w.WriteBoolean("fan_in_fan_out", false);
+            w.WriteString("bias", "none");
+            w.WriteBoolean("inference_mode", true);
+            w.WriteStartArray("target_modules");
+            foreach (string m in targetModules)
+            {
+                w.WriteStringValue(m);
+            }
+            w.WriteEndArray();
+            w.WriteStartObject("rank_pattern");
+            foreach (var (k, v) in rankPattern.OrderBy(p => p.Key, StringComparer.Ordinal))
+            {
+                w.WriteNumber(k, v);
+            }
+            w.WriteEndObject();
+            w.WriteStartObject("alpha_pattern");
+            foreach (var (k, v) in alphaPattern.OrderBy(p => p.Key, StringComparer.Ordinal))
+            {
+                w.WriteNumber(k, v);
+            }
+            w.WriteEndObject();
+            w.WriteEndObject();
+        }
+        return System.Text.Encoding.UTF8.GetString(stream.ToArray()) + "\n";
+    }
+}

@@ -1,0 +1,52 @@
+using MoErging.Experts;
+using MoErging.Numerics;
+
+namespace MoErging.Routing;
+
+/// <summary>
+/// Arrow (zero-shot routing, no data): each expert's prototype is the unit top right singular vector of
+/// its ΔW = B A for the module, computed exactly in float64 from the small r×r core (QR of both factors,
+/// then an SVD), not by power iteration. score_e = |x · p_e| (x not normalised); top-k; softmax of the
+/// kept scores / τ. Per module: each module has its own router.
+/// </summary>
+public sealed class ArrowRouter : LinearRouter
+{
+    /// <summary>PEFT's defaults: top-3, temperature 1.</summary>
+    public static readonly RoutingOptions DefaultOptions = new(TopK: 3, Temperature: 1f);
+
+    /// <summary>Builds the router for one module of a library.</summary>
+    /// <exception cref="ArgumentException">An expert does not adapt the module, or its ΔW is zero.</exception>
+    public ArrowRouter(AdaptedModule module, RoutingOptions options)
+        : base(ComputePrototypes(module), module.InputDim, options, InputNormalization.None, ScoreFunction.AbsoluteValue)
+    {
+        Module = module;
+    }
+
+    /// <summary>The module whose experts this router chooses among.</summary>
+    public AdaptedModule Module { get; }
+
+    /// <summary>Arrow prototypes of every expert for a module, row-major <c>[E, d_in]</c>, as float32.</summary>
+    public static float[] ComputePrototypes(AdaptedModule module)
+    {
+        ArgumentNullException.ThrowIfNull(module);
+        int n = module.InputDim;
+        var prototypes = new float[module.ExpertCount * n];
+        var vector = new double[n];
+        for (int e = 0; e < module.ExpertCount; e++)
+        {
+            string expert = module.Library.Experts[e].Name;
+            LoraFactors f = module.Factors(e)
+                ?? throw new ArgumentException($"Arrow needs every expert to adapt module '{module.Name}', but expert '{expert}' does not");
+            double sigma = LowRank.TopRightSingularVector(f.A, f.BTransposed, f.Rank, f.InputDim, f.OutputDim, vector);
+            if (sigma == 0)
+            {
+                throw new ArgumentException($"expert '{expert}' has ΔW = 0 for module '{module.Name}', so it has no Arrow prototype");
+            }
+            for (int i = 0; i < n; i++)
+            {
+                prototypes[e * n + i] = (float)vector[i];
+            }
+        }
+        return prototypes;
+    }
+}

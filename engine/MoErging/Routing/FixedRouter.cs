@@ -1,0 +1,40 @@
+namespace MoErging.Routing;
+
+/// <summary>
+/// Task-level routing with given weights: every token uses every expert (dense, k = E) with the same
+/// weights. Weights may be any finite values, negative included (LoraHub's compositions are).
+/// Experts with weight exactly 0 are listed in decisions but never read.
+/// </summary>
+public class FixedRouter : Router
+{
+    private readonly float[] _weights;
+
+    /// <summary>Creates a router with one weight per expert.</summary>
+    public FixedRouter(ReadOnlySpan<float> weights) : base(weights.Length, weights.Length)
+    {
+        for (int e = 0; e < weights.Length; e++)
+        {
+            if (!float.IsFinite(weights[e]))
+            {
+                throw new ArgumentOutOfRangeException(nameof(weights), weights[e], $"weight of expert {e} must be finite");
+            }
+        }
+        _weights = weights.ToArray();
+        SortedIds = new int[_weights.Length];
+        SortedWeights = (float[])_weights.Clone();
+        for (int e = 0; e < SortedIds.Length; e++)
+        {
+            SortedIds[e] = e;
+        }
+        SlotOrder.Sort(SortedIds, SortedWeights);
+    }
+
+    /// <summary>The weight of each expert, by expert id.</summary>
+    public ReadOnlySpan<float> Weights => _weights;
+
+    /// <summary>Expert ids in decision order (descending weight, ties to the lower index).</summary>
+    internal int[] SortedIds { get; }
+
+    /// <summary>Weights in decision order.</summary>
+    internal float[] SortedWeights { get; }
+}

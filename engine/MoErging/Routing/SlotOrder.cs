@@ -1,0 +1,170 @@
+using System.Buffers;
+
+namespace MoErging.Routing;
+
+/// <summary>
+/// The one ordering of (expert, value) slots used everywhere: value descending, ties to the lower expert
+/// index, NaN after every number, empty slots (expert -1) last. Values are packed with their expert id
+/// into a 64-bit key whose ascending order is that ordering, so selection and sorting are plain integer work.
+/// </summary>
+internal static class SlotOrder
+{
+    private const uint NaNRank = 0xFFFF_FFFE;
+    private const uint EmptyRank = 0xFFFF_FFFF;
+    private const int InsertionLimit = 32;
+    private const int StackKeys = 512;
+
+    public static ulong Key(float value, int expert)
+    {
+        if (expert < 0)
+        {
+            return ((ulong)EmptyRank << 32) | EmptyRank;
+        }
+        uint rank;
+        if (float.IsNaN(value))
+        {
+            rank = NaNRank;
+        }
+        else
+        {
+            uint bits = BitConverter.SingleToUInt32Bits(value + 0f); // -0 becomes +0: equal values tie
+            uint ascending = (bits & 0x8000_0000) != 0 ? ~bits : bits | 0x8000_0000;
+            rank = ~ascending;
+        }
+        return ((ulong)rank << 32) | (uint)expert;
+    }
+
+    public static int Expert(ulong key) => (uint)key == EmptyRank ? -1 : (int)(uint)key;
+
+    public static float Value(ulong key)
+    {
+        uint rank = (uint)(key >> 32);
+        if (rank == EmptyRank)
+        {
+            return 0f;
+        }
+        if (rank == NaNRank)
+        {
+            return float.NaN;
+        }
+        uint ascending = ~rank;
+        uint bits = (ascending & 0x8000_0000) != 0 ? ascending & 0x7FFF_FFFF : ~ascending;
+        return BitConverter.UInt32BitsToSingle(bits);
+    }
+
+    /// <summary>Sorts slots (expert ids with their values) into the ordering, in place, without allocating.</summary>
+    public static void Sort(Span<int> experts, Span<float> values)
+    {
+        int n = experts.Length;
+        if (n <= InsertionLimit)
+        {
+            for (int i = 1; i < n; i++)
+            {
+                int e = experts[i];
+                float v = values[i];
+                ulong key = Key(v, e);
+                int j = i - 1;
+                while (j >= 0 && Key(values[j], experts[j]) > key)
+                {
+                    experts[j + 1] = experts[j];
+                    values[j + 1] = values[j];
+                    j--;
+                }
+                experts[j + 1] = e;
+                values[j + 1] = v;
+            }
+            return;
+        }
+        ulong[]? rented = n > StackKeys ? ArrayPool<ulong>.Shared.Rent(n) : null;
+        Span<ulong> keys = rented is null ? stackalloc ulong[StackKeys] : rented;
+        keys = keys[..n];
+        for (int i = 0; i < n; i++)
+        {
+            keys[i] = Key(values[i], experts[i]);
+        }
+        keys.Sort();
+        for (int i = 0; i < n; i++)
+        {
+            experts[i] = Expert(keys[i]);
+            values[i] = Value(keys[i]);
+        }
+        if (rented is not null)
+        {
+            ArrayPool<ulong>.Shared.Return(rented);
+        }
+    }
+
+    /// <summary>
+    /// Writes the <c>experts.Length</c> best of <paramref name="scores"/> (indexed by expert) in order,
+    /// with their scores, without allocating.
+    /// </summary>
+    public static void SelectTopK(ReadOnlySpan<float> scores, Span<int> experts, Span<float> selected)
+    {
+        int k = experts.Length;
+        int count = scores.Length;
+        if (k <= InsertionLimit)
+        {
+            Span<ulong> best = stackalloc ulong[InsertionLimit];
+            int filled = 0;
+            for (int e = 0; e < count; e++)
+            {
+                ulong key = Key(scores[e], e);
+                if (filled == k && key >= best[k - 1])
+                {
+                    continue;
+                }
+                int j = filled == k ? k - 1 : filled++;
+                while (j > 0 && best[j - 1] > key)
+                {
+                    best[j] = best[j - 1];
+                    j--;
+                }
+                best[j] = key;
+            }
+            for (int i = 0; i < k; i++)
+            {
+                experts[i] = Expert(best[i]);
+                selected[i] = Value(best[i]);
+            }
+            return;
+        }
+        ulong[]? rented = count > StackKeys ? ArrayPool<ulong>.Shared.Rent(count) : null;
+        Span<ulong> keys = rented is null ? stackalloc ulong[StackKeys] : rented;
+        keys = keys[..count];
+        for (int e = 0; e < count; e++)
+        {
+            keys[e] = Key(scores[e], e);
+        }
+        keys.Sort();
+        for (int i = 0; i < k; i++)
+        {
+            experts[i] = Expert(keys[i]);
+            selected[i] = Value(keys[i]);
+        }
+        if (rented is not null)
+        {
+            ArrayPool<ulong>.Shared.Return(rented);
+        }
+    }
+
+    /// <summary>In place: values become softmax(values), computed stably (max subtracted first).</summary>
+    public static void Softmax(Span<float> values)
+    {
+        float max = float.NegativeInfinity;
+        foreach (float v in values)
+        {
+            max = MathF.Max(max, v);
+        }
+        float sum = 0;
+        for (int i = 0; i < values.Length; i++)
+        {
+            values[i] = MathF.Exp(values[i] - max);
+            sum += values[i];
+        }
+        float inverse = 1f / sum;
+        for (int i = 0; i < values.Length; i++)
+        {
+            values[i] *= inverse;
+        }
+    }
+}

@@ -1,0 +1,249 @@
+using MoErging.Experts;
+using MoErging.Routing;
+
+namespace MoErging.Tests;
+
+/// <summary>One expert's factors for one module as the test drew them: PEFT layout, float32 values.</summary>
+public sealed record RawFactors(float[] A, float[] B, int Rank, int InputDim, int OutputDim, float Scaling);
+
+/// <summary>
+/// The forward pass and the routers written plainly in float64, straight from the formulas, sharing no
+/// code with the engine. Tests compare the engine against this.
+/// </summary>
+public static class Reference
+{
+    /// <summary>y[t] = base[t] + Σ_slots w · s · B (A x_t), all in float64.</summary>
+    public static double[] Forward(IReadOnlyList<RawFactors?> experts, float[] x, float[] yBase, int tokens,
+        int[] ids, double[] weights, int k)
+    {
+        int dIn = x.Length / tokens, dOut = yBase.Length / tokens;
+        var y = yBase.Select(v => (double)v).ToArray();
+        for (int t = 0; t < tokens; t++)
+        {
+            for (int s = 0; s < k; s++)
+            {
+                int e = ids[t * k + s];
+                if (e < 0 || experts[e] is not RawFactors f)
+                {
+                    continue;
+                }
+                var v = new double[f.Rank];
+                for (int r = 0; r < f.Rank; r++)
+                {
+                    for (int i = 0; i < dIn; i++)
+                    {
+                        v[r] += (double)f.A[r * dIn + i] * x[t * dIn + i];
+                    }
+                }
+                for (int o = 0; o < dOut; o++)
+                {
+                    double sum = 0;
+                    for (int r = 0; r < f.Rank; r++)
+                    {
+                        sum += (double)f.B[o * f.Rank + r] * v[r];
+                    }
+                    y[t * dOut + o] += weights[t * k + s] * f.Scaling * sum;
+                }
+            }
+        }
+        return y;
+    }
+
+    /// <summary>score_e = f(norm(x) · p_e) / τ + b_e for one token, in float64.</summary>
+    public static double[] Scores(ReadOnlySpan<float> x, ReadOnlySpan<float> prototypes, InputNormalization norm,
+        ScoreFunction f, double temperature, ReadOnlySpan<float> bias)
+    {
+        int n = x.Length, experts = prototypes.Length / n;
+        var z = new double[n];
+        for (int i = 0; i < n; i++)
+        {
+            z[i] = x[i];
+        }
+        if (norm == InputNormalization.LayerNorm)
+        {
+            double mean = z.Average();
+            double variance = z.Select(v => (v - mean) * (v - mean)).Average();
+            for (int i = 0; i < n; i++)
+            {
+                z[i] = (z[i] - mean) / Math.Sqrt(variance + 1e-5);
+            }
+        }
+        else if (norm == InputNormalization.L2)
+        {
+            double length = Math.Max(Math.Sqrt(z.Sum(v => v * v)), 1e-12);
+            for (int i = 0; i < n; i++)
+            {
+                z[i] /= length;
+            }
+        }
+        var scores = new double[experts];
+        for (int e = 0; e < experts; e++)
+        {
+            double dot = 0;
+            for (int i = 0; i < n; i++)
+            {
+                dot += z[i] * prototypes[e * n + i];
+            }
+            scores[e] = (f == ScoreFunction.AbsoluteValue ? Math.Abs(dot) : dot) / temperature + (bias.IsEmpty ? 0 : bias[e]);
+        }
+        return scores;
+    }
+
+    /// <summary>Softmax over the given scores, in float64.</summary>
+    public static double[] Softmax(IReadOnlyList<double> scores)
+    {
+        double max = scores.Max();
+        var e = scores.Select(s => Math.Exp(s - max)).ToArray();
+        double sum = e.Sum();
+        return e.Select(v => v / sum).ToArray();
+    }
+
+    /// <summary>
+    /// Checks that the engine's choice for one token is a valid top-k of the float64 scores (every kept
+    /// score at least every dropped one, in descending order, up to <paramref name="slack"/> for near
+    /// ties), and returns the float64 softmax weights of the engine's chosen experts.
+    /// </summary>
+    public static double[] CheckTopKAndWeigh(double[] scores, ReadOnlySpan<int> chosen, double slack, string where)
+    {
+        var kept = new HashSet<int>();
+        for (int s = 0; s < chosen.Length; s++)
+        {
+            Assert.InRange(chosen[s], 0, scores.Length - 1);
+            Assert.True(kept.Add(chosen[s]), $"{where}: expert {chosen[s]} chosen twice");
+            if (s > 0)
+            {
+                Assert.True(scores[chosen[s]] <= scores[chosen[s - 1]] + slack,
+                    $"{where}: slot {s} (expert {chosen[s]}, {scores[chosen[s]]}) ranks above slot {s - 1} (expert {chosen[s - 1]}, {scores[chosen[s - 1]]})");
+            }
+        }
+        double lowestKept = chosen.ToArray().Min(e => scores[e]);
+        for (int e = 0; e < scores.Length; e++)
+        {
+            if (!kept.Contains(e))
+            {
+                Assert.True(scores[e] <= lowestKept + slack, $"{where}: dropped expert {e} scores {scores[e]} above a kept one ({lowestKept})");
+            }
+        }
+        return Softmax(chosen.ToArray().Select(e => scores[e]).ToArray());
+    }
+
+    /// <summary>max |actual - expected| / max |expected - base|: the error relative to the size of the update.</summary>
+    public static double RelativeError(ReadOnlySpan<float> actual, double[] expected, float[] yBase)
+    {
+        double worst = 0, scale = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            Assert.False(float.IsNaN(actual[i]), $"output {i} is NaN");
+            worst = Math.Max(worst, Math.Abs(actual[i] - expected[i]));
+            scale = Math.Max(scale, Math.Abs(expected[i] - yBase[i]));
+        }
+        return scale == 0 ? worst : worst / scale;
+    }
+
+    /// <summary>
+    /// Checks Half outputs element by element: y must be the float64 result rounded to Half, give or take
+    /// float32 accumulation: |y - y_ref| ≤ |y_ref| · 2⁻¹¹ (half an ulp) + 1e-5 · max |y_ref - y_base| + 2⁻²⁴ (subnormals).
+    /// </summary>
+    public static void CheckHalf(ReadOnlySpan<Half> actual, double[] expected, float[] yBase, string where)
+    {
+        double scale = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            scale = Math.Max(scale, Math.Abs(expected[i] - yBase[i]));
+        }
+        for (int i = 0; i < expected.Length; i++)
+        {
+            double bound = Math.Abs(expected[i]) * Math.Pow(2, -11) + 1e-5 * scale + Math.Pow(2, -24);
+            double error = Math.Abs((double)actual[i] - expected[i]);
+            Assert.True(error <= bound, $"{where}: output {i} is {(double)actual[i]}, expected {expected[i]} (error {error:E2} > bound {bound:E2})");
+        }
+    }
+
+    /// <summary>
+    /// The unit top right singular vector of the full ΔW = B A, from the eigenvectors of ΔWᵀ ΔW by
+    /// cyclic Jacobi rotations in float64: an independent route to what Arrow computes from the factors.
+    /// </summary>
+    public static double[] TopRightSingularVectorByJacobi(RawFactors f)
+    {
+        int n = f.InputDim, m = f.OutputDim, r = f.Rank;
+        var dw = new double[m * n];
+        for (int o = 0; o < m; o++)
+        {
+            for (int i = 0; i < n; i++)
+            {
+                for (int k = 0; k < r; k++)
+                {
+                    dw[o * n + i] += (double)f.B[o * r + k] * f.A[k * n + i];
+                }
+            }
+        }
+        var g = new double[n, n];
+        for (int i = 0; i < n; i++)
+        {
+            for (int j = 0; j < n; j++)
+            {
+                for (int o = 0; o < m; o++)
+                {
+                    g[i, j] += dw[o * n + i] * dw[o * n + j];
+                }
+            }
+        }
+        var v = new double[n, n];
+        for (int i = 0; i < n; i++)
+        {
+            v[i, i] = 1;
+        }
+        for (int sweep = 0; sweep < 100; sweep++)
+        {
+            double off = 0;
+            for (int p = 0; p < n; p++)
+            {
+                for (int q = p + 1; q < n; q++)
+                {
+                    off += g[p, q] * g[p, q];
+                }
+            }
+            if (off < 1e-30)
+            {
+                break;
+            }
+            for (int p = 0; p < n; p++)
+            {
+                for (int q = p + 1; q < n; q++)
+                {
+                    if (Math.Abs(g[p, q]) < 1e-300)
+                    {
+                        continue;
+                    }
+                    double theta = (g[q, q] - g[p, p]) / (2 * g[p, q]);
+                    double t = Math.Sign(theta) / (Math.Abs(theta) + Math.Sqrt(theta * theta + 1));
+                    if (theta == 0)
+                    {
+                        t = 1;
+                    }
+                    double c = 1 / Math.Sqrt(t * t + 1), s = t * c;
+                    for (int k = 0; k < n; k++)
+                    {
+                        double gkp = g[k, p], gkq = g[k, q];
+                        g[k, p] = c * gkp - s * gkq;
+                        g[k, q] = s * gkp + c * gkq;
+                    }
+                    for (int k = 0; k < n; k++)
+                    {
+                        double gpk = g[p, k], gqk = g[q, k];
+                        g[p, k] = c * gpk - s * gqk;
+                        g[q, k] = s * gpk + c * gqk;
+                    }
+                    for (int k = 0; k < n; k++)
+                    {
+                        double vkp = v[k, p], vkq = v[k, q];
+                        v[k, p] = c * vkp - s * vkq;
+                        v[k, q] = s * vkp + c * vkq;
+                    }
+                }
+            }
+        }
+        int top = Enumerable.Range(0, n).MaxBy(i => g[i, i]);
+        return Enumerable.Range(0, n).Select(i => v[i, top]).ToArray();
+    }
+}
