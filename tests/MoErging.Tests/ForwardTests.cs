@@ -79,6 +79,19 @@ public sealed class ForwardTests
     }
 
     [Fact]
+    public void ManyExpertsAndTokensSpanEveryWorkItemBoundary()
+    {
+        var data = new TestData();
+        // 37 experts and 150 tokens cross the scoring blocks (16 × 16); the assignment below sends over
+        // 64 tokens to one expert, crossing the shrink's token blocks, with rank 19 crossing its row blocks.
+        TestLibrary lib = data.Library(experts: 37, dIn: 45, dOut: 70, ranks: [19, 2, 7]);
+        AdaptedModule module = lib.Module(Module);
+        Check(data, lib, new ArrowRouter(module, new RoutingOptions(4, 0.5f)), data.Normal(150 * 45), data.Normal(150 * 70), threads: 3);
+        int[] ids = Enumerable.Range(0, 150 * 2).Select(i => i % 2 == 0 ? 0 : data.Rng.Next(37)).ToArray();
+        Check(data, lib, (ids, data.Normal(150 * 2), 2), data.Normal(150 * 45), data.Normal(150 * 70), threads: 2);
+    }
+
+    [Fact]
     public void AllTokensOnOneExpertAndExpertsNoTokenSelects()
     {
         var data = new TestData();

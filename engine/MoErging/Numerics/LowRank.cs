@@ -1,8 +1,11 @@
+using System.Numerics.Tensors;
+
 namespace MoErging.Numerics;
 
 /// <summary>
 /// Exact spectral facts about a low-rank product ΔW = B A without forming it: thin QR of both factors
-/// reduces the problem to a small core whose SVD gives ΔW's. All arithmetic is float64.
+/// reduces the problem to a small core whose SVD gives ΔW's. All arithmetic is float64. Matrices here
+/// are column-major, so A's rows are Aᵀ's columns and Bᵀ's rows are B's columns, with no transposing.
 /// </summary>
 public static class LowRank
 {
@@ -17,21 +20,21 @@ public static class LowRank
         {
             throw new ArgumentException("factor or destination lengths do not match rank, d_in and d_out");
         }
-        // ΔW = B A = (Q_B R_B)(Q_A R_A)ᵀ = Q_B (R_B R_Aᵀ) Q_Aᵀ, from QR of B = (Bᵀ)ᵀ and of Aᵀ.
-        var (qa, ra, qaCols) = ThinQr(Transposed(a, rank, inputDim), inputDim, rank);
-        var (_, rb, qbCols) = ThinQr(Transposed(bTransposed, rank, outputDim), outputDim, rank);
-        // core = R_B R_Aᵀ : [qbCols, qaCols]
+        // ΔW = B A = (Q_B R_B)(Q_A R_A)ᵀ = Q_B (R_B R_Aᵀ) Q_Aᵀ, from QR of Aᵀ [d_in, r] and of B [d_out, r].
+        var (qa, ra, qaCols) = ThinQr(Widen(a), inputDim, rank);
+        var (_, rb, qbCols) = ThinQr(Widen(bTransposed), outputDim, rank);
+        // core = R_B R_Aᵀ : [qbCols, qaCols], column-major; R_X is [q, r] column-major.
         var core = new double[qbCols * qaCols];
-        for (int i = 0; i < qbCols; i++)
+        for (int j = 0; j < qaCols; j++)
         {
-            for (int j = 0; j < qaCols; j++)
+            for (int i = 0; i < qbCols; i++)
             {
                 double s = 0;
                 for (int k = 0; k < rank; k++)
                 {
-                    s += rb[i * rank + k] * ra[j * rank + k];
+                    s += rb[k * qbCols + i] * ra[k * qaCols + j];
                 }
-                core[i * qaCols + j] = s;
+                core[j * qbCols + i] = s;
             }
         }
         var (sigma, v) = JacobiSvd(core, qbCols, qaCols);
@@ -48,122 +51,100 @@ public static class LowRank
         {
             return 0;
         }
-        // p = Q_A v_top
-        for (int i = 0; i < inputDim; i++)
+        // p = Q_A v_top: a combination of Q_A's (contiguous) columns.
+        for (int j = 0; j < qaCols; j++)
         {
-            double s = 0;
-            for (int j = 0; j < qaCols; j++)
+            double c = v[top * qaCols + j];
+            ReadOnlySpan<double> column = qa.AsSpan(j * inputDim, inputDim);
+            for (int i = 0; i < inputDim; i++)
             {
-                s += qa[i * qaCols + j] * v[j * qaCols + top];
+                destination[i] += c * column[i];
             }
-            destination[i] = s;
         }
         Normalize(destination);
         return sigma[top];
     }
 
-    private static double[] Transposed(ReadOnlySpan<float> m, int rows, int cols)
+    private static double[] Widen(ReadOnlySpan<float> values)
     {
-        var t = new double[m.Length];
-        for (int i = 0; i < rows; i++)
-        {
-            for (int j = 0; j < cols; j++)
-            {
-                t[j * rows + i] = m[i * cols + j];
-            }
-        }
-        return t;
+        var wide = new double[values.Length];
+        TensorPrimitives.ConvertTruncating(values, wide.AsSpan()); // float → double is exact
+        return wide;
     }
 
     /// <summary>
-    /// Householder thin QR of a row-major <c>[rows, cols]</c> matrix: Q <c>[rows, q]</c> with orthonormal
-    /// columns and R <c>[q, cols]</c> upper trapezoidal, q = min(rows, cols).
+    /// Householder thin QR of a column-major <c>[rows, cols]</c> matrix: Q <c>[rows, q]</c> with orthonormal
+    /// columns and R <c>[q, cols]</c> upper trapezoidal, both column-major, q = min(rows, cols).
     /// </summary>
-    internal static (double[] Q, double[] R, int Q_Cols) ThinQr(double[] m, int rows, int cols)
+    internal static (double[] Q, double[] R, int QCols) ThinQr(double[] m, int rows, int cols)
     {
         int q = Math.Min(rows, cols);
         var work = (double[])m.Clone();
         var reflectors = new double[q][];
         for (int k = 0; k < q; k++)
         {
-            // Reflector v that zeroes column k below the diagonal.
-            double norm = 0;
-            for (int i = k; i < rows; i++)
-            {
-                norm += work[i * cols + k] * work[i * cols + k];
-            }
-            norm = Math.Sqrt(norm);
+            // Reflector v (unit) with (I - 2vvᵀ) column_k = alpha e_k.
+            Span<double> column = work.AsSpan(k * rows + k, rows - k);
+            double norm = Math.Sqrt(Dot(column, column));
             var v = new double[rows - k];
+            reflectors[k] = v;
             if (norm == 0)
             {
-                reflectors[k] = v;
                 continue;
             }
-            double alpha = work[k * cols + k] >= 0 ? -norm : norm;
-            for (int i = k; i < rows; i++)
-            {
-                v[i - k] = work[i * cols + k];
-            }
+            double alpha = column[0] >= 0 ? -norm : norm;
+            column.CopyTo(v);
             v[0] -= alpha;
-            double vNorm = 0;
-            foreach (double x in v)
-            {
-                vNorm += x * x;
-            }
-            vNorm = Math.Sqrt(vNorm);
+            double vNorm = Math.Sqrt(Dot(v, v));
             for (int i = 0; i < v.Length; i++)
             {
                 v[i] /= vNorm;
             }
-            reflectors[k] = v;
-            ApplyReflector(work, rows, cols, k, v, k);
+            for (int j = k; j < cols; j++)
+            {
+                Reflect(v, work.AsSpan(j * rows + k, rows - k));
+            }
         }
         var r = new double[q * cols];
-        for (int i = 0; i < q; i++)
+        for (int j = 0; j < cols; j++)
         {
-            for (int j = i; j < cols; j++)
+            for (int i = 0; i <= Math.Min(j, q - 1); i++)
             {
-                r[i * cols + j] = work[i * cols + j];
+                r[j * q + i] = work[j * rows + i];
             }
         }
         // Q = H_0 H_1 ... H_{q-1} applied to the first q columns of the identity.
         var qm = new double[rows * q];
-        for (int i = 0; i < q; i++)
+        for (int j = 0; j < q; j++)
         {
-            qm[i * q + i] = 1;
+            qm[j * rows + j] = 1;
         }
         for (int k = q - 1; k >= 0; k--)
         {
-            ApplyReflector(qm, rows, q, k, reflectors[k], 0);
+            for (int j = 0; j < q; j++)
+            {
+                Reflect(reflectors[k], qm.AsSpan(j * rows + k, rows - k));
+            }
         }
         return (qm, r, q);
     }
 
-    /// <summary>M[k:, firstCol:] -= 2 v (vᵀ M[k:, firstCol:]) for a unit (or zero) reflector v.</summary>
-    private static void ApplyReflector(double[] m, int rows, int cols, int k, double[] v, int firstCol)
+    /// <summary>x -= 2 v (v · x) for a unit (or zero) reflector v.</summary>
+    private static void Reflect(ReadOnlySpan<double> v, Span<double> x)
     {
-        for (int j = firstCol; j < cols; j++)
+        double dot = 2 * Dot(v, x);
+        if (dot != 0)
         {
-            double dot = 0;
-            for (int i = k; i < rows; i++)
-            {
-                dot += v[i - k] * m[i * cols + j];
-            }
-            if (dot == 0)
-            {
-                continue;
-            }
-            for (int i = k; i < rows; i++)
-            {
-                m[i * cols + j] -= 2 * v[i - k] * dot;
-            }
+            TensorPrimitives.MultiplyAdd(v, -dot, x, x);
         }
     }
 
+    private static double Dot(ReadOnlySpan<double> a, ReadOnlySpan<double> b) => TensorPrimitives.Dot(a, b);
+
     /// <summary>
-    /// One-sided (Hestenes) Jacobi SVD of a small row-major <c>[rows, cols]</c> matrix: returns the
-    /// singular values (one per column, unsorted) and V <c>[cols, cols]</c> whose columns are the right
-    /// singular vectors.
+    /// One-sided (Hestenes) Jacobi SVD of a small column-major <c>[rows, cols]</c> matrix: returns the
+    /// singular values (one per column, unsorted) and V <c>[cols, cols]</c> (column-major) whose columns
+    /// are the right singular vectors.
     /// </summary>
     internal static (double[] Sigma, double[] V) JacobiSvd(double[] m, int rows, int cols)
     {
@@ -180,28 +161,18 @@ public static class LowRank
             {
                 for (int q = p + 1; q < cols; q++)
                 {
-                    double alpha = 0, beta = 0, gamma = 0;
-                    for (int i = 0; i < rows; i++)
-                    {
-                        double up = u[i * cols + p], uq = u[i * cols + q];
-                        alpha += up * up;
-                        beta += uq * uq;
-                        gamma += up * uq;
-                    }
+                    Span<double> up = u.AsSpan(p * rows, rows), uq = u.AsSpan(q * rows, rows);
+                    double alpha = Dot(up, up), beta = Dot(uq, uq), gamma = Dot(up, uq);
                     if (gamma == 0 || Math.Abs(gamma) <= 1e-15 * Math.Sqrt(alpha * beta))
                     {
                         continue;
                     }
                     rotated = true;
                     double zeta = (beta - alpha) / (2 * gamma);
-                    double t = Math.Sign(zeta) / (Math.Abs(zeta) + Math.Sqrt(1 + zeta * zeta));
-                    if (zeta == 0)
-                    {
-                        t = 1;
-                    }
+                    double t = zeta == 0 ? 1 : Math.Sign(zeta) / (Math.Abs(zeta) + Math.Sqrt(1 + zeta * zeta));
                     double c = 1 / Math.Sqrt(1 + t * t), s = c * t;
-                    Rotate(u, rows, cols, p, q, c, s);
-                    Rotate(v, cols, cols, p, q, c, s);
+                    Rotate(up, uq, c, s);
+                    Rotate(v.AsSpan(p * cols, cols), v.AsSpan(q * cols, cols), c, s);
                 }
             }
             if (!rotated)
@@ -212,23 +183,19 @@ public static class LowRank
         var sigma = new double[cols];
         for (int j = 0; j < cols; j++)
         {
-            double s = 0;
-            for (int i = 0; i < rows; i++)
-            {
-                s += u[i * cols + j] * u[i * cols + j];
-            }
-            sigma[j] = Math.Sqrt(s);
+            Span<double> column = u.AsSpan(j * rows, rows);
+            sigma[j] = Math.Sqrt(Dot(column, column));
         }
         return (sigma, v);
     }
 
-    private static void Rotate(double[] m, int rows, int cols, int p, int q, double c, double s)
+    private static void Rotate(Span<double> p, Span<double> q, double c, double s)
     {
-        for (int i = 0; i < rows; i++)
+        for (int i = 0; i < p.Length; i++)
         {
-            double mp = m[i * cols + p], mq = m[i * cols + q];
-            m[i * cols + p] = c * mp - s * mq;
-            m[i * cols + q] = s * mp + c * mq;
+            double a = p[i], b = q[i];
+            p[i] = c * a - s * b;
+            q[i] = s * a + c * b;
         }
     }
 

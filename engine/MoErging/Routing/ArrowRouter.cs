@@ -31,21 +31,29 @@ public sealed class ArrowRouter : LinearRouter
         ArgumentNullException.ThrowIfNull(module);
         int n = module.InputDim;
         var prototypes = new float[module.ExpertCount * n];
-        var vector = new double[n];
-        for (int e = 0; e < module.ExpertCount; e++)
+        var failures = new string?[module.ExpertCount]; // the lowest failing expert is reported, whatever the scheduling
+        Parallel.For(0, module.ExpertCount, e =>
         {
             string expert = module.Library.Experts[e].Name;
-            LoraFactors f = module.Factors(e)
-                ?? throw new ArgumentException($"Arrow needs every expert to adapt module '{module.Name}', but expert '{expert}' does not");
-            double sigma = LowRank.TopRightSingularVector(f.A, f.BTransposed, f.Rank, f.InputDim, f.OutputDim, vector);
-            if (sigma == 0)
+            if (module.Factors(e) is not LoraFactors f)
             {
-                throw new ArgumentException($"expert '{expert}' has ΔW = 0 for module '{module.Name}', so it has no Arrow prototype");
+                failures[e] = $"Arrow needs every expert to adapt module '{module.Name}', but expert '{expert}' does not";
+                return;
+            }
+            var vector = new double[n];
+            if (LowRank.TopRightSingularVector(f.A, f.BTransposed, f.Rank, f.InputDim, f.OutputDim, vector) == 0)
+            {
+                failures[e] = $"expert '{expert}' has ΔW = 0 for module '{module.Name}', so it has no Arrow prototype";
+                return;
             }
             for (int i = 0; i < n; i++)
             {
                 prototypes[e * n + i] = (float)vector[i];
             }
+        });
+        if (failures.FirstOrDefault(f => f is not null) is string failure)
+        {
+            throw new ArgumentException(failure, nameof(module));
         }
         return prototypes;
     }

@@ -15,10 +15,11 @@ namespace MoErging.Execution.Cpu;
 /// </summary>
 internal sealed unsafe class CpuExecutor
 {
-    private const int RowBlock = 4;
-    private const int ColumnBlock = 512;
-    private const int TokenBlock = 16;
-    private const int ExpertBlock = 16;
+    private const int RowBlock = 8;          // shrink: rank rows per work item
+    private const int PairBlock = 64;        // shrink: routed tokens per work item
+    private const int ColumnBlock = 512;     // expand: output columns per work item
+    private const int TokenBlock = 16;       // scoring: tokens per work item
+    private const int ExpertBlock = 16;      // scoring: experts per work item
 
     private readonly WorkerPool _pool;
     private readonly ShrinkJob _shrink;
@@ -37,6 +38,7 @@ internal sealed unsafe class CpuExecutor
     private int[] _active = [];
     private int[] _shrinkExpert = [];
     private int[] _shrinkRow = [];
+    private int[] _shrinkPair = [];
     private int[] _pairToken = [];
     private float[] _pairCoefficient = [];
     private float[] _v = [];
@@ -141,6 +143,7 @@ internal sealed unsafe class CpuExecutor
     /// empty, weigh exactly 0, or name an expert that does not adapt the module are dropped; repeats of
     /// an expert within one token merge. Returns the number of experts with work.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private int Dispatch(AdaptedModule module, RoutingDecision decision)
     {
         int experts = module.ExpertCount, tokens = decision.TokenCount, k = decision.TopK;
@@ -215,18 +218,23 @@ internal sealed unsafe class CpuExecutor
             _a[e] = f.APointer;
             _bTransposed[e] = f.BTransposedPointer;
             _rank[e] = f.Rank;
-            _shrinkItemCount += (f.Rank + RowBlock - 1) / RowBlock;
+            _shrinkItemCount += (f.Rank + RowBlock - 1) / RowBlock * ((_segmentEnd[e] - _segmentStart[e] + PairBlock - 1) / PairBlock);
         }
         Grow(ref _shrinkExpert, _shrinkItemCount);
         Grow(ref _shrinkRow, _shrinkItemCount);
+        Grow(ref _shrinkPair, _shrinkItemCount);
         int item = 0;
         for (int a = 0; a < _activeCount; a++)
         {
             int e = _active[a];
-            for (int row = 0; row < _rank[e]; row += RowBlock, item++)
+            for (int row = 0; row < _rank[e]; row += RowBlock)
             {
-                _shrinkExpert[item] = e;
-                _shrinkRow[item] = row;
+                for (int pair = _segmentStart[e]; pair < _segmentEnd[e]; pair += PairBlock, item++)
+                {
+                    _shrinkExpert[item] = e;
+                    _shrinkRow[item] = row;
+                    _shrinkPair[item] = pair;
+                }
             }
         }
         return _activeCount;
@@ -234,7 +242,7 @@ internal sealed unsafe class CpuExecutor
 
     // ---------------------------------------------------------------- jobs
 
-    /// <summary>V[p, k] = c_p · (A_e[k] · x_{t_p}) for one expert and a block of its rank rows.</summary>
+    /// <summary>V[p, k] = c_p · (A_e[k] · x_{t_p}) for one expert, a block of its rank rows and a block of its tokens.</summary>
     private sealed class ShrinkJob(CpuExecutor owner) : ParallelJob
     {
         private float* _x;
@@ -248,33 +256,28 @@ internal sealed unsafe class CpuExecutor
             _vStride = module.MaxRank;
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public override void Execute(int item)
         {
             CpuExecutor o = owner;
-            int e = o._shrinkExpert[item], row0 = o._shrinkRow[item];
+            int e = o._shrinkExpert[item], row0 = o._shrinkRow[item], p0 = o._shrinkPair[item];
             int rows = Math.Min(RowBlock, o._rank[e] - row0);
-            int begin = o._segmentStart[e], end = o._segmentEnd[e], n = _n, stride = _vStride;
-            float* a = o._a[e] + (long)row0 * n;
+            int p1 = Math.Min(p0 + PairBlock, o._segmentEnd[e]), n = _n, stride = _vStride;
+            float** tokens = stackalloc float*[PairBlock];
             fixed (int* token = o._pairToken)
             fixed (float* coefficient = o._pairCoefficient, v = o._v)
             {
-                float* dots = stackalloc float[4];
-                for (int r = 0; r < rows; r++, a += n)
+                for (int p = p0; p < p1; p++)
                 {
-                    int k = row0 + r;
-                    int p = begin;
-                    for (; p + 4 <= end; p += 4)
+                    tokens[p - p0] = _x + (long)token[p] * n;
+                }
+                CpuKernels.DotBlock(o._a[e] + (long)row0 * n, rows, tokens, p1 - p0, n, v + (long)p0 * stride + row0, stride, 1);
+                for (int p = p0; p < p1; p++)
+                {
+                    float* row = v + (long)p * stride + row0;
+                    for (int k = 0; k < rows; k++)
                     {
-                        CpuKernels.Dot1x4(a, _x + (long)token[p] * n, _x + (long)token[p + 1] * n,
-                            _x + (long)token[p + 2] * n, _x + (long)token[p + 3] * n, n, dots);
-                        for (int i = 0; i < 4; i++)
-                        {
-                            v[(long)(p + i) * stride + k] = coefficient[p + i] * dots[i];
-                        }
-                    }
-                    for (; p < end; p++)
-                    {
-                        v[(long)p * stride + k] = coefficient[p] * CpuKernels.Dot(a, _x + (long)token[p] * n, n);
+                        row[k] *= coefficient[p];
                     }
                 }
             }
@@ -302,6 +305,7 @@ internal sealed unsafe class CpuExecutor
             _tokens = tokens;
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public override void Execute(int item)
         {
             CpuExecutor o = owner;
@@ -367,6 +371,7 @@ internal sealed unsafe class CpuExecutor
             _n = n;
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public override void Execute(int t)
         {
             var x = new ReadOnlySpan<float>(_x + (long)t * _n, _n);
@@ -406,32 +411,19 @@ internal sealed unsafe class CpuExecutor
             _expertBlocks = expertBlocks;
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public override void Execute(int item)
         {
             int t0 = item / _expertBlocks * TokenBlock, t1 = Math.Min(t0 + TokenBlock, _tokens);
             int e0 = item % _expertBlocks * ExpertBlock, e1 = Math.Min(e0 + ExpertBlock, _experts);
-            int n = _n, experts = _experts;
-            float* x = _rows;
+            float** tokens = stackalloc float*[TokenBlock];
+            for (int t = t0; t < t1; t++)
+            {
+                tokens[t - t0] = _rows + (long)t * _n;
+            }
             fixed (float* scores = owner._scores)
             {
-                float* dots = stackalloc float[4];
-                for (int e = e0; e < e1; e++)
-                {
-                    float* p = _prototypes + (long)e * n;
-                    int t = t0;
-                    for (; t + 4 <= t1; t += 4)
-                    {
-                        CpuKernels.Dot1x4(p, x + (long)t * n, x + (long)(t + 1) * n, x + (long)(t + 2) * n, x + (long)(t + 3) * n, n, dots);
-                        for (int i = 0; i < 4; i++)
-                        {
-                            scores[(long)(t + i) * experts + e] = dots[i];
-                        }
-                    }
-                    for (; t < t1; t++)
-                    {
-                        scores[(long)t * experts + e] = CpuKernels.Dot(p, x + (long)t * n, n);
-                    }
-                }
+                CpuKernels.DotBlock(_prototypes + (long)e0 * _n, e1 - e0, tokens, t1 - t0, _n, scores + (long)t0 * _experts + e0, _experts, 1);
             }
         }
     }
@@ -450,6 +442,7 @@ internal sealed unsafe class CpuExecutor
             _tokens = tokens;
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public override void Execute(int item)
         {
             LinearRouter router = _router!;

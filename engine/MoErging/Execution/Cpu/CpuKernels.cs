@@ -8,64 +8,120 @@ namespace MoErging.Execution.Cpu;
 /// (register blocking), because the weights are what must stream from memory. The expand kernels add the
 /// rank terms to each output element in the same order with fused multiply-adds on every path (vector,
 /// scalar tail, one token or four), so a result never depends on how the work was split.
+/// Kernels skip tiered compilation: a latency-critical host must get SIMD code from the first call.
 /// </summary>
 internal static unsafe class CpuKernels
 {
-    private static readonly int W = Vector<float>.Count;
+    // A JIT-time constant. A static readonly field would not be one in AggressiveOptimization methods
+    // (compiled before the class initialiser runs), and the loops then spill every accumulator: 4× slower.
+    private static int W => Vector<float>.Count;
 
     /// <summary>One row a against four rows x: r[i] = a · x_i over n elements.</summary>
-    public static void Dot1x4(float* a, float* x0, float* x1, float* x2, float* x3, int n, float* r)
+    /// <summary>Reduction chunk: a block's operand rows stay in L1 while one chunk of them is summed.</summary>
+    public const int Chunk = 256;
+
+    /// <summary>Largest rows × tokens block <see cref="DotBlock"/> takes (its vector accumulators live on the stack).</summary>
+    public const int MaxBlock = 16 * 64;
+
+    /// <summary>
+    /// out[t · tokenStride + r · rowStride] = rows[r] · tokens[t] over n elements, for <paramref name="rowCount"/>
+    /// consecutive rows (stride n) and <paramref name="tokenCount"/> token rows given by address; the shared
+    /// core of router scoring (prototypes × tokens) and of the shrink step (A rows × an expert's tokens).
+    /// The reduction runs in chunks of <see cref="Chunk"/>; within a chunk, 2-row × 4-token register tiles
+    /// read their operands from L1 and carry vector partial sums to the next chunk, so each dot product is
+    /// reduced horizontally once. A short last group repeats a token, an odd last row repeats a row; the
+    /// repeats are computed and not stored.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void DotBlock(float* rows, int rowCount, float** tokens, int tokenCount, int n, float* output, int tokenStride, int rowStride)
     {
-        Vector<float> s0 = default, s1 = default, s2 = default, s3 = default;
-        int i = 0;
-        for (; i <= n - W; i += W)
+        int pairs = (rowCount + 1) / 2, groups = (tokenCount + 3) / 4;
+        if (pairs * groups * 8 > MaxBlock)
         {
-            Vector<float> va = Load(a + i);
-            s0 = Vector.FusedMultiplyAdd(va, Load(x0 + i), s0);
-            s1 = Vector.FusedMultiplyAdd(va, Load(x1 + i), s1);
-            s2 = Vector.FusedMultiplyAdd(va, Load(x2 + i), s2);
-            s3 = Vector.FusedMultiplyAdd(va, Load(x3 + i), s3);
+            throw new ArgumentOutOfRangeException(nameof(rowCount), "block too large for the stack accumulators");
         }
-        float t0 = Vector.Sum(s0), t1 = Vector.Sum(s1), t2 = Vector.Sum(s2), t3 = Vector.Sum(s3);
-        for (; i < n; i++)
+        Vector<float>* acc = stackalloc Vector<float>[pairs * groups * 8];
+        new Span<Vector<float>>(acc, pairs * groups * 8).Clear();
+        float** x = stackalloc float*[4];
+        int vectorEnd = n - n % W;
+        for (int k0 = 0; k0 < vectorEnd; k0 += Chunk)
         {
-            t0 += a[i] * x0[i];
-            t1 += a[i] * x1[i];
-            t2 += a[i] * x2[i];
-            t3 += a[i] * x3[i];
+            int length = Math.Min(Chunk, vectorEnd - k0);
+            for (int g = 0; g < groups; g++)
+            {
+                for (int i = 0; i < 4; i++)
+                {
+                    x[i] = tokens[Math.Min(4 * g + i, tokenCount - 1)] + k0;
+                }
+                for (int p = 0; p < pairs; p++)
+                {
+                    float* a0 = rows + (long)(2 * p) * n + k0;
+                    float* a1 = 2 * p + 1 < rowCount ? a0 + n : a0;
+                    Dot2x4(a0, a1, x[0], x[1], x[2], x[3], length, acc + (g * pairs + p) * 8);
+                }
+            }
         }
-        r[0] = t0;
-        r[1] = t1;
-        r[2] = t2;
-        r[3] = t3;
+        for (int g = 0; g < groups; g++)
+        {
+            for (int p = 0; p < pairs; p++)
+            {
+                Vector<float>* tile = acc + (g * pairs + p) * 8;
+                for (int j = 0; j < 8; j++)
+                {
+                    int r = 2 * p + j / 4, t = 4 * g + j % 4;
+                    if (r >= rowCount || t >= tokenCount)
+                    {
+                        continue;
+                    }
+                    float sum = Vector.Sum(tile[j]);
+                    float* a = rows + (long)r * n;
+                    float* xt = tokens[t];
+                    for (int i = vectorEnd; i < n; i++)
+                    {
+                        sum = MathF.FusedMultiplyAdd(a[i], xt[i], sum);
+                    }
+                    output[(long)t * tokenStride + (long)r * rowStride] = sum;
+                }
+            }
+        }
     }
 
-    /// <summary>a · x over n elements, two accumulators deep.</summary>
-    public static float Dot(float* a, float* x, int n)
+    /// <summary>Two rows against four tokens, adding into the tile's eight vector accumulators: acc[4r + t] += a_r ⊙ x_t.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Dot2x4(float* a0, float* a1, float* x0, float* x1, float* x2, float* x3, int n, Vector<float>* acc)
     {
-        Vector<float> s0 = default, s1 = default;
-        int i = 0;
-        for (; i <= n - 2 * W; i += 2 * W)
+        Vector<float> s00 = acc[0], s01 = acc[1], s02 = acc[2], s03 = acc[3];
+        Vector<float> s10 = acc[4], s11 = acc[5], s12 = acc[6], s13 = acc[7];
+        for (int i = 0; i < n; i += W)
         {
-            s0 = Vector.FusedMultiplyAdd(Load(a + i), Load(x + i), s0);
-            s1 = Vector.FusedMultiplyAdd(Load(a + i + W), Load(x + i + W), s1);
+            Vector<float> va = Load(a0 + i), vb = Load(a1 + i), vx = Load(x0 + i);
+            s00 = Vector.FusedMultiplyAdd(va, vx, s00);
+            s10 = Vector.FusedMultiplyAdd(vb, vx, s10);
+            vx = Load(x1 + i);
+            s01 = Vector.FusedMultiplyAdd(va, vx, s01);
+            s11 = Vector.FusedMultiplyAdd(vb, vx, s11);
+            vx = Load(x2 + i);
+            s02 = Vector.FusedMultiplyAdd(va, vx, s02);
+            s12 = Vector.FusedMultiplyAdd(vb, vx, s12);
+            vx = Load(x3 + i);
+            s03 = Vector.FusedMultiplyAdd(va, vx, s03);
+            s13 = Vector.FusedMultiplyAdd(vb, vx, s13);
         }
-        for (; i <= n - W; i += W)
-        {
-            s0 = Vector.FusedMultiplyAdd(Load(a + i), Load(x + i), s0);
-        }
-        float t = Vector.Sum(s0 + s1);
-        for (; i < n; i++)
-        {
-            t += a[i] * x[i];
-        }
-        return t;
+        acc[0] = s00;
+        acc[1] = s01;
+        acc[2] = s02;
+        acc[3] = s03;
+        acc[4] = s10;
+        acc[5] = s11;
+        acc[6] = s12;
+        acc[7] = s13;
     }
 
     /// <summary>
     /// Four tokens' expand over columns [j0, j1): y_i[j] += Σ_k v_i[k] · bT[k, j] for a rank-r expert with
     /// Bᵀ row-major <c>[r, stride]</c>. Each Bᵀ element is loaded once for the four tokens.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Expand4(float* bT, int stride, int rank, float* v0, float* v1, float* v2, float* v3,
         float* y0, float* y1, float* y2, float* y3, int j0, int j1)
     {
@@ -122,6 +178,7 @@ internal static unsafe class CpuKernels
     }
 
     /// <summary>One token's expand over columns [j0, j1): y[j] += Σ_k v[k] · bT[k, j].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Expand1(float* bT, int stride, int rank, float* v, float* y, int j0, int j1)
     {
         int j = j0;

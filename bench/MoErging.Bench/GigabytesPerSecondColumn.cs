@@ -1,0 +1,47 @@
+using System.Globalization;
+using BenchmarkDotNet.Columns;
+using BenchmarkDotNet.Reports;
+using BenchmarkDotNet.Running;
+
+namespace MoErging.Bench;
+
+/// <summary>
+/// GB/s over the minimum bytes (BRIEF §6): for a forward, X read once, Y read and written once, the
+/// router's prototypes and every selected expert read once; for the copy, bytes read plus written.
+/// Mean time, so it pairs with the Mean column.
+/// </summary>
+public sealed class GigabytesPerSecondColumn : IColumn
+{
+    public string Id => nameof(GigabytesPerSecondColumn);
+
+    public string ColumnName => "GB/s (min bytes)";
+
+    public bool AlwaysShow => true;
+
+    public ColumnCategory Category => ColumnCategory.Custom;
+
+    public int PriorityInCategory => 0;
+
+    public bool IsNumeric => true;
+
+    public UnitType UnitType => UnitType.Dimensionless;
+
+    public string Legend => "Minimum bytes the call must move divided by its mean time (1 GB = 1e9 bytes)";
+
+    public static long BytesOf(BenchmarkCase benchmark) =>
+        benchmark.Descriptor.Type == typeof(CopyBenchmarks)
+            ? CopyBenchmarks.BytesMoved
+            : Workload.CostOf((int)benchmark.Parameters["Tokens"]).MinimumBytes;
+
+    public string GetValue(Summary summary, BenchmarkCase benchmark)
+    {
+        double? meanNs = summary[benchmark]?.ResultStatistics?.Mean;
+        return meanNs is double ns ? (BytesOf(benchmark) / ns).ToString("F2", CultureInfo.InvariantCulture) : "NA";
+    }
+
+    public string GetValue(Summary summary, BenchmarkCase benchmark, SummaryStyle style) => GetValue(summary, benchmark);
+
+    public bool IsAvailable(Summary summary) => true;
+
+    public bool IsDefault(Summary summary, BenchmarkCase benchmark) => false;
+}

@@ -1,0 +1,75 @@
+using MoErging.Execution;
+using MoErging.Experts;
+using MoErging.Routing;
+
+namespace MoErging.Bench;
+
+/// <summary>
+/// The standard CPU workload (BRIEF §6): E = 64 experts, d_in = d_out = 4096, r = 16, Arrow top-2, F32,
+/// tokens of random tasks. Everything is seeded, so the benchmark process and the reporting process
+/// build the same library and routing decision.
+/// </summary>
+internal sealed class Workload
+{
+    public const int Experts = 64, Dim = 4096, Rank = 16, TopK = 2;
+    public const string ModuleName = "base_model.model.model.layers.0.self_attn.q_proj";
+
+    private static readonly Dictionary<int, ForwardCost> Costs = [];
+
+    public Workload(int tokens, int experts = Experts, int seed = 7)
+    {
+        Tokens = tokens;
+        Synthetic = SyntheticExperts.Create(experts, Dim, Rank, [ModuleName], seed);
+        Module = Synthetic.Library.Module(ModuleName);
+        Router = new ArrowRouter(Module, new RoutingOptions(TopK));
+        var rng = new Random(seed + 1);
+        int[] tasks = Enumerable.Range(0, tokens).Select(_ => rng.Next(experts)).ToArray();
+        X = new float[tokens * Dim];
+        Synthetic.Tokens(tasks, 6f, seed + 2, X);
+        Y = new float[tokens * Dim];
+        Decision = new RoutingDecision(tokens, TopK);
+    }
+
+    public int Tokens { get; }
+
+    public SyntheticExperts Synthetic { get; }
+
+    public AdaptedModule Module { get; }
+
+    public ArrowRouter Router { get; }
+
+    public float[] X { get; }
+
+    public float[] Y { get; }
+
+    public RoutingDecision Decision { get; }
+
+    /// <summary>
+    /// Workloads from consecutive seeds. Benchmarks rotate among them so that successive calls touch
+    /// different weights: four libraries are 128 MB, four times the last-level cache of the machines we
+    /// run on, so the timings measure memory, not cache.
+    /// </summary>
+    public static Workload[] Set(int tokens, int count = 4) =>
+        Enumerable.Range(0, count).Select(i => new Workload(tokens, seed: 7 + 10 * i)).ToArray();
+
+    /// <summary>Mean minimum bytes and FLOPs of one routed forward (router included) over <see cref="Set"/>.</summary>
+    public static ForwardCost CostOf(int tokens)
+    {
+        lock (Costs)
+        {
+            if (!Costs.TryGetValue(tokens, out ForwardCost cost))
+            {
+                using Engine engine = Engine.Create(new EngineOptions { Backend = Backend.Cpu });
+                using Session session = engine.CreateSession();
+                var costs = Set(tokens).Select(w =>
+                {
+                    session.Route(w.Module, w.Router, w.X, w.Decision);
+                    return ForwardCost.Of(w.Module, w.Decision, w.Router);
+                }).ToArray();
+                Costs[tokens] = cost = new ForwardCost(
+                    (long)costs.Average(c => c.MinimumBytes), (long)costs.Average(c => c.Flops), (int)Math.Round(costs.Average(c => c.SelectedExperts)));
+            }
+            return cost;
+        }
+    }
+}

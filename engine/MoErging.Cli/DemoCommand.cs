@@ -1,0 +1,222 @@
+using System.Diagnostics;
+using System.Globalization;
+using MoErging.Execution;
+using MoErging.Experts;
+using MoErging.Formats;
+using MoErging.Routing;
+
+namespace MoErging.Cli;
+
+/// <summary>
+/// <c>moerge demo</c>: the main job end to end. Writes a seeded synthetic library as real PEFT adapter
+/// directories, loads it back through the public loader, routes a batch of tokens with Arrow at one module,
+/// reuses the decision at a second, and reports routing and timing against the minimum bytes.
+/// </summary>
+internal static class DemoCommand
+{
+    private const string Help = """
+        usage: moerge demo [--out DIR] [--experts E] [--tokens T] [--dim D] [--rank R] [--top-k K]
+                           [--backend auto|cpu] [--seed S] [--iterations N] [--threads N]
+
+        Writes E synthetic LoRA experts (each adapting q_proj and v_proj of layer 0, d_in = d_out = D,
+        rank R) as PEFT adapter directories, loads them back, routes T tokens with Arrow top-K at q_proj,
+        reuses the decision at v_proj, and times both forwards.
+
+          --out          where to write the adapters (default: a temporary folder, removed afterwards)
+          --experts      E (default 64)        --tokens   T (default 64)     --dim   D (default 4096)
+          --rank         R (default 16)        --top-k    K (default 2)      --seed  S (default 1)
+          --iterations   timed repetitions (default 20, after 3 warm-up runs)
+          --threads      CPU threads (default: all processors)
+          --backend      auto (default) or cpu
+        """;
+
+    private static readonly Dictionary<string, OptionKind> Options = new()
+    {
+        ["out"] = OptionKind.Single,
+        ["experts"] = OptionKind.Single,
+        ["tokens"] = OptionKind.Single,
+        ["dim"] = OptionKind.Single,
+        ["rank"] = OptionKind.Single,
+        ["top-k"] = OptionKind.Single,
+        ["backend"] = OptionKind.Single,
+        ["seed"] = OptionKind.Single,
+        ["iterations"] = OptionKind.Single,
+        ["threads"] = OptionKind.Single,
+        ["help"] = OptionKind.Flag,
+    };
+
+    private static readonly string[] Modules =
+    [
+        "base_model.model.model.layers.0.self_attn.q_proj",
+        "base_model.model.model.layers.0.self_attn.v_proj",
+    ];
+
+    public static int Run(string[] args, TextWriter stdout)
+    {
+        if (Cli.Help(args, Help, stdout))
+        {
+            return 0;
+        }
+        CommandLine line = CommandLine.Parse(args, Options);
+        line.NoPositionals();
+        int experts = line.Int("experts", 64, 1, 4096);
+        int tokens = line.Int("tokens", 64, 1, 1 << 20);
+        int dim = line.Int("dim", 4096, 1, 1 << 16);
+        int rank = line.Int("rank", 16, 1, 1024);
+        int topK = line.Int("top-k", Math.Min(2, experts), 1, experts);
+        int seed = line.Int("seed", 1, 0);
+        int iterations = line.Int("iterations", 20, 1, 100_000);
+        int threads = line.Int("threads", 0, 0, 1024);
+        Backend backend = Cli.ParseBackend(line.Single("backend"));
+        string? outDir = line.Single("out");
+        string root = outDir ?? Path.Combine(Path.GetTempPath(), $"moerge-demo-{Environment.ProcessId}-{Guid.NewGuid():N}"[..32]);
+
+        var c = CultureInfo.InvariantCulture;
+        stdout.WriteLine(string.Create(c, $"moerge demo: {experts} experts (d = {dim}, r = {rank}, {Modules.Length} modules each), {tokens} tokens, Arrow top-{topK}, seed {seed}"));
+        using Engine engine = Engine.Create(new EngineOptions { Backend = backend, CpuThreads = threads });
+        stdout.WriteLine($"backend: {engine.Backend} ({engine.BackendReason}); {engine.CpuThreads} CPU thread{(engine.CpuThreads == 1 ? "" : "s")}");
+        try
+        {
+            return Run(engine, root, experts, tokens, dim, rank, topK, seed, iterations, stdout);
+        }
+        finally
+        {
+            if (outDir is null && Directory.Exists(root))
+            {
+                Directory.Delete(root, recursive: true);
+            }
+        }
+    }
+
+    private static int Run(Engine engine, string root, int experts, int tokens, int dim, int rank, int topK, int seed, int iterations, TextWriter stdout)
+    {
+        var c = CultureInfo.InvariantCulture;
+
+        // 1. A synthetic library, written as real PEFT adapter directories.
+        var clock = Stopwatch.StartNew();
+        SyntheticExperts synthetic = SyntheticExperts.Create(experts, dim, rank, Modules, seed);
+        var dirs = new List<string>(experts);
+        foreach (Expert expert in synthetic.Library.Experts)
+        {
+            string dir = Path.Combine(root, expert.Name);
+            PeftAdapter.Write(dir, expert, TensorDType.F32, baseModelName: "synthetic");
+            dirs.Add(dir);
+        }
+        long written = dirs.Sum(d => new DirectoryInfo(d).EnumerateFiles().Sum(f => f.Length));
+        stdout.WriteLine(string.Create(c, $"wrote {experts} PEFT adapters to {root} ({written / 1e6:F1} MB) in {clock.ElapsedMilliseconds} ms"));
+
+        // 2. Loaded back through the loader users use.
+        clock.Restart();
+        ExpertLibrary library = ExpertLibrary.Load(dirs);
+        stdout.WriteLine($"loaded them back in {clock.ElapsedMilliseconds} ms");
+        AdaptedModule q = library.Module("q_proj"), v = library.Module("v_proj");
+
+        // 3. Tokens of random tasks; Arrow should send each to its task's expert.
+        var rng = new Random(seed);
+        int[] tasks = Enumerable.Range(0, tokens).Select(_ => rng.Next(experts)).ToArray();
+        var x = new float[tokens * dim];
+        synthetic.Tokens(tasks, strength: 6f, seed + 1, x);
+        float[] yq = new float[tokens * dim], yv = new float[tokens * dim];
+
+        clock.Restart();
+        var router = new ArrowRouter(q, new RoutingOptions(topK));
+        stdout.WriteLine($"Arrow prototypes for {experts} experts computed in {clock.ElapsedMilliseconds} ms");
+        using Session session = engine.CreateSession();
+        var decision = new RoutingDecision(tokens, topK);
+        session.Forward(q, router, x, decision, yq);
+        session.Forward(v, decision, x, yv);
+
+        ReportRouting(library, decision, tasks, q, stdout);
+
+        // 4. Timing, against the bytes the forward must move.
+        var routed = Time(iterations, () => session.Forward(q, router, x, decision, yq));
+        var reused = Time(iterations, () => session.Forward(v, decision, x, yv));
+        ForwardCost routedCost = ForwardCost.Of(q, decision, router), reusedCost = ForwardCost.Of(v, decision);
+        stdout.WriteLine();
+        stdout.WriteLine(string.Create(c, $"timing (median of {iterations} after 3 warm-up runs; GB/s = minimum bytes / time):"));
+        Report("route + forward at q_proj", routed, routedCost, stdout);
+        Report("forward at v_proj (decision reused)", reused, reusedCost, stdout);
+        double copy = CopyBandwidth(engine.CpuThreads);
+        stdout.WriteLine(string.Create(c, $"  copy bandwidth of this machine ({engine.CpuThreads} threads, 2 × 128 MB, read + write): {copy:F1} GB/s"));
+        stdout.WriteLine(string.Create(c, $"  the routed forward reaches {MedianGbPerSecond(routed, routedCost) / copy:P0} of it"));
+        return 0;
+    }
+
+    private static void ReportRouting(ExpertLibrary library, RoutingDecision decision, int[] tasks, AdaptedModule module, TextWriter stdout)
+    {
+        var c = CultureInfo.InvariantCulture;
+        int experts = library.ExpertCount, tokens = decision.TokenCount;
+        var load = new int[experts];
+        int hits = 0;
+        for (int t = 0; t < tokens; t++)
+        {
+            foreach (int e in decision.ExpertIdsOf(t))
+            {
+                load[e]++;
+            }
+            hits += decision.ExpertIdsOf(t)[0] == tasks[t] ? 1 : 0;
+        }
+        stdout.WriteLine();
+        stdout.WriteLine($"routing at {module.Name} (reused at the other module):");
+        stdout.WriteLine(string.Create(c, $"  top-1 expert is the token's task for {hits} of {tokens} tokens ({(double)hits / tokens:P1})"));
+        stdout.WriteLine(string.Create(c, $"  load (token slots per expert): min {load.Min()}, max {load.Max()}, mean {load.Average():F2}; {load.Count(l => l == 0)} experts unused"));
+        int max = Math.Max(1, load.Max());
+        for (int e = 0; e < experts; e += 4)
+        {
+            var cells = Enumerable.Range(e, Math.Min(4, experts - e))
+                .Select(i => $"{library.Experts[i].Name} {new string('#', (int)Math.Ceiling(8.0 * load[i] / max)),-8} {load[i],4}");
+            stdout.WriteLine("  " + string.Join("   ", cells));
+        }
+        stdout.WriteLine("  first tokens:");
+        for (int t = 0; t < Math.Min(5, tokens); t++)
+        {
+            var slots = decision.ExpertIdsOf(t).ToArray().Zip(decision.WeightsOf(t).ToArray())
+                .Select(p => string.Create(c, $"{library.Experts[p.First].Name} {p.Second:F3}"));
+            stdout.WriteLine($"    token {t} (task {library.Experts[tasks[t]].Name}): {string.Join(", ", slots)}");
+        }
+    }
+
+    private static double[] Time(int iterations, Action forward)
+    {
+        for (int i = 0; i < 3; i++)
+        {
+            forward();
+        }
+        var seconds = new double[iterations];
+        for (int i = 0; i < iterations; i++)
+        {
+            long start = Stopwatch.GetTimestamp();
+            forward();
+            seconds[i] = Stopwatch.GetElapsedTime(start).TotalSeconds;
+        }
+        Array.Sort(seconds);
+        return seconds;
+    }
+
+    private static double MedianGbPerSecond(double[] sorted, ForwardCost cost) => cost.MinimumBytes / sorted[sorted.Length / 2] / 1e9;
+
+    private static void Report(string what, double[] sorted, ForwardCost cost, TextWriter stdout)
+    {
+        double median = sorted[sorted.Length / 2];
+        stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"  {what,-38} {median * 1e6,9:F1} µs (min {sorted[0] * 1e6:F1})  {cost.MinimumBytes / 1e6,7:F2} MB → {MedianGbPerSecond(sorted, cost),6:F2} GB/s  {cost.Flops / median / 1e9,6:F2} GFLOP/s  {cost.SelectedExperts} experts read"));
+    }
+
+    /// <summary>Best of five parallel copies of 128 MB (well past any cache), counting bytes read plus written.</summary>
+    private static double CopyBandwidth(int threads)
+    {
+        const int bytes = 128 << 20;
+        byte[] source = GC.AllocateUninitializedArray<byte>(bytes), destination = GC.AllocateUninitializedArray<byte>(bytes);
+        new Random(0).NextBytes(source);
+        int parts = Math.Max(1, threads), chunk = bytes / parts;
+        double best = double.MaxValue;
+        for (int run = 0; run < 5; run++)
+        {
+            long start = Stopwatch.GetTimestamp();
+            Parallel.For(0, parts, new ParallelOptions { MaxDegreeOfParallelism = parts },
+                p => source.AsSpan(p * chunk, chunk).CopyTo(destination.AsSpan(p * chunk, chunk)));
+            best = Math.Min(best, Stopwatch.GetElapsedTime(start).TotalSeconds);
+        }
+        return 2.0 * chunk * parts / best / 1e9;
+    }
+}

@@ -1,0 +1,3 @@
+using MoErging.Cli;
+
+return Cli.Run(args, Console.Out, Console.Error);

@@ -1,0 +1,112 @@
+using System.Numerics.Tensors;
+
+namespace MoErging.Experts;
+
+/// <summary>
+/// Seeded synthetic experts and tokens for demos and benchmarks. Each expert e has a task direction u_e
+/// (a random unit vector in R^d_in) that dominates the row space of its A, so its Arrow prototype lies
+/// close to u_e; a token of task e is c · u_e plus unit Gaussian noise, which Arrow should send to e.
+/// </summary>
+public sealed class SyntheticExperts
+{
+    private readonly float[] _directions;
+
+    private SyntheticExperts(ExpertLibrary library, float[] directions, int inputDim, int seed)
+    {
+        Library = library;
+        _directions = directions;
+        InputDim = inputDim;
+        Seed = seed;
+    }
+
+    /// <summary>The experts.</summary>
+    public ExpertLibrary Library { get; }
+
+    /// <summary>d_in of every module.</summary>
+    public int InputDim { get; }
+
+    /// <summary>The seed everything was drawn from.</summary>
+    public int Seed { get; }
+
+    /// <summary>u_e, row-major <c>[E, d_in]</c>.</summary>
+    public ReadOnlySpan<float> TaskDirections => _directions;
+
+    /// <summary>
+    /// Draws <paramref name="experts"/> experts named <c>expert-000</c>, ... adapting each of
+    /// <paramref name="modules"/> (d_in = d_out = <paramref name="dim"/>) at rank <paramref name="rank"/>,
+    /// with lora_alpha = 2r (scaling 2), as PEFT trains them by default.
+    /// </summary>
+    public static SyntheticExperts Create(int experts, int dim, int rank, IReadOnlyList<string> modules, int seed)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(experts, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(dim, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(rank, 1);
+        ArgumentNullException.ThrowIfNull(modules);
+        if (modules.Count == 0)
+        {
+            throw new ArgumentException("at least one module is needed", nameof(modules));
+        }
+        var rng = new Random(seed);
+        var directions = new float[experts * dim];
+        var list = new Expert[experts];
+        var a = new float[rank * dim];
+        var b = new float[dim * rank];
+        for (int e = 0; e < experts; e++)
+        {
+            Span<float> u = directions.AsSpan(e * dim, dim);
+            FillNormal(rng, u, 1);
+            float norm = MathF.Sqrt(TensorPrimitives.SumOfSquares(u));
+            TensorPrimitives.Divide(u, norm, u);
+            var factors = new List<KeyValuePair<string, LoraFactors>>(modules.Count);
+            foreach (string module in modules)
+            {
+                // Small random rows plus the task direction in row 0: ΔW's top right singular vector ≈ u_e.
+                FillNormal(rng, a, 0.2 / Math.Sqrt(dim));
+                for (int i = 0; i < dim; i++)
+                {
+                    a[i] += u[i];
+                }
+                FillNormal(rng, b, 1 / Math.Sqrt(rank));
+                factors.Add(new(module, new LoraFactors(a, b, rank, dim, dim, scaling: 2f, alpha: 2f * rank)));
+            }
+            list[e] = new Expert($"expert-{e:D3}", factors);
+        }
+        return new SyntheticExperts(new ExpertLibrary(list), directions, dim, seed);
+    }
+
+    /// <summary>
+    /// Fills <paramref name="x"/> (row-major <c>[T, d_in]</c>) with tokens of the given tasks:
+    /// x_t = <paramref name="strength"/> · u_task[t] + N(0, 1) noise, seeded.
+    /// </summary>
+    public void Tokens(ReadOnlySpan<int> tasks, float strength, int seed, Span<float> x)
+    {
+        if (x.Length != (long)tasks.Length * InputDim)
+        {
+            throw new ArgumentException($"x must hold {tasks.Length} rows of {InputDim}, got {x.Length} values", nameof(x));
+        }
+        var rng = new Random(seed);
+        FillNormal(rng, x, 1);
+        for (int t = 0; t < tasks.Length; t++)
+        {
+            if ((uint)tasks[t] >= (uint)Library.ExpertCount)
+            {
+                throw new ArgumentOutOfRangeException(nameof(tasks), tasks[t], $"task of token {t} must be an expert index");
+            }
+            ReadOnlySpan<float> u = TaskDirections.Slice(tasks[t] * InputDim, InputDim);
+            Span<float> row = x.Slice(t * InputDim, InputDim);
+            for (int i = 0; i < InputDim; i++)
+            {
+                row[i] += strength * u[i];
+            }
+        }
+    }
+
+    private static void FillNormal(Random rng, Span<float> values, double scale)
+    {
+        for (int i = 0; i < values.Length; i++)
+        {
+            double u1 = 1 - rng.NextDouble(), u2 = rng.NextDouble();
+            values[i] = (float)(scale * Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2));
+        }
+    }
+}
