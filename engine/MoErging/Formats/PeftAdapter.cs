@@ -133,7 +133,7 @@ public static class PeftAdapter
         file.ReadSingles(a, aValues);
         float[] bTransposed = LoraFactors.Transpose(file.ReadSingles(b), rank, (int)dOut);
         return new LoraFactors(aValues, bTransposed, rank, (int)dIn, (int)dOut,
-            config.ScalingFor(baseName), config.AlphaFor(baseName), a.DType);
+            config.ScalingFor(baseName), (float)config.AlphaFor(baseName), a.DType);
     }
 
     private static Exception Unsupported(string label, string key)
@@ -184,7 +184,7 @@ public static class PeftAdapter
             p => p.Key.StartsWith(ModelPrefix, StringComparison.Ordinal) ? p.Key[ModelPrefix.Length..] : p.Key,
             p => p.Value, StringComparer.Ordinal);
         int r = MostCommon(byBaseName.Values.Select(f => f.Rank));
-        float alpha = MostCommon(byBaseName.Values.Select(PlainAlpha));
+        double alpha = MostCommon(byBaseName.Values.Select(PlainAlpha));
         var rankPattern = byBaseName.Where(p => p.Value.Rank != r).ToDictionary(p => Regex.Escape(p.Key), p => p.Value.Rank);
         var alphaPattern = byBaseName.Where(p => PlainAlpha(p.Value) != alpha).ToDictionary(p => Regex.Escape(p.Key), p => PlainAlpha(p.Value));
 
@@ -205,13 +205,13 @@ public static class PeftAdapter
         }
     }
 
-    /// <summary>The lora_alpha that gives this scaling without rsLoRA: s · r.</summary>
-    private static float PlainAlpha(LoraFactors f) => (float)((double)f.Scaling * f.Rank);
+    /// <summary>The lora_alpha that gives this scaling without rsLoRA: s · r, exact in float64, so alpha / r gives s back.</summary>
+    private static double PlainAlpha(LoraFactors f) => (double)f.Scaling * f.Rank;
 
     private static T MostCommon<T>(IEnumerable<T> values) where T : notnull =>
         values.GroupBy(v => v).OrderByDescending(g => g.Count()).ThenBy(g => g.Key).First().Key;
 
-    private static string ConfigJson(int r, float alpha, Dictionary<string, int> rankPattern, Dictionary<string, float> alphaPattern,
+    private static string ConfigJson(int r, double alpha, Dictionary<string, int> rankPattern, Dictionary<string, double> alphaPattern,
         string[] targetModules, string? baseModelName)
     {
         using var stream = new MemoryStream();

@@ -10,22 +10,21 @@ namespace MoErging.Formats;
 public sealed class PeftLoraConfig
 {
     private static readonly TimeSpan PatternTimeout = TimeSpan.FromSeconds(1);
-    private static readonly string[] DefaultLayerPatterns = ["layers", "h", "block", "blocks", "layer"];
 
     private readonly (string Key, Regex Pattern, int Value)[] _rankPattern;
-    private readonly (string Key, Regex Pattern, float Value)[] _alphaPattern;
+    private readonly (string Key, Regex Pattern, double Value)[] _alphaPattern;
     private readonly Regex? _targetRegex;
     private readonly Regex? _excludeRegex;
 
     /// <summary>Creates a config; the defaults are PEFT's.</summary>
-    public PeftLoraConfig(int r = 8, float loraAlpha = 8, bool useRsLora = false,
-        IReadOnlyDictionary<string, int>? rankPattern = null, IReadOnlyDictionary<string, float>? alphaPattern = null,
+    public PeftLoraConfig(int r = 8, double loraAlpha = 8, bool useRsLora = false,
+        IReadOnlyDictionary<string, int>? rankPattern = null, IReadOnlyDictionary<string, double>? alphaPattern = null,
         IReadOnlyList<string>? targetModules = null, string? targetModulesRegex = null, bool fanInFanOut = false,
         IReadOnlyList<int>? layersToTransform = null, IReadOnlyList<string>? layersPattern = null,
         IReadOnlyList<string>? excludeModules = null, string? excludeModulesRegex = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(r, 1);
-        if (!float.IsFinite(loraAlpha))
+        if (!double.IsFinite(loraAlpha))
         {
             throw new ArgumentOutOfRangeException(nameof(loraAlpha), loraAlpha, "lora_alpha must be finite");
         }
@@ -33,11 +32,11 @@ public sealed class PeftLoraConfig
         LoraAlpha = loraAlpha;
         UseRsLora = useRsLora;
         RankPattern = rankPattern ?? new Dictionary<string, int>();
-        AlphaPattern = alphaPattern ?? new Dictionary<string, float>();
+        AlphaPattern = alphaPattern ?? new Dictionary<string, double>();
         TargetModules = targetModules;
         TargetModulesRegex = targetModulesRegex;
         FanInFanOut = fanInFanOut;
-        LayersToTransform = layersToTransform;
+        LayersToTransform = layersToTransform is { Count: > 0 } ? layersToTransform : null; // PEFT ignores an empty list
         LayersPattern = layersPattern;
         ExcludeModules = excludeModules;
         ExcludeModulesRegex = excludeModulesRegex;
@@ -50,7 +49,7 @@ public sealed class PeftLoraConfig
         }
         foreach (var (key, value) in AlphaPattern)
         {
-            if (!float.IsFinite(value))
+            if (!double.IsFinite(value))
             {
                 throw new ArgumentOutOfRangeException(nameof(alphaPattern), value, $"alpha_pattern['{key}'] must be finite");
             }
@@ -68,8 +67,8 @@ public sealed class PeftLoraConfig
     /// <summary><c>r</c>: the default rank.</summary>
     public int R { get; }
 
-    /// <summary><c>lora_alpha</c>: the default alpha.</summary>
-    public float LoraAlpha { get; }
+    /// <summary><c>lora_alpha</c>: the default alpha (a double, as Python reads it, so alpha / r rounds once).</summary>
+    public double LoraAlpha { get; }
 
     /// <summary><c>use_rslora</c>: scaling is alpha / sqrt(r) instead of alpha / r.</summary>
     public bool UseRsLora { get; }
@@ -78,7 +77,7 @@ public sealed class PeftLoraConfig
     public IReadOnlyDictionary<string, int> RankPattern { get; }
 
     /// <summary><c>alpha_pattern</c>: per-module alphas, keyed like <see cref="RankPattern"/>.</summary>
-    public IReadOnlyDictionary<string, float> AlphaPattern { get; }
+    public IReadOnlyDictionary<string, double> AlphaPattern { get; }
 
     /// <summary><c>target_modules</c> as a list of names (null when absent or given as a regex).</summary>
     public IReadOnlyList<string>? TargetModules { get; }
@@ -106,14 +105,14 @@ public sealed class PeftLoraConfig
     public int RankFor(string moduleName) => Lookup(_rankPattern, moduleName, R);
 
     /// <summary>The alpha PEFT gives this module: the first matching <c>alpha_pattern</c> key, else <c>lora_alpha</c>.</summary>
-    public float AlphaFor(string moduleName) => Lookup(_alphaPattern, moduleName, LoraAlpha);
+    public double AlphaFor(string moduleName) => Lookup(_alphaPattern, moduleName, LoraAlpha);
 
-    /// <summary>The scaling s of this module: alpha / r, or alpha / sqrt(r) with rsLoRA.</summary>
+    /// <summary>The scaling s of this module: alpha / r, or alpha / sqrt(r) with rsLoRA, in float64 as PEFT computes it, rounded once.</summary>
     public float ScalingFor(string moduleName)
     {
         int r = RankFor(moduleName);
-        float alpha = AlphaFor(moduleName);
-        return UseRsLora ? (float)(alpha / Math.Sqrt(r)) : alpha / r;
+        double alpha = AlphaFor(moduleName);
+        return (float)(UseRsLora ? alpha / Math.Sqrt(r) : alpha / r);
     }
 
     /// <summary>Whether PEFT would adapt this module under <c>target_modules</c>, <c>exclude_modules</c> and <c>layers_to_transform</c>.</summary>
@@ -148,7 +147,9 @@ public sealed class PeftLoraConfig
 
     private bool LayerIndexIsTransformed(string moduleName)
     {
-        IEnumerable<string> patterns = LayersPattern is { Count: > 0 } ? LayersPattern : DefaultLayerPatterns;
+        // PEFT: without layers_pattern any "<list>.<index>." counts (the last one in the name); with it,
+        // the first pattern that matches.
+        IEnumerable<string> patterns = LayersPattern is { Count: > 0 } ? LayersPattern.Select(Regex.Escape) : ["[^.]*"];
         foreach (string pattern in patterns)
         {
             Match m;
@@ -184,60 +185,72 @@ public sealed class PeftLoraConfig
         }
         using (document)
         {
-            JsonElement root = document.RootElement;
-            if (root.ValueKind != JsonValueKind.Object)
-            {
-                throw new InvalidDataException($"{label}: not a JSON object");
-            }
-            var fields = new JsonFields(root, label);
-            string peftType = fields.String("peft_type") ?? "LORA";
-            if (peftType != "LORA")
-            {
-                throw new NotSupportedException($"{label}: peft_type is '{peftType}'; only LORA adapters are supported");
-            }
-            if (fields.Bool("use_dora") == true)
-            {
-                throw new NotSupportedException($"{label}: use_dora is true; DoRA adapters are not supported");
-            }
-            if (fields.Bool("lora_bias") == true)
-            {
-                throw new NotSupportedException($"{label}: lora_bias is true; LoRA bias terms are not supported");
-            }
-            string bias = fields.String("bias") ?? "none";
-            if (bias != "none")
-            {
-                throw new NotSupportedException($"{label}: bias is '{bias}'; adapters that train the base model's biases are not supported");
-            }
-            foreach (string feature in new[] { "layer_replication", "target_parameters", "trainable_token_indices" })
-            {
-                if (fields.IsSet(feature))
-                {
-                    throw new NotSupportedException($"{label}: {feature} is set; that LoRA feature is not supported");
-                }
-            }
             try
             {
-                var (targetList, targetRegex) = fields.StringOrList("target_modules");
-                var (excludeList, excludeRegex) = fields.StringOrList("exclude_modules");
-                var (layersList, layersSingle) = fields.StringOrList("layers_pattern");
-                return new PeftLoraConfig(
-                    r: fields.Int("r") ?? 8,
-                    loraAlpha: fields.Float("lora_alpha") ?? 8,
-                    useRsLora: fields.Bool("use_rslora") ?? false,
-                    rankPattern: fields.Map("rank_pattern", (e, k) => fields.IntValue(e, $"rank_pattern['{k}']")),
-                    alphaPattern: fields.Map("alpha_pattern", (e, k) => fields.FloatValue(e, $"alpha_pattern['{k}']")),
-                    targetModules: targetList,
-                    targetModulesRegex: targetRegex,
-                    fanInFanOut: fields.Bool("fan_in_fan_out") ?? false,
-                    layersToTransform: fields.IntOrList("layers_to_transform"),
-                    layersPattern: layersList ?? (layersSingle is null ? null : [layersSingle]),
-                    excludeModules: excludeList,
-                    excludeModulesRegex: excludeRegex);
+                return FromJson(document.RootElement, label);
             }
-            catch (ArgumentException e)
+            catch (InvalidOperationException e)
             {
-                throw new InvalidDataException($"{label}: {e.Message}");
+                // System.Text.Json reports text it cannot turn into a string (a lone surrogate escape) this way.
+                throw new InvalidDataException($"{label}: not valid JSON text ({e.Message})");
             }
+        }
+    }
+
+    private static PeftLoraConfig FromJson(JsonElement root, string label)
+    {
+        if (root.ValueKind != JsonValueKind.Object)
+        {
+            throw new InvalidDataException($"{label}: not a JSON object");
+        }
+        var fields = new JsonFields(root, label);
+        string peftType = fields.String("peft_type") ?? "LORA";
+        if (peftType != "LORA")
+        {
+            throw new NotSupportedException($"{label}: peft_type is '{peftType}'; only LORA adapters are supported");
+        }
+        if (fields.Bool("use_dora") == true)
+        {
+            throw new NotSupportedException($"{label}: use_dora is true; DoRA adapters are not supported");
+        }
+        if (fields.Bool("lora_bias") == true)
+        {
+            throw new NotSupportedException($"{label}: lora_bias is true; LoRA bias terms are not supported");
+        }
+        string bias = fields.String("bias") ?? "none";
+        if (bias != "none")
+        {
+            throw new NotSupportedException($"{label}: bias is '{bias}'; adapters that train the base model's biases are not supported");
+        }
+        foreach (string feature in new[] { "layer_replication", "target_parameters", "trainable_token_indices", "alora_invocation_tokens", "use_qalora" })
+        {
+            if (fields.IsSet(feature))
+            {
+                throw new NotSupportedException($"{label}: {feature} is set; that LoRA feature is not supported");
+            }
+        }
+        try
+        {
+            var (targetList, targetRegex) = fields.StringOrList("target_modules");
+            var (excludeList, excludeRegex) = fields.StringOrList("exclude_modules");
+            var (layersList, layersSingle) = fields.StringOrList("layers_pattern");
+            return new PeftLoraConfig(
+                r: fields.Int("r") ?? 8,
+                loraAlpha: fields.Double("lora_alpha") ?? 8,
+                useRsLora: fields.Bool("use_rslora") ?? false,
+                rankPattern: fields.Map("rank_pattern", (e, k) => fields.IntValue(e, $"rank_pattern['{k}']")),
+                alphaPattern: fields.Map("alpha_pattern", (e, k) => fields.DoubleValue(e, $"alpha_pattern['{k}']")),
+                targetModules: targetList,
+                targetModulesRegex: targetRegex,
+                fanInFanOut: fields.Bool("fan_in_fan_out") ?? false,
+                layersToTransform: fields.IntOrList("layers_to_transform"),
+                layersPattern: layersList ?? (layersSingle is null ? null : [layersSingle]),
+                excludeModules: excludeList,
+                excludeModulesRegex: excludeRegex);
+        }
+        catch (ArgumentException e)
+        {
+            throw new InvalidDataException($"{label}: {e.Message}");
         }
     }
 
@@ -323,16 +336,16 @@ public sealed class PeftLoraConfig
 
         public int? Int(string name) => Get(name, JsonValueKind.Number, "an integer") is JsonElement v ? IntValue(v, name) : null;
 
-        public float? Float(string name) => Get(name, JsonValueKind.Number, "a number") is JsonElement v ? FloatValue(v, name) : null;
+        public double? Double(string name) => Get(name, JsonValueKind.Number, "a number") is JsonElement v ? DoubleValue(v, name) : null;
 
         public int IntValue(JsonElement v, string what) =>
             v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int i) ? i
             : v.ValueKind == JsonValueKind.Number && v.TryGetDouble(out double d) && d == Math.Floor(d) && d is >= int.MinValue and <= int.MaxValue ? (int)d
             : throw Wrong(what, "an integer");
 
-        public float FloatValue(JsonElement v, string what) =>
-            v.ValueKind == JsonValueKind.Number && v.TryGetDouble(out double d) && double.IsFinite(d) && Math.Abs(d) <= float.MaxValue ? (float)d
-            : throw Wrong(what, "a finite number");
+        public double DoubleValue(JsonElement v, string what) =>
+            v.ValueKind == JsonValueKind.Number && v.TryGetDouble(out double d) && Math.Abs(d) <= float.MaxValue ? d
+            : throw Wrong(what, "a finite number"); // within float range: scalings are float32
 
         public Dictionary<string, T> Map<T>(string name, Func<JsonElement, string, T> read)
         {

@@ -223,32 +223,41 @@ public sealed class SafeTensorsFile : IDisposable
         }
         using (document)
         {
-            JsonElement root = document.RootElement;
-            if (root.ValueKind != JsonValueKind.Object)
+            try
             {
-                throw Bad(label, "header is not a JSON object");
+                return ReadEntries(label, document.RootElement, bufferLength);
             }
-            var seen = new HashSet<string>(StringComparer.Ordinal);
-            var tensors = new List<TensorInfo>();
-            IReadOnlyDictionary<string, string> metadata = new Dictionary<string, string>();
-            foreach (JsonProperty entry in root.EnumerateObject())
+            catch (InvalidOperationException e)
             {
-                if (!seen.Add(entry.Name))
-                {
-                    throw Bad(label, $"key '{entry.Name}' appears twice in the header");
-                }
-                if (entry.Name == "__metadata__")
-                {
-                    metadata = ParseMetadata(label, entry.Value);
-                }
-                else
-                {
-                    tensors.Add(ParseEntry(label, entry.Name, entry.Value));
-                }
+                // System.Text.Json reports text it cannot turn into a string (a lone surrogate escape) this way.
+                throw Bad(label, $"header is not valid JSON text ({e.Message})");
             }
-            CheckOffsetsTileBuffer(label, tensors, bufferLength);
-            return (tensors, metadata);
         }
+    }
+
+    /// <summary>The entries of a header whose first byte is '{' (so its root is an object), validated.</summary>
+    private static (IReadOnlyList<TensorInfo>, IReadOnlyDictionary<string, string>) ReadEntries(string label, JsonElement root, long bufferLength)
+    {
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        var tensors = new List<TensorInfo>();
+        IReadOnlyDictionary<string, string> metadata = new Dictionary<string, string>();
+        foreach (JsonProperty entry in root.EnumerateObject())
+        {
+            if (!seen.Add(entry.Name))
+            {
+                throw Bad(label, $"key '{entry.Name}' appears twice in the header");
+            }
+            if (entry.Name == "__metadata__")
+            {
+                metadata = ParseMetadata(label, entry.Value);
+            }
+            else
+            {
+                tensors.Add(ParseEntry(label, entry.Name, entry.Value));
+            }
+        }
+        CheckOffsetsTileBuffer(label, tensors, bufferLength);
+        return (tensors, metadata);
     }
 
     private static Dictionary<string, string> ParseMetadata(string label, JsonElement value)
@@ -344,7 +353,8 @@ public sealed class SafeTensorsFile : IDisposable
         int i = 0;
         foreach (JsonElement item in value.EnumerateArray())
         {
-            if (item.ValueKind != JsonValueKind.Number || !item.TryGetInt64(out long v) || v < 0)
+            // "-0" parses as 0 but is no non-negative integer to the reference parser either.
+            if (item.ValueKind != JsonValueKind.Number || !item.TryGetInt64(out long v) || v < 0 || item.GetRawText()[0] == '-')
             {
                 throw Bad(label, $"{where}: {field}[{i}] = {item.GetRawText()} is not a non-negative integer");
             }

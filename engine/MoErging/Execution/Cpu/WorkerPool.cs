@@ -11,13 +11,14 @@ internal abstract class ParallelJob
 /// <summary>
 /// Fork-join over dedicated threads, with the caller taking part. Unlike Parallel.For it allocates nothing
 /// per call, which keeps a warm forward allocation-free. One job runs at a time; a caller that finds the
-/// pool busy (another session on another thread) runs its job alone rather than waiting.
+/// pool busy (another session on another thread) runs its job alone rather than waiting. The caller
+/// waits for the helpers' last items by spinning and yielding, never blocking: helpers are then at most
+/// one item from done, and a blocking wait on a thread-pool thread makes the runtime allocate.
 /// </summary>
 internal sealed class WorkerPool : IDisposable
 {
     private readonly Thread[] _threads;
     private readonly SemaphoreSlim _start = new(0);
-    private readonly ManualResetEventSlim _done = new(false);
     private ParallelJob? _job;
     private int _count;
     private int _next;
@@ -66,7 +67,6 @@ internal sealed class WorkerPool : IDisposable
             _next = 0;
             _failure = null;
             _running = helpers;
-            _done.Reset();
             _start.Release(helpers);
             ExceptionDispatchInfo? own = null;
             try
@@ -78,7 +78,11 @@ internal sealed class WorkerPool : IDisposable
                 Interlocked.Exchange(ref _next, int.MaxValue / 2);
                 own = ExceptionDispatchInfo.Capture(e);
             }
-            _done.Wait(); // helpers still hold the job until they finish
+            var spinner = new SpinWait();
+            while (Volatile.Read(ref _running) != 0) // helpers still hold the job until they finish
+            {
+                spinner.SpinOnce(sleep1Threshold: -1);
+            }
             (own ?? _failure)?.Throw();
         }
         finally
@@ -116,10 +120,7 @@ internal sealed class WorkerPool : IDisposable
                 Interlocked.Exchange(ref _next, int.MaxValue / 2);
                 Interlocked.CompareExchange(ref _failure, ExceptionDispatchInfo.Capture(e), null);
             }
-            if (Interlocked.Decrement(ref _running) == 0)
-            {
-                _done.Set();
-            }
+            Interlocked.Decrement(ref _running);
         }
     }
 
@@ -139,6 +140,5 @@ internal sealed class WorkerPool : IDisposable
             t.Join();
         }
         _start.Dispose();
-        _done.Dispose();
     }
 }

@@ -1,0 +1,77 @@
+using MoErging.Execution;
+using MoErging.Experts;
+using MoErging.Routing;
+
+namespace MoErging.Tests;
+
+/// <summary>A warm forward allocates nothing on the managed heap (measured on the calling thread).</summary>
+public sealed class AllocationTests
+{
+    private const string Module = "base_model.model.layers.0.mlp.down_proj";
+
+    [Theory]
+    [InlineData("arrow", false)]
+    [InlineData("arrow", true)]
+    [InlineData("uniform", false)]
+    [InlineData("layernorm", false)]
+    [InlineData("assigned", false)]
+    [InlineData("assigned", true)]
+    public void WarmForwardAllocatesNothing(string router, bool half)
+    {
+        var data = new TestData();
+        // Wide enough for several work items per phase, so the worker pool takes part.
+        TestLibrary lib = data.Library(experts: 20, dIn: 300, dOut: 1100, ranks: [16, 4, 9]);
+        AdaptedModule module = lib.Module(Module);
+        const int tokens = 40;
+        float[] x = data.Normal(tokens * 300), y = data.Normal(tokens * 1100);
+        Half[] xh = x.Select(v => (Half)v).ToArray(), yh = y.Select(v => (Half)v).ToArray();
+        int[] ids = Enumerable.Range(0, tokens * 2).Select(_ => data.Rng.Next(-1, 20)).ToArray();
+        float[] weights = data.Normal(tokens * 2);
+        Router? r = router switch
+        {
+            "arrow" => new ArrowRouter(module, new RoutingOptions(3)),
+            "uniform" => new UniformRouter(20),
+            "layernorm" => new LinearRouter(data.Normal(20 * 300), 300, new RoutingOptions(2), InputNormalization.LayerNorm),
+            _ => null,
+        };
+        using Engine engine = Engine.Create(new EngineOptions { Backend = Backend.Cpu, CpuThreads = 2 });
+        using Session session = engine.CreateSession();
+        var decision = new RoutingDecision();
+
+        void Call()
+        {
+            if (r is null)
+            {
+                decision.Assign(ids, weights, 2, 20);
+                if (half)
+                {
+                    session.Forward(module, decision, xh, yh);
+                }
+                else
+                {
+                    session.Forward(module, decision, x, y);
+                }
+            }
+            else if (half)
+            {
+                session.Forward(module, r, xh, decision, yh);
+            }
+            else
+            {
+                session.Forward(module, r, x, decision, y);
+            }
+        }
+
+        for (int i = 0; i < 3; i++)
+        {
+            Call();
+        }
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 5; i++)
+        {
+            Call();
+        }
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.True(allocated == 0, $"{data}: five warm forwards ({router}, half={half}) allocated {allocated} bytes");
+    }
+}
