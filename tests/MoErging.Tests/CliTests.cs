@@ -1,0 +1,178 @@
+using System.Text.Json;
+using MoErging.Cli;
+using MoErging.Experts;
+using MoErging.Formats;
+
+namespace MoErging.Tests;
+
+/// <summary>The moerge command line, run in-process on real files.</summary>
+public sealed class CliTests
+{
+    private const string Module = "base_model.model.layers.0.mlp.down_proj";
+
+    private static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = Cli.Cli.Run(args, stdout, stderr);
+        return (code, stdout.ToString(), stderr.ToString());
+    }
+
+    /// <summary>Writes a random library as PEFT directories; returns their paths.</summary>
+    private static string[] WriteLibrary(TempDir dir, TestLibrary lib) =>
+        lib.Library.Experts.Select(e =>
+        {
+            string path = dir.Sub(e.Name);
+            PeftAdapter.Write(path, e);
+            return path;
+        }).ToArray();
+
+    [Fact]
+    public void InspectListsModulesAsTextAndJson()
+    {
+        using var dir = new TempDir();
+        TestLibrary lib = new TestData().Library(experts: 2, dIn: 12, dOut: 7, ranks: [3, 5]);
+        string[] dirs = WriteLibrary(dir, lib);
+        var (code, output, error) = Run(["inspect", .. dirs]);
+        Assert.True(code == 0, error);
+        Assert.Contains("e0", output);
+        Assert.Contains(Module, output);
+        Assert.Contains("r=5", output);
+        Assert.Contains("12 → 7", output);
+
+        (code, output, error) = Run(["inspect", .. dirs, "--json"]);
+        Assert.True(code == 0, error);
+        using JsonDocument json = JsonDocument.Parse(output);
+        JsonElement second = json.RootElement[1];
+        Assert.Equal("e1", second.GetProperty("name").GetString());
+        JsonElement module = second.GetProperty("modules")[0];
+        Assert.Equal(Module, module.GetProperty("name").GetString());
+        Assert.Equal(5, module.GetProperty("rank").GetInt32());
+        Assert.Equal(lib.Raw[Module][1]!.Scaling, module.GetProperty("scaling").GetSingle());
+        Assert.Equal("F32", module.GetProperty("dtype").GetString());
+    }
+
+    [Theory]
+    [InlineData("uniform")]
+    [InlineData("fixed")]
+    [InlineData("arrow")]
+    [InlineData("assigned")]
+    public void ForwardWritesYAndTheDecision(string router)
+    {
+        var data = new TestData();
+        using var dir = new TempDir();
+        TestLibrary lib = data.Library(experts: 3, dIn: 12, dOut: 7, ranks: [3, 5, 1]);
+        string[] dirs = WriteLibrary(dir, lib);
+        const int tokens = 5;
+        float[] x = data.Normal(tokens * 12), yBase = data.Normal(tokens * 7);
+        int[] ids = [0, 2, 1, -1, 2, 2, 0, 1, 1, 0];
+        float[] assigned = data.Normal(tokens * 2);
+        var input = new SafeTensorsWriter().Add("x", x, [tokens, 12], TensorDType.F32).Add("base", yBase, [tokens, 7]);
+        if (router == "assigned")
+        {
+            input.Add("expert_ids", ids, [tokens, 2]).Add("expert_weights", assigned, [tokens, 2]);
+        }
+        input.WriteTo(dir.Sub("in.safetensors"));
+        string[] extra = router switch
+        {
+            "fixed" => ["--weights", "0.5,-1.25,2"],
+            "arrow" => ["--top-k", "2", "--temperature", "0.5"],
+            _ => [],
+        };
+        var (code, _, error) = Run(["forward", "--experts", .. dirs, "--module", "down_proj", "--input", dir.Sub("in.safetensors"),
+            "--output", dir.Sub("out.safetensors"), "--router", router, .. extra]);
+        Assert.True(code == 0, error);
+
+        using SafeTensorsFile output = SafeTensorsFile.Open(dir.Sub("out.safetensors"));
+        float[] y = output.ReadSingles(output.GetTensor("y"));
+        int[] outIds = output.ReadInt32s(output.GetTensor("expert_ids"));
+        float[] outWeights = output.ReadSingles(output.GetTensor("expert_weights"));
+        int k = (int)output.GetTensor("expert_ids").Shape[1];
+        Assert.Equal(router is "uniform" or "fixed" ? 3 : 2, k);
+        Assert.Equal([tokens, 7L], output.GetTensor("y").Shape.ToArray());
+
+        // The reference applies the decision the CLI reports, after checking it.
+        double[] weights = outWeights.Select(w => (double)w).ToArray();
+        switch (router)
+        {
+            case "uniform":
+                Assert.All(outWeights, w => Assert.Equal(1f / 3, w));
+                break;
+            case "fixed":
+                Assert.Equal([2, 0, 1], outIds.Take(3));
+                Assert.Equal([2f, 0.5f, -1.25f], outWeights.Take(3));
+                break;
+            case "arrow":
+                float[] p = Routing.ArrowRouter.ComputePrototypes(lib.Module(Module));
+                for (int t = 0; t < tokens; t++)
+                {
+                    double[] scores = Reference.Scores(x.AsSpan(t * 12, 12), p, Routing.InputNormalization.None, Routing.ScoreFunction.AbsoluteValue, 0.5, default);
+                    double[] w = Reference.CheckTopKAndWeigh(scores, outIds.AsSpan(t * 2, 2), 1e-4, $"{data}, token {t}");
+                    weights[t * 2] = w[0];
+                    weights[t * 2 + 1] = w[1];
+                }
+                break;
+            default:
+                // The host's slots, put in decision order: per token the same (id, weight) pairs.
+                for (int t = 0; t < tokens; t++)
+                {
+                    var given = Enumerable.Range(0, 2).Select(s => (ids[t * 2 + s], ids[t * 2 + s] < 0 ? 0f : assigned[t * 2 + s])).Order();
+                    var written = Enumerable.Range(0, 2).Select(s => (outIds[t * 2 + s], outWeights[t * 2 + s])).Order();
+                    Assert.Equal(given, written);
+                }
+                break;
+        }
+        double[] expected = Reference.Forward(lib.Raw[Module], x, yBase, tokens, outIds, weights, k);
+        Reference.CheckFloat32(y, expected, yBase, k, $"{data} ({router})");
+    }
+
+    [Fact]
+    public void ErrorsAreOneLineWithExitCodes()
+    {
+        using var dir = new TempDir();
+        TestLibrary lib = new TestData().Library(experts: 2, dIn: 4, dOut: 3, ranks: [1]);
+        string[] dirs = WriteLibrary(dir, lib);
+        new SafeTensorsWriter().Add("x", new float[8], [2, 4]).WriteTo(dir.Sub("in.safetensors"));
+
+        var (code, _, error) = Run(["forward", "--experts", .. dirs, "--input", dir.Sub("in.safetensors"), "--output", dir.Sub("o"), "--router", "uniform"]);
+        Assert.Equal(2, code);
+        Assert.Contains("--module is required", error);
+
+        (code, _, error) = Run(["forward", "--experts", .. dirs, "--module", "q_proj", "--input", dir.Sub("in.safetensors"), "--output", dir.Sub("o"), "--router", "uniform"]);
+        Assert.Equal(1, code);
+        Assert.StartsWith("moerge: error: no module matches 'q_proj'", error);
+        Assert.Single(error.TrimEnd().Split('\n'));
+
+        (code, _, error) = Run(["forward", "--experts", .. dirs, "--module", "down_proj", "--input", dir.Sub("missing.safetensors"), "--output", dir.Sub("o"), "--router", "uniform", "--verbose"]);
+        Assert.Equal(1, code);
+        Assert.Contains("missing.safetensors", error);
+        Assert.Contains("   at ", error); // --verbose adds the stack trace
+
+        (code, _, error) = Run(["forward", "--experts", .. dirs, "--module", "down_proj", "--input", dir.Sub("in.safetensors"), "--output", dir.Sub("o"), "--router", "uniform", "--top-k", "1"]);
+        Assert.Equal(2, code);
+        Assert.Contains("--top-k applies only to --router arrow", error);
+
+        (code, _, error) = Run(["inspect", dir.Sub("nope")]);
+        Assert.Equal(1, code);
+        Assert.Contains("no such directory", error);
+
+        (code, _, error) = Run(["frobnicate"]);
+        Assert.Equal(2, code);
+        Assert.Contains("unknown command 'frobnicate'", error);
+        Assert.False(File.Exists(dir.Sub("o")), "no output is written when the command fails");
+    }
+
+    [Fact]
+    public void DemoRunsEndToEndAndKeepsItsAdaptersWhenAsked()
+    {
+        using var dir = new TempDir();
+        var (code, output, error) = Run("demo", "--experts", "5", "--tokens", "12", "--dim", "48", "--rank", "4", "--iterations", "2", "--threads", "2", "--out", dir.Path);
+        Assert.True(code == 0, error);
+        Assert.Contains("backend: Cpu", output);
+        Assert.Contains("top-1 expert is the token's task", output);
+        Assert.Contains("GB/s", output);
+        ExpertLibrary reloaded = ExpertLibrary.Load(Directory.GetDirectories(dir.Path).Order());
+        Assert.Equal(5, reloaded.ExpertCount);
+        Assert.Equal(2, reloaded.Modules.Count);
+    }
+}
