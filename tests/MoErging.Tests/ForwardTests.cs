@@ -10,7 +10,7 @@ namespace MoErging.Tests;
 /// (<see cref="Reference.CheckFloat32"/>); Half outputs within half a Half ulp of the float64 result
 /// (<see cref="Reference.CheckHalf"/>).
 /// </summary>
-public sealed class ForwardTests
+public abstract class ForwardTests(EngineFixture engines)
 {
     private const string Module = "base_model.model.layers.0.mlp.down_proj";
 
@@ -49,8 +49,7 @@ public sealed class ForwardTests
         float[] x = RoundToHalf(data.Normal(tokens * 37)), yBase = RoundToHalf(data.Normal(tokens * 53));
         object r = MakeRouter(data, lib, router, k, tokens);
 
-        using Engine engine = Engine.Create(new EngineOptions { Backend = Backend.Cpu, CpuThreads = 2 });
-        using Session session = engine.CreateSession();
+        using Session session = engines.CreateSession(2);
         Half[] xh = x.Select(v => (Half)v).ToArray(), yh = yBase.Select(v => (Half)v).ToArray();
         var decision = new RoutingDecision();
         if (r is Router router1)
@@ -81,14 +80,20 @@ public sealed class ForwardTests
     public void ManyExpertsAndTokensSpanEveryWorkItemBoundary()
     {
         var data = new TestData();
-        // 37 experts and 150 tokens cross the scoring blocks (16 × 16); the assignment below sends over
-        // 64 tokens to one expert, crossing the shrink's token blocks, with rank 19 crossing its row blocks.
+        // 37 experts (more than a warp's lanes) and 150 tokens cross the CPU scoring blocks (16 × 16); the
+        // assignment sends every token to expert 0, crossing the CPU shrink's 64-token blocks and the GPU
+        // shrink's 8-pair items, with rank 19 crossing both row blocks. The GPU simulator, which pays for
+        // every warp shuffle, runs 40 tokens: still five pair items and every GPU boundary.
+        int tokens = Simulated ? 40 : 150;
         TestLibrary lib = data.Library(experts: 37, dIn: 45, dOut: 70, ranks: [19, 2, 7]);
         AdaptedModule module = lib.Module(Module);
-        Check(data, lib, new ArrowRouter(module, new RoutingOptions(4, 0.5f)), data.Normal(150 * 45), data.Normal(150 * 70), threads: 3);
-        int[] ids = Enumerable.Range(0, 150 * 2).Select(i => i % 2 == 0 ? 0 : data.Rng.Next(37)).ToArray();
-        Check(data, lib, (ids, data.Normal(150 * 2), 2), data.Normal(150 * 45), data.Normal(150 * 70), threads: 2);
+        Check(data, lib, new ArrowRouter(module, new RoutingOptions(4, 0.5f)), data.Normal(tokens * 45), data.Normal(tokens * 70), threads: 3);
+        int[] ids = Enumerable.Range(0, tokens * 2).Select(i => i % 2 == 0 ? 0 : data.Rng.Next(37)).ToArray();
+        Check(data, lib, (ids, data.Normal(tokens * 2), 2), data.Normal(tokens * 45), data.Normal(tokens * 70), threads: 2);
     }
+
+    /// <summary>ILGPU's CPU accelerator: correct but slow, so a few cases run smaller there.</summary>
+    private bool Simulated => engines.Backend == Backend.GpuSimulator;
 
     [Fact]
     public void AllTokensOnOneExpertAndExpertsNoTokenSelects()
@@ -130,7 +135,7 @@ public sealed class ForwardTests
     }
 
     [Fact]
-    public void ResultsAreBitwiseIdenticalAcrossRunsAndThreadCounts()
+    public void ResultsAreBitwiseIdenticalAcrossRunsAndSessions()
     {
         var data = new TestData();
         TestLibrary lib = data.Library(experts: 9, dIn: 200, dOut: 1500, ranks: [16, 3, 8]);
@@ -138,14 +143,13 @@ public sealed class ForwardTests
         var router = new ArrowRouter(module, new RoutingOptions(3));
         float[] x = data.Normal(29 * 200), yBase = data.Normal(29 * 1500);
         float[]? first = null;
-        foreach (int threads in new[] { 1, 2, 4, 2 })
+        foreach (int threads in Simulated ? new[] { 1, 2 } : [1, 2, 4, 2])
         {
-            using Engine engine = Engine.Create(new EngineOptions { CpuThreads = threads });
-            using Session session = engine.CreateSession();
+            using Session session = engines.CreateSession(threads);
             var y = (float[])yBase.Clone();
             session.Forward(module, router, x, new RoutingDecision(), y);
             first ??= y;
-            Assert.True(first.AsSpan().SequenceEqual(y), $"{data}: result with {threads} threads differs from the first run");
+            Assert.True(first.AsSpan().SequenceEqual(y), $"{data}: result with {threads} threads (CPU) or a new session differs from the first run");
         }
     }
 
@@ -155,8 +159,7 @@ public sealed class ForwardTests
         var data = new TestData();
         string other = "base_model.model.layers.1.mlp.down_proj";
         TestLibrary lib = data.Library(experts: 4, dIn: 37, dOut: 53, ranks: [2, 5], modules: [Module, other]);
-        using Engine engine = Engine.Create();
-        using Session session = engine.CreateSession();
+        using Session session = engines.CreateSession(2);
         float[] x = data.Normal(6 * 37), yBase = data.Normal(6 * 53);
         var decision = new RoutingDecision();
         session.Route(lib.Module(Module), new ArrowRouter(lib.Module(Module), new RoutingOptions(2)), x, decision);
@@ -188,12 +191,11 @@ public sealed class ForwardTests
     }
 
     /// <summary>Runs the engine, derives the reference decision, and compares y. Returns the engine's decision.</summary>
-    private static RoutingDecision Check(TestData data, TestLibrary lib, object router, float[] x, float[] yBase, int threads)
+    private RoutingDecision Check(TestData data, TestLibrary lib, object router, float[] x, float[] yBase, int threads)
     {
         AdaptedModule module = lib.Module(Module);
         int tokens = x.Length / module.InputDim;
-        using Engine engine = Engine.Create(new EngineOptions { Backend = Backend.Cpu, CpuThreads = threads });
-        using Session session = engine.CreateSession();
+        using Session session = engines.CreateSession(threads);
         var y = (float[])yBase.Clone();
         var decision = new RoutingDecision();
         if (router is Router r)
@@ -261,3 +263,10 @@ public sealed class ForwardTests
 
     private static float[] RoundToHalf(float[] values) => values.Select(v => (float)(Half)v).ToArray();
 }
+
+public sealed class ForwardTestsOnCpu(CpuEngines engines) : ForwardTests(engines), IClassFixture<CpuEngines>;
+
+public sealed class ForwardTestsOnGpuSimulator(SimulatorEngine engines) : ForwardTests(engines), IClassFixture<SimulatorEngine>;
+
+[Trait("Backend", "Cuda")]
+public sealed class ForwardTestsOnCuda(CudaEngine engines) : ForwardTests(engines), IClassFixture<CudaEngine>;

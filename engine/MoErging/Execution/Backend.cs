@@ -3,9 +3,31 @@ namespace MoErging.Execution;
 /// <summary>Where the engine runs.</summary>
 public enum Backend
 {
-    /// <summary>The best backend present; the engine reports which it chose and why.</summary>
+    /// <summary>The best backend present (CUDA, then OpenCL, then the CPU); the engine reports which and why.</summary>
     Auto,
 
     /// <summary>The CPU: SIMD, multithreaded across tokens and experts.</summary>
     Cpu,
+
+    /// <summary>An NVIDIA GPU through ILGPU's CUDA backend.</summary>
+    Cuda,
+
+    /// <summary>A GPU through ILGPU's OpenCL backend (needs OpenCL 2.0 with generic address space support).</summary>
+    OpenCL,
+
+    /// <summary>The GPU kernels on ILGPU's CPU accelerator: slow, for testing and debugging kernels without a GPU.</summary>
+    GpuSimulator,
 }
+
+/// <summary>How expert factors are stored on a GPU (the CPU backend always uses float32).</summary>
+public enum WeightPrecision
+{
+    /// <summary>float32.</summary>
+    Float32,
+
+    /// <summary>IEEE binary16, rounded to nearest even once at upload; arithmetic stays float32.</summary>
+    Float16,
+}
+
+/// <summary>The backend asked for is not present on this machine; the message says what was looked for.</summary>
+public sealed class BackendUnavailableException(string message) : Exception(message);

@@ -1,5 +1,8 @@
 using System.Runtime.InteropServices;
+using ILGPU;
+using Half = System.Half;
 using MoErging.Execution.Cpu;
+using MoErging.Execution.Gpu;
 using MoErging.Experts;
 using MoErging.Routing;
 
@@ -10,16 +13,29 @@ namespace MoErging.Execution;
 /// are row-major: X <c>[T, d_in]</c>, Y <c>[T, d_out]</c>. Buffers grow to the largest batch seen, so a
 /// warm call allocates nothing. One thread at a time: concurrent use of one session throws.
 /// </summary>
+/// <remarks>
+/// On a GPU backend the span calls copy through page-locked staging and return when the result is on the
+/// host. The device calls (<see cref="ArrayView{T}"/> arguments, F16 as its ushort bits) queue work on the
+/// session's stream and return at once; <see cref="Synchronize"/> waits for it.
+/// </remarks>
 public sealed unsafe class Session : IDisposable
 {
-    private readonly CpuExecutor _cpu;
+    private readonly CpuExecutor? _cpu;
+    private readonly GpuExecutor? _gpu;
     private int _inUse;
     private bool _disposed;
 
     internal Session(Engine engine)
     {
         Engine = engine;
-        _cpu = new CpuExecutor(engine.Pool);
+        if (engine.Gpu is GpuBackend gpu)
+        {
+            _gpu = new GpuExecutor(gpu);
+        }
+        else
+        {
+            _cpu = new CpuExecutor(engine.Pool!);
+        }
     }
 
     /// <summary>The engine this session runs on.</summary>
@@ -31,9 +47,14 @@ public sealed unsafe class Session : IDisposable
     {
         int tokens = CheckRoute(module, router, x.Length, destination);
         using var _ = Enter();
+        if (_gpu is not null && router is LinearRouter linear)
+        {
+            _gpu.Route(linear, x, tokens, destination);
+            return;
+        }
         fixed (float* px = x)
         {
-            RouteRows(router, px, tokens, destination);
+            RouteOnCpu(router, px, tokens, destination);
         }
     }
 
@@ -42,7 +63,12 @@ public sealed unsafe class Session : IDisposable
     {
         int tokens = CheckRoute(module, router, x.Length, destination);
         using var _ = Enter();
-        RouteRows(router, router is LinearRouter ? _cpu.Widen(x) : null, tokens, destination);
+        if (_gpu is not null && router is LinearRouter linear)
+        {
+            _gpu.Route(linear, MemoryMarshal.Cast<Half, ushort>(x), tokens, destination);
+            return;
+        }
+        RouteOnCpu(router, router is LinearRouter ? _cpu!.Widen(x) : null, tokens, destination);
     }
 
     /// <summary>
@@ -55,9 +81,14 @@ public sealed unsafe class Session : IDisposable
     {
         CheckForward(module, decision, x.Length, y.Length, MemoryMarshal.AsBytes(x).Overlaps(MemoryMarshal.AsBytes((ReadOnlySpan<float>)y)));
         using var _ = Enter();
+        if (_gpu is not null)
+        {
+            _gpu.Forward(module, null, decision, x, y, decision.TokenCount);
+            return;
+        }
         fixed (float* px = x, py = y)
         {
-            _cpu.Forward(module, decision, px, py);
+            _cpu!.Forward(module, decision, px, py);
         }
     }
 
@@ -66,9 +97,14 @@ public sealed unsafe class Session : IDisposable
     {
         CheckForward(module, decision, x.Length, y.Length, MemoryMarshal.AsBytes(x).Overlaps(MemoryMarshal.AsBytes((ReadOnlySpan<Half>)y)));
         using var _ = Enter();
+        if (_gpu is not null)
+        {
+            _gpu.Forward(module, null, decision, MemoryMarshal.Cast<Half, ushort>(x), MemoryMarshal.Cast<Half, ushort>(y), decision.TokenCount);
+            return;
+        }
         fixed (Half* py = y)
         {
-            _cpu.Forward(module, decision, _cpu.Widen(x), py);
+            _cpu!.Forward(module, decision, _cpu.Widen(x), py);
         }
     }
 
@@ -78,10 +114,15 @@ public sealed unsafe class Session : IDisposable
         int tokens = CheckRoute(module, router, x.Length, decision);
         CheckOutput(module, tokens, y.Length, MemoryMarshal.AsBytes(x).Overlaps(MemoryMarshal.AsBytes((ReadOnlySpan<float>)y)));
         using var _ = Enter();
+        if (_gpu is not null)
+        {
+            _gpu.Forward(module, router, decision, x, y, tokens);
+            return;
+        }
         fixed (float* px = x, py = y)
         {
-            RouteRows(router, px, tokens, decision);
-            _cpu.Forward(module, decision, px, py);
+            RouteOnCpu(router, px, tokens, decision);
+            _cpu!.Forward(module, decision, px, py);
         }
     }
 
@@ -91,23 +132,103 @@ public sealed unsafe class Session : IDisposable
         int tokens = CheckRoute(module, router, x.Length, decision);
         CheckOutput(module, tokens, y.Length, MemoryMarshal.AsBytes(x).Overlaps(MemoryMarshal.AsBytes((ReadOnlySpan<Half>)y)));
         using var _ = Enter();
-        float* px = _cpu.Widen(x);
+        if (_gpu is not null)
+        {
+            _gpu.Forward(module, router, decision, MemoryMarshal.Cast<Half, ushort>(x), MemoryMarshal.Cast<Half, ushort>(y), tokens);
+            return;
+        }
+        float* px = _cpu!.Widen(x);
         fixed (Half* py = y)
         {
-            RouteRows(router, px, tokens, decision);
+            RouteOnCpu(router, px, tokens, decision);
             _cpu.Forward(module, decision, px, py);
         }
     }
 
-    /// <inheritdoc />
-    public void Dispose() => _disposed = true;
+    // ------------------------------------------------------------------ device-resident API (GPU backends)
 
-    private void RouteRows(Router router, float* x, int tokens, RoutingDecision destination)
+    /// <summary>A routing decision that lives on this session's GPU.</summary>
+    /// <exception cref="NotSupportedException">The engine runs on the CPU.</exception>
+    public DeviceRoutingDecision CreateDeviceDecision() => Gpu.CreateDecision();
+
+    /// <summary>Routes device rows (float32) into a device decision; queued on the session's stream.</summary>
+    public void Route(AdaptedModule module, LinearRouter router, ArrayView<float> x, DeviceRoutingDecision destination) =>
+        RouteOnDevice(module, router, x, destination);
+
+    /// <summary>Routes device rows (F16 bits) into a device decision; queued on the session's stream.</summary>
+    public void Route(AdaptedModule module, LinearRouter router, ArrayView<ushort> x, DeviceRoutingDecision destination) =>
+        RouteOnDevice(module, router, x, destination);
+
+    /// <summary>Adds the mixture for a device decision into device y (float32); queued on the session's stream.</summary>
+    public void Forward(AdaptedModule module, DeviceRoutingDecision decision, ArrayView<float> x, ArrayView<float> y) =>
+        ForwardOnDevice(module, decision, x, y);
+
+    /// <summary>Adds the mixture for a device decision into device y (F16 bits); queued on the session's stream.</summary>
+    public void Forward(AdaptedModule module, DeviceRoutingDecision decision, ArrayView<ushort> x, ArrayView<ushort> y) =>
+        ForwardOnDevice(module, decision, x, y);
+
+    /// <summary>Routes device x into <paramref name="decision"/> and adds the mixture into device y (float32).</summary>
+    public void Forward(AdaptedModule module, LinearRouter router, ArrayView<float> x, DeviceRoutingDecision decision, ArrayView<float> y)
+    {
+        RouteOnDevice(module, router, x, decision);
+        ForwardOnDevice(module, decision, x, y);
+    }
+
+    /// <summary>Routes device x into <paramref name="decision"/> and adds the mixture into device y (F16 bits).</summary>
+    public void Forward(AdaptedModule module, LinearRouter router, ArrayView<ushort> x, DeviceRoutingDecision decision, ArrayView<ushort> y)
+    {
+        RouteOnDevice(module, router, x, decision);
+        ForwardOnDevice(module, decision, x, y);
+    }
+
+    /// <summary>Waits for the work this session queued on its GPU (no-op on the CPU).</summary>
+    public void Synchronize() => _gpu?.Synchronize();
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        if (!_disposed)
+        {
+            _disposed = true;
+            _gpu?.Dispose();
+        }
+    }
+
+    private GpuExecutor Gpu =>
+        _gpu ?? throw new NotSupportedException($"device buffers need a GPU backend; this engine runs on {Engine.Backend}");
+
+    private void RouteOnDevice<TX>(AdaptedModule module, LinearRouter router, ArrayView<TX> x, DeviceRoutingDecision destination) where TX : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(destination);
+        int tokens = CheckRoute(module, router, checked((int)x.Length), new RoutingDecision());
+        using var _ = Enter();
+        Gpu.Route(router, x, tokens, destination);
+    }
+
+    private void ForwardOnDevice<TX>(AdaptedModule module, DeviceRoutingDecision decision, ArrayView<TX> x, ArrayView<TX> y) where TX : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(module);
+        ArgumentNullException.ThrowIfNull(decision);
+        int tokens = Rows(checked((int)x.Length), module);
+        if (decision.TokenCount != tokens)
+        {
+            throw new ArgumentException($"x holds {tokens} rows but the decision routes {decision.TokenCount} tokens", nameof(decision));
+        }
+        if (tokens > 0 && decision.ExpertCount != module.ExpertCount)
+        {
+            throw new ArgumentException($"the decision chooses among {decision.ExpertCount} experts but module '{module.Name}' belongs to a library of {module.ExpertCount}", nameof(decision));
+        }
+        CheckOutput(module, tokens, checked((int)y.Length), overlap: false);
+        using var _ = Enter();
+        Gpu.Forward(module, decision, x, y);
+    }
+
+    private void RouteOnCpu(Router router, float* x, int tokens, RoutingDecision destination)
     {
         switch (router)
         {
             case LinearRouter linear:
-                _cpu.Route(linear, x, tokens, destination);
+                _cpu!.Route(linear, x, tokens, destination);
                 break;
             case FixedRouter fixedWeights:
                 CpuExecutor.Route(fixedWeights, tokens, destination);

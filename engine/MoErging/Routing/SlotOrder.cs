@@ -1,56 +1,17 @@
 using System.Buffers;
+using MoErging.Kernels;
+using static MoErging.Kernels.SlotKeys;
 
 namespace MoErging.Routing;
 
 /// <summary>
-/// The one ordering of (expert, value) slots used everywhere: value descending, ties to the lower expert
-/// index, NaN after every number, empty slots (expert -1) last. Values are packed with their expert id
-/// into a 64-bit key whose ascending order is that ordering, so selection and sorting are plain integer work.
+/// Sorting and top-k selection of (expert, value) slots in the engine's one ordering (see
+/// <see cref="SlotKeys"/>, shared with the gating kernel), without allocating.
 /// </summary>
 internal static class SlotOrder
 {
-    private const uint NaNRank = 0xFFFF_FFFE;
-    private const uint EmptyRank = 0xFFFF_FFFF;
     private const int InsertionLimit = 32;
     private const int StackKeys = 512;
-
-    public static ulong Key(float value, int expert)
-    {
-        if (expert < 0)
-        {
-            return ((ulong)EmptyRank << 32) | EmptyRank;
-        }
-        uint rank;
-        if (float.IsNaN(value))
-        {
-            rank = NaNRank;
-        }
-        else
-        {
-            uint bits = BitConverter.SingleToUInt32Bits(value + 0f); // -0 becomes +0: equal values tie
-            uint ascending = (bits & 0x8000_0000) != 0 ? ~bits : bits | 0x8000_0000;
-            rank = ~ascending;
-        }
-        return ((ulong)rank << 32) | (uint)expert;
-    }
-
-    public static int Expert(ulong key) => (uint)key == EmptyRank ? -1 : (int)(uint)key;
-
-    public static float Value(ulong key)
-    {
-        uint rank = (uint)(key >> 32);
-        if (rank == EmptyRank)
-        {
-            return 0f;
-        }
-        if (rank == NaNRank)
-        {
-            return float.NaN;
-        }
-        uint ascending = ~rank;
-        uint bits = (ascending & 0x8000_0000) != 0 ? ascending & 0x7FFF_FFFF : ~ascending;
-        return BitConverter.UInt32BitsToSingle(bits);
-    }
 
     /// <summary>Sorts slots (expert ids with their values) into the ordering, in place, without allocating.</summary>
     public static void Sort(Span<int> experts, Span<float> values)

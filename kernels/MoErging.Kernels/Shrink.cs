@@ -1,0 +1,184 @@
+using System.Runtime.CompilerServices;
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace MoErging.Kernels;
+
+/// <summary>Arguments of the shrink kernel.</summary>
+/// <typeparam name="TX">Element type of X.</typeparam>
+/// <typeparam name="TW">Element type of the factors.</typeparam>
+public struct ShrinkArgs<TX, TW>
+    where TX : unmanaged
+    where TW : unmanaged
+{
+    /// <summary>X, row-major <c>[T, InputDim]</c>.</summary>
+    public ArrayView<TX> X;
+
+    /// <summary>d_in.</summary>
+    public int InputDim;
+
+    /// <summary>Every expert's A, row-major <c>[r_e, d_in]</c>, back to back (mixed ranks, no padding).</summary>
+    public ArrayView<TW> A;
+
+    /// <summary>Where each expert's A starts in <see cref="A"/>.</summary>
+    public ArrayView<long> AOffset;
+
+    /// <summary>Rank of each expert.</summary>
+    public ArrayView<int> Rank;
+
+    /// <summary>The dispatch's work items and their count.</summary>
+    public ArrayView<int> ItemExpert;
+
+    /// <inheritdoc cref="ItemExpert"/>
+    public ArrayView<int> ItemRow;
+
+    /// <inheritdoc cref="ItemExpert"/>
+    public ArrayView<int> ItemPairStart;
+
+    /// <inheritdoc cref="ItemExpert"/>
+    public ArrayView<int> ItemPairEnd;
+
+    /// <inheritdoc cref="ItemExpert"/>
+    public ArrayView<int> ItemCount;
+
+    /// <summary>The token of every pair.</summary>
+    public ArrayView<int> PairToken;
+
+    /// <summary>w · s of every pair.</summary>
+    public ArrayView<float> PairCoefficient;
+
+    /// <summary>Out: V, row-major <c>[pairs, VStride]</c>: V[p, k] = c_p · (A_e[k] · x_t).</summary>
+    public ArrayView<float> V;
+
+    /// <summary>Row stride of V: the largest rank.</summary>
+    public int VStride;
+}
+
+/// <summary>
+/// Shrink, V = X_seg A_eᵀ scaled per pair, over the dispatch's work list. The grid is fixed and groups
+/// stride over the items (their number is known only on the device). In an item, each warp takes one
+/// rank row of A and up to <see cref="PairsPerItem"/> tokens: lanes stride d_in, so the row streams once,
+/// coalesced, against all the item's tokens; each dot product ends in a butterfly of its own, so its
+/// value does not depend on which item or position computed it.
+/// </summary>
+public sealed class ShrinkKernel
+{
+    /// <summary>Pairs (tokens) per item.</summary>
+    public const int PairsPerItem = 8;
+
+    private readonly Accelerator _accelerator;
+    private readonly Action<AcceleratorStream, KernelConfig, ShrinkArgs<float, float>> _f32f32;
+    private readonly Action<AcceleratorStream, KernelConfig, ShrinkArgs<float, ushort>> _f32f16;
+    private readonly Action<AcceleratorStream, KernelConfig, ShrinkArgs<ushort, float>> _f16f32;
+    private readonly Action<AcceleratorStream, KernelConfig, ShrinkArgs<ushort, ushort>> _f16f16;
+
+    /// <summary>Compiles the four storage variants for an accelerator.</summary>
+    public ShrinkKernel(Accelerator accelerator)
+    {
+        _accelerator = accelerator;
+        RowsPerItem = Math.Clamp(accelerator.MaxNumThreadsPerGroup / accelerator.WarpSize, 1, 4);
+        _f32f32 = accelerator.LoadKernel<ShrinkArgs<float, float>>(Kernel<float, F32, float, F32>);
+        _f32f16 = accelerator.LoadKernel<ShrinkArgs<float, ushort>>(Kernel<float, F32, ushort, F16>);
+        _f16f32 = accelerator.LoadKernel<ShrinkArgs<ushort, float>>(Kernel<ushort, F16, float, F32>);
+        _f16f16 = accelerator.LoadKernel<ShrinkArgs<ushort, ushort>>(Kernel<ushort, F16, ushort, F16>);
+    }
+
+    /// <summary>Rank rows per item: one per warp of a group (four, or fewer where groups are smaller).</summary>
+    public int RowsPerItem { get; }
+
+    /// <summary>Groups the persistent grid launches: enough to fill the device several times over.</summary>
+    public int Groups => Math.Max(1, _accelerator.NumMultiprocessors * 8);
+
+    /// <summary>Launches the shrink for any combination of F32 (float) and F16 (ushort) storage.</summary>
+    public void Launch<TX, TW>(AcceleratorStream stream, in ShrinkArgs<TX, TW> args)
+        where TX : unmanaged
+        where TW : unmanaged
+    {
+        // Each test is constant for a given instantiation, so the JIT keeps one branch.
+        ref ShrinkArgs<TX, TW> a = ref Unsafe.AsRef(in args);
+        if (typeof(TX) == typeof(float) && typeof(TW) == typeof(float))
+        {
+            _f32f32(stream, Config, Unsafe.As<ShrinkArgs<TX, TW>, ShrinkArgs<float, float>>(ref a));
+        }
+        else if (typeof(TX) == typeof(float) && typeof(TW) == typeof(ushort))
+        {
+            _f32f16(stream, Config, Unsafe.As<ShrinkArgs<TX, TW>, ShrinkArgs<float, ushort>>(ref a));
+        }
+        else if (typeof(TX) == typeof(ushort) && typeof(TW) == typeof(float))
+        {
+            _f16f32(stream, Config, Unsafe.As<ShrinkArgs<TX, TW>, ShrinkArgs<ushort, float>>(ref a));
+        }
+        else if (typeof(TX) == typeof(ushort) && typeof(TW) == typeof(ushort))
+        {
+            _f16f16(stream, Config, Unsafe.As<ShrinkArgs<TX, TW>, ShrinkArgs<ushort, ushort>>(ref a));
+        }
+        else
+        {
+            throw new NotSupportedException($"storage {typeof(TX).Name} × {typeof(TW).Name}: only float (F32) and ushort (F16 bits)");
+        }
+    }
+
+    private KernelConfig Config => new(Groups, RowsPerItem * _accelerator.WarpSize);
+
+    internal static void Kernel<TX, SX, TW, SW>(ShrinkArgs<TX, TW> a)
+        where TX : unmanaged
+        where SX : struct, IStorage<TX>
+        where TW : unmanaged
+        where SW : struct, IStorage<TW>
+    {
+        SX sx = default;
+        SW sw = default;
+        int lane = Warp.LaneIdx, width = Warp.WarpSize, n = a.InputDim;
+        int items = a.ItemCount[0];
+        for (int item = Grid.IdxX; item < items; item += Grid.DimX)
+        {
+            int e = a.ItemExpert[item];
+            int row = a.ItemRow[item] + Warp.WarpIdx;
+            if (row >= a.Rank[e])
+            {
+                continue; // warp-uniform: no barriers below
+            }
+            int p0 = a.ItemPairStart[item], count = a.ItemPairEnd[item] - p0;
+            long w = a.AOffset[e] + (long)row * n;
+            // Up to eight tokens; missing ones repeat the first and are not stored.
+            long x0 = Row(a, p0, 0, count), x1 = Row(a, p0, 1, count), x2 = Row(a, p0, 2, count), x3 = Row(a, p0, 3, count);
+            long x4 = Row(a, p0, 4, count), x5 = Row(a, p0, 5, count), x6 = Row(a, p0, 6, count), x7 = Row(a, p0, 7, count);
+            float s0 = 0f, s1 = 0f, s2 = 0f, s3 = 0f, s4 = 0f, s5 = 0f, s6 = 0f, s7 = 0f;
+            for (int i = lane; i < n; i += width)
+            {
+                float v = sw.Load(a.A[w + i]);
+                s0 += v * sx.Load(a.X[x0 + i]);
+                s1 += v * sx.Load(a.X[x1 + i]);
+                s2 += v * sx.Load(a.X[x2 + i]);
+                s3 += v * sx.Load(a.X[x3 + i]);
+                s4 += v * sx.Load(a.X[x4 + i]);
+                s5 += v * sx.Load(a.X[x5 + i]);
+                s6 += v * sx.Load(a.X[x6 + i]);
+                s7 += v * sx.Load(a.X[x7 + i]);
+            }
+            Store(a, p0, 0, count, row, WarpReduce.Sum(s0), lane);
+            Store(a, p0, 1, count, row, WarpReduce.Sum(s1), lane);
+            Store(a, p0, 2, count, row, WarpReduce.Sum(s2), lane);
+            Store(a, p0, 3, count, row, WarpReduce.Sum(s3), lane);
+            Store(a, p0, 4, count, row, WarpReduce.Sum(s4), lane);
+            Store(a, p0, 5, count, row, WarpReduce.Sum(s5), lane);
+            Store(a, p0, 6, count, row, WarpReduce.Sum(s6), lane);
+            Store(a, p0, 7, count, row, WarpReduce.Sum(s7), lane);
+        }
+    }
+
+    private static long Row<TX, TW>(in ShrinkArgs<TX, TW> a, int p0, int q, int count)
+        where TX : unmanaged
+        where TW : unmanaged =>
+        (long)a.PairToken[p0 + (q < count ? q : 0)] * a.InputDim;
+
+    private static void Store<TX, TW>(in ShrinkArgs<TX, TW> a, int p0, int q, int count, int row, float dot, int lane)
+        where TX : unmanaged
+        where TW : unmanaged
+    {
+        if (q < count && lane == 0)
+        {
+            a.V[(long)(p0 + q) * a.VStride + row] = a.PairCoefficient[p0 + q] * dot;
+        }
+    }
+}
