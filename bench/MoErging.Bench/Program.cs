@@ -7,8 +7,9 @@ using BenchmarkDotNet.Running;
 using MoErging.Bench;
 using MoErging.Execution;
 
-// "quick [tokens]": a stopwatch breakdown (route, forward, both) for iterating on the kernels;
+// "quick [tokens]": a stopwatch breakdown (route, forward, both) of the CPU backend;
 // anything else goes to BenchmarkDotNet (for example: --filter '*' --artifacts DIR).
+// The GPU workloads are in bench/MoErging.Bench.Gpu.
 if (args.Length > 0 && args[0] == "quick")
 {
     return Quick(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 64);

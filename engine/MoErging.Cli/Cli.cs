@@ -76,7 +76,10 @@ internal static class Cli
     {
         null or "auto" => Backend.Auto,
         "cpu" => Backend.Cpu,
-        _ => throw new UsageException($"--backend must be auto or cpu, got '{text}'"),
+        "cuda" => Backend.Cuda,
+        "opencl" => Backend.OpenCL,
+        "gpu-simulator" => Backend.GpuSimulator,
+        _ => throw new UsageException($"--backend must be auto, cpu, cuda, opencl or gpu-simulator, got '{text}'"),
     };
 
     private static string OneLine(string message) => message.ReplaceLineEndings(" ");

@@ -16,7 +16,7 @@ internal static class DemoCommand
 {
     private const string Help = """
         usage: moerge demo [--out DIR] [--experts E] [--tokens T] [--dim D] [--rank R] [--top-k K]
-                           [--backend auto|cpu] [--seed S] [--iterations N] [--threads N]
+                           [--backend B] [--seed S] [--iterations N] [--threads N]
 
         Writes E synthetic LoRA experts (each adapting q_proj and v_proj of layer 0, d_in = d_out = D,
         rank R) as PEFT adapter directories, loads them back, routes T tokens with Arrow top-K at q_proj,
@@ -27,7 +27,8 @@ internal static class DemoCommand
           --rank         R (default 16)        --top-k    K (default 2)      --seed  S (default 1)
           --iterations   timed repetitions (default 20, after 3 warm-up runs)
           --threads      CPU threads (default: all processors)
-          --backend      auto (default) or cpu
+          --backend      auto (default: CUDA, then OpenCL, then the CPU), cpu, cuda, opencl, or
+                         gpu-simulator (the GPU kernels on ILGPU's CPU accelerator: slow, for debugging)
         """;
 
     private static readonly Dictionary<string, OptionKind> Options = new()

@@ -14,7 +14,7 @@ internal static class ForwardCommand
     private const string Help = """
         usage: moerge forward --experts DIR... --module NAME --input IN.safetensors --output OUT.safetensors
                               --router uniform|fixed|arrow|assigned [--top-k K] [--temperature T]
-                              [--weights w1,w2,...] [--backend auto|cpu]
+                              [--weights w1,w2,...] [--backend B]
 
         Experts are numbered in the order given. --module matches the module whose full PEFT name
         ends with NAME at a dot boundary.
@@ -27,7 +27,7 @@ internal static class ForwardCommand
           --top-k         arrow: experts kept per token (default min(3, E), PEFT's default)
           --temperature   arrow: softmax temperature (default 1)
           --weights       fixed: one weight per expert, comma-separated
-          --backend       auto (default) or cpu
+          --backend       auto (default: CUDA, then OpenCL, then the CPU), cpu, cuda, opencl or gpu-simulator
         """;
 
     private static readonly Dictionary<string, OptionKind> Options = new()

@@ -4,8 +4,12 @@ using MoErging.Routing;
 
 namespace MoErging.Tests;
 
-/// <summary>A warm forward allocates nothing on the managed heap (measured on the calling thread).</summary>
-public sealed class AllocationTests
+/// <summary>
+/// A warm forward allocates nothing on the managed heap (measured on the calling thread). Run on the CPU
+/// backend and on CUDA; not on the GPU simulator, where ILGPU's CPU accelerator itself allocates a task
+/// per launch (about 300 bytes) and per copy.
+/// </summary>
+public abstract class AllocationTests(EngineFixture engines)
 {
     private const string Module = "base_model.model.layers.0.mlp.down_proj";
 
@@ -34,8 +38,7 @@ public sealed class AllocationTests
             "layernorm" => new LinearRouter(data.Normal(20 * 300), 300, new RoutingOptions(2), InputNormalization.LayerNorm),
             _ => null,
         };
-        using Engine engine = Engine.Create(new EngineOptions { Backend = Backend.Cpu, CpuThreads = 2 });
-        using Session session = engine.CreateSession();
+        using Session session = engines.CreateSession(2);
         var decision = new RoutingDecision();
 
         void Call()
@@ -75,3 +78,8 @@ public sealed class AllocationTests
         Assert.True(allocated == 0, $"{data}: five warm forwards ({router}, half={half}) allocated {allocated} bytes");
     }
 }
+
+public sealed class AllocationTestsOnCpu(CpuEngines engines) : AllocationTests(engines), IClassFixture<CpuEngines>;
+
+[Trait("Backend", "Cuda")]
+public sealed class AllocationTestsOnCuda(CudaEngine engines) : AllocationTests(engines), IClassFixture<CudaEngine>;

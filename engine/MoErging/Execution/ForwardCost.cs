@@ -19,7 +19,9 @@ public readonly record struct ForwardCost(long MinimumBytes, long Flops, int Sel
     /// <param name="decision">The routing decision.</param>
     /// <param name="router">The router that made it, if its parameters are read in the same call (null for none).</param>
     /// <param name="activationBytes">Bytes per activation element: 4 for float32, 2 for Half.</param>
-    public static ForwardCost Of(AdaptedModule module, RoutingDecision decision, Router? router = null, int activationBytes = sizeof(float))
+    /// <param name="weightBytes">Bytes per stored factor element: 4 for float32, 2 for F16 weights on a GPU.</param>
+    public static ForwardCost Of(AdaptedModule module, RoutingDecision decision, Router? router = null,
+        int activationBytes = sizeof(float), int weightBytes = sizeof(float))
     {
         ArgumentNullException.ThrowIfNull(module);
         ArgumentNullException.ThrowIfNull(decision);
@@ -43,7 +45,7 @@ public readonly record struct ForwardCost(long MinimumBytes, long Flops, int Sel
             if (!selected[ids[i]])
             {
                 selected[ids[i]] = true;
-                bytes += f.ByteCount;
+                bytes += (long)(f.A.Length + f.BTransposed.Length) * weightBytes;
             }
         }
         return new ForwardCost(bytes, flops, selected.Count(s => s));

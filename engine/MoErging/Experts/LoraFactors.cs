@@ -139,7 +139,4 @@ public sealed unsafe class LoraFactors
             }
         }
     }
-
-    /// <summary>Bytes the factors occupy as float32 (what a forward reads when this expert is selected).</summary>
-    public long ByteCount => ((long)_a.Length + _bTransposed.Length) * sizeof(float);
 }

@@ -1,0 +1,153 @@
+using ILGPU;
+using ILGPU.Runtime;
+using MoErging.Execution;
+using MoErging.Experts;
+using MoErging.Kernels;
+using MoErging.Routing;
+
+namespace MoErging.Tests;
+
+/// <summary>
+/// The device-resident API: activations and decisions that stay on the GPU give what the span API gives,
+/// and host-given assignments uploaded once can be reused. Against the float64 reference.
+/// </summary>
+public abstract class DeviceApiTests(EngineFixture engines)
+{
+    private const string Module = "base_model.model.layers.0.mlp.down_proj";
+
+    [Fact]
+    public void DeviceBuffersMatchTheReferenceInF32AndF16()
+    {
+        var data = new TestData();
+        TestLibrary lib = data.Library(experts: 5, dIn: 29, dOut: 41, ranks: [4, 1, 9]);
+        AdaptedModule module = lib.Module(Module);
+        var router = new ArrowRouter(module, new RoutingOptions(2));
+        using Session session = engines.CreateSession(1);
+        Accelerator accelerator = session.Engine.Accelerator!;
+        const int tokens = 6;
+        float[] x = data.Normal(tokens * 29), yBase = data.Normal(tokens * 41);
+        using DeviceRoutingDecision decision = session.CreateDeviceDecision();
+        var host = new RoutingDecision();
+
+        using (var xd = accelerator.Allocate1D(x))
+        using (var yd = accelerator.Allocate1D(yBase))
+        {
+            session.Forward(module, router, xd.View, decision, yd.View);
+            session.Synchronize();
+            decision.CopyTo(host);
+            Check(data, lib, x, yBase, yd.GetAsArray1D(), host, router, half: false);
+        }
+
+        float[] xh = Round(x), yh = Round(yBase);
+        using (var xd = accelerator.Allocate1D(xh.Select(HalfBits.FromSingle).ToArray()))
+        using (var yd = accelerator.Allocate1D(yh.Select(HalfBits.FromSingle).ToArray()))
+        {
+            session.Forward(module, router, xd.View, decision, yd.View);
+            session.Synchronize();
+            decision.CopyTo(host);
+            Check(data, lib, xh, yh, yd.GetAsArray1D().Select(HalfBits.ToSingle).ToArray(), host, router, half: true);
+        }
+    }
+
+    [Fact]
+    public void AssignedDecisionsUploadOnceAndApplyEachTime()
+    {
+        var data = new TestData();
+        TestLibrary lib = data.Library(experts: 4, dIn: 16, dOut: 24, ranks: [2, 8]);
+        AdaptedModule module = lib.Module(Module);
+        using Session session = engines.CreateSession(1);
+        Accelerator accelerator = session.Engine.Accelerator!;
+        const int tokens = 5;
+        int[] ids = [0, -1, 3, 1, 2, 2, 1, 0, -1, -1];
+        float[] weights = data.Normal(tokens * 2), x = data.Normal(tokens * 16), yBase = data.Normal(tokens * 24);
+        using DeviceRoutingDecision decision = session.CreateDeviceDecision();
+        decision.Assign(ids, weights, 2, module.ExpertCount);
+        using var xd = accelerator.Allocate1D(x);
+        using var yd = accelerator.Allocate1D(yBase);
+        session.Forward(module, decision, xd.View, yd.View);
+        session.Forward(module, decision, xd.View, yd.View); // applied twice: y = base + 2 · mixture
+        session.Synchronize();
+        double[] twice = weights.Select(w => 2.0 * w).ToArray();
+        double[] expected = Reference.Forward(lib.Raw[Module], x, yBase, tokens, ids, twice, 2);
+        Reference.CheckFloat32(yd.GetAsArray1D(), expected, yBase, 4, data.ToString());
+        Assert.Contains("x holds 2 rows but the decision routes 5 tokens",
+            Assert.Throws<ArgumentException>(() => session.Forward(module, decision, xd.View.SubView(0, 32), yd.View.SubView(0, 48))).Message);
+    }
+
+    private static void Check(TestData data, TestLibrary lib, float[] x, float[] yBase, float[] y, RoutingDecision decision, LinearRouter router, bool half)
+    {
+        int tokens = decision.TokenCount, k = decision.TopK;
+        var weights = new double[tokens * k];
+        for (int t = 0; t < tokens; t++)
+        {
+            double[] scores = Reference.Scores(x.AsSpan(t * router.InputDim, router.InputDim), router.Prototypes, router.Normalization,
+                router.ScoreFunction, router.Options.Temperature, router.Bias);
+            double[] w = Reference.CheckTopKAndWeigh(scores, decision.ExpertIdsOf(t), 1e-4, $"{data}, token {t}");
+            w.CopyTo(weights, t * k);
+        }
+        double[] expected = Reference.Forward(lib.Raw[Module], x, yBase, tokens, decision.ExpertIds.ToArray(), weights, k);
+        if (half)
+        {
+            Reference.CheckHalf(y.Select(v => (System.Half)v).ToArray(), expected, yBase, $"{data} (F16)");
+        }
+        else
+        {
+            Reference.CheckFloat32(y, expected, yBase, k, $"{data} (F32)");
+        }
+    }
+
+    private static float[] Round(float[] values) => values.Select(v => HalfBits.ToSingle(HalfBits.FromSingle(v))).ToArray();
+}
+
+public sealed class DeviceApiTestsOnGpuSimulator(SimulatorEngine engines) : DeviceApiTests(engines), IClassFixture<SimulatorEngine>;
+
+[Trait("Backend", "Cuda")]
+public sealed class DeviceApiTestsOnCuda(CudaEngine engines) : DeviceApiTests(engines), IClassFixture<CudaEngine>;
+
+/// <summary>Backend selection: a backend that is not present is a clear error, and Auto says what it chose.</summary>
+public sealed class BackendSelectionTests
+{
+    [Theory]
+    [InlineData(Backend.Cuda, "CUDA")]
+    [InlineData(Backend.OpenCL, "OpenCL")]
+    public void MissingBackendIsAClearErrorAndPresentOneOpens(Backend backend, string api)
+    {
+        Engine? engine = null;
+        try
+        {
+            engine = Engine.Create(new EngineOptions { Backend = backend });
+            Assert.Equal(backend, engine.Backend);
+            Assert.NotNull(engine.Accelerator);
+        }
+        catch (BackendUnavailableException e)
+        {
+            Assert.StartsWith($"{backend} is not available: ", e.Message);
+            Assert.Contains(api, e.Message);
+        }
+        finally
+        {
+            engine?.Dispose();
+        }
+    }
+
+    [Fact]
+    public void AutoReportsItsChoiceAndReason()
+    {
+        using Engine engine = Engine.Create();
+        Assert.NotEqual(Backend.Auto, engine.Backend);
+        Assert.StartsWith(engine.Backend.ToString().ToLowerInvariant() + ":", engine.BackendReason);
+        if (engine.Backend == Backend.Cpu)
+        {
+            Assert.Contains("CUDA", engine.BackendReason); // why not CUDA
+            Assert.Contains("OpenCL", engine.BackendReason); // why not OpenCL
+        }
+    }
+
+    [Fact]
+    public void DeviceCallsOnTheCpuBackendSayTheyNeedAGpu()
+    {
+        using Engine engine = Engine.Create(new EngineOptions { Backend = Backend.Cpu });
+        using Session session = engine.CreateSession();
+        Assert.Contains("device buffers need a GPU backend", Assert.Throws<NotSupportedException>(() => session.CreateDeviceDecision()).Message);
+    }
+}
