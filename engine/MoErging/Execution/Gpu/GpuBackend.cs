@@ -33,6 +33,7 @@ internal sealed class GpuBackend : IDisposable
             if (!_modules.TryGetValue(module, out DeviceModule? uploaded))
             {
                 uploaded = new DeviceModule(Device.Accelerator, module, HalfWeights);
+                Device.Accelerator.Synchronize(); // uploads use the default stream; sessions use their own
                 _modules.Add(module, uploaded);
                 _uploads.Add(uploaded);
             }
@@ -47,6 +48,7 @@ internal sealed class GpuBackend : IDisposable
             if (!_routers.TryGetValue(router, out DeviceRouter? uploaded))
             {
                 uploaded = new DeviceRouter(Device.Accelerator, router);
+                Device.Accelerator.Synchronize();
                 _routers.Add(router, uploaded);
                 _uploads.Add(uploaded);
             }
