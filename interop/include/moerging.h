@@ -156,7 +156,8 @@ MOE_API const char* moe_status_name(moe_status status);
 MOE_API const char* moe_last_error(void);
 
 /* Fill *options with the defaults; size is sizeof(*options) as the caller's header declares it. Returns
- * MOE_ERROR_INVALID_ARGUMENT if options is NULL or size is smaller than the first version of the struct. */
+ * MOE_ERROR_INVALID_ARGUMENT if options is NULL, or size is smaller than the struct's first version or larger
+ * than 1024 bytes (a struct_size outside those bounds is likewise rejected by the calls that take options). */
 MOE_API moe_status moe_engine_default_options(moe_engine_options* options, size_t size);
 MOE_API moe_status moe_arrow_default_options(moe_arrow_options* options, size_t size);
 MOE_API moe_status moe_linear_router_default_options(moe_linear_router_options* options, size_t size);
