@@ -10,7 +10,8 @@ namespace MoErging.Interop;
 /// The entry points libmoerging.so calls, one per function of moerging.h that needs the engine (the C side
 /// answers version, default-options and NULL-free calls itself, and hands every option struct over in its
 /// current full size). Every entry point catches every exception and returns a status; the message goes
-/// to the caller's thread (see <see cref="Errors"/>). Parameter names in messages are the header's.
+/// to the caller's thread (see <see cref="Errors"/>). The checks made here name the header's parameters;
+/// the engine's own checks name its managed ones.
 /// </summary>
 public static unsafe class Exports
 {

@@ -98,7 +98,7 @@ static moe_module* v0;
 
 static float* random_floats(size_t count, double scale)
 {
-    float* values = malloc(count * sizeof(float) + 1);
+    float* values = malloc(count * sizeof(float));
     fixture_fill_normal(&rng, values, count, scale);
     return values;
 }
@@ -129,15 +129,16 @@ static void check_close(const float* y, const double* reference, const float* ba
 /* The engine's choice for one token must be a valid top-k of the float64 scores (descending; nothing
  * dropped scores above a kept one), up to a slack for near ties; its weights must be the softmax of the
  * kept scores within 1e-5. The reference weights go to `weights_out`. */
-static void check_routing(const double* scores, int experts, const int32_t* ids, const float* weights, int k,
+static void check_routing(const double* scores, const int32_t* ids, const float* weights, int k,
                           double* weights_out, const char* what)
 {
+    const int experts = EXPERTS;
     double top = 0;
     for (int e = 0; e < experts; e++) {
         top = fmax(top, fabs(scores[e]));
     }
     double slack = 1e-4 * (1 + top), lowest = INFINITY, max_kept = -INFINITY;
-    int kept[64] = {0};
+    int kept[EXPERTS] = {0};
     for (int s = 0; s < k; s++) {
         if (ids[s] < 0 || ids[s] >= experts || kept[ids[s]]) {
             fail(__FILE__, __LINE__, "%s: slot %d holds expert %d (out of range or repeated)", what, s, ids[s]);
@@ -549,7 +550,7 @@ static void check_linear(const float* x, int tokens, const int32_t* ids, const f
         }
         char where[96];
         snprintf(where, sizeof where, "%s, token %d", ref->what, t);
-        check_routing(scores, EXPERTS, ids + t * k, weights + t * k, k, reference_weights + t * k, where);
+        check_routing(scores, ids + t * k, weights + t * k, k, reference_weights + t * k, where);
     }
 }
 
