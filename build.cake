@@ -1,10 +1,23 @@
-// The whole entry point: dotnet tool restore && dotnet cake --target=<Build|Test|Bench|Pack>
+// The whole entry point: dotnet tool restore && dotnet cake --target=<Build|Native|Test|Bench|Pack>
 // Test is the default. It writes artifacts/test-summary.txt ("N passed, N failed"), which .ci/run prints last.
 using System.Xml.Linq;
 
 var target = Argument("target", "Test");
 var configuration = Argument("configuration", "Release");
 var artifacts = MakeAbsolute(Directory("./artifacts"));
+var results = artifacts.Combine("test-results");
+// libmoerging.so with the managed side published next to it, where the library looks for it.
+var native = artifacts.Combine("native");
+var nativeBuild = artifacts.Combine("native-build");
+
+void Run(string tool, ProcessArgumentBuilder arguments)
+{
+    int exit = StartProcess(tool, new ProcessSettings { Arguments = arguments });
+    if (exit != 0)
+    {
+        throw new Exception($"{tool} {arguments.Render()} exited with {exit}");
+    }
+}
 
 Task("Build")
     .Does(() =>
@@ -16,16 +29,37 @@ Task("Build")
     });
 });
 
-Task("Test")
+Task("Native")
     .IsDependentOn("Build")
     .Does(() =>
 {
-    var results = artifacts.Combine("test-results");
+    DotNetPublish("./interop/MoErging.Interop/MoErging.Interop.csproj", new DotNetPublishSettings
+    {
+        Configuration = configuration,
+        NoBuild = true,
+        NoLogo = true,
+        OutputDirectory = native,
+    });
+    Run("cmake", new ProcessArgumentBuilder()
+        .Append("-S").AppendQuoted("./interop/native")
+        .Append("-B").AppendQuoted(nativeBuild.FullPath)
+        .Append("-DCMAKE_BUILD_TYPE=Release")
+        .AppendQuoted($"-DMOE_OUTPUT_DIR={native.FullPath}")
+        .AppendQuoted($"-DMOE_TEST_RESULTS={results.FullPath}"));
+    Run("cmake", new ProcessArgumentBuilder().Append("--build").AppendQuoted(nativeBuild.FullPath).Append("--parallel"));
+    Information($"libmoerging.so and its managed side are in {native}");
+});
+
+Task("Test")
+    .IsDependentOn("Build")
+    .IsDependentOn("Native")
+    .Does(() =>
+{
     EnsureDirectoryExists(results);
     var xml = results.CombineWithFilePath("MoErging.Tests.xml");
     var summaryFile = artifacts.CombineWithFilePath("test-summary.txt");
     if (FileExists(summaryFile)) DeleteFile(summaryFile);
-    if (FileExists(xml)) DeleteFile(xml);
+    DeleteFiles(GetFiles($"{results.FullPath}/*.xml")); // a stale report must never count
 
     // xunit v3 test projects are executables: run the built assembly, no test host needed.
     int exit = StartProcess("dotnet", new ProcessSettings
@@ -49,6 +83,42 @@ Task("Test")
     if (exit != 0 && failed == 0)
     {
         failed = 1; // the runner itself failed: count it, never report a clean run
+    }
+
+    // CTest runs the C API test program and the Python package's tests; each writes <name>.xml (JUnit, one
+    // test case per case) into the results. A program that fails without saying why counts as one failure.
+    var ctestXml = nativeBuild.CombineWithFilePath("ctest.xml");
+    if (FileExists(ctestXml)) DeleteFile(ctestXml);
+    StartProcess("ctest", new ProcessSettings
+    {
+        Arguments = new ProcessArgumentBuilder()
+            .Append("--test-dir").AppendQuoted(nativeBuild.FullPath)
+            .Append("--output-on-failure")
+            .Append("--output-junit").AppendQuoted(ctestXml.FullPath),
+    });
+    var programs = FileExists(ctestXml) ? XDocument.Load(ctestXml.FullPath).Descendants("testcase").ToList() : new List<XElement>();
+    if (programs.Count == 0)
+    {
+        failed += 1;
+    }
+    foreach (var program in programs)
+    {
+        string name = (string)program.Attribute("name");
+        bool programFailed = (string)program.Attribute("status") != "run";
+        var report = results.CombineWithFilePath($"{name}.xml");
+        int casesFailed = 0;
+        if (FileExists(report))
+        {
+            var suite = XDocument.Load(report.FullPath).Root;
+            int cases = (int)suite.Attribute("tests");
+            casesFailed = (int)suite.Attribute("failures") + (int)suite.Attribute("errors");
+            passed += cases - casesFailed;
+            failed += casesFailed;
+        }
+        if (programFailed && casesFailed == 0)
+        {
+            failed += 1;
+        }
     }
     string summary = $"{passed} passed, {failed} failed";
     System.IO.File.WriteAllText(summaryFile.FullPath, summary + "\n");

@@ -6,13 +6,20 @@ using BenchmarkDotNet.Exporters;
 using BenchmarkDotNet.Running;
 using MoErging.Bench;
 using MoErging.Execution;
+using MoErging.Experts;
+using MoErging.Routing;
 
 // "quick [tokens]": a stopwatch breakdown (route, forward, both) of the CPU backend;
+// "boundary DIR": the managed peer of the C boundary benchmark (moerging_bench) on the adapters it wrote;
 // anything else goes to BenchmarkDotNet (for example: --filter '*' --artifacts DIR).
 // The GPU workloads are in bench/MoErging.Bench.Gpu.
 if (args.Length > 0 && args[0] == "quick")
 {
     return Quick(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 64);
+}
+if (args.Length == 2 && args[0] == "boundary")
+{
+    return Boundary(args[1]);
 }
 
 IConfig config = DefaultConfig.Instance
@@ -49,5 +56,51 @@ static int Quick(int tokens)
     ForwardCost cost = Workload.CostOf(tokens);
     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
         $"T={tokens}: route {route:F0} µs, forward {forward:F0} µs, both {both:F0} µs; min bytes {cost.MinimumBytes / 1e6:F1} MB → {cost.MinimumBytes / both / 1e3:F2} GB/s"));
+    return 0;
+}
+
+// The calls moerging_bench times through the C API, made directly, timed the same way: the minimum and the
+// median of 501 batches of 2,000 calls (short batches, so that on a shared machine some run undisturbed).
+static int Boundary(string root)
+{
+    ExpertLibrary library = ExpertLibrary.Load(Directory.GetDirectories(root).Order(StringComparer.Ordinal));
+    AdaptedModule module = library.Module("q_proj");
+    using Engine engine = Engine.Create(new EngineOptions { CpuThreads = 1 }); // as moerging_bench: no pool wake-ups
+    using Session session = engine.CreateSession();
+    var router = new UniformRouter(library.ExpertCount);
+    var decision = new RoutingDecision();
+    var x = new float[module.InputDim];
+    var y = new float[module.OutputDim];
+    for (int i = 0; i < x.Length; i++)
+    {
+        x[i] = (i % 7) - 3;
+    }
+    int[] id = [2];
+    float[] weight = [1f];
+    static (double Min, double Median) Nanoseconds(Action call)
+    {
+        const int calls = 2_000;
+        var batches = new double[501];
+        for (int b = 0; b < batches.Length; b++)
+        {
+            long start = Stopwatch.GetTimestamp();
+            for (int i = 0; i < calls; i++)
+            {
+                call();
+            }
+            batches[b] = Stopwatch.GetElapsedTime(start).TotalNanoseconds / calls;
+        }
+        Array.Sort(batches);
+        return (batches[0], batches[batches.Length / 2]);
+    }
+    var forward = Nanoseconds(() => session.Forward(module, router, x, decision, y));
+    var assigned = Nanoseconds(() =>
+    {
+        decision.Assign(id, weight, 1, library.ExpertCount);
+        session.Forward(module, decision, x, y);
+    });
+    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"managed, warm, one CPU thread, 501 batches of 2000 calls, ns per call (min / median) ({module.Name}, E = {library.ExpertCount}):"));
+    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  Session.Forward, uniform router, T = 1:           {forward.Min:F1} / {forward.Median:F1}"));
+    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  RoutingDecision.Assign + Session.Forward, k = 1: {assigned.Min:F1} / {assigned.Median:F1}"));
     return 0;
 }

@@ -1,0 +1,638 @@
+using System.Runtime.InteropServices;
+using System.Text;
+using MoErging.Execution;
+using MoErging.Experts;
+using MoErging.Routing;
+
+namespace MoErging.Interop;
+
+/// <summary>
+/// The entry points libmoerging.so calls, one per function of moerging.h that needs the engine (the C side
+/// answers version, default-options and NULL-free calls itself, and hands every option struct over in its
+/// current full size). Every entry point catches every exception and returns a status; the message goes
+/// to the caller's thread (see <see cref="Errors"/>). The checks made here name the header's parameters;
+/// the engine's own checks name its managed ones.
+/// </summary>
+public static unsafe class Exports
+{
+    /// <summary>MOE_ABI_VERSION of the header this assembly implements.</summary>
+    public const int AbiVersion = 1;
+
+    /// <summary>The managed backend of each moe_backend value, by number.</summary>
+    private static readonly Backend[] Backends = [Backend.Auto, Backend.Cpu, Backend.Cuda, Backend.OpenCL, Backend.GpuSimulator];
+
+    /// <summary>Called once by libmoerging.so before any other entry point.</summary>
+    [UnmanagedCallersOnly]
+    public static int Initialize(delegate* unmanaged<byte*, nuint, void> setError, int abiVersion)
+    {
+        try
+        {
+            Errors.Initialize(setError);
+            if (abiVersion != AbiVersion)
+            {
+                throw new NotSupportedException($"libmoerging.so speaks ABI {abiVersion} but MoErging.Interop.dll speaks ABI {AbiVersion}; use the two from one build");
+            }
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int EngineCreate(NativeEngineOptions* options, nint* engine)
+    {
+        try
+        {
+            ClearOut(engine, "engine");
+            // A backend the machine lacks is a BackendUnavailableException saying what was looked for.
+            Engine created = Engine.Create(new EngineOptions { Backend = ToManaged(options->Backend), CpuThreads = options->CpuThreads });
+            try
+            {
+                *engine = Handles.Add(new EngineHandle(created));
+            }
+            catch
+            {
+                created.Dispose();
+                throw;
+            }
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int EngineInfo(nint engine, int* backend, byte* reason, nuint capacity, nuint* length)
+    {
+        try
+        {
+            Engine e = Handles.Get<EngineHandle>(engine, "engine").Engine;
+            int native = Array.IndexOf(Backends, e.Backend);
+            CopyString(e.BackendReason, reason, capacity, length);
+            if (backend != null)
+            {
+                *backend = native;
+            }
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int EngineFree(nint engine)
+    {
+        try
+        {
+            EngineHandle handle = Handles.Get<EngineHandle>(engine, "engine");
+            lock (handle)
+            {
+                if (handle.Sessions > 0)
+                {
+                    throw new ArgumentException($"engine still has {handle.Sessions} live session(s); free them first");
+                }
+                Handles.Remove<EngineHandle>(engine, "engine");
+            }
+            handle.Engine.Dispose();
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int SessionCreate(nint engine, nint* session)
+    {
+        try
+        {
+            ClearOut(session, "session");
+            EngineHandle owner = Handles.Get<EngineHandle>(engine, "engine");
+            lock (owner)
+            {
+                // Checked again under the lock: a concurrent moe_engine_free may have won.
+                Handles.Get<EngineHandle>(engine, "engine");
+                *session = Handles.Add(new SessionHandle(owner, owner.Engine.CreateSession()));
+                owner.Sessions++;
+            }
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int SessionFree(nint session)
+    {
+        try
+        {
+            SessionHandle handle = Handles.Get<SessionHandle>(session, "session");
+            lock (handle.Owner)
+            {
+                Handles.Remove<SessionHandle>(session, "session");
+                handle.Owner.Sessions--;
+            }
+            handle.Session.Dispose();
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int LibraryLoad(byte** directories, nuint count, nint* library)
+    {
+        try
+        {
+            ClearOut(library, "library");
+            ReadOnlySpan<nint> paths = Input((nint*)directories, count, "directories");
+            var list = new string[paths.Length];
+            for (int i = 0; i < list.Length; i++)
+            {
+                list[i] = paths[i] == 0 ? throw new ArgumentException($"directories[{i}] is NULL") : Marshal.PtrToStringUTF8(paths[i])!;
+            }
+            ExpertLibrary loaded = ExpertLibrary.Load(list);
+            var modules = new nint[loaded.Modules.Count];
+            for (int m = 0; m < modules.Length; m++)
+            {
+                modules[m] = Handles.Add(loaded.Modules[m]);
+            }
+            *library = Handles.Add(new LibraryHandle(loaded, modules));
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int LibraryInfo(nint library, nuint* expertCount, nuint* moduleCount)
+    {
+        try
+        {
+            ExpertLibrary lib = Handles.Get<LibraryHandle>(library, "library").Library;
+            if (expertCount != null)
+            {
+                *expertCount = (nuint)lib.ExpertCount;
+            }
+            if (moduleCount != null)
+            {
+                *moduleCount = (nuint)lib.Modules.Count;
+            }
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int LibraryExpertName(nint library, nuint expert, byte* buffer, nuint capacity, nuint* length)
+    {
+        try
+        {
+            ExpertLibrary lib = Handles.Get<LibraryHandle>(library, "library").Library;
+            if (expert >= (nuint)lib.ExpertCount)
+            {
+                throw new ArgumentException($"expert is {expert}; the library has experts 0 to {lib.ExpertCount - 1}");
+            }
+            CopyString(lib.Experts[(int)expert].Name, buffer, capacity, length);
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int LibraryModule(nint library, nuint index, nint* module)
+    {
+        try
+        {
+            ClearOut(module, "module");
+            LibraryHandle lib = Handles.Get<LibraryHandle>(library, "library");
+            if (index >= (nuint)lib.Modules.Length)
+            {
+                throw new ArgumentException($"index is {index}; the library has modules 0 to {lib.Modules.Length - 1}");
+            }
+            *module = lib.Modules[(int)index];
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int LibraryFindModule(nint library, byte* name, nint* module)
+    {
+        try
+        {
+            ClearOut(module, "module");
+            LibraryHandle lib = Handles.Get<LibraryHandle>(library, "library");
+            if (name == null)
+            {
+                throw new ArgumentException("name is NULL");
+            }
+            *module = lib.Modules[lib.Library.Module(Marshal.PtrToStringUTF8((nint)name)!).Index];
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int LibraryFree(nint library)
+    {
+        try
+        {
+            LibraryHandle lib = Handles.Remove<LibraryHandle>(library, "library");
+            foreach (nint module in lib.Modules)
+            {
+                Handles.Remove<AdaptedModule>(module, "module");
+            }
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int ModuleInfo(nint module, nuint* inputDim, nuint* outputDim, nuint* expertCount, nuint* maxRank)
+    {
+        try
+        {
+            AdaptedModule m = Handles.Get<AdaptedModule>(module, "module");
+            if (inputDim != null)
+            {
+                *inputDim = (nuint)m.InputDim;
+            }
+            if (outputDim != null)
+            {
+                *outputDim = (nuint)m.OutputDim;
+            }
+            if (expertCount != null)
+            {
+                *expertCount = (nuint)m.ExpertCount;
+            }
+            if (maxRank != null)
+            {
+                *maxRank = (nuint)m.MaxRank;
+            }
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int ModuleName(nint module, byte* buffer, nuint capacity, nuint* length)
+    {
+        try
+        {
+            CopyString(Handles.Get<AdaptedModule>(module, "module").Name, buffer, capacity, length);
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int RouterCreateUniform(nuint expertCount, nint* router)
+    {
+        try
+        {
+            ClearOut(router, "router");
+            if (expertCount is < 1 or > int.MaxValue)
+            {
+                throw new ArgumentException($"expert_count is {expertCount}; it must be in [1, {int.MaxValue}]");
+            }
+            *router = Handles.Add(new UniformRouter((int)expertCount));
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int RouterCreateFixed(float* weights, nuint count, nint* router)
+    {
+        try
+        {
+            ClearOut(router, "router");
+            ReadOnlySpan<float> w = Input(weights, count, "weights");
+            if (w.IsEmpty)
+            {
+                throw new ArgumentException("weights is empty; a fixed router needs one weight per expert");
+            }
+            *router = Handles.Add(new FixedRouter(w));
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int RouterCreateArrow(nint module, NativeArrowOptions* options, nint* router)
+    {
+        try
+        {
+            ClearOut(router, "router");
+            AdaptedModule m = Handles.Get<AdaptedModule>(module, "module");
+            *router = Handles.Add(new ArrowRouter(m, new RoutingOptions(options->TopK, options->Temperature)));
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int RouterCreateLinear(float* prototypes, nuint prototypeCount, nuint expertCount, nuint inputDim,
+        NativeLinearRouterOptions* options, nint* router)
+    {
+        try
+        {
+            ClearOut(router, "router");
+            if (expertCount is < 1 or > int.MaxValue || inputDim is < 1 or > int.MaxValue)
+            {
+                throw new ArgumentException($"expert_count ({expertCount}) and input_dim ({inputDim}) must be in [1, {int.MaxValue}]");
+            }
+            ReadOnlySpan<float> p = Input(prototypes, prototypeCount, "prototypes");
+            if ((ulong)p.Length != (ulong)expertCount * inputDim)
+            {
+                throw new ArgumentException($"prototype_count is {prototypeCount}; expert_count × input_dim = {expertCount} × {inputDim} need {(ulong)expertCount * inputDim}");
+            }
+            InputNormalization normalization = options->Normalization switch
+            {
+                0 => InputNormalization.None,
+                1 => InputNormalization.LayerNorm,
+                2 => InputNormalization.L2,
+                _ => throw new ArgumentException($"normalization is {options->Normalization}; use a moe_normalization value (0 to 2)"),
+            };
+            ScoreFunction score = options->ScoreFunction switch
+            {
+                0 => ScoreFunction.Identity,
+                1 => ScoreFunction.AbsoluteValue,
+                _ => throw new ArgumentException($"score_function is {options->ScoreFunction}; use a moe_score_function value (0 or 1)"),
+            };
+            ReadOnlySpan<float> bias = Input(options->Bias, options->BiasCount, "bias");
+            *router = Handles.Add(new LinearRouter(p, (int)inputDim, new RoutingOptions(options->TopK, options->Temperature),
+                normalization, score, bias));
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int RouterInfo(nint router, nuint* expertCount, nuint* topK)
+    {
+        try
+        {
+            Router r = Handles.Get<Router>(router, "router");
+            if (expertCount != null)
+            {
+                *expertCount = (nuint)r.ExpertCount;
+            }
+            if (topK != null)
+            {
+                *topK = (nuint)r.TopK;
+            }
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int RouterFree(nint router)
+    {
+        try
+        {
+            Handles.Remove<Router>(router, "router");
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int Forward(nint session, nint module, nint router, float* x, nuint xCount, float* yBase, float* y,
+        nuint yCount, int* expertIds, float* expertWeights, nuint slotCount)
+    {
+        try
+        {
+            SessionHandle s = Handles.Get<SessionHandle>(session, "session");
+            AdaptedModule m = Handles.Get<AdaptedModule>(module, "module");
+            Router r = Handles.Get<Router>(router, "router");
+            ReadOnlySpan<float> xs = Input(x, xCount, "x");
+            int tokens = Rows(m, xCount);
+            long slots = (long)tokens * r.TopK;
+            bool wanted = expertIds != null || expertWeights != null;
+            if ((ulong)slotCount != (wanted ? (ulong)slots : 0))
+            {
+                throw new ArgumentException(wanted
+                    ? $"slot_count is {slotCount}; {tokens} tokens × k = {r.TopK} slots need {slots}"
+                    : $"slot_count is {slotCount} but expert_ids and expert_weights are both NULL; pass 0");
+            }
+            using (s.Enter())
+            {
+                s.Session.Route(m, r, xs, s.Decision);
+                Span<float> ys = PrepareOutput(m, tokens, xs, yBase, y, yCount);
+                s.Session.Forward(m, s.Decision, xs, ys);
+                if (expertIds != null)
+                {
+                    s.Decision.ExpertIds.CopyTo(new Span<int>(expertIds, (int)slots));
+                }
+                if (expertWeights != null)
+                {
+                    s.Decision.Weights.CopyTo(new Span<float>(expertWeights, (int)slots));
+                }
+            }
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int ForwardAssigned(nint session, nint module, int* expertIds, float* expertWeights, nuint slotCount,
+        int topK, float* x, nuint xCount, float* yBase, float* y, nuint yCount)
+    {
+        try
+        {
+            SessionHandle s = Handles.Get<SessionHandle>(session, "session");
+            AdaptedModule m = Handles.Get<AdaptedModule>(module, "module");
+            ReadOnlySpan<int> ids = Input(expertIds, slotCount, "expert_ids");
+            ReadOnlySpan<float> weights = Input(expertWeights, slotCount, "expert_weights");
+            ReadOnlySpan<float> xs = Input(x, xCount, "x");
+            int tokens = Rows(m, xCount);
+            if (topK < 1)
+            {
+                throw new ArgumentException($"top_k is {topK}; it must be at least 1");
+            }
+            if ((ulong)slotCount != (ulong)tokens * (ulong)topK)
+            {
+                throw new ArgumentException($"slot_count is {slotCount}; {tokens} rows of x × top_k = {topK} need {(long)tokens * topK}");
+            }
+            using (s.Enter())
+            {
+                s.Decision.Assign(ids, weights, topK, m.ExpertCount);
+                s.Session.Forward(m, s.Decision, xs, PrepareOutput(m, tokens, xs, yBase, y, yCount));
+            }
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    /// <summary>The managed backend of a moe_backend value; a number outside the enum is an invalid argument.</summary>
+    private static Backend ToManaged(int value) =>
+        (uint)value < (uint)Backends.Length
+            ? Backends[value]
+            : throw new ArgumentException($"backend is {value}; use a moe_backend value (0 to {Backends.Length - 1})");
+
+    /// <summary>Checks x and y, and copies base into y unless base is y or NULL; nothing is written when a check fails.</summary>
+    private static Span<float> PrepareOutput(AdaptedModule m, int tokens, ReadOnlySpan<float> xs, float* yBase, float* y, nuint yCount)
+    {
+        long needed = (long)tokens * m.OutputDim;
+        if ((ulong)yCount != (ulong)needed)
+        {
+            throw new ArgumentException($"y_count is {yCount}; {tokens} rows of d_out = {m.OutputDim} for module '{m.Name}' need {needed}");
+        }
+        Span<float> ys = Output(y, yCount, "y");
+        if (xs.Overlaps(ys))
+        {
+            throw new ArgumentException("x and y overlap; y must be a separate buffer");
+        }
+        if (yBase != null && yBase != y)
+        {
+            var bases = new ReadOnlySpan<float>(yBase, ys.Length);
+            if (bases.Overlaps(ys))
+            {
+                throw new ArgumentException("base partly overlaps y; pass base == y to add in place, or separate buffers");
+            }
+            bases.CopyTo(ys);
+        }
+        return ys;
+    }
+
+    private static int Rows(AdaptedModule m, nuint xCount) =>
+        xCount % (nuint)m.InputDim == 0
+            ? (int)(xCount / (nuint)m.InputDim)
+            : throw new ArgumentException($"x_count is {xCount}, not a whole number of rows of d_in = {m.InputDim} for module '{m.Name}'");
+
+    private static ReadOnlySpan<T> Input<T>(T* data, nuint count, string name) where T : unmanaged => Output(data, count, name);
+
+    private static Span<T> Output<T>(T* data, nuint count, string name) where T : unmanaged
+    {
+        if (count > int.MaxValue)
+        {
+            throw new ArgumentException($"{name} has {count} elements, more than one call accepts ({int.MaxValue})");
+        }
+        if (data == null && count != 0)
+        {
+            throw new ArgumentException($"{name} is NULL but its count is {count}");
+        }
+        return new Span<T>(data, (int)count);
+    }
+
+    private static void ClearOut(nint* handle, string name)
+    {
+        if (handle == null)
+        {
+            throw new ArgumentException($"{name} (the out-parameter) is NULL");
+        }
+        *handle = 0;
+    }
+
+    /// <summary>snprintf-style: at most capacity - 1 bytes and a NUL; *length gets the full UTF-8 length.</summary>
+    private static void CopyString(string value, byte* buffer, nuint capacity, nuint* length)
+    {
+        if (buffer == null && capacity != 0)
+        {
+            throw new ArgumentException($"buffer is NULL but capacity is {capacity}");
+        }
+        byte[] utf8 = Encoding.UTF8.GetBytes(value);
+        if (capacity > 0)
+        {
+            int copied = (int)Math.Min((ulong)utf8.Length, (ulong)capacity - 1);
+            utf8.AsSpan(0, copied).CopyTo(new Span<byte>(buffer, copied));
+            buffer[copied] = 0;
+        }
+        if (length != null)
+        {
+            *length = (nuint)utf8.Length;
+        }
+    }
+}
+
+/// <summary>moe_engine_options, as libmoerging.so hands it over (always the full current size).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct NativeEngineOptions
+{
+    public uint StructSize;
+    public int Backend;
+    public int CpuThreads;
+}
+
+/// <summary>moe_arrow_options.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct NativeArrowOptions
+{
+    public uint StructSize;
+    public int TopK;
+    public float Temperature;
+}
+
+/// <summary>moe_linear_router_options.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct NativeLinearRouterOptions
+{
+    public uint StructSize;
+    public int TopK;
+    public float Temperature;
+    public int Normalization;
+    public int ScoreFunction;
+    public float* Bias;
+    public nuint BiasCount;
+}

@@ -1,0 +1,273 @@
+/*
+ * moerging.h: the C API of the MoErging engine, the only header a host needs.
+ *
+ * The engine loads a library of LoRA experts (PEFT adapter directories), routes each token among them and
+ * adds their weighted outputs to the base model's output (output aggregation):
+ *
+ *     y[t] = base[t] + sum over the token's slots of  w * s_e * B_e (A_e x[t])
+ *
+ * libmoerging.so hosts the .NET runtime that runs the engine. It starts it on the first call that needs it
+ * (not on moe_abi_version, moe_status_name, moe_last_error, the moe_*_default_options functions, or a free
+ * function given NULL). It looks for the managed side (MoErging.Interop.dll and
+ * MoErging.Interop.runtimeconfig.json) in the directory named by the environment variable
+ * MOERGING_MANAGED_DIR, or else next to libmoerging.so itself; it looks for the .NET runtime through
+ * DOTNET_ROOT, or else the system's install location (/usr/share/dotnet, /usr/lib/dotnet, ...). If the
+ * runtime cannot start, that first call and every later one return MOE_ERROR_BACKEND_UNAVAILABLE with the
+ * reason in moe_last_error(); the process is never aborted.
+ *
+ * Conventions
+ *  - Every function that can fail returns a moe_status; on failure moe_last_error() says what was wrong
+ *    and out-parameters that return handles are set to NULL (when not NULL themselves). No call aborts or
+ *    unwinds through the caller, whatever it is given; a call that fails writes nothing else.
+ *  - Handles (moe_engine, moe_session, moe_library, moe_module, moe_router) are opaque. They are not
+ *    addresses: the library checks every handle it is given and rejects NULL, a freed handle and a handle
+ *    of another kind with MOE_ERROR_INVALID_ARGUMENT. Reuse of a freed handle is detected until its slot
+ *    is reused some 4 billion times; do not rely on it beyond catching mistakes.
+ *  - Free functions accept NULL (and then do nothing and return MOE_OK). Freeing a handle twice returns
+ *    MOE_ERROR_INVALID_ARGUMENT and changes nothing.
+ *  - Arrays are row-major and float32 unless stated: x is [T, d_in], y and base are [T, d_out], expert ids
+ *    (int32) and weights are [T, k]. Every array comes with its element count, which must match exactly.
+ *  - Strings are UTF-8 and NUL-terminated. Functions that return a string copy it into a caller buffer the
+ *    way snprintf does: at most capacity - 1 bytes and a NUL (nothing when capacity is 0; buffer may then
+ *    be NULL), and *length receives the full length in bytes, without the NUL.
+ *  - Option structs start with struct_size. Fill one with its moe_*_default_options function, passing
+ *    sizeof the struct as your header declares it; then change fields. Passing NULL instead of a struct
+ *    means the defaults. A struct from a newer header is accepted as long as the fields this library does
+ *    not know are zero; otherwise the call returns MOE_ERROR_NOT_SUPPORTED.
+ *
+ * Ownership
+ *  - The caller owns every array and string it passes; the library reads or writes them only during the
+ *    call and keeps no pointer to them. Routers and libraries copy what they need.
+ *  - Handles returned through out-parameters belong to the caller, who frees them with the matching
+ *    free function, except moe_module handles: those belong to their library and stay valid until
+ *    moe_library_free; never free them.
+ *  - A router keeps what it needs from the module it was built for; it stays usable after its library is
+ *    freed, but forwards need a module handle, and those die with the library.
+ *  - moe_engine_free fails (MOE_ERROR_INVALID_ARGUMENT) while sessions of the engine are alive: free the
+ *    sessions first.
+ *  - The string moe_last_error() returns belongs to the library and the calling thread; it stays valid
+ *    until the next failing call on that thread.
+ *
+ * Threads
+ *  - Engines, libraries, modules and routers are immutable once created and may be shared by any number
+ *    of threads: create, query and forward calls on them may run concurrently.
+ *  - A session is one thread's workspace: use it from one thread at a time (it may move between threads).
+ *    A call on a session that another thread is using fails with MOE_ERROR_INVALID_ARGUMENT. The usual
+ *    pattern is one engine and one library per process, one session per thread.
+ *  - Free a handle only when no other thread is using it.
+ *  - The error message is per thread: a failure on one thread never changes another thread's message.
+ *
+ * Results repeat exactly: the same inputs give bit-identical outputs whatever the threads or sessions.
+ */
+#ifndef MOERGING_H
+#define MOERGING_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#  ifdef MOERGING_BUILD
+#    define MOE_API __declspec(dllexport)
+#  else
+#    define MOE_API __declspec(dllimport)
+#  endif
+#else
+#  define MOE_API __attribute__((visibility("default")))
+#endif
+
+/* The ABI this header describes. It changes only when a change breaks existing callers; functions and
+ * option fields are added without changing it. */
+#define MOE_ABI_VERSION 1
+
+typedef enum moe_status {
+    MOE_OK = 0,
+    MOE_ERROR_INVALID_ARGUMENT = 1,   /* NULL, stale or wrong-kind handle, wrong size, out-of-range value */
+    MOE_ERROR_NOT_FOUND = 2,          /* no such module, directory or file */
+    MOE_ERROR_FORMAT = 3,             /* a malformed adapter_config.json or safetensors file */
+    MOE_ERROR_NOT_SUPPORTED = 4,      /* a LoRA variant the engine lacks (DoRA, ...), unknown option fields */
+    MOE_ERROR_BACKEND_UNAVAILABLE = 5,/* the backend asked for is absent, or the .NET runtime cannot start */
+    MOE_ERROR_OUT_OF_MEMORY = 6,
+    MOE_ERROR_INTERNAL = 7            /* anything else; the message names the cause */
+} moe_status;
+
+/* Where an engine runs. AUTO picks the best backend present: CUDA, then OpenCL, then the CPU.
+ * GPU_SIMULATOR runs the GPU kernels on ILGPU's CPU accelerator: slow, for debugging without a GPU. */
+typedef enum moe_backend {
+    MOE_BACKEND_AUTO = 0,
+    MOE_BACKEND_CPU = 1,
+    MOE_BACKEND_CUDA = 2,
+    MOE_BACKEND_OPENCL = 3,
+    MOE_BACKEND_GPU_SIMULATOR = 4
+} moe_backend;
+
+/* How a linear router normalises x before scoring. */
+typedef enum moe_normalization {
+    MOE_NORMALIZATION_NONE = 0,        /* x as it is (Arrow) */
+    MOE_NORMALIZATION_LAYER_NORM = 1,  /* LayerNorm without affine parameters, eps 1e-5 (PHATGOOSE) */
+    MOE_NORMALIZATION_L2 = 2           /* x / max(||x||, 1e-12) */
+} moe_normalization;
+
+/* The function a linear router applies to each dot product. */
+typedef enum moe_score_function {
+    MOE_SCORE_IDENTITY = 0,
+    MOE_SCORE_ABSOLUTE = 1             /* |x . p_e| (Arrow: a prototype's sign is arbitrary) */
+} moe_score_function;
+
+typedef struct moe_engine moe_engine;
+typedef struct moe_session moe_session;
+typedef struct moe_library moe_library;
+typedef struct moe_module moe_module;
+typedef struct moe_router moe_router;
+
+typedef struct moe_engine_options {
+    uint32_t struct_size;
+    int32_t backend;        /* a moe_backend; default MOE_BACKEND_AUTO */
+    int32_t cpu_threads;    /* CPU threads a forward uses, the caller's included; 0 (default): all processors */
+} moe_engine_options;
+
+typedef struct moe_arrow_options {
+    uint32_t struct_size;
+    int32_t top_k;          /* experts kept per token, in [1, E]; default 3 (PEFT's) */
+    float temperature;      /* softmax temperature, positive; default 1 */
+} moe_arrow_options;
+
+typedef struct moe_linear_router_options {
+    uint32_t struct_size;
+    int32_t top_k;          /* experts kept per token, in [1, E]; default 1 */
+    float temperature;      /* positive; default 1 */
+    int32_t normalization;  /* a moe_normalization; default MOE_NORMALIZATION_NONE */
+    int32_t score_function; /* a moe_score_function; default MOE_SCORE_IDENTITY */
+    const float* bias;      /* [E] added to the scores after the temperature, or NULL (default) */
+    size_t bias_count;      /* elements in bias: E, or 0 when bias is NULL */
+} moe_linear_router_options;
+
+/* ---- Version, status and errors: no runtime needed ---- */
+
+/* MOE_ABI_VERSION as the library was built; compare it with the header's at start-up. */
+MOE_API uint32_t moe_abi_version(void);
+
+/* The status's name ("MOE_ERROR_NOT_FOUND"); a static string, never NULL. */
+MOE_API const char* moe_status_name(moe_status status);
+
+/* The message of the last call on this thread that did not return MOE_OK ("" if none did). Never NULL;
+ * successful calls leave it unchanged. */
+MOE_API const char* moe_last_error(void);
+
+/* Fill *options with the defaults; size is sizeof(*options) as the caller's header declares it. Returns
+ * MOE_ERROR_INVALID_ARGUMENT if options is NULL, or size is smaller than the struct's first version or larger
+ * than 1024 bytes (a struct_size outside those bounds is likewise rejected by the calls that take options). */
+MOE_API moe_status moe_engine_default_options(moe_engine_options* options, size_t size);
+MOE_API moe_status moe_arrow_default_options(moe_arrow_options* options, size_t size);
+MOE_API moe_status moe_linear_router_default_options(moe_linear_router_options* options, size_t size);
+
+/* ---- Engine and sessions ---- */
+
+/* Creates an engine on the backend asked for (options may be NULL: MOE_BACKEND_AUTO, every processor).
+ * A backend this build lacks or that cannot start returns MOE_ERROR_BACKEND_UNAVAILABLE. */
+MOE_API moe_status moe_engine_create(const moe_engine_options* options, moe_engine** engine);
+
+/* The backend the engine runs on (never MOE_BACKEND_AUTO) and why it was chosen (reason may be NULL with
+ * capacity 0; backend and length may be NULL). */
+MOE_API moe_status moe_engine_info(const moe_engine* engine, int32_t* backend, char* reason, size_t capacity,
+                                   size_t* length);
+
+/* Fails while sessions of the engine are alive. */
+MOE_API moe_status moe_engine_free(moe_engine* engine);
+
+/* A per-thread workspace for forwards. Its buffers grow to the largest batch seen and are kept, so warm
+ * forwards allocate nothing. */
+MOE_API moe_status moe_session_create(moe_engine* engine, moe_session** session);
+MOE_API moe_status moe_session_free(moe_session* session);
+
+/* ---- Expert libraries and modules ---- */
+
+/* Loads count PEFT LoRA adapter directories (UTF-8 paths) as experts 0 .. count-1, in that order. All or
+ * nothing: MOE_ERROR_NOT_FOUND for a missing directory or file, MOE_ERROR_FORMAT for a malformed one,
+ * MOE_ERROR_NOT_SUPPORTED for a LoRA variant the engine lacks; the message names the file. */
+MOE_API moe_status moe_library_load(const char* const* directories, size_t count, moe_library** library);
+
+/* Number of experts (E) and of adapted modules; either pointer may be NULL. */
+MOE_API moe_status moe_library_info(const moe_library* library, size_t* expert_count, size_t* module_count);
+
+/* The name of expert `expert` (its directory's name). */
+MOE_API moe_status moe_library_expert_name(const moe_library* library, size_t expert, char* buffer,
+                                           size_t capacity, size_t* length);
+
+/* Module number `index` (modules are in ordinal name order). The handle belongs to the library. */
+MOE_API moe_status moe_library_module(const moe_library* library, size_t index, moe_module** module);
+
+/* The module whose full PEFT name is `name`, or ends with "." + name ("q_proj", "layers.0.self_attn.q_proj").
+ * MOE_ERROR_NOT_FOUND if none matches; MOE_ERROR_INVALID_ARGUMENT if several do (the message lists them).
+ * The handle belongs to the library. */
+MOE_API moe_status moe_library_find_module(const moe_library* library, const char* name, moe_module** module);
+
+MOE_API moe_status moe_library_free(moe_library* library);
+
+/* d_in, d_out, E and the largest expert rank at the module; any pointer may be NULL. */
+MOE_API moe_status moe_module_info(const moe_module* module, size_t* input_dim, size_t* output_dim,
+                                   size_t* expert_count, size_t* max_rank);
+
+/* The module's full name, for example "base_model.model.model.layers.0.self_attn.q_proj". */
+MOE_API moe_status moe_module_name(const moe_module* module, char* buffer, size_t capacity, size_t* length);
+
+/* ---- Routers ----
+ * A router decides, for each token, k slots of (expert id, weight), in descending weight with ties to the
+ * lower expert id; empty slots (id -1, weight 0) come last. */
+
+/* Dense: every token uses every expert with weight 1/E (k = E). */
+MOE_API moe_status moe_router_create_uniform(size_t expert_count, moe_router** router);
+
+/* Dense task-level weights, one finite weight per expert (negative allowed; k = E). */
+MOE_API moe_status moe_router_create_fixed(const float* weights, size_t count, moe_router** router);
+
+/* Arrow (zero-shot): prototypes are the unit top right singular vectors of each expert's B A at the module;
+ * score_e = |x . p_e| / temperature; keep top_k; softmax over the kept scores. Every expert must adapt the
+ * module. options may be NULL (top-3, temperature 1). */
+MOE_API moe_status moe_router_create_arrow(const moe_module* module, const moe_arrow_options* options,
+                                           moe_router** router);
+
+/* Any score-based router: score_e = f(norm(x) . p_e) / temperature + bias_e, keep top_k, softmax over the
+ * kept scores. prototypes is [expert_count, input_dim], prototype_count = expert_count * input_dim.
+ * PHATGOOSE, centroid and classifier routers are this with their own prototypes. options may be NULL. */
+MOE_API moe_status moe_router_create_linear(const float* prototypes, size_t prototype_count, size_t expert_count,
+                                            size_t input_dim, const moe_linear_router_options* options,
+                                            moe_router** router);
+
+/* E and k (slots per token in this router's decisions); either pointer may be NULL. */
+MOE_API moe_status moe_router_info(const moe_router* router, size_t* expert_count, size_t* top_k);
+
+MOE_API moe_status moe_router_free(moe_router* router);
+
+/* ---- Forward ---- */
+
+/* Routes the T = x_count / d_in rows of x at `module` with `router` and adds the routed mixture into y.
+ *  - x: [T, d_in], x_count elements (a whole number of rows).
+ *  - base: [T, d_out] or NULL. Given, y = base + mixture (base may be y itself); NULL, y holds the base
+ *    output on entry and the mixture is added in place.
+ *  - y: [T, d_out], y_count = T * d_out elements; must not overlap x (nor base, unless base == y).
+ *  - expert_ids, expert_weights: [T, k] each (k from moe_router_info), slot_count = T * k elements, to
+ *    receive the routing decision; both NULL with slot_count 0 when it is not wanted (either may be NULL).
+ * The router must fit the module (same E; for a linear router, the same d_in; an Arrow router, its own
+ * module). */
+MOE_API moe_status moe_forward(moe_session* session, const moe_module* module, const moe_router* router,
+                               const float* x, size_t x_count, const float* base, float* y, size_t y_count,
+                               int32_t* expert_ids, float* expert_weights, size_t slot_count);
+
+/* Batched multi-tenant LoRA: no router runs; the host gives each token top_k slots of (expert id, weight).
+ *  - expert_ids: [T, top_k] int32, each in [0, E) or -1 for an empty slot; expert_weights: [T, top_k]
+ *    finite (ignored for empty slots); slot_count = T * top_k elements in each. Repeated ids add up.
+ *  - x, base, y as in moe_forward. */
+MOE_API moe_status moe_forward_assigned(moe_session* session, const moe_module* module, const int32_t* expert_ids,
+                                        const float* expert_weights, size_t slot_count, int32_t top_k,
+                                        const float* x, size_t x_count, const float* base, float* y,
+                                        size_t y_count);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOERGING_H */

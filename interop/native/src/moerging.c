@@ -1,0 +1,538 @@
+/*
+ * libmoerging.so: hosts the .NET runtime (nethost + hostfxr) on first use and forwards each call of
+ * moerging.h to an [UnmanagedCallersOnly] entry point of MoErging.Interop.dll. What needs no runtime
+ * (versions, status names, the error message, default options, freeing NULL) is answered here; option
+ * structs are checked here and handed over in their current full size.
+ */
+#define _GNU_SOURCE
+#include "moerging.h"
+
+#include <coreclr_delegates.h>
+#include <dlfcn.h>
+#include <hostfxr.h>
+#include <limits.h>
+#include <nethost.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MANAGED_TYPE "MoErging.Interop.Exports, MoErging.Interop"
+#define MANAGED_ASSEMBLY "MoErging.Interop.dll"
+#define MANAGED_CONFIG "MoErging.Interop.runtimeconfig.json"
+#define MANAGED_DIR_VARIABLE "MOERGING_MANAGED_DIR"
+
+/* Messages longer than this are cut (at a character boundary). */
+#define ERROR_CAPACITY 4096
+
+/* A struct_size above this is taken for garbage rather than a newer struct, so we never scan far. */
+#define MAX_OPTIONS_SIZE 1024
+
+/* ---- The calling thread's error message ---- */
+
+static _Thread_local char tls_error[ERROR_CAPACITY];
+
+static void store_error(const char* message, size_t length)
+{
+    if (length >= ERROR_CAPACITY) {
+        length = ERROR_CAPACITY - 1;
+        while (length > 0 && ((unsigned char)message[length] & 0xC0) == 0x80) {
+            length--; /* do not split a UTF-8 sequence */
+        }
+    }
+    memcpy(tls_error, message, length);
+    tls_error[length] = '\0';
+}
+
+__attribute__((format(printf, 1, 2))) static void set_error(const char* format, ...)
+{
+    char message[ERROR_CAPACITY];
+    va_list args;
+    va_start(args, format);
+    int n = vsnprintf(message, sizeof message, format, args);
+    va_end(args);
+    store_error(message, n < 0 ? 0 : strnlen(message, sizeof message));
+}
+
+/* Managed code reports its errors through this callback, so both sides share one slot per thread. */
+static void receive_error(const uint8_t* message, size_t length)
+{
+    store_error((const char*)message, length);
+}
+
+/* ---- The managed entry points ---- */
+
+#define MANAGED_EXPORTS(X)                                                                                    \
+    X(Initialize, (void (*)(const uint8_t*, size_t), int32_t))                                              \
+    X(EngineCreate, (const moe_engine_options*, moe_engine**))                                              \
+    X(EngineInfo, (const moe_engine*, int32_t*, char*, size_t, size_t*))                                    \
+    X(EngineFree, (moe_engine*))                                                                            \
+    X(SessionCreate, (moe_engine*, moe_session**))                                                          \
+    X(SessionFree, (moe_session*))                                                                          \
+    X(LibraryLoad, (const char* const*, size_t, moe_library**))                                             \
+    X(LibraryInfo, (const moe_library*, size_t*, size_t*))                                                  \
+    X(LibraryExpertName, (const moe_library*, size_t, char*, size_t, size_t*))                              \
+    X(LibraryModule, (const moe_library*, size_t, moe_module**))                                            \
+    X(LibraryFindModule, (const moe_library*, const char*, moe_module**))                                   \
+    X(LibraryFree, (moe_library*))                                                                          \
+    X(ModuleInfo, (const moe_module*, size_t*, size_t*, size_t*, size_t*))                                  \
+    X(ModuleName, (const moe_module*, char*, size_t, size_t*))                                              \
+    X(RouterCreateUniform, (size_t, moe_router**))                                                          \
+    X(RouterCreateFixed, (const float*, size_t, moe_router**))                                              \
+    X(RouterCreateArrow, (const moe_module*, const moe_arrow_options*, moe_router**))                       \
+    X(RouterCreateLinear,                                                                                   \
+      (const float*, size_t, size_t, size_t, const moe_linear_router_options*, moe_router**))               \
+    X(RouterInfo, (const moe_router*, size_t*, size_t*))                                                    \
+    X(RouterFree, (moe_router*))                                                                            \
+    X(Forward, (moe_session*, const moe_module*, const moe_router*, const float*, size_t, const float*, float*, \
+                size_t, int32_t*, float*, size_t))                                                          \
+    X(ForwardAssigned, (moe_session*, const moe_module*, const int32_t*, const float*, size_t, int32_t,       \
+                        const float*, size_t, const float*, float*, size_t))
+
+static struct {
+#define X(name, parameters) int32_t(*name) parameters;
+    MANAGED_EXPORTS(X)
+#undef X
+} managed;
+
+/* ---- Starting the runtime, once per process ---- */
+
+static pthread_once_t start_once = PTHREAD_ONCE_INIT;
+static moe_status start_status = MOE_ERROR_BACKEND_UNAVAILABLE;
+static char start_message[ERROR_CAPACITY];
+
+__attribute__((format(printf, 1, 2))) static void start_failed(const char* format, ...)
+{
+    va_list args;
+    va_start(args, format);
+    vsnprintf(start_message, sizeof start_message, format, args);
+    va_end(args);
+}
+
+/* hostfxr explains its failures line by line through this; they are kept for the message. */
+static char host_errors[ERROR_CAPACITY / 2];
+
+static void capture_host_error(const char_t* message)
+{
+    size_t used = strlen(host_errors);
+    snprintf(host_errors + used, sizeof host_errors - used, "%s%s", used ? " " : "", message);
+}
+
+/* The directory holding the managed side: $MOERGING_MANAGED_DIR, or the directory of this library. */
+static int managed_directory(char* directory, size_t capacity)
+{
+    const char* configured = getenv(MANAGED_DIR_VARIABLE);
+    if (configured && *configured) {
+        return snprintf(directory, capacity, "%s", configured) < (int)capacity;
+    }
+    Dl_info info;
+    char resolved[PATH_MAX];
+    if (!dladdr(&start_once, &info) || !info.dli_fname || !realpath(info.dli_fname, resolved)) {
+        return 0;
+    }
+    char* slash = strrchr(resolved, '/');
+    if (slash) {
+        slash[slash == resolved ? 1 : 0] = '\0';
+    }
+    return snprintf(directory, capacity, "%s", resolved) < (int)capacity;
+}
+
+static void start_runtime(void)
+{
+    char directory[PATH_MAX], assembly[PATH_MAX], config[PATH_MAX];
+    if (!managed_directory(directory, sizeof directory)) {
+        start_failed("the .NET runtime could not start: cannot locate libmoerging.so's own directory; set %s to "
+                     "the directory holding " MANAGED_ASSEMBLY, MANAGED_DIR_VARIABLE);
+        return;
+    }
+    if (snprintf(assembly, sizeof assembly, "%s/" MANAGED_ASSEMBLY, directory) >= (int)sizeof assembly ||
+        snprintf(config, sizeof config, "%s/" MANAGED_CONFIG, directory) >= (int)sizeof config) {
+        start_failed("the .NET runtime could not start: the path %s is too long", directory);
+        return;
+    }
+    if (access(assembly, R_OK) != 0 || access(config, R_OK) != 0) {
+        start_failed("the .NET runtime could not start: %s or %s is missing from %s (the directory %s names, or "
+                     "else libmoerging.so's own); 'dotnet cake --target=Native' publishes them next to "
+                     "libmoerging.so", MANAGED_ASSEMBLY, MANAGED_CONFIG, directory, MANAGED_DIR_VARIABLE);
+        return;
+    }
+
+    char_t hostfxr_path[PATH_MAX];
+    size_t path_size = sizeof hostfxr_path / sizeof(char_t);
+    struct get_hostfxr_parameters parameters = {sizeof parameters, assembly, NULL};
+    int rc = get_hostfxr_path(hostfxr_path, &path_size, &parameters);
+    if (rc != 0) {
+        start_failed("the .NET runtime could not start: hostfxr was not found (error 0x%08x); install the .NET 10 "
+                     "runtime, or set DOTNET_ROOT to the directory that holds it", (unsigned)rc);
+        return;
+    }
+    void* hostfxr = dlopen(hostfxr_path, RTLD_NOW | RTLD_LOCAL);
+    if (!hostfxr) {
+        start_failed("the .NET runtime could not start: %s", dlerror());
+        return;
+    }
+    hostfxr_set_error_writer_fn set_error_writer =
+        (hostfxr_set_error_writer_fn)dlsym(hostfxr, "hostfxr_set_error_writer");
+    hostfxr_initialize_for_runtime_config_fn initialize =
+        (hostfxr_initialize_for_runtime_config_fn)dlsym(hostfxr, "hostfxr_initialize_for_runtime_config");
+    hostfxr_get_runtime_delegate_fn get_delegate =
+        (hostfxr_get_runtime_delegate_fn)dlsym(hostfxr, "hostfxr_get_runtime_delegate");
+    hostfxr_close_fn close_context = (hostfxr_close_fn)dlsym(hostfxr, "hostfxr_close");
+    if (!set_error_writer || !initialize || !get_delegate || !close_context) {
+        start_failed("the .NET runtime could not start: %s lacks the hosting functions (a .NET older than 3.0?)",
+                     hostfxr_path);
+        return;
+    }
+
+    /* Without a writer hostfxr prints to stderr; the caller gets the text through moe_last_error instead. */
+    set_error_writer(capture_host_error);
+    hostfxr_handle context = NULL;
+    load_assembly_and_get_function_pointer_fn load = NULL;
+    rc = initialize(config, NULL, &context);
+    if (rc < 0 || !context) {
+        start_failed("the .NET runtime could not start from %s (error 0x%08x): %s", config, (unsigned)rc,
+                     host_errors);
+    } else {
+        rc = get_delegate(context, hdt_load_assembly_and_get_function_pointer, (void**)&load);
+        if (rc < 0 || !load) {
+            start_failed("the .NET runtime could not start: no assembly loader (error 0x%08x): %s", (unsigned)rc,
+                         host_errors);
+            load = NULL;
+        }
+    }
+    if (context) {
+        close_context(context);
+    }
+    set_error_writer(NULL);
+    if (!load) {
+        return;
+    }
+
+    static const struct {
+        const char* name;
+        void** slot;
+    } entries[] = {
+#define X(name, parameters) {#name, (void**)&managed.name},
+        MANAGED_EXPORTS(X)
+#undef X
+    };
+    for (size_t i = 0; i < sizeof entries / sizeof entries[0]; i++) {
+        rc = load(assembly, MANAGED_TYPE, entries[i].name, UNMANAGEDCALLERSONLY_METHOD, NULL, entries[i].slot);
+        if (rc != 0 || !*entries[i].slot) {
+            start_failed("the .NET runtime started, but %s has no entry point %s (error 0x%08x); libmoerging.so and "
+                         "%s must come from one build", assembly, entries[i].name, (unsigned)rc, MANAGED_ASSEMBLY);
+            return;
+        }
+    }
+    if (managed.Initialize(receive_error, MOE_ABI_VERSION) != MOE_OK) {
+        start_failed("the .NET runtime started, but %s refused to initialise: %s", MANAGED_ASSEMBLY, tls_error);
+        return;
+    }
+    start_status = MOE_OK;
+}
+
+/* Starts the runtime if needed; on failure records the reason for this thread. */
+static int runtime_ready(void)
+{
+    pthread_once(&start_once, start_runtime);
+    if (start_status != MOE_OK) {
+        set_error("%s", start_message);
+        return 0;
+    }
+    return 1;
+}
+
+#define REQUIRE_RUNTIME()                                                                                     \
+    do {                                                                                                      \
+        if (!runtime_ready()) {                                                                               \
+            return MOE_ERROR_BACKEND_UNAVAILABLE;                                                             \
+        }                                                                                                     \
+    } while (0)
+
+#define CLEAR_OUT(out)                                                                                        \
+    do {                                                                                                      \
+        if (out) {                                                                                            \
+            *(out) = NULL;                                                                                    \
+        }                                                                                                     \
+    } while (0)
+
+/* ---- Version, status, errors ---- */
+
+uint32_t moe_abi_version(void)
+{
+    return MOE_ABI_VERSION;
+}
+
+const char* moe_status_name(moe_status status)
+{
+    switch (status) {
+    case MOE_OK: return "MOE_OK";
+    case MOE_ERROR_INVALID_ARGUMENT: return "MOE_ERROR_INVALID_ARGUMENT";
+    case MOE_ERROR_NOT_FOUND: return "MOE_ERROR_NOT_FOUND";
+    case MOE_ERROR_FORMAT: return "MOE_ERROR_FORMAT";
+    case MOE_ERROR_NOT_SUPPORTED: return "MOE_ERROR_NOT_SUPPORTED";
+    case MOE_ERROR_BACKEND_UNAVAILABLE: return "MOE_ERROR_BACKEND_UNAVAILABLE";
+    case MOE_ERROR_OUT_OF_MEMORY: return "MOE_ERROR_OUT_OF_MEMORY";
+    case MOE_ERROR_INTERNAL: return "MOE_ERROR_INTERNAL";
+    }
+    return "MOE_STATUS_UNKNOWN";
+}
+
+const char* moe_last_error(void)
+{
+    return tls_error;
+}
+
+/* ---- Option structs ----
+ * Each struct's first version ends at its last v1 field; later versions only append fields. */
+
+#define FIRST_VERSION_SIZE(type, last_field) (offsetof(type, last_field) + sizeof(((type*)0)->last_field))
+
+/* Writes the defaults into a caller struct of `size` bytes: known fields from `defaults`, newer ones zero. */
+static moe_status fill_defaults(void* options, size_t size, const void* defaults, size_t known, size_t first,
+                                const char* type)
+{
+    if (!options) {
+        set_error("options is NULL; pass the address of a %s", type);
+        return MOE_ERROR_INVALID_ARGUMENT;
+    }
+    if (size < first || size > MAX_OPTIONS_SIZE) {
+        set_error("size is %zu; pass sizeof(%s) (at least %zu)", size, type, first);
+        return MOE_ERROR_INVALID_ARGUMENT;
+    }
+    memset(options, 0, size);
+    memcpy(options, defaults, size < known ? size : known);
+    *(uint32_t*)options = (uint32_t)size;
+    return MOE_OK;
+}
+
+/* Reads a caller struct into `full` (which holds the defaults): the fields the caller's version has replace
+ * them; fields of a newer version must be zero, since this library cannot honour them. */
+static moe_status adopt_options(const void* given, void* full, size_t known, size_t first, const char* type)
+{
+    if (!given) {
+        return MOE_OK;
+    }
+    uint32_t size;
+    memcpy(&size, given, sizeof size);
+    if (size < first || size > MAX_OPTIONS_SIZE) {
+        set_error("%s.struct_size is %u; fill the struct with its moe_*_default_options function first", type,
+                  (unsigned)size);
+        return MOE_ERROR_INVALID_ARGUMENT;
+    }
+    memcpy(full, given, size < known ? size : known);
+    for (size_t i = known; i < size; i++) {
+        if (((const unsigned char*)given)[i] != 0) {
+            set_error("%s sets fields this library does not know (byte %zu of %u is not zero); use a newer "
+                      "libmoerging.so or leave them zero", type, i, (unsigned)size);
+            return MOE_ERROR_NOT_SUPPORTED;
+        }
+    }
+    *(uint32_t*)full = (uint32_t)known;
+    return MOE_OK;
+}
+
+static const moe_engine_options engine_defaults = {sizeof(moe_engine_options), MOE_BACKEND_AUTO, 0};
+static const moe_arrow_options arrow_defaults = {sizeof(moe_arrow_options), 3, 1.0f};
+static const moe_linear_router_options linear_defaults = {
+    sizeof(moe_linear_router_options), 1, 1.0f, MOE_NORMALIZATION_NONE, MOE_SCORE_IDENTITY, NULL, 0};
+
+#define ENGINE_OPTIONS_FIRST FIRST_VERSION_SIZE(moe_engine_options, cpu_threads)
+#define ARROW_OPTIONS_FIRST FIRST_VERSION_SIZE(moe_arrow_options, temperature)
+#define LINEAR_OPTIONS_FIRST FIRST_VERSION_SIZE(moe_linear_router_options, bias_count)
+
+moe_status moe_engine_default_options(moe_engine_options* options, size_t size)
+{
+    return fill_defaults(options, size, &engine_defaults, sizeof engine_defaults, ENGINE_OPTIONS_FIRST,
+                         "moe_engine_options");
+}
+
+moe_status moe_arrow_default_options(moe_arrow_options* options, size_t size)
+{
+    return fill_defaults(options, size, &arrow_defaults, sizeof arrow_defaults, ARROW_OPTIONS_FIRST,
+                         "moe_arrow_options");
+}
+
+moe_status moe_linear_router_default_options(moe_linear_router_options* options, size_t size)
+{
+    return fill_defaults(options, size, &linear_defaults, sizeof linear_defaults, LINEAR_OPTIONS_FIRST,
+                         "moe_linear_router_options");
+}
+
+/* ---- Forwarders ---- */
+
+moe_status moe_engine_create(const moe_engine_options* options, moe_engine** engine)
+{
+    CLEAR_OUT(engine);
+    moe_engine_options full = engine_defaults;
+    moe_status status = adopt_options(options, &full, sizeof full, ENGINE_OPTIONS_FIRST, "moe_engine_options");
+    if (status != MOE_OK) {
+        return status;
+    }
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.EngineCreate(&full, engine);
+}
+
+moe_status moe_engine_info(const moe_engine* engine, int32_t* backend, char* reason, size_t capacity,
+                           size_t* length)
+{
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.EngineInfo(engine, backend, reason, capacity, length);
+}
+
+moe_status moe_engine_free(moe_engine* engine)
+{
+    if (!engine) {
+        return MOE_OK;
+    }
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.EngineFree(engine);
+}
+
+moe_status moe_session_create(moe_engine* engine, moe_session** session)
+{
+    CLEAR_OUT(session);
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.SessionCreate(engine, session);
+}
+
+moe_status moe_session_free(moe_session* session)
+{
+    if (!session) {
+        return MOE_OK;
+    }
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.SessionFree(session);
+}
+
+moe_status moe_library_load(const char* const* directories, size_t count, moe_library** library)
+{
+    CLEAR_OUT(library);
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.LibraryLoad(directories, count, library);
+}
+
+moe_status moe_library_info(const moe_library* library, size_t* expert_count, size_t* module_count)
+{
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.LibraryInfo(library, expert_count, module_count);
+}
+
+moe_status moe_library_expert_name(const moe_library* library, size_t expert, char* buffer, size_t capacity,
+                                   size_t* length)
+{
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.LibraryExpertName(library, expert, buffer, capacity, length);
+}
+
+moe_status moe_library_module(const moe_library* library, size_t index, moe_module** module)
+{
+    CLEAR_OUT(module);
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.LibraryModule(library, index, module);
+}
+
+moe_status moe_library_find_module(const moe_library* library, const char* name, moe_module** module)
+{
+    CLEAR_OUT(module);
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.LibraryFindModule(library, name, module);
+}
+
+moe_status moe_library_free(moe_library* library)
+{
+    if (!library) {
+        return MOE_OK;
+    }
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.LibraryFree(library);
+}
+
+moe_status moe_module_info(const moe_module* module, size_t* input_dim, size_t* output_dim, size_t* expert_count,
+                           size_t* max_rank)
+{
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.ModuleInfo(module, input_dim, output_dim, expert_count, max_rank);
+}
+
+moe_status moe_module_name(const moe_module* module, char* buffer, size_t capacity, size_t* length)
+{
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.ModuleName(module, buffer, capacity, length);
+}
+
+moe_status moe_router_create_uniform(size_t expert_count, moe_router** router)
+{
+    CLEAR_OUT(router);
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.RouterCreateUniform(expert_count, router);
+}
+
+moe_status moe_router_create_fixed(const float* weights, size_t count, moe_router** router)
+{
+    CLEAR_OUT(router);
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.RouterCreateFixed(weights, count, router);
+}
+
+moe_status moe_router_create_arrow(const moe_module* module, const moe_arrow_options* options, moe_router** router)
+{
+    CLEAR_OUT(router);
+    moe_arrow_options full = arrow_defaults;
+    moe_status status = adopt_options(options, &full, sizeof full, ARROW_OPTIONS_FIRST, "moe_arrow_options");
+    if (status != MOE_OK) {
+        return status;
+    }
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.RouterCreateArrow(module, &full, router);
+}
+
+moe_status moe_router_create_linear(const float* prototypes, size_t prototype_count, size_t expert_count,
+                                    size_t input_dim, const moe_linear_router_options* options, moe_router** router)
+{
+    CLEAR_OUT(router);
+    moe_linear_router_options full = linear_defaults;
+    moe_status status =
+        adopt_options(options, &full, sizeof full, LINEAR_OPTIONS_FIRST, "moe_linear_router_options");
+    if (status != MOE_OK) {
+        return status;
+    }
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.RouterCreateLinear(prototypes, prototype_count, expert_count, input_dim, &full,
+                                                  router);
+}
+
+moe_status moe_router_info(const moe_router* router, size_t* expert_count, size_t* top_k)
+{
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.RouterInfo(router, expert_count, top_k);
+}
+
+moe_status moe_router_free(moe_router* router)
+{
+    if (!router) {
+        return MOE_OK;
+    }
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.RouterFree(router);
+}
+
+moe_status moe_forward(moe_session* session, const moe_module* module, const moe_router* router, const float* x,
+                       size_t x_count, const float* base, float* y, size_t y_count, int32_t* expert_ids,
+                       float* expert_weights, size_t slot_count)
+{
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.Forward(session, module, router, x, x_count, base, y, y_count, expert_ids,
+                                       expert_weights, slot_count);
+}
+
+moe_status moe_forward_assigned(moe_session* session, const moe_module* module, const int32_t* expert_ids,
+                                const float* expert_weights, size_t slot_count, int32_t top_k, const float* x,
+                                size_t x_count, const float* base, float* y, size_t y_count)
+{
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.ForwardAssigned(session, module, expert_ids, expert_weights, slot_count, top_k, x,
+                                               x_count, base, y, y_count);
+}

@@ -1,0 +1,1162 @@
+/*
+ * Tests of the C API through libmoerging.so: every router's forward against a float64 reference computed
+ * from the raw factors (fresh random experts and inputs each run; the seed is printed and
+ * MOERGING_TEST_SEED repeats a run), many threads against one, and misuse, which must give a status and a
+ * message naming the problem, never a crash.
+ *
+ * Usage: moerging_test [--junit FILE]
+ */
+#define _GNU_SOURCE
+#include "fixture.h"
+#include "moerging.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char** environ;
+
+/* ---- A small harness: named cases, checks that record the first failures, a JUnit report ---- */
+
+#define FAILURE_CAPACITY 8192
+
+static pthread_mutex_t failure_lock = PTHREAD_MUTEX_INITIALIZER;
+static char failure_text[FAILURE_CAPACITY];
+static int failure_count;
+
+__attribute__((format(printf, 3, 4))) static void fail(const char* file, int line, const char* format, ...)
+{
+    char message[1024];
+    va_list args;
+    va_start(args, format);
+    vsnprintf(message, sizeof message, format, args);
+    va_end(args);
+    pthread_mutex_lock(&failure_lock);
+    fprintf(stderr, "  FAIL %s:%d: %s\n", file, line, message);
+    size_t used = strlen(failure_text);
+    snprintf(failure_text + used, sizeof failure_text - used, "%s:%d: %s\n", file, line, message);
+    failure_count++;
+    pthread_mutex_unlock(&failure_lock);
+}
+
+#define CHECK(condition, ...)                                                                                 \
+    do {                                                                                                      \
+        if (!(condition)) {                                                                                   \
+            fail(__FILE__, __LINE__, __VA_ARGS__);                                                            \
+        }                                                                                                     \
+    } while (0)
+
+#define CHECK_OK(call)                                                                                        \
+    do {                                                                                                      \
+        moe_status status_ = (call);                                                                          \
+        CHECK(status_ == MOE_OK, "%s returned %s: %s", #call, moe_status_name(status_), moe_last_error());    \
+    } while (0)
+
+/* The call must fail with `expected`, and its message must contain `fragment` (what was wrong). */
+#define CHECK_FAILS(call, expected, fragment) expect_failure((call), (expected), (fragment), #call, __FILE__, __LINE__)
+
+static void expect_failure(moe_status got, moe_status expected, const char* fragment, const char* call,
+                           const char* file, int line)
+{
+    const char* message = moe_last_error();
+    if (got != expected) {
+        fail(file, line, "%s returned %s, expected %s (message: %s)", call, moe_status_name(got),
+             moe_status_name(expected), message);
+    } else if (!strstr(message, fragment)) {
+        fail(file, line, "%s: the message \"%s\" does not mention \"%s\"", call, message, fragment);
+    }
+}
+
+/* ---- Shared state: one engine, one library, one session for the main thread ---- */
+
+enum { EXPERTS = 5, D_IN = 16, D_OUT = 12, D_OUT_V = 8 };
+
+static const fixture_module MODULES[] = {
+    {"model.layers.0.self_attn.q_proj", D_IN, D_OUT},
+    {"model.layers.0.self_attn.v_proj", D_IN, D_OUT_V},
+    {"model.layers.1.self_attn.q_proj", D_IN, D_OUT},
+};
+enum { Q0 = 0, V0 = 1 };
+
+static const char* program; /* argv[0], to start the child of runtime_missing */
+static fixture_rng rng;
+static fixture_library fixture;
+static moe_engine* engine;
+static moe_library* library;
+static moe_session* session;
+static moe_module* q0;
+static moe_module* v0;
+
+static float* random_floats(size_t count, double scale)
+{
+    float* values = malloc(count * sizeof(float));
+    fixture_fill_normal(&rng, values, count, scale);
+    return values;
+}
+
+/* float32 outputs against the float64 reference, element by element:
+ * |y - y_ref| <= 1e-5 * max|y_ref - base| + (slots + 1) * 2^-24 * |y_ref|
+ * (the update's size sets the tolerance, so a wrong update cannot hide behind the base; the second term is
+ * y's own float32 rounding after each of at most `slots` contributions). */
+static void check_close(const float* y, const double* reference, const float* base, size_t count, int slots,
+                        const char* what)
+{
+    double scale = 0;
+    for (size_t i = 0; i < count; i++) {
+        scale = fmax(scale, fabs(reference[i] - (base ? base[i] : 0.0)));
+    }
+    CHECK(scale > 0, "%s: the reference update is zero, so the check would prove nothing", what);
+    for (size_t i = 0; i < count; i++) {
+        double bound = 1e-5 * scale + (slots + 1) * 0x1.0p-24 * fabs(reference[i]);
+        double error = fabs((double)y[i] - reference[i]);
+        if (!(error <= bound)) {
+            fail(__FILE__, __LINE__, "%s: output %zu is %.9g, expected %.9g (error %.3g > bound %.3g)", what, i,
+                 (double)y[i], reference[i], error, bound);
+            return;
+        }
+    }
+}
+
+/* The engine's choice for one token must be a valid top-k of the float64 scores (descending; nothing
+ * dropped scores above a kept one), up to a slack for near ties; its weights must be the softmax of the
+ * kept scores within 1e-5. The reference weights go to `weights_out`. */
+static void check_routing(const double* scores, const int32_t* ids, const float* weights, int k,
+                          double* weights_out, const char* what)
+{
+    const int experts = EXPERTS;
+    double top = 0;
+    for (int e = 0; e < experts; e++) {
+        top = fmax(top, fabs(scores[e]));
+    }
+    double slack = 1e-4 * (1 + top), lowest = INFINITY, max_kept = -INFINITY;
+    int kept[EXPERTS] = {0};
+    for (int s = 0; s < k; s++) {
+        if (ids[s] < 0 || ids[s] >= experts || kept[ids[s]]) {
+            fail(__FILE__, __LINE__, "%s: slot %d holds expert %d (out of range or repeated)", what, s, ids[s]);
+            return;
+        }
+        kept[ids[s]] = 1;
+        CHECK(s == 0 || scores[ids[s]] <= scores[ids[s - 1]] + slack, "%s: slot %d (expert %d) outranks slot %d",
+              what, s, ids[s], s - 1);
+        lowest = fmin(lowest, scores[ids[s]]);
+        max_kept = fmax(max_kept, scores[ids[s]]);
+    }
+    for (int e = 0; e < experts; e++) {
+        CHECK(kept[e] || scores[e] <= lowest + slack, "%s: dropped expert %d scores %.9g, above kept %.9g", what, e,
+              scores[e], lowest);
+    }
+    double sum = 0;
+    for (int s = 0; s < k; s++) {
+        weights_out[s] = exp(scores[ids[s]] - max_kept);
+        sum += weights_out[s];
+    }
+    for (int s = 0; s < k; s++) {
+        weights_out[s] /= sum;
+        CHECK(fabs(weights[s] - weights_out[s]) <= 1e-5, "%s: slot %d weight %.9g, expected %.9g", what, s,
+              (double)weights[s], weights_out[s]);
+    }
+}
+
+/* The unit top right singular vector of dW = B A (d_out x d_in): the top eigenvector of G = dW^T dW,
+ * by repeated squaring of G (so even a small eigenvalue gap converges), then checked by its residual. */
+static int top_right_singular_vector(const fixture_expert* expert, int module, int d_in, int d_out, double* v)
+{
+    double* dw = calloc((size_t)d_out * d_in, sizeof(double));
+    double* g = calloc((size_t)d_in * d_in, sizeof(double));
+    double* h = calloc((size_t)d_in * d_in, sizeof(double));
+    for (int o = 0; o < d_out; o++) {
+        for (int i = 0; i < d_in; i++) {
+            for (int r = 0; r < expert->rank; r++) {
+                dw[o * d_in + i] += (double)expert->b[module][o * expert->rank + r] * expert->a[module][r * d_in + i];
+            }
+        }
+    }
+    for (int i = 0; i < d_in; i++) {
+        for (int j = 0; j < d_in; j++) {
+            for (int o = 0; o < d_out; o++) {
+                g[i * d_in + j] += dw[o * d_in + i] * dw[o * d_in + j];
+            }
+        }
+    }
+    memcpy(h, g, sizeof(double) * (size_t)d_in * d_in);
+    for (int round = 0; round < 64; round++) {
+        double* square = calloc((size_t)d_in * d_in, sizeof(double));
+        double norm = 0;
+        for (int i = 0; i < d_in; i++) {
+            for (int j = 0; j < d_in; j++) {
+                for (int l = 0; l < d_in; l++) {
+                    square[i * d_in + j] += h[i * d_in + l] * h[l * d_in + j];
+                }
+                norm = fmax(norm, fabs(square[i * d_in + j]));
+            }
+        }
+        for (int i = 0; i < d_in * d_in; i++) {
+            h[i] = square[i] / norm;
+        }
+        free(square);
+    }
+    /* h is now v v^T up to scale: its largest column is v. */
+    int best = 0;
+    double best_norm = 0;
+    for (int j = 0; j < d_in; j++) {
+        double n = 0;
+        for (int i = 0; i < d_in; i++) {
+            n += h[i * d_in + j] * h[i * d_in + j];
+        }
+        if (n > best_norm) {
+            best_norm = n;
+            best = j;
+        }
+    }
+    for (int i = 0; i < d_in; i++) {
+        v[i] = h[i * d_in + best] / sqrt(best_norm);
+    }
+    double lambda = 0, residual = 0;
+    for (int i = 0; i < d_in; i++) {
+        for (int j = 0; j < d_in; j++) {
+            lambda += v[i] * g[i * d_in + j] * v[j];
+        }
+    }
+    for (int i = 0; i < d_in; i++) {
+        double gv = 0;
+        for (int j = 0; j < d_in; j++) {
+            gv += g[i * d_in + j] * v[j];
+        }
+        residual = fmax(residual, fabs(gv - lambda * v[i]));
+    }
+    free(dw);
+    free(g);
+    free(h);
+    return residual <= 1e-9 * lambda;
+}
+
+/* ---- Cases ---- */
+
+static void test_abi_and_errors(void)
+{
+    CHECK(moe_abi_version() == MOE_ABI_VERSION, "moe_abi_version() is %u, the header says %d", moe_abi_version(),
+          MOE_ABI_VERSION);
+    CHECK(strcmp(moe_status_name(MOE_ERROR_FORMAT), "MOE_ERROR_FORMAT") == 0, "status name");
+    CHECK(strcmp(moe_status_name((moe_status)99), "MOE_STATUS_UNKNOWN") == 0, "unknown status name");
+    CHECK(moe_last_error() != NULL, "moe_last_error() is NULL");
+}
+
+/* A child process whose managed side is missing: every call reports it, nothing aborts. */
+static int expect_runtime_missing(void)
+{
+    moe_engine* e = (moe_engine*)&e;
+    CHECK_OK(moe_engine_free(NULL)); /* answered without the runtime */
+    CHECK(strcmp(moe_last_error(), "") == 0, "a fresh thread's message is \"%s\", not empty", moe_last_error());
+    CHECK_FAILS(moe_engine_create(NULL, &e), MOE_ERROR_BACKEND_UNAVAILABLE, "MoErging.Interop.dll");
+    CHECK(e == NULL, "the out-parameter was not cleared");
+    const char* path = "/nonexistent";
+    moe_library* l = NULL;
+    CHECK_FAILS(moe_library_load(&path, 1, &l), MOE_ERROR_BACKEND_UNAVAILABLE, "MOERGING_MANAGED_DIR");
+    return failure_count == 0 ? 0 : 1;
+}
+
+static void test_runtime_missing(void)
+{
+    char variable[PATH_MAX + 32];
+    snprintf(variable, sizeof variable, "MOERGING_MANAGED_DIR=%s", fixture.root); /* exists, holds no assembly */
+    size_t count = 0;
+    while (environ[count]) {
+        count++;
+    }
+    char** environment = calloc(count + 2, sizeof(char*));
+    size_t used = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (strncmp(environ[i], "MOERGING_MANAGED_DIR=", 21) != 0) {
+            environment[used++] = environ[i];
+        }
+    }
+    environment[used] = variable;
+    char* arguments[] = {(char*)program, "--expect-runtime-missing", NULL};
+    pid_t child;
+    int rc = posix_spawnp(&child, program, NULL, NULL, arguments, environment);
+    free(environment);
+    CHECK(rc == 0, "posix_spawn failed: %s", strerror(rc));
+    int status = 0;
+    if (rc == 0) {
+        waitpid(child, &status, 0);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "the child without a managed side failed (see its output above; wait status %d)", status);
+    }
+}
+
+static void test_options(void)
+{
+    moe_engine_options options;
+    CHECK_OK(moe_engine_default_options(&options, sizeof options));
+    CHECK(options.struct_size == sizeof options && options.backend == MOE_BACKEND_AUTO && options.cpu_threads == 0,
+          "engine defaults");
+    moe_arrow_options arrow;
+    CHECK_OK(moe_arrow_default_options(&arrow, sizeof arrow));
+    CHECK(arrow.top_k == 3 && arrow.temperature == 1.0f, "Arrow defaults are PEFT's (top-3, temperature 1)");
+    moe_linear_router_options linear;
+    CHECK_OK(moe_linear_router_default_options(&linear, sizeof linear));
+    CHECK(linear.top_k == 1 && linear.temperature == 1.0f && linear.bias == NULL && linear.bias_count == 0,
+          "linear defaults");
+    CHECK_FAILS(moe_engine_default_options(NULL, sizeof options), MOE_ERROR_INVALID_ARGUMENT, "options is NULL");
+    CHECK_FAILS(moe_engine_default_options(&options, 4), MOE_ERROR_INVALID_ARGUMENT, "size is 4");
+
+    moe_engine* e = NULL;
+    options.struct_size = 4;
+    CHECK_FAILS(moe_engine_create(&options, &e), MOE_ERROR_INVALID_ARGUMENT, "struct_size is 4");
+
+    /* A struct from a newer header: unknown fields are fine while zero, refused once set. */
+    struct {
+        moe_engine_options known;
+        uint64_t newer[3];
+    } bigger;
+    CHECK_OK(moe_engine_default_options(&bigger.known, sizeof bigger));
+    CHECK(bigger.known.struct_size == sizeof bigger && bigger.newer[0] == 0 && bigger.newer[2] == 0,
+          "defaults for a newer struct: known fields set, the rest zero");
+    bigger.known.backend = MOE_BACKEND_CPU;
+    CHECK_OK(moe_engine_create(&bigger.known, &e));
+    CHECK_OK(moe_engine_free(e));
+    bigger.newer[1] = 7;
+    CHECK_FAILS(moe_engine_create(&bigger.known, &e), MOE_ERROR_NOT_SUPPORTED, "does not know");
+
+    CHECK_OK(moe_engine_default_options(&options, sizeof options));
+    options.backend = MOE_BACKEND_CPU;
+    options.cpu_threads = 1;
+    CHECK_OK(moe_engine_create(&options, &e));
+    int32_t backend = -1;
+    char reason[8];
+    size_t length = 0;
+    CHECK_OK(moe_engine_info(e, &backend, reason, sizeof reason, &length));
+    CHECK(backend == MOE_BACKEND_CPU, "the engine runs on backend %d, not the CPU it was asked for", backend);
+    CHECK(length > sizeof reason - 1 && strlen(reason) == sizeof reason - 1,
+          "a short buffer gets capacity - 1 bytes and a NUL, and length the full length (%zu)", length);
+    CHECK_OK(moe_engine_info(e, NULL, NULL, 0, &length));
+    CHECK_FAILS(moe_engine_info(e, NULL, NULL, 5, &length), MOE_ERROR_INVALID_ARGUMENT, "buffer is NULL");
+    CHECK_OK(moe_engine_free(e));
+
+    /* Backends this build may lack: created, or unavailable with a message naming them; never invalid. */
+    const struct {
+        int32_t value;
+        const char* name;
+    } optional[] = {{MOE_BACKEND_CUDA, "Cuda"}, {MOE_BACKEND_OPENCL, "OpenCL"}};
+    for (size_t i = 0; i < 2; i++) {
+        options.backend = optional[i].value;
+        e = NULL;
+        moe_status status = moe_engine_create(&options, &e);
+        if (status == MOE_OK) {
+            CHECK_OK(moe_engine_free(e));
+        } else {
+            expect_failure(status, MOE_ERROR_BACKEND_UNAVAILABLE, optional[i].name, "create on an optional backend",
+                           __FILE__, __LINE__);
+        }
+    }
+    /* The GPU kernels on ILGPU's CPU accelerator: present everywhere, and reported as asked for. */
+    options.backend = MOE_BACKEND_GPU_SIMULATOR;
+    CHECK_OK(moe_engine_create(&options, &e));
+    int32_t simulated = -1;
+    CHECK_OK(moe_engine_info(e, &simulated, NULL, 0, NULL));
+    CHECK(simulated == MOE_BACKEND_GPU_SIMULATOR, "the simulator engine reports backend %d", simulated);
+    CHECK_OK(moe_engine_free(e));
+    options.backend = 42;
+    CHECK_FAILS(moe_engine_create(&options, &e), MOE_ERROR_INVALID_ARGUMENT, "backend is 42");
+    options.backend = MOE_BACKEND_AUTO;
+    options.cpu_threads = -1;
+    CHECK_FAILS(moe_engine_create(&options, &e), MOE_ERROR_INVALID_ARGUMENT, "CpuThreads");
+
+    moe_router* r = (moe_router*)&r;
+    arrow.struct_size = 0;
+    CHECK_FAILS(moe_router_create_arrow(q0, &arrow, &r), MOE_ERROR_INVALID_ARGUMENT, "moe_arrow_options.struct_size");
+    CHECK(r == NULL, "the out-parameter was not cleared");
+    linear.struct_size = 3;
+    float prototypes[EXPERTS * D_IN] = {0};
+    CHECK_FAILS(moe_router_create_linear(prototypes, EXPERTS * D_IN, EXPERTS, D_IN, &linear, &r),
+                MOE_ERROR_INVALID_ARGUMENT, "moe_linear_router_options.struct_size");
+}
+
+static void test_library_queries(void)
+{
+    size_t experts = 0, modules = 0, length = 0;
+    CHECK_OK(moe_library_info(library, &experts, &modules));
+    CHECK(experts == EXPERTS && modules == 3, "the library has %zu experts and %zu modules", experts, modules);
+    char name[128];
+    CHECK_OK(moe_library_expert_name(library, 3, name, sizeof name, &length));
+    CHECK(strcmp(name, fixture.experts[3].name) == 0 && length == strlen(name), "expert 3 is named \"%s\"", name);
+    CHECK_FAILS(moe_library_expert_name(library, EXPERTS, name, sizeof name, &length), MOE_ERROR_INVALID_ARGUMENT,
+                "expert is 5");
+
+    /* Modules come in ordinal name order: layers.0.q_proj, layers.0.v_proj, layers.1.q_proj. */
+    const char* expected[] = {"base_model.model.model.layers.0.self_attn.q_proj",
+                              "base_model.model.model.layers.0.self_attn.v_proj",
+                              "base_model.model.model.layers.1.self_attn.q_proj"};
+    for (size_t m = 0; m < 3; m++) {
+        moe_module* module = NULL;
+        CHECK_OK(moe_library_module(library, m, &module));
+        CHECK_OK(moe_module_name(module, name, sizeof name, &length));
+        CHECK(strcmp(name, expected[m]) == 0, "module %zu is \"%s\", expected \"%s\"", m, name, expected[m]);
+    }
+    moe_module* found = NULL;
+    CHECK_OK(moe_library_find_module(library, expected[1], &found));
+    CHECK(found == v0, "the full name and a dot-boundary suffix find the same module handle");
+    size_t d_in = 0, d_out = 0, e = 0, max_rank = 0, top = 0;
+    CHECK_OK(moe_module_info(v0, &d_in, &d_out, &e, &max_rank));
+    for (int i = 0; i < EXPERTS; i++) {
+        top = fixture.experts[i].rank > (int)top ? (size_t)fixture.experts[i].rank : top;
+    }
+    CHECK(d_in == D_IN && d_out == D_OUT_V && e == EXPERTS && max_rank == top,
+          "v_proj: d_in %zu, d_out %zu, E %zu, max rank %zu (expected %d, %d, %d, %zu)", d_in, d_out, e, max_rank,
+          D_IN, D_OUT_V, EXPERTS, top);
+    CHECK_OK(moe_module_info(q0, NULL, NULL, NULL, NULL));
+    CHECK_FAILS(moe_library_module(library, 3, &found), MOE_ERROR_INVALID_ARGUMENT, "index is 3");
+    CHECK(found == NULL, "the out-parameter was not cleared");
+}
+
+/* Forward with `router` over random x and base; checks the decision with `check` and y against the reference. */
+typedef void (*decision_check)(const float* x, int tokens, const int32_t* ids, const float* weights, int k,
+                               double* reference_weights, void* context);
+
+static void run_routed(moe_module* module, int module_index, moe_router* router, int tokens, decision_check check,
+                       void* context, const char* what)
+{
+    const int d_out = MODULES[module_index].output_dim;
+    size_t experts = 0, k = 0;
+    CHECK_OK(moe_router_info(router, &experts, &k));
+    float* x = random_floats((size_t)tokens * D_IN, 1.0);
+    float* base = random_floats((size_t)tokens * d_out, 1.0);
+    float* y = malloc(sizeof(float) * (size_t)tokens * d_out);
+    int32_t* ids = malloc(sizeof(int32_t) * (size_t)tokens * k);
+    float* weights = malloc(sizeof(float) * (size_t)tokens * k);
+    double* reference_weights = malloc(sizeof(double) * (size_t)tokens * k);
+    double* reference = malloc(sizeof(double) * (size_t)tokens * d_out);
+    for (int i = 0; i < tokens * d_out; i++) {
+        y[i] = NAN; /* base is given, so y's contents must not matter */
+    }
+    CHECK_OK(moe_forward(session, module, router, x, (size_t)tokens * D_IN, base, y, (size_t)tokens * d_out, ids,
+                         weights, (size_t)tokens * k));
+    check(x, tokens, ids, weights, (int)k, reference_weights, context);
+    fixture_reference_forward(&fixture, module_index, x, tokens, base, ids, reference_weights, (int)k, reference);
+    check_close(y, reference, base, (size_t)tokens * d_out, (int)k, what);
+
+    /* base NULL adds into y in place; base == y is the same; both must match the first result exactly. */
+    float* again = malloc(sizeof(float) * (size_t)tokens * d_out);
+    memcpy(again, base, sizeof(float) * (size_t)tokens * d_out);
+    CHECK_OK(moe_forward(session, module, router, x, (size_t)tokens * D_IN, NULL, again, (size_t)tokens * d_out,
+                         NULL, NULL, 0));
+    CHECK(memcmp(again, y, sizeof(float) * (size_t)tokens * d_out) == 0, "%s: base NULL gives another y", what);
+    memcpy(again, base, sizeof(float) * (size_t)tokens * d_out);
+    CHECK_OK(moe_forward(session, module, router, x, (size_t)tokens * D_IN, again, again, (size_t)tokens * d_out,
+                         ids, NULL, (size_t)tokens * k));
+    CHECK(memcmp(again, y, sizeof(float) * (size_t)tokens * d_out) == 0, "%s: base == y gives another y", what);
+    free(again);
+    free(x);
+    free(base);
+    free(y);
+    free(ids);
+    free(weights);
+    free(reference_weights);
+    free(reference);
+}
+
+/* Dense routers: every token gets every expert in the order of `expected` (descending weight, ties to the
+ * lower id) with exactly the given weights. */
+static void check_dense(const float* x, int tokens, const int32_t* ids, const float* weights, int k,
+                        double* reference_weights, void* context)
+{
+    const float* given = context;
+    (void)x;
+    int order[EXPERTS];
+    for (int e = 0; e < EXPERTS; e++) {
+        order[e] = e;
+    }
+    for (int i = 1; i < EXPERTS; i++) { /* insertion sort: stable, so ties keep the lower id first */
+        for (int j = i; j > 0 && given[order[j]] > given[order[j - 1]]; j--) {
+            int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    }
+    CHECK(k == EXPERTS, "a dense router has k = E, not %d", k);
+    for (int t = 0; t < tokens; t++) {
+        for (int s = 0; s < k; s++) {
+            CHECK(ids[t * k + s] == order[s] && weights[t * k + s] == given[order[s]],
+                  "token %d slot %d: expert %d weight %.9g, expected expert %d weight %.9g", t, s, ids[t * k + s],
+                  (double)weights[t * k + s], order[s], (double)given[order[s]]);
+            reference_weights[t * k + s] = given[ids[t * k + s]];
+        }
+    }
+}
+
+static void test_uniform(void)
+{
+    moe_router* router = NULL;
+    CHECK_OK(moe_router_create_uniform(EXPERTS, &router));
+    float weights[EXPERTS];
+    for (int e = 0; e < EXPERTS; e++) {
+        weights[e] = 1.0f / EXPERTS;
+    }
+    run_routed(q0, Q0, router, 7, check_dense, weights, "uniform");
+    CHECK_OK(moe_router_free(router));
+}
+
+static void test_fixed(void)
+{
+    float weights[EXPERTS];
+    fixture_fill_normal(&rng, weights, EXPERTS, 1.0);
+    weights[3] = weights[1]; /* a tie: expert 1 must come first */
+    moe_router* router = NULL;
+    CHECK_OK(moe_router_create_fixed(weights, EXPERTS, &router));
+    run_routed(v0, V0, router, 6, check_dense, weights, "fixed");
+    CHECK_OK(moe_router_free(router));
+}
+
+/* Score-based routers: scores computed here in float64 from the prototypes. */
+typedef struct linear_reference {
+    const double* prototypes; /* [E, D_IN] */
+    int normalization;
+    int score_function;
+    double temperature;
+    const float* bias;
+    const char* what;
+} linear_reference;
+
+static void check_linear(const float* x, int tokens, const int32_t* ids, const float* weights, int k,
+                         double* reference_weights, void* context)
+{
+    const linear_reference* ref = context;
+    for (int t = 0; t < tokens; t++) {
+        double z[D_IN], mean = 0, variance = 0, norm = 0, scores[EXPERTS];
+        for (int i = 0; i < D_IN; i++) {
+            z[i] = x[t * D_IN + i];
+            mean += z[i] / D_IN;
+            norm += z[i] * z[i];
+        }
+        for (int i = 0; i < D_IN; i++) {
+            variance += (z[i] - mean) * (z[i] - mean) / D_IN;
+        }
+        for (int i = 0; i < D_IN; i++) {
+            if (ref->normalization == MOE_NORMALIZATION_LAYER_NORM) {
+                z[i] = (z[i] - mean) / sqrt(variance + 1e-5);
+            } else if (ref->normalization == MOE_NORMALIZATION_L2) {
+                z[i] /= fmax(sqrt(norm), 1e-12);
+            }
+        }
+        for (int e = 0; e < EXPERTS; e++) {
+            double dot = 0;
+            for (int i = 0; i < D_IN; i++) {
+                dot += z[i] * ref->prototypes[e * D_IN + i];
+            }
+            scores[e] = (ref->score_function == MOE_SCORE_ABSOLUTE ? fabs(dot) : dot) / ref->temperature +
+                        (ref->bias ? ref->bias[e] : 0.0);
+        }
+        char where[96];
+        snprintf(where, sizeof where, "%s, token %d", ref->what, t);
+        check_routing(scores, ids + t * k, weights + t * k, k, reference_weights + t * k, where);
+    }
+}
+
+static void test_arrow(void)
+{
+    double prototypes[EXPERTS * D_IN];
+    for (int e = 0; e < EXPERTS; e++) {
+        CHECK(top_right_singular_vector(&fixture.experts[e], Q0, D_IN, D_OUT, prototypes + e * D_IN),
+              "the reference singular vector of expert %d did not converge", e);
+    }
+    moe_arrow_options options;
+    CHECK_OK(moe_arrow_default_options(&options, sizeof options));
+    options.top_k = 2;
+    options.temperature = (float)(0.5 + fixture_uniform(&rng));
+    moe_router* router = NULL;
+    CHECK_OK(moe_router_create_arrow(q0, &options, &router));
+    size_t k = 0;
+    CHECK_OK(moe_router_info(router, NULL, &k));
+    CHECK(k == 2, "Arrow top-2 has k = %zu", k);
+    linear_reference ref = {prototypes, MOE_NORMALIZATION_NONE, MOE_SCORE_ABSOLUTE, options.temperature, NULL, "arrow"};
+    run_routed(q0, Q0, router, 9, check_linear, &ref, "arrow");
+    CHECK_OK(moe_router_free(router));
+}
+
+static void test_linear(void)
+{
+    for (int normalization = 0; normalization < 3; normalization++) {
+        for (int score = 0; score < 2; score++) {
+            float prototypes[EXPERTS * D_IN], bias[EXPERTS];
+            double wide[EXPERTS * D_IN];
+            fixture_fill_normal(&rng, prototypes, EXPERTS * D_IN, 1.0 / sqrt(D_IN));
+            fixture_fill_normal(&rng, bias, EXPERTS, 0.3);
+            for (int i = 0; i < EXPERTS * D_IN; i++) {
+                wide[i] = prototypes[i];
+            }
+            moe_linear_router_options options;
+            CHECK_OK(moe_linear_router_default_options(&options, sizeof options));
+            options.top_k = 1 + (int)(fixture_next(&rng) % EXPERTS);
+            options.temperature = (float)(0.3 + fixture_uniform(&rng));
+            options.normalization = normalization;
+            options.score_function = score;
+            int with_bias = (normalization + score) % 2;
+            options.bias = with_bias ? bias : NULL;
+            options.bias_count = with_bias ? EXPERTS : 0;
+            moe_router* router = NULL;
+            CHECK_OK(moe_router_create_linear(prototypes, EXPERTS * D_IN, EXPERTS, D_IN, &options, &router));
+            char what[64];
+            snprintf(what, sizeof what, "linear (normalization %d, score %d, top-%d%s)", normalization, score,
+                     options.top_k, with_bias ? ", bias" : "");
+            linear_reference ref = {wide, normalization, score, options.temperature, options.bias, what};
+            run_routed(v0, V0, router, 8, check_linear, &ref, what);
+            CHECK_OK(moe_router_free(router));
+        }
+    }
+}
+
+static void test_assigned(void)
+{
+    enum { T = 10, K = 3 };
+    int32_t ids[T * K];
+    float weights[T * K];
+    double wide[T * K];
+    for (int i = 0; i < T * K; i++) {
+        ids[i] = (int32_t)(fixture_next(&rng) % (EXPERTS + 1)) - 1; /* -1 (empty) to E-1, repeats allowed */
+        weights[i] = ids[i] < 0 && i % 2 ? NAN : (float)fixture_normal(&rng); /* empty slots' weights are ignored */
+        wide[i] = ids[i] < 0 ? 0.0 : weights[i];
+    }
+    ids[0] = ids[1] = 2; /* a repeated expert adds up */
+    wide[0] = weights[0] = 0.25f;
+    wide[1] = weights[1] = -0.75f;
+    float* x = random_floats(T * D_IN, 1.0);
+    float* base = random_floats(T * D_OUT, 1.0);
+    float y[T * D_OUT];
+    double reference[T * D_OUT];
+    CHECK_OK(moe_forward_assigned(session, q0, ids, weights, T * K, K, x, T * D_IN, base, y, T * D_OUT));
+    fixture_reference_forward(&fixture, Q0, x, T, base, ids, wide, K, reference);
+    check_close(y, reference, base, T * D_OUT, K, "assigned");
+    free(x);
+    free(base);
+}
+
+/* ---- Threads: one library, one router, one session per thread; results equal one thread's, bit for bit ---- */
+
+enum { THREADS = 8, THREAD_TOKENS = 6, ROUNDS = 25 };
+
+typedef struct thread_work {
+    moe_router* router;
+    const float* x;         /* [THREAD_TOKENS, D_IN] */
+    const float* expected;  /* y from the main thread */
+    const int32_t* expected_ids;
+    const float* expected_weights;
+    pthread_barrier_t* start;
+    int mismatches;
+    int failures;
+    char error[256];
+} thread_work;
+
+static void* thread_main(void* argument)
+{
+    thread_work* work = argument;
+    moe_session* own = NULL;
+    if (moe_session_create(engine, &own) != MOE_OK) {
+        snprintf(work->error, sizeof work->error, "moe_session_create: %s", moe_last_error());
+        work->failures++;
+    }
+    pthread_barrier_wait(work->start);
+    float y[THREAD_TOKENS * D_OUT];
+    int32_t ids[THREAD_TOKENS * 2];
+    float weights[THREAD_TOKENS * 2];
+    for (int round = 0; round < ROUNDS && own; round++) {
+        memset(y, 0, sizeof y);
+        if (moe_forward(own, q0, work->router, work->x, THREAD_TOKENS * D_IN, NULL, y, THREAD_TOKENS * D_OUT, ids,
+                        weights, THREAD_TOKENS * 2) != MOE_OK) {
+            snprintf(work->error, sizeof work->error, "moe_forward: %s", moe_last_error());
+            work->failures++;
+            break;
+        }
+        if (memcmp(y, work->expected, sizeof y) != 0 || memcmp(ids, work->expected_ids, sizeof ids) != 0 ||
+            memcmp(weights, work->expected_weights, sizeof weights) != 0) {
+            work->mismatches++;
+        }
+    }
+    if (moe_session_free(own) != MOE_OK) {
+        work->failures++;
+    }
+    return NULL;
+}
+
+static void test_threads(void)
+{
+    moe_arrow_options options;
+    CHECK_OK(moe_arrow_default_options(&options, sizeof options));
+    options.top_k = 2;
+    moe_router* router = NULL;
+    CHECK_OK(moe_router_create_arrow(q0, &options, &router));
+    thread_work work[THREADS];
+    float* x[THREADS];
+    float expected[THREADS][THREAD_TOKENS * D_OUT];
+    int32_t expected_ids[THREADS][THREAD_TOKENS * 2];
+    float expected_weights[THREADS][THREAD_TOKENS * 2];
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, THREADS);
+    for (int i = 0; i < THREADS; i++) {
+        x[i] = random_floats(THREAD_TOKENS * D_IN, 1.0);
+        memset(expected[i], 0, sizeof expected[i]);
+        CHECK_OK(moe_forward(session, q0, router, x[i], THREAD_TOKENS * D_IN, NULL, expected[i],
+                             THREAD_TOKENS * D_OUT, expected_ids[i], expected_weights[i], THREAD_TOKENS * 2));
+        work[i] = (thread_work){router, x[i], expected[i], expected_ids[i], expected_weights[i], &start, 0, 0, ""};
+    }
+    pthread_t threads[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        pthread_create(&threads[i], NULL, thread_main, &work[i]);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(threads[i], NULL);
+        CHECK(work[i].failures == 0, "thread %d failed: %s", i, work[i].error);
+        CHECK(work[i].mismatches == 0, "thread %d: %d of %d forwards differ from the single-thread result", i,
+              work[i].mismatches, ROUNDS);
+        free(x[i]);
+    }
+    pthread_barrier_destroy(&start);
+    CHECK_OK(moe_router_free(router));
+}
+
+static void* fail_on_thread(void* argument)
+{
+    char* message = argument;
+    moe_status status = moe_router_create_uniform(0, NULL);
+    snprintf(message, 256, "%d|%s", (int)status, moe_last_error());
+    return NULL;
+}
+
+static void test_errors_are_per_thread(void)
+{
+    moe_router* r = NULL;
+    CHECK_FAILS(moe_router_create_uniform(0, &r), MOE_ERROR_INVALID_ARGUMENT, "expert_count is 0");
+    char mine[256], theirs[256];
+    snprintf(mine, sizeof mine, "%s", moe_last_error());
+    pthread_t thread;
+    pthread_create(&thread, NULL, fail_on_thread, theirs);
+    pthread_join(thread, NULL);
+    CHECK(strstr(theirs, "1|router (the out-parameter) is NULL") == theirs, "the other thread saw \"%s\"", theirs);
+    CHECK(strcmp(mine, moe_last_error()) == 0, "another thread's failure changed this thread's message to \"%s\"",
+          moe_last_error());
+    CHECK_OK(moe_router_create_uniform(2, &r));
+    CHECK(strcmp(mine, moe_last_error()) == 0, "a successful call changed the message");
+    CHECK_OK(moe_router_free(r));
+}
+
+/* ---- Misuse ---- */
+
+static void test_bad_handles(void)
+{
+    moe_router* router = NULL;
+    CHECK_OK(moe_router_create_uniform(EXPERTS, &router));
+    float x[2 * D_IN] = {0}, y[2 * D_OUT] = {0};
+    const size_t xs = 2 * D_IN, ys = 2 * D_OUT;
+
+    CHECK_FAILS(moe_forward(NULL, q0, router, x, xs, NULL, y, ys, NULL, NULL, 0), MOE_ERROR_INVALID_ARGUMENT,
+                "session is NULL");
+    CHECK_FAILS(moe_forward(session, NULL, router, x, xs, NULL, y, ys, NULL, NULL, 0), MOE_ERROR_INVALID_ARGUMENT,
+                "module is NULL");
+    CHECK_FAILS(moe_forward(session, q0, NULL, x, xs, NULL, y, ys, NULL, NULL, 0), MOE_ERROR_INVALID_ARGUMENT,
+                "router is NULL");
+    int32_t one_id[2] = {0, 0};
+    float one_weight[2] = {1, 1};
+    CHECK_FAILS(moe_forward_assigned(NULL, q0, one_id, one_weight, 2, 1, x, xs, NULL, y, ys),
+                MOE_ERROR_INVALID_ARGUMENT, "session is NULL");
+    moe_session* s = (moe_session*)&s;
+    CHECK_FAILS(moe_session_create(NULL, &s), MOE_ERROR_INVALID_ARGUMENT, "engine is NULL");
+    CHECK(s == NULL, "the out-parameter was not cleared");
+    CHECK_FAILS(moe_engine_create(NULL, NULL), MOE_ERROR_INVALID_ARGUMENT, "engine (the out-parameter) is NULL");
+    CHECK_FAILS(moe_engine_info(NULL, NULL, NULL, 0, NULL), MOE_ERROR_INVALID_ARGUMENT, "engine is NULL");
+    CHECK_FAILS(moe_library_info(NULL, NULL, NULL), MOE_ERROR_INVALID_ARGUMENT, "library is NULL");
+    CHECK_FAILS(moe_module_info(NULL, NULL, NULL, NULL, NULL), MOE_ERROR_INVALID_ARGUMENT, "module is NULL");
+    CHECK_FAILS(moe_module_name(NULL, NULL, 0, NULL), MOE_ERROR_INVALID_ARGUMENT, "module is NULL");
+    CHECK_FAILS(moe_router_info(NULL, NULL, NULL), MOE_ERROR_INVALID_ARGUMENT, "router is NULL");
+    moe_router* never = NULL;
+    CHECK_FAILS(moe_router_create_arrow(NULL, NULL, &never), MOE_ERROR_INVALID_ARGUMENT, "module is NULL");
+    CHECK_OK(moe_engine_free(NULL));
+    CHECK_OK(moe_session_free(NULL));
+    CHECK_OK(moe_library_free(NULL));
+    CHECK_OK(moe_router_free(NULL));
+
+    /* Double free, and use after free, are reported. */
+    moe_router* freed = NULL;
+    CHECK_OK(moe_router_create_uniform(EXPERTS, &freed));
+    CHECK_OK(moe_router_free(freed));
+    CHECK_FAILS(moe_router_free(freed), MOE_ERROR_INVALID_ARGUMENT, "router is not a live handle");
+    CHECK_FAILS(moe_forward(session, q0, freed, x, xs, NULL, y, ys, NULL, NULL, 0), MOE_ERROR_INVALID_ARGUMENT,
+                "router is not a live handle");
+    /* A new handle may reuse the freed slot; the old value must still be dead. */
+    moe_router* reused = NULL;
+    CHECK_OK(moe_router_create_uniform(EXPERTS, &reused));
+    CHECK_FAILS(moe_router_info(freed, NULL, NULL), MOE_ERROR_INVALID_ARGUMENT, "not a live handle");
+    CHECK_OK(moe_router_free(reused));
+
+    /* Wrong kind, forged values. */
+    CHECK_FAILS(moe_forward((moe_session*)router, q0, router, x, xs, NULL, y, ys, NULL, NULL, 0),
+                MOE_ERROR_INVALID_ARGUMENT, "session is a moe_router handle, not a moe_session");
+    CHECK_FAILS(moe_library_free((moe_library*)q0), MOE_ERROR_INVALID_ARGUMENT, "library is a moe_module handle");
+    CHECK_FAILS(moe_forward((moe_session*)(void*)x, q0, router, x, xs, NULL, y, ys, NULL, NULL, 0),
+                MOE_ERROR_INVALID_ARGUMENT, "session is not a live handle");
+    CHECK_FAILS(moe_router_free((moe_router*)(uintptr_t)UINTPTR_MAX), MOE_ERROR_INVALID_ARGUMENT,
+                "router is not a live handle");
+
+    /* An engine outlives its sessions; a session's double free is reported. */
+    moe_engine* e = NULL;
+    CHECK_OK(moe_engine_create(NULL, &e));
+    CHECK_OK(moe_session_create(e, &s));
+    CHECK_FAILS(moe_engine_free(e), MOE_ERROR_INVALID_ARGUMENT, "1 live session");
+    CHECK_OK(moe_session_free(s));
+    CHECK_FAILS(moe_session_free(s), MOE_ERROR_INVALID_ARGUMENT, "session is not a live handle");
+    CHECK_OK(moe_engine_free(e));
+    CHECK_FAILS(moe_engine_free(e), MOE_ERROR_INVALID_ARGUMENT, "engine is not a live handle");
+    CHECK_FAILS(moe_session_create(e, &s), MOE_ERROR_INVALID_ARGUMENT, "engine is not a live handle");
+
+    /* Module handles die with their library; a router built from one lives on. */
+    moe_library* other = NULL;
+    moe_module* module = NULL;
+    moe_router* arrow = NULL;
+    CHECK_OK(moe_library_load((const char* const*)fixture.paths, EXPERTS, &other));
+    CHECK_OK(moe_library_find_module(other, "layers.0.self_attn.q_proj", &module));
+    CHECK_OK(moe_router_create_arrow(module, NULL, &arrow));
+    CHECK_OK(moe_library_free(other));
+    CHECK_FAILS(moe_library_free(other), MOE_ERROR_INVALID_ARGUMENT, "library is not a live handle");
+    CHECK_FAILS(moe_module_info(module, NULL, NULL, NULL, NULL), MOE_ERROR_INVALID_ARGUMENT,
+                "module is not a live handle");
+    CHECK_OK(moe_router_info(arrow, NULL, NULL));
+    CHECK_OK(moe_router_free(arrow));
+    CHECK_OK(moe_router_free(router));
+}
+
+static void test_bad_sizes(void)
+{
+    enum { T = 3 };
+    moe_router* uniform = NULL;
+    CHECK_OK(moe_router_create_uniform(EXPERTS, &uniform));
+    float x[T * D_IN], y[T * D_OUT], untouched[T * D_OUT], base[T * D_OUT];
+    int32_t ids[T * EXPERTS];
+    float weights[T * EXPERTS];
+    fixture_fill_normal(&rng, x, T * D_IN, 1.0);
+    fixture_fill_normal(&rng, y, T * D_OUT, 1.0);
+    fixture_fill_normal(&rng, base, T * D_OUT, 1.0);
+    memcpy(untouched, y, sizeof y);
+    const size_t xs = T * D_IN, ys = T * D_OUT, slots = T * EXPERTS;
+
+    CHECK_FAILS(moe_forward(session, q0, uniform, x, xs - 1, NULL, y, ys, NULL, NULL, 0), MOE_ERROR_INVALID_ARGUMENT,
+                "x_count is 47");
+    CHECK_FAILS(moe_forward(session, q0, uniform, x, xs, base, y, ys + 1, NULL, NULL, 0), MOE_ERROR_INVALID_ARGUMENT,
+                "y_count is 37");
+    CHECK_FAILS(moe_forward(session, q0, uniform, x, xs, base, y, ys, ids, weights, slots - 1),
+                MOE_ERROR_INVALID_ARGUMENT, "slot_count is 14");
+    CHECK_FAILS(moe_forward(session, q0, uniform, x, xs, base, y, ys, NULL, NULL, slots), MOE_ERROR_INVALID_ARGUMENT,
+                "both NULL");
+    CHECK_FAILS(moe_forward(session, q0, uniform, NULL, xs, base, y, ys, NULL, NULL, 0), MOE_ERROR_INVALID_ARGUMENT,
+                "x is NULL");
+    CHECK_FAILS(moe_forward(session, q0, uniform, x, xs, base, NULL, ys, NULL, NULL, 0), MOE_ERROR_INVALID_ARGUMENT,
+                "y is NULL");
+    CHECK_FAILS(moe_forward(session, q0, uniform, x, xs, y + 1, y, ys, NULL, NULL, 0), MOE_ERROR_INVALID_ARGUMENT,
+                "base partly overlaps y");
+    CHECK_FAILS(moe_forward(session, q0, uniform, x, (size_t)-1, base, y, ys, NULL, NULL, 0),
+                MOE_ERROR_INVALID_ARGUMENT, "more than one call accepts");
+    CHECK(memcmp(y, untouched, sizeof y) == 0, "a failing forward wrote into y");
+
+    float shared[T * D_IN + T * D_OUT];
+    CHECK_FAILS(moe_forward(session, q0, uniform, shared, xs, NULL, shared + 4, ys, NULL, NULL, 0),
+                MOE_ERROR_INVALID_ARGUMENT, "x and y overlap");
+
+    /* Routers that do not fit the module. */
+    moe_router* wider = NULL;
+    CHECK_OK(moe_router_create_uniform(EXPERTS + 1, &wider));
+    CHECK_FAILS(moe_forward(session, q0, wider, x, xs, base, y, ys, NULL, NULL, 0), MOE_ERROR_INVALID_ARGUMENT,
+                "chooses among 6 experts");
+    CHECK_OK(moe_router_free(wider));
+    moe_router* arrow = NULL;
+    CHECK_OK(moe_router_create_arrow(q0, NULL, &arrow));
+    float y_v[T * D_OUT_V];
+    CHECK_FAILS(moe_forward(session, v0, arrow, x, xs, NULL, y_v, T * D_OUT_V, NULL, NULL, 0),
+                MOE_ERROR_INVALID_ARGUMENT, "the Arrow router was built for module");
+    CHECK_OK(moe_router_free(arrow));
+    float narrow_prototypes[EXPERTS * 8] = {1};
+    moe_router* narrow = NULL;
+    CHECK_OK(moe_router_create_linear(narrow_prototypes, EXPERTS * 8, EXPERTS, 8, NULL, &narrow));
+    CHECK_FAILS(moe_forward(session, q0, narrow, x, xs, base, y, ys, NULL, NULL, 0), MOE_ERROR_INVALID_ARGUMENT,
+                "scores rows of 8 values");
+    CHECK_OK(moe_router_free(narrow));
+    CHECK(memcmp(y, untouched, sizeof y) == 0, "a failing forward wrote into y");
+
+    /* Router parameters. */
+    moe_router* r = NULL;
+    moe_arrow_options arrow_options;
+    CHECK_OK(moe_arrow_default_options(&arrow_options, sizeof arrow_options));
+    arrow_options.top_k = 0;
+    CHECK_FAILS(moe_router_create_arrow(q0, &arrow_options, &r), MOE_ERROR_INVALID_ARGUMENT, "top-k must be in [1, 5]");
+    arrow_options.top_k = EXPERTS + 1;
+    CHECK_FAILS(moe_router_create_arrow(q0, &arrow_options, &r), MOE_ERROR_INVALID_ARGUMENT, "top-k must be in [1, 5]");
+    arrow_options.top_k = 2;
+    arrow_options.temperature = 0;
+    CHECK_FAILS(moe_router_create_arrow(q0, &arrow_options, &r), MOE_ERROR_INVALID_ARGUMENT,
+                "temperature must be positive");
+    arrow_options.temperature = NAN;
+    CHECK_FAILS(moe_router_create_arrow(q0, &arrow_options, &r), MOE_ERROR_INVALID_ARGUMENT,
+                "temperature must be positive");
+    float fixed_weights[EXPERTS] = {1, 2, NAN, 4, 5};
+    CHECK_FAILS(moe_router_create_fixed(fixed_weights, EXPERTS, &r), MOE_ERROR_INVALID_ARGUMENT,
+                "weight of expert 2 must be finite");
+    CHECK_FAILS(moe_router_create_fixed(fixed_weights, 0, &r), MOE_ERROR_INVALID_ARGUMENT, "weights is empty");
+    CHECK_FAILS(moe_router_create_fixed(NULL, 3, &r), MOE_ERROR_INVALID_ARGUMENT, "weights is NULL");
+    CHECK_FAILS(moe_router_create_uniform(0, &r), MOE_ERROR_INVALID_ARGUMENT, "expert_count is 0");
+
+    float prototypes[EXPERTS * D_IN] = {0.5f};
+    float bias[EXPERTS] = {0};
+    moe_linear_router_options linear;
+    CHECK_OK(moe_linear_router_default_options(&linear, sizeof linear));
+    CHECK_FAILS(moe_router_create_linear(prototypes, EXPERTS * D_IN - 1, EXPERTS, D_IN, &linear, &r),
+                MOE_ERROR_INVALID_ARGUMENT, "prototype_count is 79");
+    CHECK_FAILS(moe_router_create_linear(prototypes, 0, 0, D_IN, &linear, &r), MOE_ERROR_INVALID_ARGUMENT,
+                "expert_count (0)");
+    linear.normalization = 9;
+    CHECK_FAILS(moe_router_create_linear(prototypes, EXPERTS * D_IN, EXPERTS, D_IN, &linear, &r),
+                MOE_ERROR_INVALID_ARGUMENT, "normalization is 9");
+    linear.normalization = MOE_NORMALIZATION_L2;
+    linear.score_function = -1;
+    CHECK_FAILS(moe_router_create_linear(prototypes, EXPERTS * D_IN, EXPERTS, D_IN, &linear, &r),
+                MOE_ERROR_INVALID_ARGUMENT, "score_function is -1");
+    linear.score_function = MOE_SCORE_IDENTITY;
+    linear.bias = bias;
+    linear.bias_count = EXPERTS - 2;
+    CHECK_FAILS(moe_router_create_linear(prototypes, EXPERTS * D_IN, EXPERTS, D_IN, &linear, &r),
+                MOE_ERROR_INVALID_ARGUMENT, "bias must have one value per expert");
+    linear.bias = NULL;
+    CHECK_FAILS(moe_router_create_linear(prototypes, EXPERTS * D_IN, EXPERTS, D_IN, &linear, &r),
+                MOE_ERROR_INVALID_ARGUMENT, "bias is NULL");
+    linear.bias_count = 0;
+    prototypes[5] = INFINITY;
+    CHECK_FAILS(moe_router_create_linear(prototypes, EXPERTS * D_IN, EXPERTS, D_IN, &linear, &r),
+                MOE_ERROR_INVALID_ARGUMENT, "prototypes[5] is");
+    CHECK(r == NULL, "a failed create left a handle");
+
+    /* Assignments. */
+    int32_t assigned[T * 2] = {0, 1, 2, 3, 4, -1};
+    float assigned_weights[T * 2] = {1, 1, 1, 1, 1, 1};
+    CHECK_OK(moe_forward_assigned(session, q0, assigned, assigned_weights, T * 2, 2, x, xs, base, y, ys));
+    memcpy(untouched, y, sizeof y);
+    assigned[3] = EXPERTS;
+    CHECK_FAILS(moe_forward_assigned(session, q0, assigned, assigned_weights, T * 2, 2, x, xs, base, y, ys),
+                MOE_ERROR_INVALID_ARGUMENT, "expert id at token 1, slot 1 must be in [0, 5)");
+    assigned[3] = -2;
+    CHECK_FAILS(moe_forward_assigned(session, q0, assigned, assigned_weights, T * 2, 2, x, xs, base, y, ys),
+                MOE_ERROR_INVALID_ARGUMENT, "expert id at token 1, slot 1");
+    assigned[3] = 3;
+    assigned_weights[2] = INFINITY;
+    CHECK_FAILS(moe_forward_assigned(session, q0, assigned, assigned_weights, T * 2, 2, x, xs, base, y, ys),
+                MOE_ERROR_INVALID_ARGUMENT, "weight at token 1, slot 0 must be finite");
+    assigned_weights[2] = 1;
+    CHECK_FAILS(moe_forward_assigned(session, q0, assigned, assigned_weights, T * 2, 0, x, xs, base, y, ys),
+                MOE_ERROR_INVALID_ARGUMENT, "top_k is 0");
+    CHECK_FAILS(moe_forward_assigned(session, q0, assigned, assigned_weights, T * 2, 3, x, xs, base, y, ys),
+                MOE_ERROR_INVALID_ARGUMENT, "slot_count is 6; 3 rows of x");
+    CHECK_FAILS(moe_forward_assigned(session, q0, NULL, assigned_weights, T * 2, 2, x, xs, base, y, ys),
+                MOE_ERROR_INVALID_ARGUMENT, "expert_ids is NULL");
+    CHECK_FAILS(moe_forward_assigned(session, q0, assigned, assigned_weights, T * 2, 2, x, xs, base, y, ys - 1),
+                MOE_ERROR_INVALID_ARGUMENT, "y_count is 35");
+    CHECK(memcmp(y, untouched, sizeof y) == 0, "a failing assigned forward wrote into y");
+    CHECK_OK(moe_router_free(uniform));
+}
+
+static void test_bad_paths(void)
+{
+    moe_library* l = (moe_library*)&l;
+    const char* missing = "/nonexistent/moerging/expert";
+    CHECK_FAILS(moe_library_load(&missing, 1, &l), MOE_ERROR_NOT_FOUND, "no such directory");
+    CHECK(l == NULL, "the out-parameter was not cleared");
+    char file[PATH_MAX + 32];
+    snprintf(file, sizeof file, "%s/adapter_config.json", fixture.paths[0]);
+    const char* a_file = file;
+    CHECK_FAILS(moe_library_load(&a_file, 1, &l), MOE_ERROR_NOT_FOUND, "is a file");
+    const char* good_then_bad[] = {fixture.paths[0], missing};
+    CHECK_FAILS(moe_library_load(good_then_bad, 2, &l), MOE_ERROR_NOT_FOUND, missing);
+    CHECK_FAILS(moe_library_load(NULL, 2, &l), MOE_ERROR_INVALID_ARGUMENT, "directories is NULL");
+    const char* with_null[] = {fixture.paths[0], NULL};
+    CHECK_FAILS(moe_library_load(with_null, 2, &l), MOE_ERROR_INVALID_ARGUMENT, "directories[1] is NULL");
+    CHECK_FAILS(moe_library_load(with_null, 0, &l), MOE_ERROR_INVALID_ARGUMENT, "at least one expert");
+
+    /* Broken adapter directories, written next to the fixture's. */
+    char directory[PATH_MAX + 32], path[PATH_MAX + 64];
+    snprintf(directory, sizeof directory, "%s/broken", fixture.root);
+    mkdir(directory, 0700);
+    const char* broken = directory;
+    CHECK_FAILS(moe_library_load(&broken, 1, &l), MOE_ERROR_NOT_FOUND, "no adapter_config.json");
+    snprintf(path, sizeof path, "%s/adapter_config.json", directory);
+    fixture_write_text(path, "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4, \"target_modules\": [\"q_proj\"]}");
+    CHECK_FAILS(moe_library_load(&broken, 1, &l), MOE_ERROR_NOT_FOUND, "no adapter_model.safetensors");
+    char weights_path[PATH_MAX + 64];
+    snprintf(weights_path, sizeof weights_path, "%s/adapter_model.safetensors", directory);
+    fixture_write_text(weights_path, "not a safetensors file at all");
+    CHECK_FAILS(moe_library_load(&broken, 1, &l), MOE_ERROR_FORMAT, "adapter_model.safetensors");
+    /* Shapes that disagree with the config's rank. */
+    float a[3 * D_IN] = {0}, b[D_OUT * 3] = {0};
+    const char* names[] = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+                           "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"};
+    const float* data[] = {a, b};
+    int ranks[] = {2, 2};
+    int64_t shapes[2][2] = {{3, D_IN}, {D_OUT, 3}};
+    fixture_write_safetensors(weights_path, 2, names, data, ranks, (const int64_t(*)[2])shapes);
+    CHECK_FAILS(moe_library_load(&broken, 1, &l), MOE_ERROR_FORMAT, "do not have the rank 2");
+    fixture_write_text(path, "{\"peft_type\": \"LORA\", \"r\": 3, \"lora_alpha\": 4, \"use_dora\": true, "
+                             "\"target_modules\": [\"q_proj\"]}");
+    CHECK_FAILS(moe_library_load(&broken, 1, &l), MOE_ERROR_NOT_SUPPORTED, "DoRA");
+    fixture_write_text(path, "{\"peft_type\": \"LORA\", \"r\": 3, \"lora_alpha\": ");
+    CHECK_FAILS(moe_library_load(&broken, 1, &l), MOE_ERROR_FORMAT, "not valid JSON");
+    unlink(path);
+    unlink(weights_path);
+    rmdir(directory);
+
+    /* Module names. */
+    moe_module* m = (moe_module*)&m;
+    CHECK_FAILS(moe_library_find_module(library, "layers.9.mlp.up_proj", &m), MOE_ERROR_NOT_FOUND,
+                "no module matches 'layers.9.mlp.up_proj'");
+    CHECK(m == NULL, "the out-parameter was not cleared");
+    CHECK_FAILS(moe_library_find_module(library, "q_proj", &m), MOE_ERROR_INVALID_ARGUMENT, "ambiguous");
+    CHECK_FAILS(moe_library_find_module(library, NULL, &m), MOE_ERROR_INVALID_ARGUMENT, "name is NULL");
+    CHECK_FAILS(moe_library_find_module(library, "", &m), MOE_ERROR_INVALID_ARGUMENT, "name");
+}
+
+/* Freeing in order: sessions, then their engine; the library any time. */
+static void test_teardown(void)
+{
+    CHECK_OK(moe_session_free(session));
+    CHECK_OK(moe_library_free(library));
+    CHECK_OK(moe_engine_free(engine));
+}
+
+/* ---- Main ---- */
+
+typedef struct test_case {
+    const char* name;
+    void (*run)(void);
+} test_case;
+
+static const test_case CASES[] = {
+    {"abi_and_errors", test_abi_and_errors},
+    {"runtime_missing", test_runtime_missing},
+    {"options", test_options},
+    {"library_queries", test_library_queries},
+    {"uniform_forward", test_uniform},
+    {"fixed_forward", test_fixed},
+    {"arrow_forward", test_arrow},
+    {"linear_forward", test_linear},
+    {"assigned_forward", test_assigned},
+    {"threads", test_threads},
+    {"errors_are_per_thread", test_errors_are_per_thread},
+    {"bad_handles", test_bad_handles},
+    {"bad_sizes", test_bad_sizes},
+    {"bad_paths", test_bad_paths},
+    {"teardown", test_teardown},
+};
+enum { CASE_COUNT = sizeof CASES / sizeof CASES[0] };
+
+static void xml_escaped(FILE* file, const char* text)
+{
+    for (; *text; text++) {
+        switch (*text) {
+        case '&': fputs("&amp;", file); break;
+        case '<': fputs("&lt;", file); break;
+        case '>': fputs("&gt;", file); break;
+        case '"': fputs("&quot;", file); break;
+        default: fputc(*text, file);
+        }
+    }
+}
+
+static int setup(void)
+{
+    if (fixture_create(&fixture, EXPERTS, MODULES, 3, &rng) != 0) {
+        fprintf(stderr, "could not write the test experts: %s\n", strerror(errno));
+        return 0;
+    }
+    moe_engine_options options;
+    moe_engine_default_options(&options, sizeof options);
+    options.backend = MOE_BACKEND_CPU;
+    options.cpu_threads = 2;
+    if (moe_engine_create(&options, &engine) != MOE_OK ||
+        moe_library_load((const char* const*)fixture.paths, EXPERTS, &library) != MOE_OK ||
+        moe_session_create(engine, &session) != MOE_OK ||
+        moe_library_find_module(library, "layers.0.self_attn.q_proj", &q0) != MOE_OK ||
+        moe_library_find_module(library, "model.layers.0.self_attn.v_proj", &v0) != MOE_OK) {
+        fprintf(stderr, "setup failed: %s\n", moe_last_error());
+        return 0;
+    }
+    return 1;
+}
+
+int main(int argc, char** argv)
+{
+    const char* junit = NULL;
+    program = argv[0];
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--expect-runtime-missing") == 0) {
+            return expect_runtime_missing();
+        }
+        if (strcmp(argv[i], "--junit") == 0 && i + 1 < argc) {
+            junit = argv[++i];
+        } else {
+            fprintf(stderr, "usage: moerging_test [--junit FILE]\n");
+            return 2;
+        }
+    }
+    const char* seed_text = getenv("MOERGING_TEST_SEED");
+    uint64_t seed = seed_text ? strtoull(seed_text, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    rng.state = seed;
+    printf("seed %llu (set MOERGING_TEST_SEED to repeat)\n", (unsigned long long)seed);
+
+    int ready = setup();
+    int failed_cases = 0;
+    char* details[CASE_COUNT];
+    double seconds[CASE_COUNT];
+    for (int c = 0; c < CASE_COUNT; c++) {
+        failure_text[0] = '\0';
+        failure_count = 0;
+        struct timespec begin, end;
+        clock_gettime(CLOCK_MONOTONIC, &begin);
+        if (ready) {
+            CASES[c].run();
+        } else {
+            fail(__FILE__, __LINE__, "setup failed (see above)");
+        }
+        clock_gettime(CLOCK_MONOTONIC, &end);
+        seconds[c] = (double)(end.tv_sec - begin.tv_sec) + (double)(end.tv_nsec - begin.tv_nsec) * 1e-9;
+        details[c] = failure_count ? strdup(failure_text) : NULL;
+        failed_cases += failure_count != 0;
+        printf("%s %s (%.3f s)\n", failure_count ? "FAIL" : "ok  ", CASES[c].name, seconds[c]);
+    }
+    fixture_destroy(&fixture);
+    printf("%d passed, %d failed (seed %llu)\n", CASE_COUNT - failed_cases, failed_cases, (unsigned long long)seed);
+
+    if (junit) {
+        FILE* file = fopen(junit, "w");
+        if (!file) {
+            fprintf(stderr, "cannot write %s: %s\n", junit, strerror(errno));
+            return 1;
+        }
+        fprintf(file, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        fprintf(file, "<testsuite name=\"c_api\" tests=\"%d\" failures=\"%d\" errors=\"0\" skipped=\"0\">\n",
+                CASE_COUNT, failed_cases);
+        for (int c = 0; c < CASE_COUNT; c++) {
+            fprintf(file, "  <testcase classname=\"c_api\" name=\"%s\" time=\"%.3f\"", CASES[c].name, seconds[c]);
+            if (details[c]) {
+                fputs("><failure message=\"", file);
+                xml_escaped(file, details[c]);
+                fputs("\"/></testcase>\n", file);
+            } else {
+                fputs("/>\n", file);
+            }
+            free(details[c]);
+        }
+        fputs("</testsuite>\n", file);
+        fclose(file);
+    }
+    return failed_cases == 0 ? 0 : 1;
+}

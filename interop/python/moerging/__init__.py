@@ -1,0 +1,329 @@
+"""The MoErging engine from Python: ctypes over libmoerging.so, numpy arrays in and out.
+
+    import moerging
+    library = moerging.Library(["adapters/math", "adapters/code"])
+    q_proj = library.module("layers.0.self_attn.q_proj")
+    router = moerging.Router.arrow(q_proj, top_k=2)
+    y, expert_ids, expert_weights = moerging.forward(q_proj, router, x, base=y_base)
+
+Arrays are row-major float32 (other dtypes and layouts are converted): x is [T, d_in], base and y are
+[T, d_out], expert ids (int32, -1 for an empty slot) and weights are [T, k]. Failures raise a subclass of
+MoErgingError carrying the library's message. Libraries, modules and routers may be shared by threads; a
+Session belongs to one thread at a time (forward() without a session uses one per thread).
+"""
+
+import ctypes
+import threading
+
+import numpy as np
+
+from ._native import (
+    ArrowOptions,
+    BackendUnavailableError,
+    EngineOptions,
+    FormatError,
+    InternalError,
+    InvalidArgumentError,
+    LinearRouterOptions,
+    MoErgingError,
+    NotFoundError,
+    NotSupportedError,
+    OutOfMemoryError,
+    check,
+    lib,
+    string,
+)
+
+__all__ = [
+    "Engine", "Session", "Library", "Module", "Router", "forward", "forward_assigned",
+    "MoErgingError", "InvalidArgumentError", "NotFoundError", "FormatError", "NotSupportedError",
+    "BackendUnavailableError", "OutOfMemoryError", "InternalError",
+]
+
+BACKENDS = ("auto", "cpu", "cuda", "opencl", "gpu-simulator")  # moe_backend values, by index
+NORMALIZATIONS = ("none", "layer_norm", "l2")          # moe_normalization
+SCORE_FUNCTIONS = ("identity", "absolute")             # moe_score_function
+
+
+def _index(name, choices, what):
+    try:
+        return choices.index(name)
+    except ValueError:
+        raise InvalidArgumentError(1, f"{what} must be one of {', '.join(choices)}, got {name!r}") from None
+
+
+def _floats(array):
+    return array.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+
+
+def _ints(array):
+    return array.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+
+
+def _output(tokens, module, base):
+    """y [T, d_out] and the base pointer to pass: base given, the library writes base + mixture into y;
+    None, y starts at zero and the mixture is added in place."""
+    if base is None:
+        return np.zeros((tokens, module.output_dim), dtype=np.float32), None
+    base = _matrix(base, module.output_dim, "base")
+    if base.shape[0] != tokens:
+        raise InvalidArgumentError(1, f"base has {base.shape[0]} rows but x has {tokens}")
+    return np.empty_like(base), _floats(base)
+
+
+def _matrix(values, columns, what):
+    """A C-contiguous float32 [rows, columns] array, converted if needed; a clear error for a wrong shape."""
+    array = np.ascontiguousarray(values, dtype=np.float32)
+    if array.ndim != 2 or array.shape[1] != columns:
+        raise InvalidArgumentError(1, f"{what} must be a 2-D array with {columns} columns, got shape {array.shape}")
+    return array
+
+
+class _Handle:
+    """Owns one handle; close() frees it (once), and so does garbage collection."""
+
+    _free = None
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    @property
+    def handle(self):
+        if self._handle is None:
+            raise InvalidArgumentError(1, f"this {type(self).__name__} is closed")
+        return self._handle
+
+    def close(self):
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            check(type(self)._free(handle))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # at interpreter exit, or an engine whose sessions outlive it: nothing to report to
+            pass
+
+
+class Engine(_Handle):
+    """A backend ("auto", "cpu", "cuda", "opencl", "gpu-simulator") and its worker threads. Close it after its sessions."""
+
+    _free = lib.moe_engine_free
+
+    def __init__(self, backend="auto", cpu_threads=0):
+        options = EngineOptions()
+        check(lib.moe_engine_default_options(ctypes.byref(options), ctypes.sizeof(options)))
+        options.backend = _index(backend, BACKENDS, "backend")
+        options.cpu_threads = cpu_threads
+        handle = ctypes.c_void_p()
+        check(lib.moe_engine_create(ctypes.byref(options), ctypes.byref(handle)))
+        super().__init__(handle.value)
+
+    @property
+    def backend(self):
+        value = ctypes.c_int32()
+        check(lib.moe_engine_info(self.handle, ctypes.byref(value), None, 0, None))
+        return BACKENDS[value.value]
+
+    @property
+    def backend_reason(self):
+        return string(lib.moe_engine_info, self.handle, None)
+
+    def session(self):
+        return Session(self)
+
+
+class Session(_Handle):
+    """One thread's workspace for forwards; reuse it (warm calls allocate nothing in the engine)."""
+
+    _free = lib.moe_session_free
+
+    def __init__(self, engine):
+        handle = ctypes.c_void_p()
+        check(lib.moe_session_create(engine.handle, ctypes.byref(handle)))
+        super().__init__(handle.value)
+        self.engine = engine  # the engine must outlive the session
+
+    def forward(self, module, router, x, base=None):
+        """Routes x [T, d_in] with router and returns (y, expert_ids, expert_weights): y = base + mixture
+        [T, d_out] (base None: zeros), ids int32 and weights float32 [T, k]."""
+        x = _matrix(x, module.input_dim, "x")
+        tokens, k = x.shape[0], router.top_k
+        y, base = _output(tokens, module, base)
+        ids = np.empty((tokens, k), dtype=np.int32)
+        weights = np.empty((tokens, k), dtype=np.float32)
+        check(lib.moe_forward(self.handle, module.handle, router.handle, _floats(x), x.size, base, _floats(y),
+                              y.size, _ints(ids), _floats(weights), ids.size))
+        return y, ids, weights
+
+    def forward_assigned(self, module, expert_ids, expert_weights, x, base=None):
+        """Batched multi-tenant LoRA: the host gives each token k slots of (expert id, weight), [T, k] each
+        (id -1: empty slot). Returns y = base + mixture [T, d_out]."""
+        x = _matrix(x, module.input_dim, "x")
+        ids = np.ascontiguousarray(expert_ids, dtype=np.int32)
+        if ids.ndim != 2:
+            raise InvalidArgumentError(1, f"expert_ids must be a 2-D array [T, k], got shape {ids.shape}")
+        weights = np.ascontiguousarray(expert_weights, dtype=np.float32)
+        if weights.shape != ids.shape:
+            raise InvalidArgumentError(1, f"expert_weights has shape {weights.shape}, expert_ids {ids.shape}")
+        y, base = _output(x.shape[0], module, base)
+        check(lib.moe_forward_assigned(self.handle, module.handle, _ints(ids), _floats(weights), ids.size,
+                                       ids.shape[1], _floats(x), x.size, base, _floats(y), y.size))
+        return y
+
+
+class Library(_Handle):
+    """Experts loaded from PEFT LoRA adapter directories, numbered in the order given."""
+
+    _free = lib.moe_library_free
+
+    def __init__(self, directories):
+        paths = [p if isinstance(p, bytes) else str(p).encode("utf-8") for p in directories]
+        array = (ctypes.c_char_p * len(paths))(*paths)
+        handle = ctypes.c_void_p()
+        check(lib.moe_library_load(array, len(paths), ctypes.byref(handle)))
+        super().__init__(handle.value)
+
+    def _counts(self):
+        experts, modules = ctypes.c_size_t(), ctypes.c_size_t()
+        check(lib.moe_library_info(self.handle, ctypes.byref(experts), ctypes.byref(modules)))
+        return experts.value, modules.value
+
+    @property
+    def expert_count(self):
+        return self._counts()[0]
+
+    @property
+    def expert_names(self):
+        return [string(lib.moe_library_expert_name, self.handle, e) for e in range(self.expert_count)]
+
+    @property
+    def modules(self):
+        """Every adapted module, in ordinal name order."""
+        found = []
+        for index in range(self._counts()[1]):
+            handle = ctypes.c_void_p()
+            check(lib.moe_library_module(self.handle, index, ctypes.byref(handle)))
+            found.append(Module(self, handle.value))
+        return found
+
+    def module(self, name):
+        """The module named name, or ending with "." + name; NotFoundError if none, InvalidArgumentError if several."""
+        handle = ctypes.c_void_p()
+        check(lib.moe_library_find_module(self.handle, name.encode("utf-8"), ctypes.byref(handle)))
+        return Module(self, handle.value)
+
+
+class Module:
+    """One adapted module of a library; valid while its library is open (it keeps the library alive)."""
+
+    def __init__(self, library, handle):
+        self.library = library
+        self.handle = handle
+        dims = [ctypes.c_size_t() for _ in range(4)]
+        check(lib.moe_module_info(handle, *[ctypes.byref(d) for d in dims]))
+        self.input_dim, self.output_dim, self.expert_count, self.max_rank = (d.value for d in dims)
+
+    @property
+    def name(self):
+        return string(lib.moe_module_name, self.handle)
+
+    def __repr__(self):
+        return f"Module({self.name!r}, d_in={self.input_dim}, d_out={self.output_dim})"
+
+
+class Router(_Handle):
+    """Decides each token's experts and weights. Build one with uniform, fixed, arrow or linear."""
+
+    _free = lib.moe_router_free
+
+    @classmethod
+    def _create(cls, function, *arguments):
+        handle = ctypes.c_void_p()
+        check(function(*arguments, ctypes.byref(handle)))
+        return cls(handle.value)
+
+    @classmethod
+    def uniform(cls, expert_count):
+        """Dense: every expert with weight 1/E."""
+        return cls._create(lib.moe_router_create_uniform, expert_count)
+
+    @classmethod
+    def fixed(cls, weights):
+        """Dense task-level weights, one per expert."""
+        w = np.ascontiguousarray(weights, dtype=np.float32).ravel()
+        return cls._create(lib.moe_router_create_fixed, _floats(w), w.size)
+
+    @classmethod
+    def arrow(cls, module, top_k=3, temperature=1.0):
+        """Arrow: |x . p_e| against each expert's top right singular vector at the module; top-k; softmax."""
+        options = ArrowOptions()
+        check(lib.moe_arrow_default_options(ctypes.byref(options), ctypes.sizeof(options)))
+        options.top_k, options.temperature = top_k, temperature
+        return cls._create(lib.moe_router_create_arrow, module.handle, ctypes.byref(options))
+
+    @classmethod
+    def linear(cls, prototypes, top_k=1, temperature=1.0, normalization="none", score="identity", bias=None):
+        """score_e = f(norm(x) . p_e) / temperature + bias_e over prototypes [E, d_in]; top-k; softmax.
+        normalization: "none", "layer_norm" or "l2"; score: "identity" or "absolute"."""
+        p = np.ascontiguousarray(prototypes, dtype=np.float32)
+        if p.ndim != 2:
+            raise InvalidArgumentError(1, f"prototypes must be a 2-D array [E, d_in], got shape {p.shape}")
+        options = LinearRouterOptions()
+        check(lib.moe_linear_router_default_options(ctypes.byref(options), ctypes.sizeof(options)))
+        options.top_k, options.temperature = top_k, temperature
+        options.normalization = _index(normalization, NORMALIZATIONS, "normalization")
+        options.score_function = _index(score, SCORE_FUNCTIONS, "score")
+        if bias is not None:
+            b = np.ascontiguousarray(bias, dtype=np.float32).ravel()
+            options.bias, options.bias_count = _floats(b), b.size
+        return cls._create(lib.moe_router_create_linear, _floats(p), p.size, p.shape[0], p.shape[1],
+                           ctypes.byref(options))
+
+    def _info(self):
+        experts, k = ctypes.c_size_t(), ctypes.c_size_t()
+        check(lib.moe_router_info(self.handle, ctypes.byref(experts), ctypes.byref(k)))
+        return experts.value, k.value
+
+    @property
+    def expert_count(self):
+        return self._info()[0]
+
+    @property
+    def top_k(self):
+        """Slots per token in this router's decisions (E for dense routers)."""
+        return self._info()[1]
+
+
+_default = threading.local()
+_default_engine = None
+_default_lock = threading.Lock()
+
+
+def _session(session):
+    """The given session, or this thread's default one on a shared default engine (backend "auto")."""
+    global _default_engine
+    if session is not None:
+        return session
+    if getattr(_default, "session", None) is None:
+        with _default_lock:
+            if _default_engine is None:
+                _default_engine = Engine()
+        _default.session = _default_engine.session()
+    return _default.session
+
+
+def forward(module, router, x, base=None, session=None):
+    """Session.forward on the given session, or on this thread's default one."""
+    return _session(session).forward(module, router, x, base)
+
+
+def forward_assigned(module, expert_ids, expert_weights, x, base=None, session=None):
+    """Session.forward_assigned on the given session, or on this thread's default one."""
+    return _session(session).forward_assigned(module, expert_ids, expert_weights, x, base)

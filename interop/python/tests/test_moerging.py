@@ -1,0 +1,329 @@
+"""Tests of the moerging Python package (and so of libmoerging.so) against numpy float64 references.
+
+Fresh random experts and inputs every run (the seed is printed; MOERGING_TEST_SEED repeats a run). The
+experts are written here as PEFT adapter directories straight from the documented formats. Run:
+
+    MOERGING_LIBRARY=.../libmoerging.so PYTHONPATH=interop/python python3 test_moerging.py [--junit FILE]
+"""
+
+import json
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import xml.sax.saxutils
+
+import numpy as np
+
+import moerging
+
+SEED = int(os.environ.get("MOERGING_TEST_SEED", str(time.time_ns() % 2**32)))
+EXPERTS, D_IN, D_OUT, D_OUT_V = 4, 12, 10, 6
+MODULES = {"model.layers.0.mlp.up_proj": (D_IN, D_OUT), "model.layers.0.mlp.gate_proj": (D_IN, D_OUT_V)}
+
+
+def write_safetensors(path, tensors):
+    """F32 tensors as safetensors: u64 header length, JSON header (space-padded to 8 bytes), data."""
+    header, offset, blobs = {}, 0, []
+    for name, array in tensors.items():
+        blob = np.ascontiguousarray(array, dtype="<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + len(blob)]}
+        offset += len(blob)
+        blobs.append(blob)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+def write_adapter(directory, rank, alpha, rslora, factors):
+    os.makedirs(directory)
+    config = {"peft_type": "LORA", "r": rank, "lora_alpha": alpha, "use_rslora": rslora,
+              "target_modules": sorted({m.rsplit(".", 1)[1] for m in factors}), "bias": "none", "use_dora": False}
+    with open(os.path.join(directory, "adapter_config.json"), "w") as f:
+        json.dump(config, f)
+    tensors = {}
+    for module, (a, b) in factors.items():
+        tensors[f"base_model.model.{module}.lora_A.weight"] = a
+        tensors[f"base_model.model.{module}.lora_B.weight"] = b
+    write_safetensors(os.path.join(directory, "adapter_model.safetensors"), tensors)
+
+
+def reference_forward(experts, module, x, base, ids, weights):
+    """y = base + sum over slots of w * s * B (A x), float64."""
+    y = np.zeros((x.shape[0], MODULES[module][1])) if base is None else base.astype(np.float64)
+    x = x.astype(np.float64)
+    for t in range(x.shape[0]):
+        for e, w in zip(ids[t], weights[t]):
+            if e >= 0:
+                a, b, s = experts[e]["factors"][module]
+                y[t] += w * s * (b.astype(np.float64) @ (a.astype(np.float64) @ x[t]))
+    return y
+
+
+def assert_close(test, y, reference, base, slots):
+    """|y - y_ref| <= 1e-5 * max|y_ref - base| + (slots + 1) * 2^-24 * |y_ref|, element by element."""
+    update = reference - (0 if base is None else base)
+    scale = np.abs(update).max()
+    test.assertGreater(scale, 0, "the reference update is zero; the check would prove nothing")
+    bound = 1e-5 * scale + (slots + 1) * 2.0**-24 * np.abs(reference)
+    error = np.abs(y.astype(np.float64) - reference)
+    worst = np.argmax(error - bound)
+    test.assertTrue(np.all(error <= bound), f"output {worst} is {y.flat[worst]}, expected {reference.flat[worst]} "
+                                            f"(error {error.flat[worst]:.3g} > bound {bound.flat[worst]:.3g})")
+
+
+def check_routing(test, scores, ids, weights):
+    """Each row of ids must be a valid top-k of the float64 scores (up to a slack for near ties) and weights the
+    softmax of the kept scores within 1e-5. Returns the reference weights."""
+    reference = np.zeros(ids.shape)
+    for t in range(ids.shape[0]):
+        s, chosen = scores[t], ids[t]
+        slack = 1e-4 * (1 + np.abs(s).max())
+        test.assertEqual(len(set(chosen)), len(chosen), f"token {t}: repeated experts {chosen}")
+        test.assertTrue(np.all(np.diff(s[chosen]) <= slack), f"token {t}: {chosen} not in descending score order")
+        dropped = np.setdiff1d(np.arange(len(s)), chosen)
+        if dropped.size:
+            test.assertLessEqual(s[dropped].max(), s[chosen].min() + slack, f"token {t}: a dropped expert outscores")
+        kept = np.exp(s[chosen] - s[chosen].max())
+        reference[t] = kept / kept.sum()
+        np.testing.assert_allclose(weights[t], reference[t], rtol=0, atol=1e-5, err_msg=f"token {t}")
+    return reference
+
+
+class EngineTests(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.rng = np.random.default_rng(SEED)
+        cls.root = tempfile.mkdtemp(prefix="moerging-python-")
+        cls.experts, cls.paths = [], []
+        for e in range(EXPERTS):
+            rank = int(cls.rng.integers(1, 7))
+            alpha = float(cls.rng.uniform(0.5, 32))
+            rslora = bool(cls.rng.integers(0, 2))
+            factors = {}
+            for module, (d_in, d_out) in MODULES.items():
+                a = cls.rng.normal(0, 1 / np.sqrt(d_in), (rank, d_in)).astype(np.float32)
+                b = cls.rng.normal(0, 1 / np.sqrt(rank), (d_out, rank)).astype(np.float32)
+                factors[module] = (a, b, alpha / (np.sqrt(rank) if rslora else rank))
+            path = os.path.join(cls.root, f"expert-{e}")
+            write_adapter(path, rank, alpha, rslora, {m: f[:2] for m, f in factors.items()})
+            cls.experts.append({"rank": rank, "factors": factors})
+            cls.paths.append(path)
+        cls.engine = moerging.Engine("cpu", cpu_threads=2)
+        cls.session = cls.engine.session()
+        cls.library = moerging.Library(cls.paths)
+        cls.up = cls.library.module("up_proj")
+        cls.gate = cls.library.module("layers.0.mlp.gate_proj")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.session.close()
+        cls.library.close()
+        cls.engine.close()
+        shutil.rmtree(cls.root)
+
+    def normal(self, *shape):
+        return self.rng.normal(size=shape).astype(np.float32)
+
+    def test_library(self):
+        self.assertEqual(self.library.expert_count, EXPERTS)
+        self.assertEqual(self.library.expert_names, [f"expert-{e}" for e in range(EXPERTS)])
+        self.assertEqual([m.name for m in self.library.modules],
+                         ["base_model.model.model.layers.0.mlp.gate_proj", "base_model.model.model.layers.0.mlp.up_proj"])
+        self.assertEqual((self.up.input_dim, self.up.output_dim, self.up.expert_count), (D_IN, D_OUT, EXPERTS))
+        self.assertEqual(self.up.max_rank, max(e["rank"] for e in self.experts))
+        self.assertEqual(self.engine.backend, "cpu")
+        self.assertTrue(self.engine.backend_reason)
+
+    def test_uniform_and_fixed(self):
+        weights = self.normal(EXPERTS)
+        weights[2] = weights[0]  # a tie: expert 0 first
+        order = sorted(range(EXPERTS), key=lambda e: (-weights[e], e))
+        for router, given in ((moerging.Router.uniform(EXPERTS), np.full(EXPERTS, 1 / EXPERTS, np.float32)),
+                              (moerging.Router.fixed(weights), weights)):
+            with router:
+                x, base = self.normal(7, D_IN), self.normal(7, D_OUT)
+                y, ids, w = self.session.forward(self.up, router, x, base)
+                expected = order if given is weights else list(range(EXPERTS))
+                self.assertTrue(np.array_equal(ids, np.tile(expected, (7, 1))), f"ids {ids[0]}, expected {expected}")
+                self.assertTrue(np.array_equal(w, np.tile(given[expected], (7, 1))))
+                assert_close(self, y, reference_forward(self.experts, "model.layers.0.mlp.up_proj", x, base, ids, w),
+                             base, EXPERTS)
+
+    def test_arrow(self):
+        module = "model.layers.0.mlp.up_proj"
+        prototypes = np.array([np.linalg.svd(e["factors"][module][1].astype(np.float64)
+                                             @ e["factors"][module][0].astype(np.float64))[2][0] for e in self.experts])
+        temperature = float(self.rng.uniform(0.5, 1.5))
+        with moerging.Router.arrow(self.up, top_k=2, temperature=temperature) as router:
+            self.assertEqual((router.expert_count, router.top_k), (EXPERTS, 2))
+            x, base = self.normal(9, D_IN), self.normal(9, D_OUT)
+            y, ids, w = moerging.forward(self.up, router, x, base)
+        scores = np.abs(x.astype(np.float64) @ prototypes.T) / temperature
+        reference_weights = check_routing(self, scores, ids, w)
+        assert_close(self, y, reference_forward(self.experts, module, x, base, ids, reference_weights), base, 2)
+
+    def test_linear(self):
+        module = "model.layers.0.mlp.gate_proj"
+        for normalization in ("none", "layer_norm", "l2"):
+            for score in ("identity", "absolute"):
+                with self.subTest(normalization=normalization, score=score):
+                    prototypes = self.normal(EXPERTS, D_IN) / np.sqrt(D_IN)
+                    bias = self.normal(EXPERTS) * 0.3 if score == "identity" else None
+                    top_k, temperature = int(self.rng.integers(1, EXPERTS + 1)), float(self.rng.uniform(0.3, 1.3))
+                    router = moerging.Router.linear(prototypes, top_k, temperature, normalization, score, bias)
+                    x = self.normal(8, D_IN)
+                    y, ids, w = self.session.forward(self.gate, router, x)
+                    router.close()
+                    z = x.astype(np.float64)
+                    if normalization == "layer_norm":
+                        z = (z - z.mean(1, keepdims=True)) / np.sqrt(z.var(1, keepdims=True) + 1e-5)
+                    elif normalization == "l2":
+                        z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+                    dots = z @ prototypes.astype(np.float64).T
+                    scores = (np.abs(dots) if score == "absolute" else dots) / temperature
+                    scores = scores + (0 if bias is None else bias.astype(np.float64))
+                    reference_weights = check_routing(self, scores, ids, w)
+                    assert_close(self, y, reference_forward(self.experts, module, x, None, ids, reference_weights),
+                                 None, top_k)
+
+    def test_assigned(self):
+        tokens, k = 11, 3
+        ids = self.rng.integers(-1, EXPERTS, (tokens, k)).astype(np.int32)
+        weights = self.normal(tokens, k)
+        x, base = self.normal(tokens, D_IN), self.normal(tokens, D_OUT)
+        y = moerging.forward_assigned(self.up, ids, weights, x, base, session=self.session)
+        assert_close(self, y, reference_forward(self.experts, "model.layers.0.mlp.up_proj", x, base, ids, weights),
+                     base, k)
+
+    def test_threads(self):
+        """Eight threads, each with its own session over the shared library and router, match one thread."""
+        router = moerging.Router.arrow(self.up, top_k=2)
+        inputs = [self.normal(5, D_IN) for _ in range(8)]
+        expected = [self.session.forward(self.up, router, x) for x in inputs]
+        mismatches, failures = [0] * 8, []
+        barrier = threading.Barrier(8)
+
+        def work(i):
+            try:
+                with self.engine.session() as own:
+                    barrier.wait()
+                    for _ in range(20):
+                        got = own.forward(self.up, router, inputs[i])
+                        mismatches[i] += not all(np.array_equal(g, e) for g, e in zip(got, expected[i]))
+            except Exception as error:  # reported below; a thread cannot fail the test itself
+                failures.append(f"thread {i}: {error!r}")
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        router.close()
+        self.assertEqual(failures, [])
+        self.assertEqual(mismatches, [0] * 8, "forwards that differ from the single-thread result, per thread")
+
+    def test_errors(self):
+        missing = os.path.join(self.root, "no-such-expert")
+        with self.assertRaisesRegex(moerging.NotFoundError, "no such directory") as caught:
+            moerging.Library([self.paths[0], missing])
+        self.assertEqual(caught.exception.status, 2)
+        self.assertIn(missing, str(caught.exception))
+        with self.assertRaisesRegex(moerging.NotFoundError, "no module matches 'down_proj'"):
+            self.library.module("down_proj")
+        with self.assertRaisesRegex(moerging.InvalidArgumentError, "top-k must be in \\[1, 4\\]"):
+            moerging.Router.arrow(self.up, top_k=5)
+        with self.assertRaisesRegex(moerging.InvalidArgumentError, "x must be a 2-D array with 12 columns"):
+            moerging.forward(self.up, moerging.Router.uniform(EXPERTS), self.normal(3, 5))
+        with self.assertRaisesRegex(moerging.InvalidArgumentError, "chooses among 3 experts"):
+            self.session.forward(self.up, moerging.Router.uniform(3), self.normal(2, D_IN))
+        with self.assertRaisesRegex(moerging.InvalidArgumentError, "expert id at token 0, slot 1"):
+            self.session.forward_assigned(self.up, [[0, EXPERTS]], [[1, 1]], self.normal(1, D_IN))
+        with self.assertRaisesRegex(moerging.InvalidArgumentError, "normalization must be one of"):
+            moerging.Router.linear(self.normal(EXPERTS, D_IN), normalization="batch")
+
+        router = moerging.Router.uniform(EXPERTS)
+        handle = router.handle
+        router.close()
+        router.close()  # closing twice is a no-op in Python
+        with self.assertRaisesRegex(moerging.InvalidArgumentError, "closed"):
+            router.top_k
+        with self.assertRaisesRegex(moerging.InvalidArgumentError, "router is not a live handle"):
+            moerging.check(moerging.lib.moe_router_free(handle))  # the library itself rejects a double free
+
+        other = moerging.Library(self.paths)
+        module = other.module("up_proj")
+        other.close()
+        with self.assertRaisesRegex(moerging.InvalidArgumentError, "module is not a live handle"):
+            self.session.forward(module, moerging.Router.uniform(EXPERTS), self.normal(1, D_IN))
+
+        engine = moerging.Engine("cpu", cpu_threads=1)
+        session = engine.session()
+        with self.assertRaisesRegex(moerging.InvalidArgumentError, "1 live session"):
+            engine.close()
+        session.close()
+        engine.close()
+        for backend in ("cuda", "opencl"):
+            try:
+                moerging.Engine(backend).close()
+            except moerging.BackendUnavailableError as error:
+                self.assertIn({"cuda": "Cuda", "opencl": "OpenCL"}[backend], str(error))
+
+        broken = os.path.join(self.root, "broken")
+        write_adapter(broken, 2, 4.0, False, {"model.layers.0.mlp.up_proj": (self.normal(3, D_IN), self.normal(D_OUT, 3))})
+        with self.assertRaisesRegex(moerging.FormatError, "do not have the rank 2"):
+            moerging.Library([broken])
+        with open(os.path.join(broken, "adapter_config.json"), "w") as f:
+            json.dump({"peft_type": "LORA", "r": 3, "lora_alpha": 4, "use_dora": True, "target_modules": ["up_proj"]}, f)
+        with self.assertRaisesRegex(moerging.NotSupportedError, "DoRA"):
+            moerging.Library([broken])
+        shutil.rmtree(broken)
+
+
+class RecordingResult(unittest.TextTestResult):
+    """Also remembers which tests passed, so tests that never ran (a failed setUpClass) count as failed."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.passed = set()
+
+    def addSuccess(self, test):
+        super().addSuccess(test)
+        self.passed.add(test.id())
+
+
+def main():
+    junit = sys.argv[sys.argv.index("--junit") + 1] if "--junit" in sys.argv else None
+    print(f"seed {SEED} (set MOERGING_TEST_SEED to repeat)")
+    suite = unittest.defaultTestLoader.loadTestsFromTestCase(EngineTests)
+    ids = [test.id() for test in suite]
+    result = unittest.TextTestRunner(verbosity=2, resultclass=RecordingResult).run(suite)
+    traces = {}
+    for test, trace in result.failures + result.errors:
+        key = getattr(test, "test_case", test).id()  # a failed subTest reports under its test
+        traces[key] = traces.get(key, "") + trace
+    setup_trace = "".join(t for k, t in traces.items() if k not in ids)  # setUpClass and the like
+    failed = [i for i in ids if i not in result.passed]
+    if junit:
+        with open(junit, "w") as f:
+            f.write('<?xml version="1.0" encoding="UTF-8"?>\n')
+            f.write(f'<testsuite name="python" tests="{len(ids)}" failures="{len(failed)}" errors="0" skipped="0">\n')
+            for i in ids:
+                f.write(f'  <testcase classname="python" name="{i.rsplit(".", 1)[1]}"')
+                if i in failed:
+                    message = traces.get(i, setup_trace) or "did not run"
+                    f.write(f"><failure message={xml.sax.saxutils.quoteattr(message)}/></testcase>\n")
+                else:
+                    f.write("/>\n")
+            f.write("</testsuite>\n")
+    print(f"{len(ids) - len(failed)} passed, {len(failed)} failed (seed {SEED})")
+    return 0 if not failed and result.wasSuccessful() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
