@@ -161,12 +161,17 @@ public static class PeftAdapter
     /// Writes an expert as a PEFT adapter directory PEFT can load: <c>r</c> and <c>lora_alpha</c> are the most
     /// common rank and alpha, with <c>rank_pattern</c> / <c>alpha_pattern</c> for the modules that differ;
     /// <c>target_modules</c> lists the modules by name; use_rslora is false, so alpha = s · r per module.
-    /// Each file is written atomically; the directory is created if needed.
+    /// The directory (and its parents) is created if needed; the adapter is replaced whole (see the remarks).
     /// </summary>
     /// <param name="directory">Target directory.</param>
     /// <param name="expert">The expert to write.</param>
     /// <param name="storage">F32, F16 or BF16 for the factors.</param>
     /// <param name="baseModelName">Optional <c>base_model_name_or_path</c>.</param>
+    /// <remarks>
+    /// A new directory is written under a temporary name and renamed into place, so it appears complete or not at
+    /// all. Over an existing adapter, both files are first written in full under temporary names, then renamed over
+    /// the old ones; only a failure between those two renames could leave new weights beside the old config.
+    /// </remarks>
     public static void Write(string directory, Expert expert, TensorDType storage = TensorDType.F32, string? baseModelName = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(directory);
@@ -188,19 +193,45 @@ public static class PeftAdapter
         var rankPattern = byBaseName.Where(p => p.Value.Rank != r).ToDictionary(p => Regex.Escape(p.Key), p => p.Value.Rank);
         var alphaPattern = byBaseName.Where(p => PlainAlpha(p.Value) != alpha).ToDictionary(p => Regex.Escape(p.Key), p => PlainAlpha(p.Value));
 
-        Directory.CreateDirectory(directory);
-        writer.WriteTo(Path.Combine(directory, WeightsFileName));
         string json = ConfigJson(r, alpha, rankPattern, alphaPattern, [.. byBaseName.Keys.Order(StringComparer.Ordinal)], baseModelName);
-        string configPath = Path.Combine(directory, ConfigFileName);
-        string temporary = configPath + $".{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
+        WriteDirectory(Path.GetFullPath(directory), writer, json);
+    }
+
+    /// <summary>
+    /// Writes both files so that no reader sees half an adapter: a new directory is filled under a temporary name
+    /// and renamed into place; in an existing one both files are written completely under temporary names first,
+    /// then renamed over the old ones (the old adapter stays whole if anything fails before the renames).
+    /// </summary>
+    private static void WriteDirectory(string full, SafeTensorsWriter writer, string json)
+    {
+        string unique = $".{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
+        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+        bool fresh = !Directory.Exists(full);
+        string target = fresh ? full + unique : full;
+        Directory.CreateDirectory(target);
+        string weightsTemporary = Path.Combine(target, WeightsFileName + unique), configTemporary = Path.Combine(target, ConfigFileName + unique);
         try
         {
-            File.WriteAllText(temporary, json);
-            File.Move(temporary, configPath, overwrite: true);
+            using (var stream = new FileStream(weightsTemporary, FileMode.CreateNew, FileAccess.Write, FileShare.None))
+            {
+                writer.WriteTo(stream);
+            }
+            File.WriteAllText(configTemporary, json);
+            File.Move(weightsTemporary, Path.Combine(target, WeightsFileName), overwrite: true);
+            File.Move(configTemporary, Path.Combine(target, ConfigFileName), overwrite: true);
+            if (fresh)
+            {
+                Directory.Move(target, full);
+            }
         }
         catch
         {
-            File.Delete(temporary);
+            File.Delete(weightsTemporary);
+            File.Delete(configTemporary);
+            if (fresh && Directory.Exists(target))
+            {
+                Directory.Delete(target, recursive: true);
+            }
             throw;
         }
     }
