@@ -169,37 +169,21 @@ public static class MergeReference
         return SymmetricEigenvalues(g).Select(v => Math.Sqrt(Math.Max(v, 0))).ToArray();
     }
 
-    /// <summary>n orthonormal columns of length m (m ≥ n), row-major [m, n], by modified Gram-Schmidt on Gaussian columns.</summary>
+    /// <summary>
+    /// n orthonormal columns of length m (m ≥ n), row-major [m, n]: the first n orthonormal DCT-II basis vectors with
+    /// the rows permuted and their signs flipped at random (still orthonormal, and dense).
+    /// </summary>
     public static double[] OrthonormalColumns(TestData data, int m, int n)
     {
-        var columns = new double[n][];
-        for (int j = 0; j < n; j++)
-        {
-            double[] v = data.Normal(m).Select(x => (double)x).ToArray();
-            for (int pass = 0; pass < 2; pass++)
-            {
-                for (int i = 0; i < j; i++)
-                {
-                    double dot = 0;
-                    for (int k = 0; k < m; k++)
-                    {
-                        dot += columns[i][k] * v[k];
-                    }
-                    for (int k = 0; k < m; k++)
-                    {
-                        v[k] -= dot * columns[i][k];
-                    }
-                }
-            }
-            double norm = Math.Sqrt(v.Sum(x => x * x));
-            columns[j] = v.Select(x => x / norm).ToArray();
-        }
+        int[] rows = [.. Enumerable.Range(0, m).OrderBy(_ => data.Rng.Next())];
         var result = new double[m * n];
-        for (int k = 0; k < m; k++)
+        for (int i = 0; i < m; i++)
         {
+            double sign = data.Rng.Next(2) == 0 ? -1 : 1;
             for (int j = 0; j < n; j++)
             {
-                result[k * n + j] = columns[j][k];
+                double scale = j == 0 ? Math.Sqrt(1.0 / m) : Math.Sqrt(2.0 / m);
+                result[rows[i] * n + j] = sign * scale * Math.Cos(Math.PI * (i + 0.5) * j / m);
             }
         }
         return result;

@@ -356,7 +356,7 @@ public sealed class MergeTests
     public void RandomizedSvdIsNearOptimalForLargeProductsAndDenseMatrices()
     {
         var data = new TestData();
-        const int m = 530, n = 520, r = 515, k = 6; // r and min(m, n) above LowRank.ExactRankLimit
+        const int m = 520, n = 516, r = 514, k = 6; // r and min(m, n) above LowRank.ExactRankLimit
         double[] u = OrthonormalColumns(data, m, r), v = OrthonormalColumns(data, n, r);
         double[] sigma = [.. Enumerable.Range(0, r).Select(j => 10.0 / (1 + j))];
         var a = new double[r * n];      // A = Σ Vᵀ
@@ -406,8 +406,8 @@ public sealed class MergeTests
                     residual += (dense[o * n + i] - approx) * (dense[o * n + i] - approx);
                 }
             }
-            // Near-optimal in the Frobenius norm: within 1% of the tail Σ_{j>k} σ_j².
-            Assert.True(residual <= 1.01 * optimal, $"{data}: {what}: residual {residual}, optimal {optimal}");
+            // Near-optimal in the Frobenius norm: within 0.01% of the tail Σ_{j>k} σ_j² (about 1e-8 is typical here).
+            Assert.True(residual <= (1 + 1e-4) * optimal, $"{data}: {what}: residual {residual}, optimal {optimal}");
         }
     }
 

@@ -25,7 +25,7 @@ public static class ExpertMerge
     {
         ArgumentNullException.ThrowIfNull(library);
         ArgumentException.ThrowIfNullOrEmpty(name);
-        Validate(options);
+        options.Validate();
         double[] w = CheckWeights(weights, library.ExpertCount);
         var merged = new List<KeyValuePair<string, LoraFactors>>(library.Modules.Count);
         for (int i = 0; i < library.Modules.Count; i++)
@@ -43,7 +43,7 @@ public static class ExpertMerge
     public static LoraFactors MergeModule(AdaptedModule module, ReadOnlySpan<double> weights, MergeOptions options)
     {
         ArgumentNullException.ThrowIfNull(module);
-        Validate(options);
+        options.Validate();
         double[] w = CheckWeights(weights, module.ExpertCount);
         return MergeOne(module, w, options, fraction => options.Progress?.Report(new MergeProgress(0, 1, module.Name, fraction)));
     }
@@ -121,41 +121,5 @@ public static class ExpertMerge
             }
         }
         return weights.ToArray();
-    }
-
-    private static void Validate(MergeOptions options)
-    {
-        ArgumentNullException.ThrowIfNull(options);
-        MergeMethod method = options.Method;
-        if (!Enum.IsDefined(method))
-        {
-            throw new ArgumentOutOfRangeException(nameof(options), method, "unknown merge method");
-        }
-        bool prunes = method is MergeMethod.Ties or MergeMethod.DareLinear or MergeMethod.DareTies or MergeMethod.MagnitudePrune;
-        if (options.Space is MergeSpace space && !prunes && space != SpaceOf(options))
-        {
-            throw new ArgumentException($"{method} works in {SpaceOf(options)} space only; space {space} was given", nameof(options));
-        }
-        if (prunes != options.Density.HasValue)
-        {
-            throw new ArgumentException(prunes ? $"{method} needs a density" : $"density applies only to TIES, DARE and magnitude pruning, not {method}", nameof(options));
-        }
-        if (options.Density is double density && !(density > 0 && density <= 1))
-        {
-            throw new ArgumentOutOfRangeException(nameof(options), density, "density must be in (0, 1]");
-        }
-        bool ranked = method == MergeMethod.Svd || (prunes && SpaceOf(options) == MergeSpace.Delta);
-        if (options.Rank.HasValue && !ranked)
-        {
-            throw new ArgumentException($"a rank applies only to svd and to merges in ΔW space; {method} in {SpaceOf(options)} space keeps its rank", nameof(options));
-        }
-        if (options.Rank is int rank && rank < 1)
-        {
-            throw new ArgumentOutOfRangeException(nameof(options), rank, "rank must be at least 1");
-        }
-        if (options.SignElection.HasValue && method is not (MergeMethod.Ties or MergeMethod.DareTies))
-        {
-            throw new ArgumentException($"sign election applies only to TIES and DARE-TIES, not {method}", nameof(options));
-        }
     }
 }

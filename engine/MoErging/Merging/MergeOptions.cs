@@ -117,4 +117,41 @@ public sealed record MergeOptions(MergeMethod Method)
 
     /// <summary>Receives progress reports, synchronously, on the merging thread.</summary>
     public IProgress<MergeProgress>? Progress { get; init; }
+
+    /// <summary>Checks that the options fit the method: the options it needs are set, those it does not take are not, and values are in range.</summary>
+    /// <exception cref="ArgumentException">A missing, misplaced or out-of-range option, named.</exception>
+    public void Validate()
+    {
+        MergeMethod method = Method;
+        if (!Enum.IsDefined(method))
+        {
+            throw new ArgumentException($"unknown merge method {(int)method}");
+        }
+        bool prunes = method is MergeMethod.Ties or MergeMethod.DareLinear or MergeMethod.DareTies or MergeMethod.MagnitudePrune;
+        if (Space is MergeSpace space && !prunes && space != ExpertMerge.SpaceOf(this))
+        {
+            throw new ArgumentException($"{method} works in {ExpertMerge.SpaceOf(this)} space only; space {space} was given");
+        }
+        if (prunes != Density.HasValue)
+        {
+            throw new ArgumentException(prunes ? $"{method} needs a density" : $"density applies only to TIES, DARE and magnitude pruning, not {method}");
+        }
+        if (Density is double density && !(density > 0 && density <= 1))
+        {
+            throw new ArgumentException($"density must be in (0, 1], got {density}");
+        }
+        bool ranked = method == MergeMethod.Svd || (prunes && ExpertMerge.SpaceOf(this) == MergeSpace.Delta);
+        if (Rank.HasValue && !ranked)
+        {
+            throw new ArgumentException($"a rank applies only to svd and to merges in ΔW space; {method} in {ExpertMerge.SpaceOf(this)} space keeps its rank");
+        }
+        if (Rank is int rank && rank < 1)
+        {
+            throw new ArgumentException($"rank must be at least 1, got {rank}");
+        }
+        if (SignElection.HasValue && method is not (MergeMethod.Ties or MergeMethod.DareTies))
+        {
+            throw new ArgumentException($"sign election applies only to TIES and DARE-TIES, not {method}");
+        }
+    }
 }
