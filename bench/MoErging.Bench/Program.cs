@@ -8,10 +8,15 @@ using MoErging.Bench;
 using MoErging.Execution;
 
 // "quick [tokens]": a stopwatch breakdown (route, forward, both) for iterating on the kernels;
+// "library write|load ...": the large-library load measurement (see LargeLibrary);
 // anything else goes to BenchmarkDotNet (for example: --filter '*' --artifacts DIR).
 if (args.Length > 0 && args[0] == "quick")
 {
     return Quick(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 64);
+}
+if (args.Length > 0 && args[0] == "library")
+{
+    return LargeLibrary.Run(args[1..]);
 }
 
 IConfig config = DefaultConfig.Instance
