@@ -34,7 +34,7 @@ internal static class SvdMerge
             }
             row += p.Factors.Rank;
         }
-        return ToFactors(LowRank.TruncatedSvdOfProduct(a, bTransposed, rank, n, m, k, sketchSeed));
+        return ToFactors(LowRank.TruncatedSvdOfProductWithoutCopy(a, bTransposed, rank, n, m, k, sketchSeed));
     }
 
     /// <summary>B = U Σ and A = Vᵀ as float32 factors with scaling 1 (lora_alpha = k).</summary>

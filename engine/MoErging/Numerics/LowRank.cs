@@ -67,24 +67,41 @@ public static class LowRank
     public static TruncatedSvd TruncatedSvdOfProduct(ReadOnlySpan<double> a, ReadOnlySpan<double> bTransposed, int rank, int inputDim, int outputDim, int k, ulong seed = 0)
     {
         CheckDimensions(rank, inputDim, outputDim, k);
-        if (a.Length != (long)rank * inputDim || bTransposed.Length != (long)rank * outputDim)
+        CheckFactorLengths(a.Length, bTransposed.Length, rank, inputDim, outputDim);
+        return ProductSvd(a.ToArray(), bTransposed.ToArray(), rank, inputDim, outputDim, k, seed);
+    }
+
+    /// <summary>As the public overload, on arrays the caller hands over (they are not copied, and may be modified).</summary>
+    internal static TruncatedSvd TruncatedSvdOfProductWithoutCopy(double[] a, double[] bTransposed, int rank, int inputDim, int outputDim, int k, ulong seed)
+    {
+        CheckDimensions(rank, inputDim, outputDim, k);
+        CheckFactorLengths(a.Length, bTransposed.Length, rank, inputDim, outputDim);
+        return ProductSvd(a, bTransposed, rank, inputDim, outputDim, k, seed);
+    }
+
+    private static void CheckFactorLengths(int aLength, int bLength, int rank, int inputDim, int outputDim)
+    {
+        if (aLength != (long)rank * inputDim || bLength != (long)rank * outputDim)
         {
-            throw new ArgumentException($"A must hold rank × d_in = {rank} × {inputDim} values and Bᵀ rank × d_out = {rank} × {outputDim}; got {a.Length} and {bTransposed.Length}");
+            throw new ArgumentException($"A must hold rank × d_in = {rank} × {inputDim} values and Bᵀ rank × d_out = {rank} × {outputDim}; got {aLength} and {bLength}");
         }
+    }
+
+    private static TruncatedSvd ProductSvd(double[] a, double[] bTransposed, int rank, int inputDim, int outputDim, int k, ulong seed)
+    {
         if (rank <= ExactRankLimit)
         {
-            return ExactProduct(a.ToArray(), bTransposed.ToArray(), rank, inputDim, outputDim, k);
+            return ExactProduct(a, bTransposed, rank, inputDim, outputDim, k);
         }
-        double[] aCopy = a.ToArray(), bCopy = bTransposed.ToArray();
         if (Math.Min(inputDim, outputDim) <= ExactRankLimit)
         {
             // ΔW = B A, row-major [d_out, d_in]: row o is Σ_r Bᵀ[r, o] A_r.
-            double[] dense = MultiplyTransposed(bCopy, rank, outputDim, aCopy, inputDim);
+            double[] dense = MultiplyTransposed(bTransposed, rank, outputDim, a, inputDim);
             return TruncatedSvdOfDense(dense, outputDim, inputDim, k, seed);
         }
         return Randomized(
-            x => MultiplyTransposed(bCopy, rank, outputDim, Multiply(aCopy, rank, inputDim, x, x.Length / inputDim), x.Length / inputDim),
-            y => MultiplyTransposed(aCopy, rank, inputDim, Multiply(bCopy, rank, outputDim, y, y.Length / outputDim), y.Length / outputDim),
+            x => MultiplyTransposed(bTransposed, rank, outputDim, Multiply(a, rank, inputDim, x, x.Length / inputDim), x.Length / inputDim),
+            y => MultiplyTransposed(a, rank, inputDim, Multiply(bTransposed, rank, outputDim, y, y.Length / outputDim), y.Length / outputDim),
             inputDim, outputDim, k, seed);
     }
 
