@@ -23,7 +23,8 @@ internal static class MergeCommand
         methods (PEFT's names), each with the space it works in:
           cat              factors, exact: A = vstack(c_i A_i), B = hstack(B_i); rank Σ r_i
           linear           factors (PEFT): A = Σ sgn(c_i)·√|c_i|·A_i, B = Σ √|c_i|·B_i; cross terms; equal ranks
-          svd              ΔW, exact: Σ c_i B_i A_i truncated to rank K (from the factors, not the dense ΔW)
+          svd              ΔW: Σ c_i B_i A_i truncated to rank K, from the factors without forming ΔW; exact while
+                           Σ r_i ≤ 512, a seeded randomized SVD beyond
           ties             top D of each task tensor by magnitude, sign election, disjoint mean
           dare_linear      keep each entry with probability D (seeded), rescale by 1/D, weighted sum
           dare_ties        DARE's pruning, then TIES's sign election and disjoint mean

@@ -19,9 +19,10 @@ public enum MergeMethod
     Linear,
 
     /// <summary>
-    /// <c>svd</c>, ΔW space, exact: ΔW = Σ c_i B_i A_i (each expert's scaling applied once), truncated to
-    /// rank k by SVD: B = U_k Σ_k, A = V_kᵀ. Computed from the stacked factors without forming ΔW (see
-    /// <see cref="Numerics.LowRank.TruncatedSvdOfProduct"/>).
+    /// <c>svd</c>, ΔW space: ΔW = Σ c_i B_i A_i (each expert's scaling applied once), truncated to rank k by
+    /// SVD: B = U_k Σ_k, A = V_kᵀ. Computed from the stacked factors without forming ΔW (see
+    /// <see cref="Numerics.LowRank.TruncatedSvdOfProduct"/>): exact while Σ r_i ≤ <see cref="Numerics.LowRank.ExactRankLimit"/>,
+    /// a seeded randomized SVD (near-optimal) beyond.
     /// </summary>
     Svd,
 
