@@ -28,15 +28,16 @@ public sealed class GigabytesPerSecondColumn : IColumn
 
     public string Legend => "Minimum bytes the call must move divided by its mean time (1 GB = 1e9 bytes)";
 
-    public static long BytesOf(BenchmarkCase benchmark) =>
-        benchmark.Descriptor.Type == typeof(CopyBenchmarks)
-            ? CopyBenchmarks.BytesMoved
-            : Workload.CostOf((int)benchmark.Parameters["Tokens"]).MinimumBytes;
+    /// <summary>The minimum bytes of a call, or null for benchmarks that are not about moving bytes (merges).</summary>
+    public static long? BytesOf(BenchmarkCase benchmark) =>
+        benchmark.Descriptor.Type == typeof(CopyBenchmarks) ? CopyBenchmarks.BytesMoved
+        : benchmark.Descriptor.Type == typeof(ForwardBenchmarks) ? Workload.CostOf((int)benchmark.Parameters["Tokens"]).MinimumBytes
+        : null;
 
     public string GetValue(Summary summary, BenchmarkCase benchmark)
     {
         double? meanNs = summary[benchmark]?.ResultStatistics?.Mean;
-        return meanNs is double ns ? (BytesOf(benchmark) / ns).ToString("F2", CultureInfo.InvariantCulture) : "NA";
+        return meanNs is double ns && BytesOf(benchmark) is long bytes ? (bytes / ns).ToString("F2", CultureInfo.InvariantCulture) : "NA";
     }
 
     public string GetValue(Summary summary, BenchmarkCase benchmark, SummaryStyle style) => GetValue(summary, benchmark);

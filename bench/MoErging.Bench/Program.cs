@@ -11,6 +11,7 @@ using MoErging.Routing;
 
 // "quick [tokens]": a stopwatch breakdown (route, forward, both) of the CPU backend;
 // "boundary DIR": the managed peer of the C boundary benchmark (moerging_bench) on the adapters it wrote;
+// "library write|load ...": the large-library load measurement (see LargeLibrary);
 // anything else goes to BenchmarkDotNet (for example: --filter '*' --artifacts DIR).
 // The GPU workloads are in bench/MoErging.Bench.Gpu.
 if (args.Length > 0 && args[0] == "quick")
@@ -20,6 +21,10 @@ if (args.Length > 0 && args[0] == "quick")
 if (args.Length == 2 && args[0] == "boundary")
 {
     return Boundary(args[1]);
+}
+if (args.Length > 0 && args[0] == "library")
+{
+    return LargeLibrary.Run(args[1..]);
 }
 
 IConfig config = DefaultConfig.Instance

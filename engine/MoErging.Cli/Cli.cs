@@ -17,6 +17,8 @@ internal static class Cli
           demo      write a synthetic library of PEFT adapters, load it, route tokens with Arrow, and time the forward
           inspect   list each expert's modules, ranks, alpha, scaling and dtype
           forward   route the rows of a safetensors input among experts and write y and the routing decision
+          merge     merge experts into one PEFT adapter (cat, linear, svd, ties, dare_*, magnitude_prune), or into base weights
+          fuzz      feed mutated safetensors files and PEFT adapters to the loaders and count how they are handled
 
         global options:
           --verbose   print stack traces with errors
@@ -40,13 +42,15 @@ internal static class Cli
                 "demo" => DemoCommand.Run(options, stdout),
                 "inspect" => InspectCommand.Run(options, stdout),
                 "forward" => ForwardCommand.Run(options, stdout),
+                "merge" => MergeCommand.Run(options, stdout, stderr),
+                "fuzz" => FuzzCommand.Run(options, stdout, stderr),
                 _ => throw new UsageException($"unknown command '{command}'"),
             };
         }
         catch (UsageException e)
         {
             stderr.WriteLine($"moerge: {e.Message}");
-            stderr.WriteLine(command is "demo" or "inspect" or "forward" ? $"run 'moerge {command} --help' for its options" : "run 'moerge --help' for the commands");
+            stderr.WriteLine(command is "demo" or "inspect" or "forward" or "merge" or "fuzz" ? $"run 'moerge {command} --help' for its options" : "run 'moerge --help' for the commands");
             return 2;
         }
         catch (Exception e)

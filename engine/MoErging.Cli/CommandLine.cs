@@ -130,19 +130,27 @@ internal sealed class CommandLine
         return value;
     }
 
-    public float? Float(string name)
+    public float? Float(string name) => Number(name, (string t, out float v) => float.TryParse(t, NumberStyles.Float, CultureInfo.InvariantCulture, out v));
+
+    public double? Double(string name) => Number(name, (string t, out double v) => double.TryParse(t, NumberStyles.Float, CultureInfo.InvariantCulture, out v));
+
+    public float[] FloatList(string name) => List(name, (string t, out float v) => float.TryParse(t, NumberStyles.Float, CultureInfo.InvariantCulture, out v));
+
+    public double[] DoubleList(string name) => List(name, (string t, out double v) => double.TryParse(t, NumberStyles.Float, CultureInfo.InvariantCulture, out v));
+
+    private delegate bool Parser<T>(string text, out T value);
+
+    private T? Number<T>(string name, Parser<T> parse) where T : struct
     {
         string? text = Single(name);
         if (text is null)
         {
             return null;
         }
-        return float.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out float value)
-            ? value
-            : throw new UsageException($"--{name} must be a number, got '{text}'");
+        return parse(text, out T value) ? value : throw new UsageException($"--{name} must be a number, got '{text}'");
     }
 
-    public float[] FloatList(string name)
+    private T[] List<T>(string name, Parser<T> parse)
     {
         string? text = Single(name);
         if (text is null)
@@ -150,10 +158,10 @@ internal sealed class CommandLine
             return [];
         }
         string[] parts = text.Split(',', StringSplitOptions.TrimEntries);
-        var values = new float[parts.Length];
+        var values = new T[parts.Length];
         for (int i = 0; i < parts.Length; i++)
         {
-            if (!float.TryParse(parts[i], NumberStyles.Float, CultureInfo.InvariantCulture, out values[i]))
+            if (!parse(parts[i], out values[i]))
             {
                 throw new UsageException($"--{name}: item {i + 1} ('{parts[i]}') is not a number");
             }

@@ -11,8 +11,9 @@ internal static class InspectCommand
     private const string Help = """
         usage: moerge inspect DIR... [--json]
 
-        Loads each PEFT LoRA adapter directory and lists its modules with rank, lora_alpha,
-        scaling, storage dtype and shape (d_in → d_out).
+        Validates each PEFT LoRA adapter directory and lists its modules with rank, lora_alpha,
+        scaling, storage dtype and shape (d_in → d_out). Factors are not decoded, so large
+        libraries list quickly.
 
           --json   print JSON instead of a table
         """;
@@ -30,7 +31,8 @@ internal static class InspectCommand
         {
             throw new UsageException("give at least one adapter directory");
         }
-        var experts = line.Positionals.Select(dir => (Dir: dir, Expert: Expert.Load(dir))).ToList();
+        // Lazy: every file is validated, but no factor is decoded; inspect needs only shapes, scalings and dtypes.
+        var experts = line.Positionals.Select(dir => (Dir: dir, Expert: Expert.Load(dir, lazy: true))).ToList();
         if (line.Flag("json"))
         {
             WriteJson(experts, stdout);

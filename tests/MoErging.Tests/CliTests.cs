@@ -175,4 +175,91 @@ public sealed class CliTests
         Assert.Equal(5, reloaded.ExpertCount);
         Assert.Equal(2, reloaded.Modules.Count);
     }
+
+    [Fact]
+    public void MergeWritesAPeftAdapterAndReportsTheSpace()
+    {
+        var data = new TestData();
+        using var dir = new TempDir();
+        TestLibrary lib = data.Library(experts: 3, dIn: 12, dOut: 7, ranks: [3, 5, 3]);
+        string[] dirs = WriteLibrary(dir, lib);
+        var (code, output, error) = Run(["merge", "--experts", .. dirs, "--weights", "0.5,-1,2", "--method", "svd", "--rank", "4", "--output", dir.Sub("merged")]);
+        Assert.True(code == 0, error);
+        Assert.Contains("merged 3 experts by svd in ΔW space into 1 modules of rank 4", output);
+        Assert.Equal("", error); // no progress bar unless stderr is a terminal or --progress asks
+        LoraFactors merged = PeftAdapter.Load(dir.Sub("merged")).Modules[Module];
+        LoraFactors library = Merging.ExpertMerge.Merge(lib.Library, [0.5, -1, 2], new Merging.MergeOptions(Merging.MergeMethod.Svd) { Rank = 4 }).Modules[Module];
+        Assert.True(merged.A.SequenceEqual(library.A) && merged.BTransposed.SequenceEqual(library.BTransposed), $"{data}: CLI and library merges differ");
+
+        (code, output, error) = Run(["merge", "--experts", dirs[0], dirs[2], "--weights", "1,1", "--method", "dare_ties", "--density", "0.5",
+            "--seed", "9", "--space", "factors", "--output", dir.Sub("dare"), "--progress"]);
+        Assert.True(code == 0, error);
+        Assert.Contains("dare_ties in factor space (density 0.5, seed 9)", output);
+        Assert.Contains("merge [##############################] 100%", error);
+        Assert.EndsWith("\n", error.ReplaceLineEndings("\n"));
+    }
+
+    [Fact]
+    public void MergeIntoBaseWritesWPlusDelta()
+    {
+        var data = new TestData();
+        using var dir = new TempDir();
+        TestLibrary lib = data.Library(experts: 2, dIn: 6, dOut: 4, ranks: [2]);
+        string[] dirs = WriteLibrary(dir, lib);
+        float[] w = data.Normal(24);
+        new SafeTensorsWriter().Add("layers.0.mlp.down_proj.weight", w, [4, 6]).WriteTo(dir.Sub("base.safetensors"));
+        var (code, output, error) = Run(["merge", "--experts", .. dirs, "--weights", "1,0.5", "--method", "cat", "--base", dir.Sub("base.safetensors"),
+            "--output", dir.Sub("merged.safetensors")]);
+        Assert.True(code == 0, error);
+        Assert.Contains("added ΔW to 1 base weights", output);
+        using SafeTensorsFile file = SafeTensorsFile.Open(dir.Sub("merged.safetensors"));
+        float[] merged = file.ReadSingles(file.GetTensor("layers.0.mlp.down_proj.weight"));
+        double[] d0 = MergeReference.Delta(lib.Raw[Module][0]!, lib.Raw[Module][0]!.Scaling), d1 = MergeReference.Delta(lib.Raw[Module][1]!, 0.5 * lib.Raw[Module][1]!.Scaling);
+        MergeReference.Close([.. merged.Select(v => (double)v)], [.. w.Select((v, i) => v + d0[i] + d1[i])], 1e-6, $"{data}: W + ΔW");
+    }
+
+    [Fact]
+    public void MergeUsageErrorsAreNamed()
+    {
+        using var dir = new TempDir();
+        TestLibrary lib = new TestData().Library(experts: 2, dIn: 4, dOut: 3, ranks: [1, 2]);
+        string[] dirs = WriteLibrary(dir, lib);
+        string[] common = ["merge", "--experts", .. dirs, "--output", dir.Sub("out")];
+        foreach (var (extra, phrase) in new (string[], string)[]
+        {
+            (["--weights", "1,1", "--method", "mean"], "--method must be one of cat, linear, svd, ties, dare_linear, dare_ties, magnitude_prune, got 'mean'"),
+            (["--weights", "1", "--method", "cat"], "--weights needs one weight per expert (2), got 1"),
+            (["--weights", "1,1", "--method", "ties"], "Ties needs a density"),
+            (["--weights", "1,1", "--method", "cat", "--rank", "2"], "a rank applies only to svd"),
+            (["--weights", "1,1", "--method", "ties", "--density", "2"], "density must be in (0, 1], got 2"),
+            (["--weights", "1,1", "--method", "ties", "--density", "0.5", "--space", "both"], "--space must be delta or factors"),
+            (["--weights", "1,1", "--method", "cat", "--module", "q_proj"], "--module applies only with --base"),
+        })
+        {
+            var (code, _, error) = Run([.. common, .. extra]);
+            Assert.True(code == 2, $"{string.Join(" ", extra)}: exit {code}, {error}");
+            Assert.Contains(phrase, error);
+        }
+        // Unequal ranks in factor space is a data error (exit 1), named.
+        var (c, _, e) = Run([.. common, "--weights", "1,1", "--method", "linear"]);
+        Assert.Equal(1, c);
+        Assert.Contains("needs equal ranks, but expert 'e0' has rank 1 and expert 'e1' rank 2", e);
+        Assert.False(Directory.Exists(dir.Sub("out")), "nothing is written when the merge fails");
+    }
+
+    [Fact]
+    public void FuzzReportsItsCountsAndReplaysACase()
+    {
+        using var dir = new TempDir();
+        var (code, output, error) = Run("fuzz", "--cases", "200", "--seed", "7", "--work", dir.Path);
+        Assert.True(code == 0, error + output);
+        Assert.Contains("fuzz: seed 7, cases 0..199", output);
+        Assert.Matches(@"tried 200, rejected cleanly \d+, accepted \d+, crashed 0", output);
+
+        (code, output, error) = Run("fuzz", "--seed", "7", "--case", "3", "--save", dir.Sub("saved"));
+        Assert.True(code == 0, error);
+        Assert.StartsWith("seed 7, case 3: ", output);
+        Assert.True(Directory.Exists(dir.Sub("saved/case-3")));
+        Assert.Equal(2, Run("fuzz", "--case", "3").Code);
+    }
 }

@@ -45,7 +45,7 @@ public readonly record struct ForwardCost(long MinimumBytes, long Flops, int Sel
             if (!selected[ids[i]])
             {
                 selected[ids[i]] = true;
-                bytes += (long)(f.A.Length + f.BTransposed.Length) * weightBytes;
+                bytes += (long)f.Rank * (f.InputDim + f.OutputDim) * weightBytes; // from the shapes: a lazy expert stays undecoded
             }
         }
         return new ForwardCost(bytes, flops, selected.Count(s => s));

@@ -39,6 +39,10 @@ public sealed class Expert
     /// <summary>Adapted modules by full name.</summary>
     public IReadOnlyDictionary<string, LoraFactors> Modules => _modules;
 
-    /// <summary>Loads a PEFT LoRA adapter directory; the directory's name becomes the expert's name.</summary>
-    public static Expert Load(string directory) => PeftAdapter.Load(directory);
+    /// <summary>
+    /// Loads a PEFT LoRA adapter directory; the directory's name becomes the expert's name. With
+    /// <paramref name="lazy"/>, everything is validated now and the factors are decoded on first use
+    /// (see <see cref="PeftAdapter.Load"/>).
+    /// </summary>
+    public static Expert Load(string directory, bool lazy = false) => PeftAdapter.Load(directory, lazy);
 }

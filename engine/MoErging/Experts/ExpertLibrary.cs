@@ -75,10 +75,17 @@ public sealed class ExpertLibrary
     /// Loads PEFT LoRA adapter directories as experts numbered in the order given. All or nothing:
     /// the first bad directory throws, and no partial library is returned.
     /// </summary>
-    public static ExpertLibrary Load(IEnumerable<string> directories)
+    /// <param name="directories">The adapter directories.</param>
+    /// <param name="lazy">
+    /// Validate every config, header, shape and dtype now, but decode each module's factors on its first use
+    /// (memory is then taken only by the experts a forward or a merge touches). Lazy loading is still all or
+    /// nothing: what an eager load would reject, a lazy one rejects here. A first use can fail only if a weights
+    /// file changed or vanished after loading, with an error that says so. Eager (false) is the default.
+    /// </param>
+    public static ExpertLibrary Load(IEnumerable<string> directories, bool lazy = false)
     {
         ArgumentNullException.ThrowIfNull(directories);
-        return new ExpertLibrary(directories.Select(Expert.Load).ToArray());
+        return new ExpertLibrary(directories.Select(d => Expert.Load(d, lazy)).ToArray());
     }
 
     /// <summary>

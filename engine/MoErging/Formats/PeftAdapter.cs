@@ -28,11 +28,17 @@ public static class PeftAdapter
     /// config (rank per module after <c>rank_pattern</c>); scaling follows <c>lora_alpha</c>,
     /// <c>alpha_pattern</c> and <c>use_rslora</c>.
     /// </summary>
+    /// <param name="directory">The adapter directory.</param>
+    /// <param name="lazy">
+    /// Validate everything now (config, header, every shape and dtype) but decode the factors only on first use
+    /// (see <see cref="LoraFactors"/>): the file is read again then, after checking that its length, modification
+    /// time and tensor entries are unchanged. No file stays open in between. Eager (false) is the default.
+    /// </param>
     /// <exception cref="DirectoryNotFoundException">The directory does not exist.</exception>
     /// <exception cref="FileNotFoundException">The config or weights file is missing.</exception>
     /// <exception cref="InvalidDataException">A malformed file, or shapes that disagree with the config.</exception>
-    /// <exception cref="NotSupportedException">DoRA, LoRA bias, embedding or convolution LoRA, modules_to_save, pickled weights.</exception>
-    public static Expert Load(string directory)
+    /// <exception cref="NotSupportedException">DoRA, LoRA bias, embedding or convolution LoRA, modules_to_save, pickled weights, a factor over 2 GiB.</exception>
+    public static Expert Load(string directory, bool lazy = false)
     {
         ArgumentException.ThrowIfNullOrEmpty(directory);
         string full = Path.GetFullPath(directory);
@@ -59,10 +65,10 @@ public static class PeftAdapter
         PeftLoraConfig config = PeftLoraConfig.Load(configPath);
         string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(full));
         using SafeTensorsFile file = SafeTensorsFile.Open(weightsPath);
-        return new Expert(name, ReadModules(config, configPath, file));
+        return new Expert(name, ReadModules(config, configPath, file, lazy));
     }
 
-    private static List<KeyValuePair<string, LoraFactors>> ReadModules(PeftLoraConfig config, string configPath, SafeTensorsFile file)
+    private static List<KeyValuePair<string, LoraFactors>> ReadModules(PeftLoraConfig config, string configPath, SafeTensorsFile file, bool lazy)
     {
         var aOf = new SortedDictionary<string, TensorInfo>(StringComparer.Ordinal);
         var bOf = new SortedDictionary<string, TensorInfo>(StringComparer.Ordinal);
@@ -98,12 +104,12 @@ public static class PeftAdapter
             {
                 throw new InvalidDataException($"{file.Label}: module '{module}' has lora_A but no lora_B");
             }
-            modules.Add(new(module, ReadFactors(config, configPath, file, module, a, b)));
+            modules.Add(new(module, ReadFactors(config, configPath, file, module, a, b, lazy)));
         }
         return modules;
     }
 
-    private static LoraFactors ReadFactors(PeftLoraConfig config, string configPath, SafeTensorsFile file, string module, TensorInfo a, TensorInfo b)
+    private static LoraFactors ReadFactors(PeftLoraConfig config, string configPath, SafeTensorsFile file, string module, TensorInfo a, TensorInfo b, bool lazy)
     {
         string where = $"{file.Label}: module '{module}'";
         if (a.Rank > 2 || b.Rank > 2)
@@ -129,12 +135,68 @@ public static class PeftAdapter
         {
             throw new InvalidDataException($"{where}: lora_A {a.ShapeText} and lora_B {b.ShapeText} have an empty or oversized dimension");
         }
-        float[] aValues = LoraFactors.AllocatePinned(rank * (int)dIn);
-        file.ReadSingles(a, aValues);
-        float[] bTransposed = LoraFactors.Transpose(file.ReadSingles(b), rank, (int)dOut);
-        return new LoraFactors(aValues, bTransposed, rank, (int)dIn, (int)dOut,
-            config.ScalingFor(baseName), (float)config.AlphaFor(baseName), a.DType);
+        // Checked here, not only when decoding, so a lazy load rejects what an eager one would.
+        foreach (TensorInfo t in new[] { a, b })
+        {
+            if (!TensorDTypes.IsFloatingPoint(t.DType))
+            {
+                throw new InvalidDataException($"{file.Label}: tensor '{t.Name}' has dtype {TensorDTypes.Name(t.DType)}; expected F32, F16 or BF16");
+            }
+            if (t.ByteCount > int.MaxValue)
+            {
+                throw new NotSupportedException($"{file.Label}: tensor '{t.Name}' ({t.ByteCount} bytes) is larger than one read can hold (2 GiB)");
+            }
+        }
+        float scaling = config.ScalingFor(baseName), alpha = (float)config.AlphaFor(baseName);
+        if (!lazy)
+        {
+            var (aValues, bTransposed) = Decode(file, a, b, rank, (int)dIn, (int)dOut);
+            return new LoraFactors(aValues, bTransposed, rank, (int)dIn, (int)dOut, scaling, alpha, a.DType);
+        }
+        string path = file.Label;
+        var stamp = file.Stamp!.Value;
+        return new LoraFactors(() => DecodeLater(path, stamp, module, a, b, rank, (int)dIn, (int)dOut), rank, (int)dIn, (int)dOut, scaling, alpha, a.DType);
     }
+
+    /// <summary>A into a pinned array and B transposed into another, decoded to float32.</summary>
+    private static (float[] A, float[] BTransposed) Decode(SafeTensorsFile file, TensorInfo a, TensorInfo b, int rank, int dIn, int dOut)
+    {
+        float[] aValues = LoraFactors.AllocatePinned(rank * dIn);
+        file.ReadSingles(a, aValues);
+        return (aValues, LoraFactors.Transpose(file.ReadSingles(b), rank, dOut));
+    }
+
+    /// <summary>A lazy expert's first use of a module: open the file again and decode, if it is still the file that was validated.</summary>
+    private static (float[] A, float[] BTransposed) DecodeLater(string path, (long, DateTime) stamp, string module, TensorInfo a, TensorInfo b,
+        int rank, int dIn, int dOut)
+    {
+        string changed = $"{path}: changed since the adapter was loaded, so module '{module}' cannot be read; load the library again";
+        SafeTensorsFile file;
+        try
+        {
+            file = SafeTensorsFile.Open(path);
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        {
+            throw new FileNotFoundException($"{path}: removed since the adapter was loaded, so module '{module}' cannot be read", path, e);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new InvalidDataException($"{changed} ({e.Message})", e);
+        }
+        using (file)
+        {
+            if (file.Stamp != stamp || !file.TryGetTensor(a.Name, out TensorInfo? aNow) || !file.TryGetTensor(b.Name, out TensorInfo? bNow)
+                || !SameEntry(a, aNow) || !SameEntry(b, bNow))
+            {
+                throw new InvalidDataException(changed);
+            }
+            return Decode(file, aNow, bNow, rank, dIn, dOut);
+        }
+    }
+
+    private static bool SameEntry(TensorInfo x, TensorInfo y) =>
+        x.DType == y.DType && x.Begin == y.Begin && x.End == y.End && x.Shape.SequenceEqual(y.Shape);
 
     private static Exception Unsupported(string label, string key)
     {
@@ -161,12 +223,17 @@ public static class PeftAdapter
     /// Writes an expert as a PEFT adapter directory PEFT can load: <c>r</c> and <c>lora_alpha</c> are the most
     /// common rank and alpha, with <c>rank_pattern</c> / <c>alpha_pattern</c> for the modules that differ;
     /// <c>target_modules</c> lists the modules by name; use_rslora is false, so alpha = s · r per module.
-    /// Each file is written atomically; the directory is created if needed.
+    /// The directory (and its parents) is created if needed; the adapter is replaced whole (see the remarks).
     /// </summary>
     /// <param name="directory">Target directory.</param>
     /// <param name="expert">The expert to write.</param>
     /// <param name="storage">F32, F16 or BF16 for the factors.</param>
     /// <param name="baseModelName">Optional <c>base_model_name_or_path</c>.</param>
+    /// <remarks>
+    /// A new directory is written under a temporary name and renamed into place, so it appears complete or not at
+    /// all. Over an existing adapter, both files are first written in full under temporary names, then renamed over
+    /// the old ones; only a failure between those two renames could leave new weights beside the old config.
+    /// </remarks>
     public static void Write(string directory, Expert expert, TensorDType storage = TensorDType.F32, string? baseModelName = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(directory);
@@ -188,19 +255,45 @@ public static class PeftAdapter
         var rankPattern = byBaseName.Where(p => p.Value.Rank != r).ToDictionary(p => Regex.Escape(p.Key), p => p.Value.Rank);
         var alphaPattern = byBaseName.Where(p => PlainAlpha(p.Value) != alpha).ToDictionary(p => Regex.Escape(p.Key), p => PlainAlpha(p.Value));
 
-        Directory.CreateDirectory(directory);
-        writer.WriteTo(Path.Combine(directory, WeightsFileName));
         string json = ConfigJson(r, alpha, rankPattern, alphaPattern, [.. byBaseName.Keys.Order(StringComparer.Ordinal)], baseModelName);
-        string configPath = Path.Combine(directory, ConfigFileName);
-        string temporary = configPath + $".{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
+        WriteDirectory(Path.GetFullPath(directory), writer, json);
+    }
+
+    /// <summary>
+    /// Writes both files so that no reader sees half an adapter: a new directory is filled under a temporary name
+    /// and renamed into place; in an existing one both files are written completely under temporary names first,
+    /// then renamed over the old ones (the old adapter stays whole if anything fails before the renames).
+    /// </summary>
+    private static void WriteDirectory(string full, SafeTensorsWriter writer, string json)
+    {
+        string unique = $".{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
+        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+        bool fresh = !Directory.Exists(full);
+        string target = fresh ? full + unique : full;
+        Directory.CreateDirectory(target);
+        string weightsTemporary = Path.Combine(target, WeightsFileName + unique), configTemporary = Path.Combine(target, ConfigFileName + unique);
         try
         {
-            File.WriteAllText(temporary, json);
-            File.Move(temporary, configPath, overwrite: true);
+            using (var stream = new FileStream(weightsTemporary, FileMode.CreateNew, FileAccess.Write, FileShare.None))
+            {
+                writer.WriteTo(stream);
+            }
+            File.WriteAllText(configTemporary, json);
+            File.Move(weightsTemporary, Path.Combine(target, WeightsFileName), overwrite: true);
+            File.Move(configTemporary, Path.Combine(target, ConfigFileName), overwrite: true);
+            if (fresh)
+            {
+                Directory.Move(target, full);
+            }
         }
         catch
         {
-            File.Delete(temporary);
+            File.Delete(weightsTemporary);
+            File.Delete(configTemporary);
+            if (fresh && Directory.Exists(target))
+            {
+                Directory.Delete(target, recursive: true);
+            }
             throw;
         }
     }

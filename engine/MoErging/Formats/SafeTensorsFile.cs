@@ -54,6 +54,12 @@ public sealed class SafeTensorsFile : IDisposable
     /// <summary>The optional <c>__metadata__</c> map (empty when absent).</summary>
     public IReadOnlyDictionary<string, string> Metadata { get; }
 
+    /// <summary>
+    /// The file's length and last write time when it was opened (null for in-memory data): what a lazy reader
+    /// compares to notice that the file changed after its header was validated.
+    /// </summary>
+    internal (long Length, DateTime LastWriteUtc)? Stamp => (_source as FileSource)?.Stamp;
+
     /// <summary>Opens and validates a file. Throws <see cref="InvalidDataException"/> naming the file and the rule broken.</summary>
     public static SafeTensorsFile Open(string path)
     {
@@ -404,6 +410,9 @@ public sealed class SafeTensorsFile : IDisposable
     private sealed class FileSource(SafeFileHandle handle) : Source
     {
         private readonly long _length = RandomAccess.GetLength(handle);
+        private readonly DateTime _lastWriteUtc = File.GetLastWriteTimeUtc(handle);
+
+        public (long Length, DateTime LastWriteUtc) Stamp => (_length, _lastWriteUtc);
 
         public override long Length => _length;
 
