@@ -18,21 +18,12 @@ public sealed class CliTests
         return (code, stdout.ToString(), stderr.ToString());
     }
 
-    /// <summary>Writes a random library as PEFT directories; returns their paths.</summary>
-    private static string[] WriteLibrary(TempDir dir, TestLibrary lib) =>
-        lib.Library.Experts.Select(e =>
-        {
-            string path = dir.Sub(e.Name);
-            PeftAdapter.Write(path, e);
-            return path;
-        }).ToArray();
-
     [Fact]
     public void InspectListsModulesAsTextAndJson()
     {
         using var dir = new TempDir();
         TestLibrary lib = new TestData().Library(experts: 2, dIn: 12, dOut: 7, ranks: [3, 5]);
-        string[] dirs = WriteLibrary(dir, lib);
+        string[] dirs = lib.WriteTo(dir.Path);
         var (code, output, error) = Run(["inspect", .. dirs]);
         Assert.True(code == 0, error);
         Assert.Contains("e0", output);
@@ -62,7 +53,7 @@ public sealed class CliTests
         var data = new TestData();
         using var dir = new TempDir();
         TestLibrary lib = data.Library(experts: 3, dIn: 12, dOut: 7, ranks: [3, 5, 1]);
-        string[] dirs = WriteLibrary(dir, lib);
+        string[] dirs = lib.WriteTo(dir.Path);
         const int tokens = 5;
         float[] x = data.Normal(tokens * 12), yBase = data.Normal(tokens * 7);
         int[] ids = [0, 2, 1, -1, 2, 2, 0, 1, 1, 0];
@@ -131,7 +122,7 @@ public sealed class CliTests
     {
         using var dir = new TempDir();
         TestLibrary lib = new TestData().Library(experts: 2, dIn: 4, dOut: 3, ranks: [1]);
-        string[] dirs = WriteLibrary(dir, lib);
+        string[] dirs = lib.WriteTo(dir.Path);
         new SafeTensorsWriter().Add("x", new float[8], [2, 4]).WriteTo(dir.Sub("in.safetensors"));
 
         var (code, _, error) = Run(["forward", "--experts", .. dirs, "--input", dir.Sub("in.safetensors"), "--output", dir.Sub("o"), "--router", "uniform"]);

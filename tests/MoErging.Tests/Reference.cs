@@ -98,6 +98,51 @@ public static class Reference
         return e.Select(v => v / sum).ToArray();
     }
 
+    /// <summary>LayerNorm without affine parameters, eps 1e-5, in float64.</summary>
+    public static double[] LayerNorm(ReadOnlySpan<float> v)
+    {
+        double[] z = v.ToArray().Select(f => (double)f).ToArray();
+        double mean = z.Average();
+        double variance = z.Select(a => (a - mean) * (a - mean)).Average();
+        return z.Select(a => (a - mean) / Math.Sqrt(variance + 1e-5)).ToArray();
+    }
+
+    /// <summary>PHATGOOSE: score_e = LayerNorm(x) · LayerNorm(g_e) / sqrt(d_in), in float64.</summary>
+    public static double[] PhatgooseScores(ReadOnlySpan<float> x, float[] gates)
+    {
+        int n = x.Length;
+        double[] xn = LayerNorm(x);
+        return Enumerable.Range(0, gates.Length / n).Select(e =>
+        {
+            double[] g = LayerNorm(gates.AsSpan(e * n, n));
+            return xn.Zip(g, (a, b) => a * b).Sum() / Math.Sqrt(n);
+        }).ToArray();
+    }
+
+    /// <summary>Centroid routing: score_e = x · c_e / (|c_e| sqrt(d_in)), in float64.</summary>
+    public static double[] CentroidScores(ReadOnlySpan<float> x, float[] centroids)
+    {
+        int n = x.Length;
+        double[] xs = x.ToArray().Select(f => (double)f).ToArray();
+        return Enumerable.Range(0, centroids.Length / n).Select(e =>
+        {
+            double[] c = centroids.AsSpan(e * n, n).ToArray().Select(f => (double)f).ToArray();
+            return xs.Zip(c, (a, b) => a * b).Sum() / Math.Sqrt(c.Sum(v => v * v)) / Math.Sqrt(n);
+        }).ToArray();
+    }
+
+    /// <summary>
+    /// The weights of the engine's chosen experts as the papers state them: a softmax over ALL experts, then
+    /// the chosen ones renormalised to sum to 1 (after checking the choice is a valid top-k).
+    /// </summary>
+    public static double[] RenormalisedTopK(double[] scores, ReadOnlySpan<int> chosen, double slack, string where)
+    {
+        CheckTopKAndWeigh(scores, chosen, slack, where);
+        double[] p = Softmax(scores);
+        double kept = chosen.ToArray().Sum(e => p[e]);
+        return chosen.ToArray().Select(e => p[e] / kept).ToArray();
+    }
+
     /// <summary>
     /// Checks that the engine's choice for one token is a valid top-k of the float64 scores (every kept
     /// score at least every dropped one, in descending order, up to <paramref name="slack"/> for near
