@@ -133,4 +133,27 @@ public sealed class RouterFileTests
         named.WriteTo(path);
         Assert.Contains("must list 3 non-empty expert names", Assert.Throws<InvalidDataException>(() => ClassifierRouter.Load(path)).Message);
     }
+
+    [Fact]
+    public void RoutingSetsSaveAndLoadExactly()
+    {
+        var data = new TestData();
+        using var dir = new TempDir();
+        float[] rows = data.Normal(4 * InputDim);
+        var set = new RoutingDataset(rows, InputDim, [2, 0, 1, 2], [0, 1, 1, 0], ["t0", "t1"]);
+        string path = dir.Sub("set.safetensors");
+        set.Save(path);
+        RoutingDataset loaded = RoutingDataset.Load(path);
+        Assert.Equal(rows, loaded.Rows.ToArray());
+        Assert.Equal([2, 0, 1, 2], loaded.Experts.ToArray());
+        Assert.Equal([0, 1, 1, 0], loaded.Tasks.ToArray());
+        Assert.Equal(["t0", "t1"], loaded.TaskNames);
+
+        new SafeTensorsWriter().Add("x", rows, [4, InputDim]).Add("expert", [0, 1, -1, 0], [4]).WriteTo(path);
+        Assert.Contains("the expert of row 2 must not be negative", Assert.Throws<InvalidDataException>(() => RoutingDataset.Load(path)).Message);
+        new SafeTensorsWriter().Add("x", rows, [4, InputDim]).Add("expert", [0, 1], [2]).WriteTo(path);
+        Assert.Contains("must be [N, d_in] and [N]", Assert.Throws<InvalidDataException>(() => RoutingDataset.Load(path)).Message);
+        new SafeTensorsWriter().Add("x", rows, [4, InputDim]).WriteTo(path);
+        Assert.Contains("needs tensors 'x' [N, d_in] and 'expert' [N]", Assert.Throws<InvalidDataException>(() => RoutingDataset.Load(path)).Message);
+    }
 }
