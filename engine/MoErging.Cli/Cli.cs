@@ -14,9 +14,13 @@ internal static class Cli
         usage: moerge COMMAND [options]   (moerge COMMAND --help for its options)
 
         commands:
-          demo      write a synthetic library of PEFT adapters, load it, route tokens with Arrow, and time the forward
-          inspect   list each expert's modules, ranks, alpha, scaling and dtype
-          forward   route the rows of a safetensors input among experts and write y and the routing decision
+          demo          write a synthetic library of PEFT adapters, load it, route tokens with Arrow, and time the forward
+          inspect       list each expert's modules, ranks, alpha, scaling and dtype
+          forward       route the rows of a safetensors input among experts and write y and the routing decision
+          route         route the rows of a safetensors input and report the routing (statistics, JSON, pictures)
+          evaluate      compare every applicable router on a labelled routing set (or a synthetic one), side by side
+          centroids     compute each expert's centroids from sample hidden states, for the centroid router
+          train-router  train a classifier router on a labelled routing set
 
         global options:
           --verbose   print stack traces with errors
@@ -40,13 +44,17 @@ internal static class Cli
                 "demo" => DemoCommand.Run(options, stdout),
                 "inspect" => InspectCommand.Run(options, stdout),
                 "forward" => ForwardCommand.Run(options, stdout),
+                "route" => RouteCommand.Run(options, stdout),
+                "evaluate" => EvaluateCommand.Run(options, stdout),
+                "centroids" => CentroidsCommand.Run(options, stdout),
+                "train-router" => TrainRouterCommand.Run(options, stdout),
                 _ => throw new UsageException($"unknown command '{command}'"),
             };
         }
         catch (UsageException e)
         {
             stderr.WriteLine($"moerge: {e.Message}");
-            stderr.WriteLine(command is "demo" or "inspect" or "forward" ? $"run 'moerge {command} --help' for its options" : "run 'moerge --help' for the commands");
+            stderr.WriteLine(command is "demo" or "inspect" or "forward" or "route" or "evaluate" or "centroids" or "train-router" ? $"run 'moerge {command} --help' for its options" : "run 'moerge --help' for the commands");
             return 2;
         }
         catch (Exception e)

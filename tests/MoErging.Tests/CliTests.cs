@@ -10,7 +10,8 @@ public sealed class CliTests
 {
     private const string Module = "base_model.model.layers.0.mlp.down_proj";
 
-    private static (int Code, string Out, string Err) Run(params string[] args)
+    /// <summary>Runs moerge in-process; returns the exit code and what it printed.</summary>
+    internal static (int Code, string Out, string Err) Run(params string[] args)
     {
         var stdout = new StringWriter();
         var stderr = new StringWriter();
