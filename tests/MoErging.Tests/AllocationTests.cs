@@ -92,7 +92,18 @@ public abstract class AllocationTests(EngineFixture engines)
     }
 }
 
+/// <summary>
+/// Allocation is measured with no other test running: under load from tests running in parallel (Parallel.For,
+/// heavy allocation, frequent GCs), a warm CPU forward has been seen to allocate 240-480 bytes now and then, in
+/// every case (token routing included), which an idle machine never shows. The cause is not yet known; the
+/// worker pool's semaphore, whose lock can be contended when a helper is descheduled, is the first suspect.
+/// </summary>
+[CollectionDefinition(nameof(AllocationCollection), DisableParallelization = true)]
+public sealed class AllocationCollection;
+
+[Collection(nameof(AllocationCollection))]
 public sealed class AllocationTestsOnCpu(CpuEngines engines) : AllocationTests(engines), IClassFixture<CpuEngines>;
 
 [Trait("Backend", "Cuda")]
+[Collection(nameof(AllocationCollection))]
 public sealed class AllocationTestsOnCuda(CudaEngine engines) : AllocationTests(engines), IClassFixture<CudaEngine>;

@@ -143,7 +143,8 @@ public sealed class RoutingCliTests
         {
             entropy -= weights.AsSpan(t * 2, 2).ToArray().Sum(w => w * Math.Log(w)) / Tokens;
         }
-        Assert.Equal(entropy, root.GetProperty("mean_entropy").GetDouble(), 5);
+        double written = root.GetProperty("mean_entropy").GetDouble();
+        Assert.True(Math.Abs(written - entropy) < 1e-6, $"{s.Data}: mean entropy {written}, expected {entropy}"); // float32 weights summing to 1 ± 1e-7
         for (int e = 0; e < Experts; e++)
         {
             JsonElement expert = root.GetProperty("per_expert")[e];

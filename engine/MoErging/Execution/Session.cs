@@ -26,6 +26,7 @@ public sealed unsafe class Session : IDisposable
     private readonly RoutingDecision _groupDecision = new(); // one row per sequence (or one for the task) before broadcasting
     private float[] _pooled = [];
     private float[] _widened = [];
+    private double[] _sums = [];
     private int _inUse;
     private bool _disposed;
 
@@ -280,7 +281,11 @@ public sealed unsafe class Session : IDisposable
         {
             int n = module.InputDim;
             Span<float> pooled = Grow(ref _pooled, groups * n);
-            granularity.PoolRows(x, n, pooled);
+            if (_sums.Length < n)
+            {
+                _sums = new double[n];
+            }
+            granularity.PoolRows(x, n, pooled, _sums);
             rows = pooled;
             target = _groupDecision;
         }

@@ -1,5 +1,3 @@
-using System.Buffers;
-
 namespace MoErging.Routing;
 
 /// <summary>What one routing decision covers (the survey's routing input granularity).</summary>
@@ -100,12 +98,15 @@ public sealed class RoutingGranularity
         }
     }
 
-    /// <summary>Writes each group's pooled row of <paramref name="x"/> (<c>[T, n]</c>) into <paramref name="pooled"/> (<c>[groups, n]</c>).</summary>
-    internal void PoolRows(ReadOnlySpan<float> x, int n, Span<float> pooled)
+    /// <summary>
+    /// Writes each group's pooled row of <paramref name="x"/> (<c>[T, n]</c>) into <paramref name="pooled"/>
+    /// (<c>[groups, n]</c>); means accumulate in <paramref name="sums"/> (n values, the caller's, so a warm call allocates nothing).
+    /// </summary>
+    internal void PoolRows(ReadOnlySpan<float> x, int n, Span<float> pooled, Span<double> sums)
     {
         if (Kind == Granularity.Task)
         {
-            Mean(x, n, pooled[..n]);
+            Mean(x, n, pooled[..n], sums);
             return;
         }
         int start = 0;
@@ -119,7 +120,7 @@ public sealed class RoutingGranularity
             }
             else
             {
-                Mean(rows, n, target);
+                Mean(rows, n, target, sums);
             }
             start += _lengths[s];
         }
@@ -142,10 +143,10 @@ public sealed class RoutingGranularity
     }
 
     /// <summary>Column means accumulated in float64 (sequences can be long), row by row, rounded once.</summary>
-    private static void Mean(ReadOnlySpan<float> rows, int n, Span<float> target)
+    private static void Mean(ReadOnlySpan<float> rows, int n, Span<float> target, Span<double> sums)
     {
-        double[] sums = ArrayPool<double>.Shared.Rent(n);
-        Array.Clear(sums, 0, n);
+        sums = sums[..n];
+        sums.Clear();
         int count = rows.Length / n;
         for (int t = 0; t < count; t++)
         {
@@ -159,6 +160,5 @@ public sealed class RoutingGranularity
         {
             target[i] = (float)(sums[i] / count);
         }
-        ArrayPool<double>.Shared.Return(sums);
     }
 }
