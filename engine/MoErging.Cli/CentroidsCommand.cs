@@ -11,10 +11,12 @@ namespace MoErging.Cli;
 internal static class CentroidsCommand
 {
     private const string Help = """
-        usage: moerge centroids --experts DIR... --data FILE... [--module NAME...]
+        usage: moerge centroids --experts DIR... --data FILE... | --data DATADIR [--module NAME...]
 
-        FILE i holds expert i's sample hidden states: per module, a tensor named by the module (its full
-        name, or a suffix at a dot boundary) of shape [N, d_in], N ≥ 1 (F32, F16 or BF16). Each expert's
+        --data gives one safetensors file per expert, in the order of --experts, or one directory holding
+        <expert name>.safetensors for every expert. An expert's file holds its sample hidden states: per
+        module, a tensor named by the module (its full name, or a suffix at a dot boundary) of shape
+        [N, d_in], N ≥ 1 (F32, F16 or BF16). Each expert's
         centroid per module is the mean of its rows; it is written to DIR/centroids.safetensors as
         <full module name>.centroid [d_in], keeping the centroids of other modules already there.
         Everything is read and checked before any file is written.
@@ -43,11 +45,15 @@ internal static class CentroidsCommand
         {
             throw new UsageException("--experts and --data are required");
         }
-        if (dirs.Count != data.Count)
+        if (dirs.Count != data.Count && !(data.Count == 1 && Directory.Exists(data[0])))
         {
-            throw new UsageException($"--data needs one file per expert ({dirs.Count}), got {data.Count}");
+            throw new UsageException($"--data needs one file per expert ({dirs.Count}) or one directory, got {data.Count} paths");
         }
         ExpertLibrary library = ExpertLibrary.Load(dirs);
+        if (dirs.Count != data.Count)
+        {
+            data = library.Experts.Select(e => Path.Combine(data[0], e.Name + ".safetensors")).ToArray();
+        }
         HashSet<string>? only = line.Has("module") ? line.Many("module").Select(m => library.Module(m).Name).ToHashSet(StringComparer.Ordinal) : null;
 
         var centroids = new Dictionary<string, float[]>[dirs.Count];

@@ -113,9 +113,17 @@ public sealed class RoutingCliTests
                 Assert.True(Math.Abs(centroid[i] - mean) <= 1e-6 * (1 + Math.Abs(mean)), $"{s.Data}: expert {e} column {i}: {centroid[i]} vs {mean}");
             }
         }
-        // A second run for the same module replaces its centroid and keeps any other module's.
+        // A second run for the same module, from a directory of <expert>.safetensors, replaces its centroid
+        // and keeps any other module's.
         CentroidRouter.SaveCentroids(s.Dirs[0], new Dictionary<string, float[]> { ["other.module"] = new float[3], [Module] = new float[InputDim] });
-        ComputeCentroids(s);
+        string sampleDir = s.Dir.Sub("samples");
+        Directory.CreateDirectory(sampleDir);
+        for (int e = 0; e < Experts; e++)
+        {
+            File.Copy(s.Dir.Sub($"samples-{e}.safetensors"), Path.Combine(sampleDir, $"e{e}.safetensors"));
+        }
+        var (code, _, error) = Run(["centroids", "--experts", .. s.Dirs, "--data", sampleDir, "--module", "down_proj"]);
+        Assert.True(code == 0, error);
         using SafeTensorsFile kept = SafeTensorsFile.Open(Path.Combine(s.Dirs[0], CentroidRouter.CentroidFileName));
         Assert.True(kept.TryGetTensor("other.module" + CentroidRouter.CentroidSuffix, out _));
         Assert.NotEqual(new float[InputDim], kept.ReadSingles(kept.GetTensor(Module + CentroidRouter.CentroidSuffix)));
