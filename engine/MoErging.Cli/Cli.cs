@@ -8,21 +8,42 @@ namespace MoErging.Cli;
 /// </summary>
 internal static class Cli
 {
-    private const string Usage = """
-        moerge: route tokens among LoRA experts and add their weighted outputs
+    /// <summary>A command: what it does, and how it runs (options, stdout, stderr).</summary>
+    private sealed record Command(string Summary, Func<string[], TextWriter, TextWriter, int> Run);
 
-        usage: moerge COMMAND [options]   (moerge COMMAND --help for its options)
+    /// <summary>Every command, in the order the usage lists them.</summary>
+    private static readonly (string Name, Command Command)[] Commands =
+    [
+        ("demo", new("write a synthetic library of PEFT adapters, load it, route tokens with Arrow, and time the forward", (a, o, _) => DemoCommand.Run(a, o))),
+        ("inspect", new("list each expert's modules, ranks, alpha, scaling and dtype", (a, o, _) => InspectCommand.Run(a, o))),
+        ("forward", new("route the rows of a safetensors input among experts and write y and the routing decision", (a, o, _) => ForwardCommand.Run(a, o))),
+        ("route", new("route the rows of a safetensors input and report the routing (statistics, JSON, pictures)", (a, o, _) => RouteCommand.Run(a, o))),
+        ("evaluate", new("compare every applicable router on a labelled routing set (or a synthetic one), side by side", (a, o, _) => EvaluateCommand.Run(a, o))),
+        ("centroids", new("compute each expert's centroids from sample hidden states, for the centroid router", (a, o, _) => CentroidsCommand.Run(a, o))),
+        ("train-router", new("train a classifier router on a labelled routing set", (a, o, _) => TrainRouterCommand.Run(a, o))),
+        ("merge", new("merge experts into one PEFT adapter (cat, linear, svd, ties, dare_*, magnitude_prune), or into base weights", MergeCommand.Run)),
+        ("fuzz", new("feed mutated safetensors files and PEFT adapters to the loaders and count how they are handled", FuzzCommand.Run)),
+    ];
 
-        commands:
-          demo      write a synthetic library of PEFT adapters, load it, route tokens with Arrow, and time the forward
-          inspect   list each expert's modules, ranks, alpha, scaling and dtype
-          forward   route the rows of a safetensors input among experts and write y and the routing decision
-          merge     merge experts into one PEFT adapter (cat, linear, svd, ties, dare_*, magnitude_prune), or into base weights
-          fuzz      feed mutated safetensors files and PEFT adapters to the loaders and count how they are handled
+    private static string Usage
+    {
+        get
+        {
+            int width = Commands.Max(c => c.Name.Length);
+            string list = string.Join("\n", Commands.Select(c => $"  {c.Name.PadRight(width)}  {c.Command.Summary}"));
+            return $"""
+                moerge: route tokens among LoRA experts and add their weighted outputs
 
-        global options:
-          --verbose   print stack traces with errors
-        """;
+                usage: moerge COMMAND [options]   (moerge COMMAND --help for its options)
+
+                commands:
+                {list}
+
+                global options:
+                  --verbose   print stack traces with errors
+                """;
+        }
+    }
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
@@ -33,24 +54,18 @@ internal static class Cli
             (rest.Length == 0 ? stderr : stdout).WriteLine(Usage);
             return rest.Length == 0 ? 2 : 0;
         }
-        string command = rest[0];
-        string[] options = rest[1..];
+        string name = rest[0];
+        Command? command = Commands.FirstOrDefault(c => c.Name == name).Command;
         try
         {
-            return command switch
-            {
-                "demo" => DemoCommand.Run(options, stdout),
-                "inspect" => InspectCommand.Run(options, stdout),
-                "forward" => ForwardCommand.Run(options, stdout),
-                "merge" => MergeCommand.Run(options, stdout, stderr),
-                "fuzz" => FuzzCommand.Run(options, stdout, stderr),
-                _ => throw new UsageException($"unknown command '{command}'"),
-            };
+            return command is null
+                ? throw new UsageException($"unknown command '{name}'")
+                : command.Run(rest[1..], stdout, stderr);
         }
         catch (UsageException e)
         {
             stderr.WriteLine($"moerge: {e.Message}");
-            stderr.WriteLine(command is "demo" or "inspect" or "forward" or "merge" or "fuzz" ? $"run 'moerge {command} --help' for its options" : "run 'moerge --help' for the commands");
+            stderr.WriteLine(command is not null ? $"run 'moerge {name} --help' for its options" : "run 'moerge --help' for the commands");
             return 2;
         }
         catch (Exception e)

@@ -29,6 +29,12 @@ public struct DispatchArgs
     /// <summary>Scaling s of each expert at this module.</summary>
     public ArrayView<float> Scaling;
 
+    /// <summary>
+    /// 1 for parameter mixing: each pair's coefficient is w alone (the expand applies w · s to the token's
+    /// summed V); 0 for output mixing, where it is w · s.
+    /// </summary>
+    public int ParameterMixing;
+
     /// <summary>Rank rows per shrink item (<see cref="ShrinkKernel.RowsPerItem"/>).</summary>
     public int RowsPerItem;
 
@@ -38,7 +44,7 @@ public struct DispatchArgs
     /// <summary>Out: the token of every pair, pairs grouped by expert.</summary>
     public ArrayView<int> PairToken;
 
-    /// <summary>Out: w · s of every pair.</summary>
+    /// <summary>Out: w · s of every pair (w alone for parameter mixing).</summary>
     public ArrayView<float> PairCoefficient;
 
     /// <summary>Out: shrink work items: expert, first rank row, first and end pair.</summary>
@@ -148,7 +154,7 @@ public sealed class DispatchKernel
             {
                 int pair = start[e] + Atomic.Add(ref count[e], 1);
                 a.PairToken[pair] = i / a.TopK;
-                a.PairCoefficient[pair] = a.Weights[i] * a.Scaling[e];
+                a.PairCoefficient[pair] = a.ParameterMixing != 0 ? a.Weights[i] : a.Weights[i] * a.Scaling[e];
                 a.SlotPair[i] = pair;
             }
         }

@@ -29,6 +29,15 @@ public struct ExpandArgs<TY, TW>
     /// <summary>Pair of every (token, slot), or -1.</summary>
     public ArrayView<int> SlotPair;
 
+    /// <summary>1 for parameter mixing (see the kernel); 0 for output mixing.</summary>
+    public int ParameterMixing;
+
+    /// <summary>Weight of every (token, slot); read only for parameter mixing.</summary>
+    public ArrayView<float> Weights;
+
+    /// <summary>Scaling of each expert; read only for parameter mixing.</summary>
+    public ArrayView<float> Scaling;
+
     /// <summary>Every expert's Bᵀ, row-major <c>[r_e, d_out]</c>, back to back.</summary>
     public ArrayView<TW> BTransposed;
 
@@ -50,6 +59,8 @@ public struct ExpandArgs<TY, TW>
 /// output element, slots and rank terms summed in a fixed order in float32 and added to y once (rounded
 /// once for F16). No atomics: results repeat exactly from run to run. Bᵀ rows are read along j, so a
 /// group's loads are coalesced; V is broadcast.
+/// For parameter mixing the dispatch left V[pair] = w · A_e x, so u = Σ_slots V[pair] is A_tok x, and
+/// y[t, j] += Σ_k u_k Σ_slots w · s_e · Bᵀ_e[k, j] = s · B_tok (A_tok x) (one rank across the slots).
 /// </summary>
 public sealed class ExpandKernel
 {
@@ -118,18 +129,46 @@ public sealed class ExpandKernel
         }
         float sum = 0f;
         long slots = (long)t * a.TopK;
-        for (int s = 0; s < a.TopK; s++)
+        if (a.ParameterMixing != 0)
         {
-            int pair = a.SlotPair[slots + s];
-            if (pair < 0)
+            int rank = 0;
+            for (int s = 0; s < a.TopK; s++)
             {
-                continue;
+                rank = a.SlotPair[slots + s] >= 0 ? a.Rank[a.Ids[slots + s]] : rank;
             }
-            int e = a.Ids[slots + s];
-            long b = a.BOffset[e] + j, v = (long)pair * a.VStride;
-            for (int k = 0; k < a.Rank[e]; k++)
+            for (int k = 0; k < rank; k++)
             {
-                sum += a.V[v + k] * sw.Load(a.BTransposed[b + (long)k * a.OutputDim]);
+                float u = 0f;
+                for (int s = 0; s < a.TopK; s++)
+                {
+                    int pair = a.SlotPair[slots + s];
+                    u += pair >= 0 ? a.V[(long)pair * a.VStride + k] : 0f;
+                }
+                for (int s = 0; s < a.TopK; s++)
+                {
+                    if (a.SlotPair[slots + s] >= 0)
+                    {
+                        int e = a.Ids[slots + s];
+                        sum += u * a.Weights[slots + s] * a.Scaling[e] * sw.Load(a.BTransposed[a.BOffset[e] + j + (long)k * a.OutputDim]);
+                    }
+                }
+            }
+        }
+        else
+        {
+            for (int s = 0; s < a.TopK; s++)
+            {
+                int pair = a.SlotPair[slots + s];
+                if (pair < 0)
+                {
+                    continue;
+                }
+                int e = a.Ids[slots + s];
+                long b = a.BOffset[e] + j, v = (long)pair * a.VStride;
+                for (int k = 0; k < a.Rank[e]; k++)
+                {
+                    sum += a.V[v + k] * sw.Load(a.BTransposed[b + (long)k * a.OutputDim]);
+                }
             }
         }
         long y = (long)t * a.OutputDim + j;

@@ -20,6 +20,9 @@ public abstract class AllocationTests(EngineFixture engines)
     [InlineData("layernorm", false)]
     [InlineData("assigned", false)]
     [InlineData("assigned", true)]
+    [InlineData("arrow-example", false)]
+    [InlineData("arrow-example", true)]
+    [InlineData("assigned-parameter", false)]
     public void WarmForwardAllocatesNothing(string router, bool half)
     {
         var data = new TestData();
@@ -33,13 +36,23 @@ public abstract class AllocationTests(EngineFixture engines)
         float[] weights = data.Normal(tokens * 2);
         Router? r = router switch
         {
-            "arrow" => new ArrowRouter(module, new RoutingOptions(3)),
+            "arrow" or "arrow-example" => new ArrowRouter(module, new RoutingOptions(3)),
             "uniform" => new UniformRouter(20),
             "layernorm" => new LinearRouter(data.Normal(20 * 300), 300, new RoutingOptions(2), InputNormalization.LayerNorm),
             _ => null,
         };
         using Session session = engines.CreateSession(2);
         var decision = new RoutingDecision();
+        RoutingGranularity granularity = router.EndsWith("-example", StringComparison.Ordinal)
+            ? RoutingGranularity.Example([7, 1, 20, 12], Pooling.Mean)
+            : RoutingGranularity.Token;
+        Aggregation aggregation = Aggregation.Output;
+        if (router.EndsWith("-parameter", StringComparison.Ordinal))
+        {
+            // Parameter mixing needs one rank and scaling among the chosen experts (scalings are random here).
+            aggregation = Aggregation.Parameter;
+            ids = Enumerable.Range(0, tokens * 2).Select(i => i % 2 == 0 ? 0 : -1).ToArray();
+        }
 
         void Call()
         {
@@ -48,20 +61,20 @@ public abstract class AllocationTests(EngineFixture engines)
                 decision.Assign(ids, weights, 2, 20);
                 if (half)
                 {
-                    session.Forward(module, decision, xh, yh);
+                    session.Forward(module, decision, aggregation, xh, yh);
                 }
                 else
                 {
-                    session.Forward(module, decision, x, y);
+                    session.Forward(module, decision, aggregation, x, y);
                 }
             }
             else if (half)
             {
-                session.Forward(module, r, xh, decision, yh);
+                session.Forward(module, r, granularity, aggregation, xh, decision, yh);
             }
             else
             {
-                session.Forward(module, r, x, decision, y);
+                session.Forward(module, r, granularity, aggregation, x, decision, y);
             }
         }
 
@@ -79,7 +92,18 @@ public abstract class AllocationTests(EngineFixture engines)
     }
 }
 
+/// <summary>
+/// Allocation is measured with no other test running: under load from tests running in parallel (Parallel.For,
+/// heavy allocation, frequent GCs), a warm CPU forward has been seen to allocate 240-480 bytes now and then, in
+/// every case (token routing included), which an idle machine never shows. The cause is not yet known; the
+/// worker pool's semaphore, whose lock can be contended when a helper is descheduled, is the first suspect.
+/// </summary>
+[CollectionDefinition(nameof(AllocationCollection), DisableParallelization = true)]
+public sealed class AllocationCollection;
+
+[Collection(nameof(AllocationCollection))]
 public sealed class AllocationTestsOnCpu(CpuEngines engines) : AllocationTests(engines), IClassFixture<CpuEngines>;
 
 [Trait("Backend", "Cuda")]
+[Collection(nameof(AllocationCollection))]
 public sealed class AllocationTestsOnCuda(CudaEngine engines) : AllocationTests(engines), IClassFixture<CudaEngine>;

@@ -46,6 +46,9 @@ public sealed class BadInputTests
         var arrow = new ArrowRouter(twoModules.Module("up_proj"), new RoutingOptions(2));
         Assert.Contains("built for module 'base_model.model.layers.0.mlp.up_proj'",
             Assert.Throws<ArgumentException>(() => session.Route(twoModules.Module("down_proj"), arrow, new float[10], decision)).Message);
+        var phatgoose = new PhatgooseRouter(twoModules.Module("up_proj"), new TestData().Normal(40), new RoutingOptions(2));
+        Assert.Contains("the PhatgooseRouter was built for module 'base_model.model.layers.0.mlp.up_proj', not 'base_model.model.layers.0.mlp.down_proj'",
+            Assert.Throws<ArgumentException>(() => session.Route(twoModules.Module("down_proj"), phatgoose, new float[10], decision)).Message);
         _ = lib;
     }
 

@@ -10,7 +10,8 @@ public sealed class CliTests
 {
     private const string Module = "base_model.model.layers.0.mlp.down_proj";
 
-    private static (int Code, string Out, string Err) Run(params string[] args)
+    /// <summary>Runs moerge in-process; returns the exit code and what it printed.</summary>
+    internal static (int Code, string Out, string Err) Run(params string[] args)
     {
         var stdout = new StringWriter();
         var stderr = new StringWriter();
@@ -18,21 +19,12 @@ public sealed class CliTests
         return (code, stdout.ToString(), stderr.ToString());
     }
 
-    /// <summary>Writes a random library as PEFT directories; returns their paths.</summary>
-    private static string[] WriteLibrary(TempDir dir, TestLibrary lib) =>
-        lib.Library.Experts.Select(e =>
-        {
-            string path = dir.Sub(e.Name);
-            PeftAdapter.Write(path, e);
-            return path;
-        }).ToArray();
-
     [Fact]
     public void InspectListsModulesAsTextAndJson()
     {
         using var dir = new TempDir();
         TestLibrary lib = new TestData().Library(experts: 2, dIn: 12, dOut: 7, ranks: [3, 5]);
-        string[] dirs = WriteLibrary(dir, lib);
+        string[] dirs = lib.WriteTo(dir.Path);
         var (code, output, error) = Run(["inspect", .. dirs]);
         Assert.True(code == 0, error);
         Assert.Contains("e0", output);
@@ -62,7 +54,7 @@ public sealed class CliTests
         var data = new TestData();
         using var dir = new TempDir();
         TestLibrary lib = data.Library(experts: 3, dIn: 12, dOut: 7, ranks: [3, 5, 1]);
-        string[] dirs = WriteLibrary(dir, lib);
+        string[] dirs = lib.WriteTo(dir.Path);
         const int tokens = 5;
         float[] x = data.Normal(tokens * 12), yBase = data.Normal(tokens * 7);
         int[] ids = [0, 2, 1, -1, 2, 2, 0, 1, 1, 0];
@@ -131,7 +123,7 @@ public sealed class CliTests
     {
         using var dir = new TempDir();
         TestLibrary lib = new TestData().Library(experts: 2, dIn: 4, dOut: 3, ranks: [1]);
-        string[] dirs = WriteLibrary(dir, lib);
+        string[] dirs = lib.WriteTo(dir.Path);
         new SafeTensorsWriter().Add("x", new float[8], [2, 4]).WriteTo(dir.Sub("in.safetensors"));
 
         var (code, _, error) = Run(["forward", "--experts", .. dirs, "--input", dir.Sub("in.safetensors"), "--output", dir.Sub("o"), "--router", "uniform"]);
@@ -182,7 +174,7 @@ public sealed class CliTests
         var data = new TestData();
         using var dir = new TempDir();
         TestLibrary lib = data.Library(experts: 3, dIn: 12, dOut: 7, ranks: [3, 5, 3]);
-        string[] dirs = WriteLibrary(dir, lib);
+        string[] dirs = lib.WriteTo(dir.Path);
         var (code, output, error) = Run(["merge", "--experts", .. dirs, "--weights", "0.5,-1,2", "--method", "svd", "--rank", "4", "--output", dir.Sub("merged")]);
         Assert.True(code == 0, error);
         Assert.Contains("merged 3 experts by svd in ΔW space into 1 modules of rank 4", output);
@@ -205,7 +197,7 @@ public sealed class CliTests
         var data = new TestData();
         using var dir = new TempDir();
         TestLibrary lib = data.Library(experts: 2, dIn: 6, dOut: 4, ranks: [2]);
-        string[] dirs = WriteLibrary(dir, lib);
+        string[] dirs = lib.WriteTo(dir.Path);
         float[] w = data.Normal(24);
         new SafeTensorsWriter().Add("layers.0.mlp.down_proj.weight", w, [4, 6]).WriteTo(dir.Sub("base.safetensors"));
         var (code, output, error) = Run(["merge", "--experts", .. dirs, "--weights", "1,0.5", "--method", "cat", "--base", dir.Sub("base.safetensors"),
@@ -223,7 +215,7 @@ public sealed class CliTests
     {
         using var dir = new TempDir();
         TestLibrary lib = new TestData().Library(experts: 2, dIn: 4, dOut: 3, ranks: [1, 2]);
-        string[] dirs = WriteLibrary(dir, lib);
+        string[] dirs = lib.WriteTo(dir.Path);
         string[] common = ["merge", "--experts", .. dirs, "--output", dir.Sub("out")];
         foreach (var (extra, phrase) in new (string[], string)[]
         {

@@ -49,6 +49,60 @@ public static class Reference
         return y;
     }
 
+    /// <summary>
+    /// Parameter mixing, in float64: per token A_tok = Σ_slots w A_e and B_tok = Σ_slots w B_e, then
+    /// y[t] = base[t] + s · B_tok (A_tok x_t), s being the chosen experts' common scaling.
+    /// </summary>
+    public static double[] ForwardParameterMixing(IReadOnlyList<RawFactors?> experts, float[] x, float[] yBase, int tokens,
+        int[] ids, double[] weights, int k)
+    {
+        int dIn = x.Length / tokens, dOut = yBase.Length / tokens;
+        var y = yBase.Select(v => (double)v).ToArray();
+        for (int t = 0; t < tokens; t++)
+        {
+            var chosen = Enumerable.Range(0, k).Where(s => ids[t * k + s] >= 0 && experts[ids[t * k + s]] is not null && weights[t * k + s] != 0).ToArray();
+            if (chosen.Length == 0)
+            {
+                continue;
+            }
+            RawFactors first = experts[ids[t * k + chosen[0]]]!;
+            int r = first.Rank;
+            var a = new double[r * dIn];
+            var b = new double[dOut * r];
+            foreach (int s in chosen)
+            {
+                RawFactors f = experts[ids[t * k + s]]!;
+                Assert.True(f.Rank == r && f.Scaling == first.Scaling, "the reference needs one rank and one scaling per token");
+                for (int i = 0; i < a.Length; i++)
+                {
+                    a[i] += weights[t * k + s] * f.A[i];
+                }
+                for (int i = 0; i < b.Length; i++)
+                {
+                    b[i] += weights[t * k + s] * f.B[i];
+                }
+            }
+            var v = new double[r];
+            for (int q = 0; q < r; q++)
+            {
+                for (int i = 0; i < dIn; i++)
+                {
+                    v[q] += a[q * dIn + i] * x[t * dIn + i];
+                }
+            }
+            for (int o = 0; o < dOut; o++)
+            {
+                double sum = 0;
+                for (int q = 0; q < r; q++)
+                {
+                    sum += b[o * r + q] * v[q];
+                }
+                y[t * dOut + o] += first.Scaling * sum;
+            }
+        }
+        return y;
+    }
+
     /// <summary>score_e = f(norm(x) · p_e) / τ + b_e for one token, in float64.</summary>
     public static double[] Scores(ReadOnlySpan<float> x, ReadOnlySpan<float> prototypes, InputNormalization norm,
         ScoreFunction f, double temperature, ReadOnlySpan<float> bias)
@@ -96,6 +150,51 @@ public static class Reference
         var e = scores.Select(s => Math.Exp(s - max)).ToArray();
         double sum = e.Sum();
         return e.Select(v => v / sum).ToArray();
+    }
+
+    /// <summary>LayerNorm without affine parameters, eps 1e-5, in float64.</summary>
+    public static double[] LayerNorm(ReadOnlySpan<float> v)
+    {
+        double[] z = v.ToArray().Select(f => (double)f).ToArray();
+        double mean = z.Average();
+        double variance = z.Select(a => (a - mean) * (a - mean)).Average();
+        return z.Select(a => (a - mean) / Math.Sqrt(variance + 1e-5)).ToArray();
+    }
+
+    /// <summary>PHATGOOSE: score_e = LayerNorm(x) · LayerNorm(g_e) / sqrt(d_in), in float64.</summary>
+    public static double[] PhatgooseScores(ReadOnlySpan<float> x, float[] gates)
+    {
+        int n = x.Length;
+        double[] xn = LayerNorm(x);
+        return Enumerable.Range(0, gates.Length / n).Select(e =>
+        {
+            double[] g = LayerNorm(gates.AsSpan(e * n, n));
+            return xn.Zip(g, (a, b) => a * b).Sum() / Math.Sqrt(n);
+        }).ToArray();
+    }
+
+    /// <summary>Centroid routing: score_e = x · c_e / (|c_e| sqrt(d_in)), in float64.</summary>
+    public static double[] CentroidScores(ReadOnlySpan<float> x, float[] centroids)
+    {
+        int n = x.Length;
+        double[] xs = x.ToArray().Select(f => (double)f).ToArray();
+        return Enumerable.Range(0, centroids.Length / n).Select(e =>
+        {
+            double[] c = centroids.AsSpan(e * n, n).ToArray().Select(f => (double)f).ToArray();
+            return xs.Zip(c, (a, b) => a * b).Sum() / Math.Sqrt(c.Sum(v => v * v)) / Math.Sqrt(n);
+        }).ToArray();
+    }
+
+    /// <summary>
+    /// The weights of the engine's chosen experts as the papers state them: a softmax over ALL experts, then
+    /// the chosen ones renormalised to sum to 1 (after checking the choice is a valid top-k).
+    /// </summary>
+    public static double[] RenormalisedTopK(double[] scores, ReadOnlySpan<int> chosen, double slack, string where)
+    {
+        CheckTopKAndWeigh(scores, chosen, slack, where);
+        double[] p = Softmax(scores);
+        double kept = chosen.ToArray().Sum(e => p[e]);
+        return chosen.ToArray().Select(e => p[e] / kept).ToArray();
     }
 
     /// <summary>

@@ -77,4 +77,22 @@ public sealed class RoutingDecisionTests
         Assert.Equal([1, 0, 0], decision.ExpertIds.ToArray());
         Assert.Throws<ArgumentOutOfRangeException>(() => decision.ExpertIdsOf(3));
     }
+
+    [Fact]
+    public void StatisticsCountLoadEntropyAndTopOne()
+    {
+        var decision = new RoutingDecision();
+        // Token 0: experts 2 and 0 at 0.75 / 0.25; token 1: expert 2 alone (slot 1 empty); token 2: fixed weights
+        // with a negative one (counted by magnitude); token 3: nothing.
+        decision.Assign([2, 0, 2, -1, 1, 3, -1, -1], [0.75f, 0.25f, 1f, 0f, 1.5f, -0.5f, 0f, 0f], 2, 4);
+        RoutingStatistics s = RoutingStatistics.Of(decision);
+        Assert.Equal([1, 1, 2, 1], s.Load);
+        Assert.Equal([0.25, 1.5, 1.75, -0.5], s.WeightMass);
+        Assert.Equal([0, 1, 2, 0], s.TopOneCount);
+        Assert.Equal(0, s.UnusedExperts);
+        static double H(params double[] p) => -p.Sum(v => v * Math.Log(v));
+        Assert.Equal((H(0.75, 0.25) + 0 + H(0.75, 0.25) + 0) / 4, s.MeanEntropy, 12);
+        Assert.Equal((0.75 + 1 + 0.75 + 0) / 4, s.MeanTopOneWeight, 12);
+        Assert.Equal(Math.Log(2), s.MaxEntropy, 12);
+    }
 }

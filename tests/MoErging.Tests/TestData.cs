@@ -1,4 +1,5 @@
 using MoErging.Experts;
+using MoErging.Formats;
 
 namespace MoErging.Tests;
 
@@ -6,6 +7,15 @@ namespace MoErging.Tests;
 public sealed record TestLibrary(ExpertLibrary Library, Dictionary<string, RawFactors?[]> Raw)
 {
     public AdaptedModule Module(string name) => Library.Module(name);
+
+    /// <summary>Writes every expert as a PEFT adapter directory under <paramref name="root"/>; returns the paths in expert order.</summary>
+    public string[] WriteTo(string root) =>
+        Library.Experts.Select(e =>
+        {
+            string path = Path.Combine(root, e.Name);
+            PeftAdapter.Write(path, e);
+            return path;
+        }).ToArray();
 }
 
 /// <summary>Fresh random inputs for every run; the seed is in every failure message.</summary>

@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using ILGPU;
 using Half = System.Half;
@@ -22,6 +23,10 @@ public sealed unsafe class Session : IDisposable
 {
     private readonly CpuExecutor? _cpu;
     private readonly GpuExecutor? _gpu;
+    private readonly RoutingDecision _groupDecision = new(); // one row per sequence (or one for the task) before broadcasting
+    private float[] _pooled = [];
+    private float[] _widened = [];
+    private double[] _sums = [];
     private int _inUse;
     private bool _disposed;
 
@@ -41,34 +46,41 @@ public sealed unsafe class Session : IDisposable
     /// <summary>The engine this session runs on.</summary>
     public Engine Engine { get; }
 
-    /// <summary>Routes the rows of <paramref name="x"/> at <paramref name="module"/> into <paramref name="destination"/>.</summary>
+    /// <summary>Routes the rows of <paramref name="x"/> at <paramref name="module"/> into <paramref name="destination"/>, token by token.</summary>
     /// <exception cref="ArgumentException">x is not whole rows of d_in, or the router does not fit the module.</exception>
-    public void Route(AdaptedModule module, Router router, ReadOnlySpan<float> x, RoutingDecision destination)
+    public void Route(AdaptedModule module, Router router, ReadOnlySpan<float> x, RoutingDecision destination) =>
+        Route(module, router, RoutingGranularity.Token, x, destination);
+
+    /// <summary>Routes Half rows (widened to float32 for scoring), token by token.</summary>
+    public void Route(AdaptedModule module, Router router, ReadOnlySpan<Half> x, RoutingDecision destination) =>
+        Route(module, router, RoutingGranularity.Token, x, destination);
+
+    /// <summary>
+    /// Routes the rows of <paramref name="x"/> at <paramref name="module"/> at the given granularity: each token,
+    /// each sequence (on its pooled row) or the whole batch (on its mean row). The decision has one row per
+    /// token either way; with example or task granularity the rows of a group share their group's decision.
+    /// </summary>
+    /// <exception cref="ArgumentException">x is not whole rows of d_in, the router does not fit the module, or the sequence lengths do not sum to T.</exception>
+    public void Route(AdaptedModule module, Router router, RoutingGranularity granularity, ReadOnlySpan<float> x, RoutingDecision destination)
     {
         int tokens = CheckRoute(module, router, x.Length, destination);
+        int groups = Groups(granularity, tokens);
         using var _ = Enter();
-        if (_gpu is not null && router is LinearRouter linear)
-        {
-            _gpu.Route(linear, x, tokens, destination);
-            return;
-        }
-        fixed (float* px = x)
-        {
-            RouteOnCpu(router, px, tokens, destination);
-        }
+        RouteRows(module, router, granularity, groups, x, tokens, destination);
     }
 
-    /// <summary>Routes Half rows (widened to float32 for scoring).</summary>
-    public void Route(AdaptedModule module, Router router, ReadOnlySpan<Half> x, RoutingDecision destination)
+    /// <summary>Routes Half rows (widened to float32 for scoring and pooling) at the given granularity.</summary>
+    public void Route(AdaptedModule module, Router router, RoutingGranularity granularity, ReadOnlySpan<Half> x, RoutingDecision destination)
     {
         int tokens = CheckRoute(module, router, x.Length, destination);
+        int groups = Groups(granularity, tokens);
         using var _ = Enter();
-        if (_gpu is not null && router is LinearRouter linear)
+        if (granularity.Kind == Granularity.Token && _gpu is not null && router is LinearRouter linear)
         {
             _gpu.Route(linear, MemoryMarshal.Cast<Half, ushort>(x), tokens, destination);
             return;
         }
-        RouteOnCpu(router, router is LinearRouter ? _cpu!.Widen(x) : null, tokens, destination);
+        RouteRows(module, router, granularity, groups, Widen(x), tokens, destination);
     }
 
     /// <summary>
@@ -77,72 +89,108 @@ public sealed unsafe class Session : IDisposable
     /// read once; the sum per output element runs in a fixed order, so results repeat exactly.
     /// </summary>
     /// <exception cref="ArgumentException">Lengths that do not match the decision and module, or x and y overlapping.</exception>
-    public void Forward(AdaptedModule module, RoutingDecision decision, ReadOnlySpan<float> x, Span<float> y)
-    {
-        CheckForward(module, decision, x.Length, y.Length, MemoryMarshal.AsBytes(x).Overlaps(MemoryMarshal.AsBytes((ReadOnlySpan<float>)y)));
-        using var _ = Enter();
-        if (_gpu is not null)
-        {
-            _gpu.Forward(module, null, decision, x, y, decision.TokenCount);
-            return;
-        }
-        fixed (float* px = x, py = y)
-        {
-            _cpu!.Forward(module, decision, px, py);
-        }
-    }
+    public void Forward(AdaptedModule module, RoutingDecision decision, ReadOnlySpan<float> x, Span<float> y) =>
+        Forward(module, decision, Aggregation.Output, x, y);
 
     /// <summary>Output aggregation for Half activations: accumulation is float32, y is rounded once.</summary>
-    public void Forward(AdaptedModule module, RoutingDecision decision, ReadOnlySpan<Half> x, Span<Half> y)
+    public void Forward(AdaptedModule module, RoutingDecision decision, ReadOnlySpan<Half> x, Span<Half> y) =>
+        Forward(module, decision, Aggregation.Output, x, y);
+
+    /// <summary>
+    /// Adds the mixture for <paramref name="decision"/> into y (in place), combining each token's experts by
+    /// <paramref name="aggregation"/>: output mixing, or per-token parameter mixing (see <see cref="Aggregation"/>).
+    /// </summary>
+    /// <exception cref="ArgumentException">
+    /// Lengths that do not match, x and y overlapping, or (parameter mixing) chosen experts with different ranks or scalings.
+    /// </exception>
+    public void Forward(AdaptedModule module, RoutingDecision decision, Aggregation aggregation, ReadOnlySpan<float> x, Span<float> y)
+    {
+        CheckForward(module, decision, x.Length, y.Length, MemoryMarshal.AsBytes(x).Overlaps(MemoryMarshal.AsBytes((ReadOnlySpan<float>)y)));
+        CheckAggregation(module, decision, aggregation);
+        using var _ = Enter();
+        ForwardDecision(module, decision, aggregation, x, y);
+    }
+
+    /// <summary>Adds the mixture for Half activations by the chosen aggregation: accumulation is float32, y is rounded once.</summary>
+    public void Forward(AdaptedModule module, RoutingDecision decision, Aggregation aggregation, ReadOnlySpan<Half> x, Span<Half> y)
     {
         CheckForward(module, decision, x.Length, y.Length, MemoryMarshal.AsBytes(x).Overlaps(MemoryMarshal.AsBytes((ReadOnlySpan<Half>)y)));
+        CheckAggregation(module, decision, aggregation);
         using var _ = Enter();
-        if (_gpu is not null)
-        {
-            _gpu.Forward(module, null, decision, MemoryMarshal.Cast<Half, ushort>(x), MemoryMarshal.Cast<Half, ushort>(y), decision.TokenCount);
-            return;
-        }
-        fixed (Half* py = y)
-        {
-            _cpu!.Forward(module, decision, _cpu.Widen(x), py);
-        }
+        ForwardDecision(module, decision, aggregation, x, y);
     }
 
-    /// <summary>Routes x at the module into <paramref name="decision"/>, then adds the routed mixture into y.</summary>
-    public void Forward(AdaptedModule module, Router router, ReadOnlySpan<float> x, RoutingDecision decision, Span<float> y)
+    /// <summary>Routes x at the module into <paramref name="decision"/>, then adds the routed mixture into y (token granularity, output mixing).</summary>
+    public void Forward(AdaptedModule module, Router router, ReadOnlySpan<float> x, RoutingDecision decision, Span<float> y) =>
+        Forward(module, router, RoutingGranularity.Token, Aggregation.Output, x, decision, y);
+
+    /// <summary>Routes Half x at the module into <paramref name="decision"/>, then adds the routed mixture into y (token granularity, output mixing).</summary>
+    public void Forward(AdaptedModule module, Router router, ReadOnlySpan<Half> x, RoutingDecision decision, Span<Half> y) =>
+        Forward(module, router, RoutingGranularity.Token, Aggregation.Output, x, decision, y);
+
+    /// <summary>
+    /// Routes x at the module at the given granularity into <paramref name="decision"/>, then adds the mixture
+    /// into y by the given aggregation.
+    /// </summary>
+    /// <exception cref="ArgumentException">
+    /// Lengths that do not match, the router not fitting the module, sequence lengths that do not sum to T, or
+    /// (parameter mixing) chosen experts with different ranks or scalings.
+    /// </exception>
+    public void Forward(AdaptedModule module, Router router, RoutingGranularity granularity, Aggregation aggregation,
+        ReadOnlySpan<float> x, RoutingDecision decision, Span<float> y)
     {
         int tokens = CheckRoute(module, router, x.Length, decision);
+        int groups = Groups(granularity, tokens);
         CheckOutput(module, tokens, y.Length, MemoryMarshal.AsBytes(x).Overlaps(MemoryMarshal.AsBytes((ReadOnlySpan<float>)y)));
+        CheckAggregation(module, null, aggregation);
         using var _ = Enter();
-        if (_gpu is not null)
+        if (granularity.Kind == Granularity.Token && aggregation == Aggregation.Output)
         {
-            _gpu.Forward(module, router, decision, x, y, tokens);
+            // The fused path: on a GPU, gating and the expert kernels run with no round trip between them.
+            if (_gpu is not null)
+            {
+                _gpu.Forward(module, router, decision, x, y, tokens, Aggregation.Output);
+                return;
+            }
+            fixed (float* px = x, py = y)
+            {
+                RouteOnCpu(router, px, tokens, decision);
+                _cpu!.Forward(module, decision, px, py, Aggregation.Output);
+            }
             return;
         }
-        fixed (float* px = x, py = y)
-        {
-            RouteOnCpu(router, px, tokens, decision);
-            _cpu!.Forward(module, decision, px, py);
-        }
+        RouteRows(module, router, granularity, groups, x, tokens, decision);
+        CheckAggregation(module, decision, aggregation);
+        ForwardDecision(module, decision, aggregation, x, y);
     }
 
-    /// <summary>Routes Half x at the module into <paramref name="decision"/>, then adds the routed mixture into y.</summary>
-    public void Forward(AdaptedModule module, Router router, ReadOnlySpan<Half> x, RoutingDecision decision, Span<Half> y)
+    /// <summary>Routes Half x at the given granularity into <paramref name="decision"/>, then adds the mixture into y by the given aggregation.</summary>
+    public void Forward(AdaptedModule module, Router router, RoutingGranularity granularity, Aggregation aggregation,
+        ReadOnlySpan<Half> x, RoutingDecision decision, Span<Half> y)
     {
         int tokens = CheckRoute(module, router, x.Length, decision);
+        int groups = Groups(granularity, tokens);
         CheckOutput(module, tokens, y.Length, MemoryMarshal.AsBytes(x).Overlaps(MemoryMarshal.AsBytes((ReadOnlySpan<Half>)y)));
+        CheckAggregation(module, null, aggregation);
         using var _ = Enter();
-        if (_gpu is not null)
+        if (granularity.Kind == Granularity.Token && aggregation == Aggregation.Output)
         {
-            _gpu.Forward(module, router, decision, MemoryMarshal.Cast<Half, ushort>(x), MemoryMarshal.Cast<Half, ushort>(y), tokens);
+            if (_gpu is not null)
+            {
+                _gpu.Forward(module, router, decision, MemoryMarshal.Cast<Half, ushort>(x), MemoryMarshal.Cast<Half, ushort>(y), tokens, Aggregation.Output);
+                return;
+            }
+            float* px = _cpu!.Widen(x);
+            fixed (Half* py = y)
+            {
+                RouteOnCpu(router, px, tokens, decision);
+                _cpu.Forward(module, decision, px, py, Aggregation.Output);
+            }
             return;
         }
-        float* px = _cpu!.Widen(x);
-        fixed (Half* py = y)
-        {
-            RouteOnCpu(router, px, tokens, decision);
-            _cpu.Forward(module, decision, px, py);
-        }
+        RouteRows(module, router, granularity, groups, Widen(x), tokens, decision);
+        CheckAggregation(module, decision, aggregation);
+        ForwardDecision(module, decision, aggregation, x, y);
     }
 
     // ------------------------------------------------------------------ device-resident API (GPU backends)
@@ -223,6 +271,103 @@ public sealed unsafe class Session : IDisposable
         Gpu.Forward(module, decision, x, y);
     }
 
+    /// <summary>Routes float rows at a granularity: pooled rows are routed into the group decision, then broadcast.</summary>
+    private void RouteRows(AdaptedModule module, Router router, RoutingGranularity granularity, int groups, ReadOnlySpan<float> x, int tokens,
+        RoutingDecision destination)
+    {
+        ReadOnlySpan<float> rows = x;
+        RoutingDecision target = destination;
+        if (granularity.Kind != Granularity.Token)
+        {
+            int n = module.InputDim;
+            Span<float> pooled = Grow(ref _pooled, groups * n);
+            if (_sums.Length < n)
+            {
+                _sums = new double[n];
+            }
+            granularity.PoolRows(x, n, pooled, _sums);
+            rows = pooled;
+            target = _groupDecision;
+        }
+        if (_gpu is not null && router is LinearRouter linear)
+        {
+            _gpu.Route(linear, rows, rows.Length / module.InputDim, target);
+        }
+        else
+        {
+            fixed (float* px = rows)
+            {
+                RouteOnCpu(router, px, rows.Length / module.InputDim, target);
+            }
+        }
+        if (granularity.Kind != Granularity.Token)
+        {
+            granularity.Broadcast(_groupDecision, destination, tokens);
+        }
+    }
+
+    private void ForwardDecision(AdaptedModule module, RoutingDecision decision, Aggregation aggregation, ReadOnlySpan<float> x, Span<float> y)
+    {
+        if (_gpu is not null)
+        {
+            _gpu.Forward(module, null, decision, x, y, decision.TokenCount, aggregation);
+            return;
+        }
+        fixed (float* px = x, py = y)
+        {
+            _cpu!.Forward(module, decision, px, py, aggregation);
+        }
+    }
+
+    private void ForwardDecision(AdaptedModule module, RoutingDecision decision, Aggregation aggregation, ReadOnlySpan<Half> x, Span<Half> y)
+    {
+        if (_gpu is not null)
+        {
+            _gpu.Forward(module, null, decision, MemoryMarshal.Cast<Half, ushort>(x), MemoryMarshal.Cast<Half, ushort>(y), decision.TokenCount, aggregation);
+            return;
+        }
+        fixed (Half* py = y)
+        {
+            _cpu!.Forward(module, decision, _cpu.Widen(x), py, aggregation);
+        }
+    }
+
+    /// <summary>Half rows as float32 in the session's own buffer (pooling and routing read it).</summary>
+    private ReadOnlySpan<float> Widen(ReadOnlySpan<Half> x)
+    {
+        Span<float> wide = Grow(ref _widened, x.Length);
+        TensorPrimitives.ConvertToSingle(x, wide);
+        return wide;
+    }
+
+    private static Span<float> Grow(ref float[] buffer, int length)
+    {
+        if (buffer.Length < length)
+        {
+            buffer = new float[length];
+        }
+        return buffer.AsSpan(0, length);
+    }
+
+    private static int Groups(RoutingGranularity granularity, int tokens)
+    {
+        ArgumentNullException.ThrowIfNull(granularity);
+        return granularity.Groups(tokens);
+    }
+
+    /// <summary>Validates the aggregation; for parameter mixing with a decision at hand, also its experts.</summary>
+    private static void CheckAggregation(AdaptedModule module, RoutingDecision? decision, Aggregation aggregation)
+    {
+        if (!Enum.IsDefined(aggregation))
+        {
+            throw new ArgumentOutOfRangeException(nameof(aggregation), aggregation, "unknown aggregation");
+        }
+        if (aggregation == Aggregation.Parameter && decision is not null)
+        {
+            ParameterMixing.Check(module, decision);
+        }
+    }
+
     private void RouteOnCpu(Router router, float* x, int tokens, RoutingDecision destination)
     {
         switch (router)
@@ -247,9 +392,9 @@ public sealed unsafe class Session : IDisposable
         {
             throw new ArgumentException($"the router chooses among {router.ExpertCount} experts but module '{module.Name}' belongs to a library of {module.ExpertCount}", nameof(router));
         }
-        if (router is ArrowRouter arrow && arrow.Module != module)
+        if (router.BuiltFor is AdaptedModule builtFor && builtFor != module)
         {
-            throw new ArgumentException($"the Arrow router was built for module '{arrow.Module.Name}', not '{module.Name}'", nameof(router));
+            throw new ArgumentException($"the {router.GetType().Name} was built for module '{builtFor.Name}', not '{module.Name}'", nameof(router));
         }
         if (router is LinearRouter linear && linear.InputDim != module.InputDim)
         {

@@ -25,6 +25,8 @@ public sealed class ArrowRouter : LinearRouter
     /// <summary>The module whose experts this router chooses among.</summary>
     public AdaptedModule Module { get; }
 
+    internal override AdaptedModule BuiltFor => Module;
+
     /// <summary>Arrow prototypes of every expert for a module, row-major <c>[E, d_in]</c>, as float32.</summary>
     public static float[] ComputePrototypes(AdaptedModule module)
     {

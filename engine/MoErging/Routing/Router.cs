@@ -1,3 +1,5 @@
+using MoErging.Experts;
+
 namespace MoErging.Routing;
 
 /// <summary>
@@ -20,4 +22,10 @@ public abstract class Router
 
     /// <summary>Slots per token in the decisions this router makes (E for dense routers).</summary>
     public int TopK { get; }
+
+    /// <summary>
+    /// The module whose experts' own data (factors, gates, centroids) built this router, or null when it
+    /// is not tied to one; a session refuses to route another module with it.
+    /// </summary>
+    internal virtual AdaptedModule? BuiltFor => null;
 }

@@ -14,8 +14,9 @@ public sealed class KernelPipeline : IDisposable
     private readonly GpuDevice _device;
     private readonly AcceleratorStream _stream;
 
-    public KernelPipeline(GpuDevice device, RawFactors?[] experts, int[] ids, float[] weights, int topK, bool halfWeights)
+    public KernelPipeline(GpuDevice device, RawFactors?[] experts, int[] ids, float[] weights, int topK, bool halfWeights, bool parameterMixing = false)
     {
+        ParameterMixing = parameterMixing;
         _device = device;
         Experts = experts;
         Ids = ids;
@@ -86,6 +87,9 @@ public sealed class KernelPipeline : IDisposable
 
     public bool HalfWeights { get; }
 
+    /// <summary>Dispatch and expand in parameter-mixing mode.</summary>
+    public bool ParameterMixing { get; }
+
     public int InputDim { get; }
 
     public int OutputDim { get; }
@@ -140,6 +144,7 @@ public sealed class KernelPipeline : IDisposable
             Experts = Experts.Length,
             Rank = Rank.View,
             Scaling = Scaling.View,
+            ParameterMixing = ParameterMixing ? 1 : 0,
             RowsPerItem = RowsPerItem,
             SlotPair = SlotPair.View,
             PairToken = PairToken.View,
@@ -204,6 +209,9 @@ public sealed class KernelPipeline : IDisposable
             TopK = TopK,
             Ids = IdsBuffer.View,
             SlotPair = SlotPair.View,
+            ParameterMixing = ParameterMixing ? 1 : 0,
+            Weights = WeightsBuffer.View,
+            Scaling = Scaling.View,
             BTransposed = bBuffer.View,
             BOffset = BOffset.View,
             Rank = Rank.View,

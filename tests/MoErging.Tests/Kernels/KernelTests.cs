@@ -92,17 +92,18 @@ public abstract class GatingKernelTests(DeviceFixture fixture)
 public abstract class DispatchKernelTests(DeviceFixture fixture)
 {
     [Theory]
-    [InlineData(13, 3, false)]
-    [InlineData(1, 1, false)]
-    [InlineData(40, 2, true)] // all tokens on one expert: its segment spans several pair tiles
-    public void GroupsSlotsByExpertAndTilesTheWork(int tokens, int k, bool oneExpert)
+    [InlineData(13, 3, false, false)]
+    [InlineData(1, 1, false, false)]
+    [InlineData(40, 2, true, false)] // all tokens on one expert: its segment spans several pair tiles
+    [InlineData(13, 3, false, true)] // parameter mixing: coefficients are w alone
+    public void GroupsSlotsByExpertAndTilesTheWork(int tokens, int k, bool oneExpert, bool parameterMixing)
     {
         var data = new TestData();
         int[] ranks = [3, 0, 5, 9, 1, 2];
         RawFactors?[] experts = ranks.Select(r => r == 0 ? null : data.Factors(r, 4, 3)).ToArray();
         int[] ids = Enumerable.Range(0, tokens * k).Select(_ => oneExpert ? 3 : data.Rng.Next(-1, ranks.Length)).ToArray();
         float[] weights = Enumerable.Range(0, tokens * k).Select(_ => data.Rng.Next(5) == 0 ? 0f : (float)data.Rng.NextDouble()).ToArray();
-        using var run = new KernelPipeline(fixture.Device, experts, ids, weights, k, halfWeights: false);
+        using var run = new KernelPipeline(fixture.Device, experts, ids, weights, k, halfWeights: false, parameterMixing);
         run.Dispatch();
         int[] slotPair = run.Read(run.SlotPair, ids.Length), pairToken = run.Read(run.PairToken, ids.Length);
         float[] coefficient = run.Read(run.PairCoefficient, ids.Length);
@@ -120,7 +121,7 @@ public abstract class DispatchKernelTests(DeviceFixture fixture)
             }
             int p = slotPair[i];
             Assert.Equal(i / k, pairToken[p]);
-            Assert.Equal(weights[i] * experts[e]!.Scaling, coefficient[p]);
+            Assert.Equal(parameterMixing ? weights[i] : weights[i] * experts[e]!.Scaling, coefficient[p]);
             (pairsOf.TryGetValue(e, out List<int>? list) ? list : pairsOf[e] = []).Add(p);
         }
         var all = pairsOf.Values.SelectMany(p => p).ToList();
@@ -213,7 +214,8 @@ public abstract class ShrinkKernelTests(DeviceFixture fixture)
 
 /// <summary>
 /// The whole expert path (dispatch, shrink, expand) against the float64 forward, in every storage
-/// combination, with T = 1, an expert no token selects, empty slots and mixed ranks.
+/// combination, with T = 1, an expert no token selects, empty slots and mixed ranks; and in
+/// parameter-mixing mode against the float64 s · (Σ w B)(Σ w A) x, repeated experts in a token included.
 /// </summary>
 public abstract class ExpandKernelTests(DeviceFixture fixture)
 {
@@ -252,6 +254,40 @@ public abstract class ExpandKernelTests(DeviceFixture fixture)
             float[] y = (float[])yBase.Clone();
             run.Forward(x, y);
             expected = Reference.Forward(seen, x, yBase, tokens, ids, weights.Select(w => (double)w).ToArray(), k);
+            Reference.CheckFloat32(y, expected, yBase, k, where);
+        }
+    }
+
+    [Theory]
+    [InlineData(false, false)]
+    [InlineData(true, true)]
+    public void ParameterMixingMatchesTheFloat64Forward(bool halfActivations, bool halfWeights)
+    {
+        var data = new TestData();
+        const int tokens = 5, k = 3, n = 23, m = 45, rank = 6;
+        RawFactors?[] experts = Enumerable.Range(0, 4).Select(_ => (RawFactors?)data.Factors(rank, n, m, scaling: 1.5f)).ToArray();
+        int[] ids = Enumerable.Range(0, tokens * k).Select(_ => data.Rng.Next(-1, 4)).ToArray();
+        ids[0] = ids[1] = 2; // a repeated expert adds up in both sums
+        float[] weights = data.Normal(tokens * k), x = data.Normal(tokens * n), yBase = data.Normal(tokens * m);
+        using var run = new KernelPipeline(fixture.Device, experts, ids, weights, k, halfWeights, parameterMixing: true);
+        RawFactors?[] seen = halfWeights
+            ? experts.Select(f => f is null ? null : f with { A = Round(f.A), B = Round(f.B) }).ToArray()
+            : experts;
+        string where = $"{data} (parameter mixing, F16 activations {halfActivations}, F16 weights {halfWeights})";
+        if (halfActivations)
+        {
+            x = Round(x);
+            yBase = Round(yBase);
+            ushort[] y = DeviceIo.ToHalfBits(yBase);
+            run.Forward(DeviceIo.ToHalfBits(x), y);
+            double[] expected = Reference.ForwardParameterMixing(seen, x, yBase, tokens, ids, weights.Select(w => (double)w).ToArray(), k);
+            Reference.CheckHalf(y.Select(b => (Half)HalfBits.ToSingle(b)).ToArray(), expected, yBase, where);
+        }
+        else
+        {
+            float[] y = (float[])yBase.Clone();
+            run.Forward(x, y);
+            double[] expected = Reference.ForwardParameterMixing(seen, x, yBase, tokens, ids, weights.Select(w => (double)w).ToArray(), k);
             Reference.CheckFloat32(y, expected, yBase, k, where);
         }
     }

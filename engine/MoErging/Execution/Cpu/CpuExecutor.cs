@@ -42,6 +42,7 @@ internal sealed unsafe class CpuExecutor
     private int[] _pairToken = [];
     private float[] _pairCoefficient = [];
     private float[] _v = [];
+    private float[] _u = [];                 // parameter mixing: A_tok x per token
     private float*[] _a = [];
     private float*[] _bTransposed = [];
     private int[] _rank = [];
@@ -108,48 +109,89 @@ internal sealed unsafe class CpuExecutor
 
     // ---------------------------------------------------------------- forward
 
-    /// <summary>y[t] += Σ_slots w · s_e · B_e (A_e x_t) for float32 y.</summary>
-    public void Forward(AdaptedModule module, RoutingDecision decision, float* x, float* y)
+    /// <summary>
+    /// y[t] += Σ_slots w · s_e · B_e (A_e x_t) for float32 y (output mixing), or with parameter mixing
+    /// y[t] += Σ_slots w · s · B_e (Σ_slots' w' A_e' x_t).
+    /// </summary>
+    public void Forward(AdaptedModule module, RoutingDecision decision, float* x, float* y, Aggregation aggregation)
     {
-        if (Dispatch(module, decision) == 0)
+        if (Dispatch(module, decision, aggregation) == 0)
         {
             return;
         }
-        RunShrinkAndExpand(module, x, y, null, decision.TokenCount);
+        RunShrinkAndExpand(module, x, y, null, decision.TokenCount, aggregation);
     }
 
     /// <summary>The same for Half y: accumulate in float32, round into y once.</summary>
-    public void Forward(AdaptedModule module, RoutingDecision decision, float* x, Half* y)
+    public void Forward(AdaptedModule module, RoutingDecision decision, float* x, Half* y, Aggregation aggregation)
     {
-        if (Dispatch(module, decision) == 0)
+        if (Dispatch(module, decision, aggregation) == 0)
         {
             return;
         }
         Grow(ref _yAccumulator, (long)decision.TokenCount * module.OutputDim);
-        RunShrinkAndExpand(module, x, Address(_yAccumulator), y, decision.TokenCount);
+        RunShrinkAndExpand(module, x, Address(_yAccumulator), y, decision.TokenCount, aggregation);
     }
 
-    private void RunShrinkAndExpand(AdaptedModule module, float* x, float* accumulate, Half* roundInto, int tokens)
+    private void RunShrinkAndExpand(AdaptedModule module, float* x, float* accumulate, Half* roundInto, int tokens, Aggregation aggregation)
     {
         _shrink.Set(module, x);
         _pool.Run(_shrink, _shrinkItemCount);
+        if (aggregation == Aggregation.Parameter)
+        {
+            MixParameters(module, tokens);
+        }
         _expand.Set(module, accumulate, roundInto, tokens);
         _pool.Run(_expand, (module.OutputDim + ColumnBlock - 1) / ColumnBlock);
     }
 
     /// <summary>
+    /// Parameter mixing between shrink and expand. The shrink left V[p] = w_p · A_e x_t (coefficient w, no
+    /// scaling); each token's sum u_t = Σ_p V[p] is A_tok x_t. Every pair's row becomes w_p · s · u_t, so the
+    /// unchanged expand adds Σ_p w_p s B_e u_t = s · B_tok (A_tok x_t). Ranks and scalings are one (checked
+    /// by the session). Pairs are summed in segment order (expert ascending), so results repeat exactly.
+    /// </summary>
+    private void MixParameters(AdaptedModule module, int tokens)
+    {
+        int rank = _rank[_active[0]], stride = module.MaxRank;
+        float scaling = module.Factors(_active[0])!.Scaling;
+        Grow(ref _u, (long)tokens * rank);
+        Span<float> u = _u.AsSpan(0, tokens * rank);
+        u.Clear();
+        for (int a = 0; a < _activeCount; a++)
+        {
+            int e = _active[a];
+            for (int p = _segmentStart[e]; p < _segmentEnd[e]; p++)
+            {
+                Span<float> sum = u.Slice(_pairToken[p] * rank, rank);
+                TensorPrimitives.Add(sum, _v.AsSpan(p * stride, rank), sum);
+            }
+        }
+        for (int a = 0; a < _activeCount; a++)
+        {
+            int e = _active[a];
+            for (int p = _segmentStart[e]; p < _segmentEnd[e]; p++)
+            {
+                TensorPrimitives.Multiply(u.Slice(_pairToken[p] * rank, rank), _pairCoefficient[p] * scaling, _v.AsSpan(p * stride, rank));
+            }
+        }
+    }
+
+    /// <summary>
     /// Groups the decision's (token, slot) pairs by expert (counting sort: tokens ascending within an
-    /// expert), folding each pair's weight and the expert's scaling into one coefficient. Slots that are
+    /// expert), folding each pair's weight and the expert's scaling into one coefficient (for parameter
+    /// mixing the weight alone: the scaling is applied once after the mix). Slots that are
     /// empty, weigh exactly 0, or name an expert that does not adapt the module are dropped; repeats of
     /// an expert within one token merge. Returns the number of experts with work.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private int Dispatch(AdaptedModule module, RoutingDecision decision)
+    private int Dispatch(AdaptedModule module, RoutingDecision decision, Aggregation aggregation)
     {
         int experts = module.ExpertCount, tokens = decision.TokenCount, k = decision.TopK;
         ReadOnlySpan<LoraFactors?> factors = module.AllFactors;
         ReadOnlySpan<int> ids = decision.ExpertIds;
         ReadOnlySpan<float> weights = decision.Weights;
+        bool parameter = aggregation == Aggregation.Parameter;
 
         Grow(ref _segmentStart, experts);
         Grow(ref _segmentEnd, experts);
@@ -195,7 +237,7 @@ internal sealed unsafe class CpuExecutor
                 {
                     continue;
                 }
-                float coefficient = weights[i] * f.Scaling;
+                float coefficient = parameter ? weights[i] : weights[i] * f.Scaling;
                 int end = _segmentEnd[e];
                 if (end > _segmentStart[e] && _pairToken[end - 1] == t)
                 {

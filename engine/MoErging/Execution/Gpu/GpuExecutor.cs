@@ -83,9 +83,11 @@ internal sealed class GpuExecutor : IDisposable
     /// <summary>
     /// y += mixture for host activations. With a linear router the decision is made on the device and
     /// written into <paramref name="decision"/>; with a fixed router it is made on the host; with no router
-    /// <paramref name="decision"/> is applied as given.
+    /// <paramref name="decision"/> is applied as given. Parameter mixing needs a decision already checked on
+    /// the host (no router).
     /// </summary>
-    public void Forward<TX>(AdaptedModule module, Router? router, RoutingDecision decision, ReadOnlySpan<TX> x, Span<TX> y, int tokens)
+    public void Forward<TX>(AdaptedModule module, Router? router, RoutingDecision decision, ReadOnlySpan<TX> x, Span<TX> y, int tokens,
+        Aggregation aggregation)
         where TX : unmanaged
     {
         if (router is FixedRouter fixedWeights)
@@ -113,7 +115,7 @@ internal sealed class GpuExecutor : IDisposable
             topK = decision.TopK;
         }
         stageY.Upload(_stream, y, yd);
-        Mix(module, xd, yd, tokens, topK);
+        Mix(module, xd, yd, tokens, topK, _ids.View(tokens * topK), _weights.View(tokens * topK), aggregation);
         if (router is LinearRouter)
         {
             ReadDecision(tokens * topK);
@@ -145,7 +147,7 @@ internal sealed class GpuExecutor : IDisposable
     {
         if (decision.TokenCount > 0)
         {
-            Mix(module, x, y, decision.TokenCount, decision.TopK, decision.Ids, decision.Weights);
+            Mix(module, x, y, decision.TokenCount, decision.TopK, decision.Ids, decision.Weights, Aggregation.Output);
         }
     }
 
@@ -186,25 +188,24 @@ internal sealed class GpuExecutor : IDisposable
         });
     }
 
-    private void Mix<TX>(AdaptedModule module, ArrayView<TX> x, ArrayView<TX> y, int tokens, int topK) where TX : unmanaged =>
-        Mix(module, x, y, tokens, topK, _ids.View(tokens * topK), _weights.View(tokens * topK));
-
-    private void Mix<TX>(AdaptedModule module, ArrayView<TX> x, ArrayView<TX> y, int tokens, int topK, ArrayView<int> ids, ArrayView<float> weights)
+    private void Mix<TX>(AdaptedModule module, ArrayView<TX> x, ArrayView<TX> y, int tokens, int topK, ArrayView<int> ids, ArrayView<float> weights,
+        Aggregation aggregation)
         where TX : unmanaged
     {
         DeviceModule uploaded = _backend.Upload(module);
+        int parameter = aggregation == Aggregation.Parameter ? 1 : 0;
         if (uploaded.HalfWeights)
         {
-            Mix<TX, ushort>(module, uploaded, x, y, tokens, topK, ids, weights);
+            Mix<TX, ushort>(module, uploaded, x, y, tokens, topK, ids, weights, parameter);
         }
         else
         {
-            Mix<TX, float>(module, uploaded, x, y, tokens, topK, ids, weights);
+            Mix<TX, float>(module, uploaded, x, y, tokens, topK, ids, weights, parameter);
         }
     }
 
     private void Mix<TX, TW>(AdaptedModule module, DeviceModule uploaded, ArrayView<TX> x, ArrayView<TX> y, int tokens, int topK,
-        ArrayView<int> ids, ArrayView<float> weights)
+        ArrayView<int> ids, ArrayView<float> weights, int parameterMixing)
         where TX : unmanaged
         where TW : unmanaged
     {
@@ -223,6 +224,7 @@ internal sealed class GpuExecutor : IDisposable
             Experts = module.ExpertCount,
             Rank = uploaded.Rank,
             Scaling = uploaded.Scaling,
+            ParameterMixing = parameterMixing,
             RowsPerItem = _kernels.Shrink.RowsPerItem,
             SlotPair = slotPair,
             PairToken = pairToken,
@@ -258,6 +260,9 @@ internal sealed class GpuExecutor : IDisposable
             TopK = topK,
             Ids = ids,
             SlotPair = slotPair,
+            ParameterMixing = parameterMixing,
+            Weights = weights,
+            Scaling = uploaded.Scaling,
             BTransposed = uploaded.BTransposed<TW>(),
             BOffset = uploaded.BOffset,
             Rank = uploaded.Rank,

@@ -1,0 +1,83 @@
+using MoErging.Execution;
+using MoErging.Experts;
+using MoErging.Routing;
+
+namespace MoErging.Tests;
+
+/// <summary>
+/// PHATGOOSE, centroid and classifier routers against their formulas written plainly in float64: the
+/// softmax over ALL experts, then the kept ones renormalised (the papers' statement, not the engine's
+/// softmax over the kept scores). The choice must be a valid top-k (slack 1e-4 for near ties) and the
+/// weights within 1e-5. On the CPU and, through the GPU gating kernel, on the simulator (small shapes).
+/// </summary>
+public abstract class RouterTests(EngineFixture engines)
+{
+    private const string Module = "base_model.model.layers.0.mlp.down_proj";
+    private const int Experts = 6, InputDim = 23, Tokens = 7;
+
+    [Theory]
+    [InlineData(2)]
+    [InlineData(1)]
+    [InlineData(Experts)]
+    public void PhatgooseMatchesItsFormula(int k)
+    {
+        var data = new TestData();
+        TestLibrary lib = data.Library(Experts, InputDim, 5, ranks: [2]);
+        // Gates with an offset and scale of their own: LayerNorm must remove both.
+        float[] gates = data.Normal(Experts * InputDim, 3).Select(g => g + 1.5f).ToArray();
+        float[] x = data.Normal(Tokens * InputDim, 2).Select(v => v - 0.7f).ToArray();
+        var router = new PhatgooseRouter(lib.Module(Module), gates, new RoutingOptions(k));
+        Check(data, lib, router, x, t => Reference.PhatgooseScores(x.AsSpan(t * InputDim, InputDim), gates));
+    }
+
+    [Theory]
+    [InlineData(null)]
+    [InlineData(3)]
+    public void CentroidMatchesItsFormula(int? k)
+    {
+        var data = new TestData();
+        TestLibrary lib = data.Library(Experts, InputDim, 5, ranks: [2]);
+        float[] centroids = data.Normal(Experts * InputDim, 4);
+        float[] x = data.Normal(Tokens * InputDim, 3);
+        var router = new CentroidRouter(lib.Module(Module), centroids, k is int kk ? new RoutingOptions(kk) : null);
+        Assert.Equal(k ?? Experts, router.TopK);
+        Check(data, lib, router, x, t => Reference.CentroidScores(x.AsSpan(t * InputDim, InputDim), centroids));
+    }
+
+    [Fact]
+    public void ClassifierIsSoftmaxOfAnAffineMap()
+    {
+        var data = new TestData();
+        TestLibrary lib = data.Library(Experts, InputDim, 5, ranks: [2]);
+        float[] w = data.Normal(Experts * InputDim, 0.5), b = data.Normal(Experts);
+        float[] x = data.Normal(Tokens * InputDim);
+        var router = new ClassifierRouter(w, b, InputDim);
+        Assert.Equal(Experts, router.TopK);
+        Check(data, lib, router, x, t => Enumerable.Range(0, Experts)
+            .Select(e => Enumerable.Range(0, InputDim).Sum(i => (double)w[e * InputDim + i] * x[t * InputDim + i]) + b[e]).ToArray());
+    }
+
+    private void Check(TestData data, TestLibrary lib, LinearRouter router, float[] x, Func<int, double[]> referenceScores)
+    {
+        using Session session = engines.CreateSession(2);
+        var decision = new RoutingDecision();
+        session.Route(lib.Module(Module), router, x, decision);
+        Assert.Equal(Tokens, decision.TokenCount);
+        for (int t = 0; t < Tokens; t++)
+        {
+            string where = $"{data}, {router.GetType().Name} k={router.TopK}, token {t}";
+            double[] expected = Reference.RenormalisedTopK(referenceScores(t), decision.ExpertIdsOf(t), 1e-4, where);
+            for (int s = 0; s < router.TopK; s++)
+            {
+                Assert.True(Math.Abs(decision.WeightsOf(t)[s] - expected[s]) < 1e-5, $"{where}: slot {s} weight {decision.WeightsOf(t)[s]}, expected {expected[s]}");
+            }
+        }
+    }
+}
+
+public sealed class RouterTestsOnCpu(CpuEngines engines) : RouterTests(engines), IClassFixture<CpuEngines>;
+
+public sealed class RouterTestsOnGpuSimulator(SimulatorEngine engines) : RouterTests(engines), IClassFixture<SimulatorEngine>;
+
+[Trait("Backend", "Cuda")]
+public sealed class RouterTestsOnCuda(CudaEngine engines) : RouterTests(engines), IClassFixture<CudaEngine>;
