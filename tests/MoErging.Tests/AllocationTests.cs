@@ -82,21 +82,32 @@ public abstract class AllocationTests(EngineFixture engines)
         {
             Call();
         }
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 0; i < 5; i++)
+        // A GC that another thread triggers during the window moves this thread's allocation counter without
+        // any allocation here, so a window counts only if no collection ran in it; some window will be clean.
+        for (int attempt = 0; attempt < 20; attempt++)
         {
-            Call();
+            int collections = GC.CollectionCount(0);
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (int i = 0; i < 5; i++)
+            {
+                Call();
+            }
+            long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+            if (GC.CollectionCount(0) == collections)
+            {
+                Assert.True(allocated == 0, $"{data}: five warm forwards ({router}, half={half}) allocated {allocated} bytes");
+                return;
+            }
         }
-        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
-        Assert.True(allocated == 0, $"{data}: five warm forwards ({router}, half={half}) allocated {allocated} bytes");
+        Assert.Fail($"{data}: every measuring window had a garbage collection in it; nothing was measured");
     }
 }
 
 /// <summary>
-/// Allocation is measured with no other test running: under load from tests running in parallel (Parallel.For,
-/// heavy allocation, frequent GCs), a warm CPU forward has been seen to allocate 240-480 bytes now and then, in
-/// every case (token routing included), which an idle machine never shows. The cause is not yet known; the
-/// worker pool's semaphore, whose lock can be contended when a helper is descheduled, is the first suspect.
+/// Allocation is measured with no other test running. GC.GetAllocatedBytesForCurrentThread moves by a few hundred
+/// bytes when a collection triggered by another, allocating thread suspends this one mid-window, though this
+/// thread allocated nothing: seen only while another thread allocated, never while one merely burned CPU, never
+/// in a window no collection touched. Running alone keeps such windows rare, and the test skips them.
 /// </summary>
 [CollectionDefinition(nameof(AllocationCollection), DisableParallelization = true)]
 public sealed class AllocationCollection;

@@ -5,9 +5,10 @@ namespace MoErging.Execution.Cpu;
 
 /// <summary>
 /// SIMD building blocks of the CPU backend. Each reads its weight row once for several tokens
-/// (register blocking), because the weights are what must stream from memory. The expand kernels add the
-/// rank terms to each output element in the same order with fused multiply-adds on every path (vector,
-/// scalar tail, one token or four), so a result never depends on how the work was split.
+/// (register blocking), because the weights are what must stream from memory. The expand kernels sum an
+/// expert's rank terms from zero with fused multiply-adds, in the same order on every path (vector, scalar
+/// tail, one token or four), and add the sum to y once: y is rounded once per expert, not once per rank
+/// term, and a result never depends on how the work was split.
 /// Kernels skip tiered compilation: a latency-critical host must get SIMD code from the first call.
 /// </summary>
 internal static unsafe class CpuKernels
@@ -128,10 +129,8 @@ internal static unsafe class CpuKernels
         int j = j0;
         for (; j <= j1 - 2 * W; j += 2 * W)
         {
-            Vector<float> a0 = Load(y0 + j), b0 = Load(y0 + j + W);
-            Vector<float> a1 = Load(y1 + j), b1 = Load(y1 + j + W);
-            Vector<float> a2 = Load(y2 + j), b2 = Load(y2 + j + W);
-            Vector<float> a3 = Load(y3 + j), b3 = Load(y3 + j + W);
+            Vector<float> a0 = default, b0 = default, a1 = default, b1 = default;
+            Vector<float> a2 = default, b2 = default, a3 = default, b3 = default;
             float* col = bT + j;
             for (int k = 0; k < rank; k++, col += stride)
             {
@@ -149,18 +148,18 @@ internal static unsafe class CpuKernels
                 a3 = Vector.FusedMultiplyAdd(lo, c, a3);
                 b3 = Vector.FusedMultiplyAdd(hi, c, b3);
             }
-            Store(a0, y0 + j);
-            Store(b0, y0 + j + W);
-            Store(a1, y1 + j);
-            Store(b1, y1 + j + W);
-            Store(a2, y2 + j);
-            Store(b2, y2 + j + W);
-            Store(a3, y3 + j);
-            Store(b3, y3 + j + W);
+            Store(Load(y0 + j) + a0, y0 + j);
+            Store(Load(y0 + j + W) + b0, y0 + j + W);
+            Store(Load(y1 + j) + a1, y1 + j);
+            Store(Load(y1 + j + W) + b1, y1 + j + W);
+            Store(Load(y2 + j) + a2, y2 + j);
+            Store(Load(y2 + j + W) + b2, y2 + j + W);
+            Store(Load(y3 + j) + a3, y3 + j);
+            Store(Load(y3 + j + W) + b3, y3 + j + W);
         }
         for (; j < j1; j++)
         {
-            float s0 = y0[j], s1 = y1[j], s2 = y2[j], s3 = y3[j];
+            float s0 = 0f, s1 = 0f, s2 = 0f, s3 = 0f;
             float* col = bT + j;
             for (int k = 0; k < rank; k++, col += stride)
             {
@@ -170,10 +169,10 @@ internal static unsafe class CpuKernels
                 s2 = MathF.FusedMultiplyAdd(b, v2[k], s2);
                 s3 = MathF.FusedMultiplyAdd(b, v3[k], s3);
             }
-            y0[j] = s0;
-            y1[j] = s1;
-            y2[j] = s2;
-            y3[j] = s3;
+            y0[j] += s0;
+            y1[j] += s1;
+            y2[j] += s2;
+            y3[j] += s3;
         }
     }
 
@@ -184,7 +183,7 @@ internal static unsafe class CpuKernels
         int j = j0;
         for (; j <= j1 - 4 * W; j += 4 * W)
         {
-            Vector<float> a0 = Load(y + j), a1 = Load(y + j + W), a2 = Load(y + j + 2 * W), a3 = Load(y + j + 3 * W);
+            Vector<float> a0 = default, a1 = default, a2 = default, a3 = default;
             float* col = bT + j;
             for (int k = 0; k < rank; k++, col += stride)
             {
@@ -194,30 +193,30 @@ internal static unsafe class CpuKernels
                 a2 = Vector.FusedMultiplyAdd(Load(col + 2 * W), c, a2);
                 a3 = Vector.FusedMultiplyAdd(Load(col + 3 * W), c, a3);
             }
-            Store(a0, y + j);
-            Store(a1, y + j + W);
-            Store(a2, y + j + 2 * W);
-            Store(a3, y + j + 3 * W);
+            Store(Load(y + j) + a0, y + j);
+            Store(Load(y + j + W) + a1, y + j + W);
+            Store(Load(y + j + 2 * W) + a2, y + j + 2 * W);
+            Store(Load(y + j + 3 * W) + a3, y + j + 3 * W);
         }
         for (; j <= j1 - W; j += W)
         {
-            Vector<float> a = Load(y + j);
+            Vector<float> a = default;
             float* col = bT + j;
             for (int k = 0; k < rank; k++, col += stride)
             {
                 a = Vector.FusedMultiplyAdd(Load(col), new Vector<float>(v[k]), a);
             }
-            Store(a, y + j);
+            Store(Load(y + j) + a, y + j);
         }
         for (; j < j1; j++)
         {
-            float s = y[j];
+            float s = 0f;
             float* col = bT + j;
             for (int k = 0; k < rank; k++, col += stride)
             {
                 s = MathF.FusedMultiplyAdd(*col, v[k], s);
             }
-            y[j] = s;
+            y[j] += s;
         }
     }
 
