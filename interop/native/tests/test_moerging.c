@@ -877,7 +877,7 @@ static void test_bad_sizes(void)
     CHECK_OK(moe_router_create_arrow(q0, NULL, &arrow));
     float y_v[T * D_OUT_V];
     CHECK_FAILS(moe_forward(session, v0, arrow, x, xs, NULL, y_v, T * D_OUT_V, NULL, NULL, 0),
-                MOE_ERROR_INVALID_ARGUMENT, "the Arrow router was built for module");
+                MOE_ERROR_INVALID_ARGUMENT, "the ArrowRouter was built for module");
     CHECK_OK(moe_router_free(arrow));
     float narrow_prototypes[EXPERTS * 8] = {1};
     moe_router* narrow = NULL;
