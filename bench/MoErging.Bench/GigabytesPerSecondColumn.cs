@@ -8,9 +8,10 @@ namespace MoErging.Bench;
 /// <summary>
 /// GB/s over the minimum bytes (BRIEF §6): for a forward, X read once, Y read and written once, the
 /// router's prototypes and every selected expert read once; for the copy, bytes read plus written.
-/// Mean time, so it pairs with the Mean column.
+/// Mean time, so it pairs with the Mean column. Each benchmark program says how many bytes a case must move.
 /// </summary>
-public sealed class GigabytesPerSecondColumn : IColumn
+/// <param name="bytesOf">The minimum bytes of a case, or null for cases that are not about moving bytes (merges).</param>
+public sealed class GigabytesPerSecondColumn(Func<BenchmarkCase, long?> bytesOf) : IColumn
 {
     public string Id => nameof(GigabytesPerSecondColumn);
 
@@ -28,16 +29,10 @@ public sealed class GigabytesPerSecondColumn : IColumn
 
     public string Legend => "Minimum bytes the call must move divided by its mean time (1 GB = 1e9 bytes)";
 
-    /// <summary>The minimum bytes of a call, or null for benchmarks that are not about moving bytes (merges).</summary>
-    public static long? BytesOf(BenchmarkCase benchmark) =>
-        benchmark.Descriptor.Type == typeof(CopyBenchmarks) ? CopyBenchmarks.BytesMoved
-        : benchmark.Descriptor.Type == typeof(ForwardBenchmarks) ? Workload.CostOf((int)benchmark.Parameters["Tokens"]).MinimumBytes
-        : null;
-
     public string GetValue(Summary summary, BenchmarkCase benchmark)
     {
         double? meanNs = summary[benchmark]?.ResultStatistics?.Mean;
-        return meanNs is double ns && BytesOf(benchmark) is long bytes ? (bytes / ns).ToString("F2", CultureInfo.InvariantCulture) : "NA";
+        return meanNs is double ns && bytesOf(benchmark) is long bytes ? (bytes / ns).ToString("F2", CultureInfo.InvariantCulture) : "NA";
     }
 
     public string GetValue(Summary summary, BenchmarkCase benchmark, SummaryStyle style) => GetValue(summary, benchmark);

@@ -28,11 +28,16 @@ if (args.Length > 0 && args[0] == "library")
 }
 
 IConfig config = DefaultConfig.Instance
-    .AddColumn(StatisticColumn.Median, new GigabytesPerSecondColumn())
+    .AddColumn(StatisticColumn.Median, new GigabytesPerSecondColumn(MinimumBytes))
     .AddExporter(MarkdownExporter.GitHub)
     .WithOptions(ConfigOptions.JoinSummary);
 BenchmarkSwitcher.FromAssembly(typeof(ForwardBenchmarks).Assembly).Run(args, config);
 return 0;
+
+static long? MinimumBytes(BenchmarkCase benchmark) =>
+    benchmark.Descriptor.Type == typeof(CopyBenchmarks) ? CopyBenchmarks.BytesMoved
+    : benchmark.Descriptor.Type == typeof(ForwardBenchmarks) ? Workload.CostOf((int)benchmark.Parameters["Tokens"]).MinimumBytes
+    : null;
 
 static int Quick(int tokens)
 {

@@ -14,7 +14,7 @@ internal sealed class Workload
     public const int Experts = 64, Dim = 4096, Rank = 16, TopK = 2;
     public const string ModuleName = "base_model.model.model.layers.0.self_attn.q_proj";
 
-    private static readonly Dictionary<int, ForwardCost> Costs = [];
+    private static readonly Dictionary<(int Tokens, int Experts), ForwardCost> Costs = [];
 
     public Workload(int tokens, int experts = Experts, int seed = 7)
     {
@@ -46,27 +46,27 @@ internal sealed class Workload
 
     /// <summary>
     /// Workloads from consecutive seeds. Benchmarks rotate among them so that successive calls touch
-    /// different weights: four libraries are 128 MB, four times the last-level cache of the machines we
-    /// run on, so the timings measure memory, not cache.
+    /// different weights: together they hold at least 128 MB of factors (four libraries of 64 experts),
+    /// four times the last-level cache of the machines we run on, so the timings measure memory, not cache.
     /// </summary>
-    public static Workload[] Set(int tokens, int count = 4) =>
-        Enumerable.Range(0, count).Select(i => new Workload(tokens, seed: 7 + 10 * i)).ToArray();
+    public static Workload[] Set(int tokens, int experts = Experts) =>
+        Enumerable.Range(0, Math.Max(1, 4 * Experts / experts)).Select(i => new Workload(tokens, experts, seed: 7 + 10 * i)).ToArray();
 
     /// <summary>Mean minimum bytes and FLOPs of one routed forward (router included) over <see cref="Set"/>.</summary>
-    public static ForwardCost CostOf(int tokens)
+    public static ForwardCost CostOf(int tokens, int experts = Experts)
     {
         lock (Costs)
         {
-            if (!Costs.TryGetValue(tokens, out ForwardCost cost))
+            if (!Costs.TryGetValue((tokens, experts), out ForwardCost cost))
             {
                 using Engine engine = Engine.Create(new EngineOptions { Backend = Backend.Cpu });
                 using Session session = engine.CreateSession();
-                var costs = Set(tokens).Select(w =>
+                var costs = Set(tokens, experts).Select(w =>
                 {
                     session.Route(w.Module, w.Router, w.X, w.Decision);
                     return ForwardCost.Of(w.Module, w.Decision, w.Router);
                 }).ToArray();
-                Costs[tokens] = cost = new ForwardCost(
+                Costs[(tokens, experts)] = cost = new ForwardCost(
                     (long)costs.Average(c => c.MinimumBytes), (long)costs.Average(c => c.Flops), (int)Math.Round(costs.Average(c => c.SelectedExperts)));
             }
             return cost;
