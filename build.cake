@@ -1,4 +1,4 @@
-// The whole entry point: dotnet tool restore && dotnet cake --target=<Build|Native|Test|Bench|Pack>
+// The whole entry point: dotnet tool restore && dotnet cake --target=<Build|Native|Test|Bench|Peers|Pack>
 // Test is the default. It writes artifacts/test-summary.txt ("N passed, N failed"), which .ci/run prints last.
 using System.Xml.Linq;
 
@@ -129,13 +129,14 @@ Task("Test")
     }
 });
 
+// Benchmark tables are kept per machine under bench/results/<machine>/.
+string machine = EnvironmentVariable("MOERGING_MACHINE")
+    ?? $"{System.Runtime.InteropServices.RuntimeInformation.OSArchitecture}-{System.Environment.ProcessorCount}core".ToLowerInvariant();
+
 Task("Bench")
     .IsDependentOn("Build")
     .Does(() =>
 {
-    // BenchmarkDotNet writes markdown tables; they are kept per machine under bench/results/.
-    string machine = EnvironmentVariable("MOERGING_MACHINE")
-        ?? $"{System.Runtime.InteropServices.RuntimeInformation.OSArchitecture}-{System.Environment.ProcessorCount}core".ToLowerInvariant();
     var output = artifacts.Combine("bench");
     DotNetRun("./bench/MoErging.Bench/MoErging.Bench.csproj", new ProcessArgumentBuilder()
         .Append("--filter").AppendQuoted(Argument("filter", "*"))
@@ -145,6 +146,23 @@ Task("Bench")
     EnsureDirectoryExists(destination);
     CopyFiles(GetFiles($"{output.FullPath}/results/*.md"), destination);
     Information($"benchmark tables copied to {destination}");
+});
+
+// Our CPU backend against TorchSharp in one BenchmarkDotNet run (bench/MoErging.Bench.Peers, outside Engine.sln:
+// libtorch is about 500 MB, so neither the default build nor CI fetches it). The full table and the scaling plots go
+// to bench/results/<machine>/, the headline ratios into bench/RESULTS.md. --short=true: a 3-iteration check run.
+Task("Peers")
+    .Does(() =>
+{
+    var arguments = new ProcessArgumentBuilder()
+        .Append("--machine").AppendQuoted(machine)
+        .Append("--results").AppendQuoted(MakeAbsolute(Directory($"./bench/results/{machine}")).FullPath)
+        .Append("--summary").AppendQuoted(MakeAbsolute(File("./bench/RESULTS.md")).FullPath)
+        .Append("--artifacts").AppendQuoted(artifacts.Combine("bench-peers").FullPath);
+    if (HasArgument("filter")) arguments.Append("--filter").AppendQuoted(Argument<string>("filter"));
+    if (Argument("short", false)) arguments.Append("--short");
+    DotNetRun("./bench/MoErging.Bench.Peers/MoErging.Bench.Peers.csproj", arguments,
+        new DotNetRunSettings { Configuration = configuration });
 });
 
 Task("Pack")
