@@ -53,7 +53,7 @@ public sealed class ArrowPrototypeTests
     }
 
     [Fact]
-    public void ZeroDeltaAndMissingModuleAreNamedErrors()
+    public void ZeroDeltaMissingModuleAndNaNFactorsAreNamedErrors()
     {
         var data = new TestData();
         RawFactors f = data.Factors(2, 10, 12);
@@ -65,5 +65,11 @@ public sealed class ArrowPrototypeTests
         Assert.Contains("expert 'untrained' has ΔW = 0", zero.Message);
         var missing = Assert.Throws<ArgumentException>(() => new ArrowRouter(new ExpertLibrary([good, other]).Module(Module), new RoutingOptions(1)));
         Assert.Contains("expert 'elsewhere' does not", missing.Message);
+
+        float[] poisoned = (float[])f.A.Clone();
+        poisoned[data.Rng.Next(poisoned.Length)] = float.NaN;
+        var nan = new Expert("diverged", [new(Module, new LoraFactors(poisoned, f.B, 2, 10, 12, 1f))]);
+        var undefined = Assert.Throws<ArgumentException>(() => new ArrowRouter(new ExpertLibrary([good, nan]).Module(Module), new RoutingOptions(1)));
+        Assert.Contains("expert 'diverged' has a NaN or infinite value in its factors for module", undefined.Message);
     }
 }

@@ -411,6 +411,22 @@ public sealed class MergeTests
         }
     }
 
+    [Theory]
+    [InlineData(double.NaN)]
+    [InlineData(double.PositiveInfinity)]
+    public void SvdOfANonFiniteInputIsANamedError(double poison)
+    {
+        var data = new TestData();
+        const int r = 3, n = 7, m = 5;
+        double[] a = data.Normal(r * n).Select(v => (double)v).ToArray(), bTransposed = data.Normal(r * m).Select(v => (double)v).ToArray();
+        double[] dense = data.Normal(m * n).Select(v => (double)v).ToArray();
+        a[data.Rng.Next(a.Length)] = poison;
+        dense[data.Rng.Next(dense.Length)] = poison;
+        const string phrase = "holds a NaN or infinite value, so its SVD is undefined";
+        Assert.Contains(phrase, Assert.Throws<ArgumentException>(() => LowRank.TruncatedSvdOfProduct(a, bTransposed, r, n, m, 2)).Message);
+        Assert.Contains(phrase, Assert.Throws<ArgumentException>(() => LowRank.TruncatedSvdOfDense(dense, m, n, 2)).Message);
+    }
+
     [Fact]
     public void MergedAdapterIsWrittenWithPeftsNamesAndConfigAndReadsBackIdentically()
     {

@@ -62,7 +62,7 @@ public static class LowRank
     /// <param name="outputDim">d_out, the number of rows of ΔW.</param>
     /// <param name="k">The rank kept, in [1, min(d_in, d_out)].</param>
     /// <param name="seed">Seeds the random sketch when the randomized path is taken.</param>
-    /// <exception cref="ArgumentException">Lengths that do not match the dimensions.</exception>
+    /// <exception cref="ArgumentException">Lengths that do not match the dimensions, or a NaN or infinite value.</exception>
     /// <exception cref="ArgumentOutOfRangeException">A dimension below 1 or <paramref name="k"/> out of range.</exception>
     public static TruncatedSvd TruncatedSvdOfProduct(ReadOnlySpan<double> a, ReadOnlySpan<double> bTransposed, int rank, int inputDim, int outputDim, int k, ulong seed = 0)
     {
@@ -110,7 +110,7 @@ public static class LowRank
     /// ΔW <c>[d_out, d_in]</c>). Exact when min(rows, columns) is at most <see cref="ExactRankLimit"/>, randomized
     /// otherwise (see <see cref="LowRank"/>), seeded by <paramref name="seed"/>. <paramref name="matrix"/> is not modified.
     /// </summary>
-    /// <exception cref="ArgumentException">A length that does not match the dimensions.</exception>
+    /// <exception cref="ArgumentException">A length that does not match the dimensions, or a NaN or infinite value.</exception>
     /// <exception cref="ArgumentOutOfRangeException">A dimension below 1 or <paramref name="k"/> out of range.</exception>
     public static TruncatedSvd TruncatedSvdOfDense(double[] matrix, int rows, int columns, int k, ulong seed = 0)
     {
@@ -151,6 +151,11 @@ public static class LowRank
     /// </summary>
     private static TruncatedSvd ExactProduct(double[] a, double[] bTransposed, int rank, int n, int m, int k, bool exact = true)
     {
+        // Every route (exact, from a dense matrix, randomized) ends here; the Jacobi rotations cannot take NaN.
+        if (!TensorPrimitives.IsFiniteAll<double>(a) || !TensorPrimitives.IsFiniteAll<double>(bTransposed))
+        {
+            throw new ArgumentException("the input holds a NaN or infinite value, so its SVD is undefined");
+        }
         // ΔW = B A = (Q_B R_B)(Q_A R_A)ᵀ = Q_B (R_B R_Aᵀ) Q_Aᵀ, from QR of Aᵀ [n, r] and of B [m, r].
         var (qa, ra, qaCols) = ThinQr(a, n, rank);
         var (qb, rb, qbCols) = ThinQr(bTransposed, m, rank);

@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using MoErging.Experts;
 using MoErging.Numerics;
 
@@ -15,7 +16,7 @@ public sealed class ArrowRouter : LinearRouter
     public static readonly RoutingOptions DefaultOptions = new(TopK: 3, Temperature: 1f);
 
     /// <summary>Builds the router for one module of a library.</summary>
-    /// <exception cref="ArgumentException">An expert does not adapt the module, or its ΔW is zero.</exception>
+    /// <exception cref="ArgumentException">An expert does not adapt the module, its factors hold a NaN or infinity, or its ΔW is zero.</exception>
     public ArrowRouter(AdaptedModule module, RoutingOptions options)
         : base(ComputePrototypes(module), module.InputDim, options, InputNormalization.None, ScoreFunction.AbsoluteValue)
     {
@@ -40,6 +41,11 @@ public sealed class ArrowRouter : LinearRouter
             if (module.Factors(e) is not LoraFactors f)
             {
                 failures[e] = $"Arrow needs every expert to adapt module '{module.Name}', but expert '{expert}' does not";
+                return;
+            }
+            if (!TensorPrimitives.IsFiniteAll(f.A) || !TensorPrimitives.IsFiniteAll(f.BTransposed))
+            {
+                failures[e] = $"expert '{expert}' has a NaN or infinite value in its factors for module '{module.Name}', so it has no Arrow prototype";
                 return;
             }
             var vector = new double[n];
