@@ -170,10 +170,12 @@ public sealed class SafeTensorsTests
     }
 
     [Fact]
-    public void OpenOfMissingFileThrowsFileNotFound()
+    public void OpenOfMissingFileOrDirectoryThrowsFileNotFound()
     {
         using var dir = new TempDir();
         Assert.Throws<FileNotFoundException>(() => SafeTensorsFile.Open(dir.Sub("absent.safetensors")));
+        // A directory is named as one (the operating system's answer, "access denied", misleads).
+        Assert.Equal($"{dir.Path}: is a directory, not a safetensors file", Assert.Throws<FileNotFoundException>(() => SafeTensorsFile.Open(dir.Path)).Message);
     }
 
     [Fact]

@@ -248,5 +248,10 @@ public sealed class SafeTensorsWriterTests
         Assert.ThrowsAny<IOException>(() => writer.WriteTo(blocked));
         Assert.Equal(["w.safetensors"], Directory.GetFiles(dir.Path).Select(Path.GetFileName));
         Assert.True(Directory.Exists(blocked));
+
+        // A missing directory is named as the caller gave it, not by the temporary file's name.
+        string orphan = dir.Sub("absent/w.safetensors");
+        var e = Assert.Throws<DirectoryNotFoundException>(() => writer.WriteTo(orphan));
+        Assert.Equal($"{orphan}: the directory {dir.Sub("absent")} does not exist", e.Message);
     }
 }

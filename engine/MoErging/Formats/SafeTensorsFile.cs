@@ -61,10 +61,16 @@ public sealed class SafeTensorsFile : IDisposable
     internal (long Length, DateTime LastWriteUtc)? Stamp => (_source as FileSource)?.Stamp;
 
     /// <summary>Opens and validates a file. Throws <see cref="InvalidDataException"/> naming the file and the rule broken.</summary>
+    /// <exception cref="FileNotFoundException">No such file, or the path is a directory.</exception>
     public static SafeTensorsFile Open(string path)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         RequireLittleEndian();
+        if (Directory.Exists(path))
+        {
+            // Opening a directory fails with "access denied", which would send the user looking at permissions.
+            throw new FileNotFoundException($"{path}: is a directory, not a safetensors file", path);
+        }
         SafeFileHandle handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read);
         return new SafeTensorsFile(path, new FileSource(handle));
     }

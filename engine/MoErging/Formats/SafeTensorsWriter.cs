@@ -74,6 +74,11 @@ public sealed class SafeTensorsWriter
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         string full = Path.GetFullPath(path);
+        // Checked first: creating the temporary file would fail naming it, not the path the caller gave.
+        if (!Directory.Exists(Path.GetDirectoryName(full)))
+        {
+            throw new DirectoryNotFoundException($"{path}: the directory {Path.GetDirectoryName(full)} does not exist");
+        }
         string temporary = full + $".{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
         try
         {
