@@ -475,12 +475,9 @@ public sealed class PeftAdapterTests
         }
     }
 
-    // ENGINE BUG: PeftAdapter.Write stores lora_alpha = (float)(s · r) and Load computes scaling in float32
-    // as (float)alpha / r; for ranks that are not powers of two the two roundings can move s by one ulp.
-    // (Rounding s · r to float loses up to half an ulp of alpha; dividing by r keeps that relative error,
-    // which can be up to one ulp of s.) A PEFT round trip of arbitrary scalings is then not exact.
-    // Same bug, fixed inputs: s = 0.9f with r = 3 is written as lora_alpha 2.6999998 and loads as 0.89999992f.
-    // Powers of two (r = 8, 16) round-trip; they are here to show the test itself is sound.
+    // Storing lora_alpha = s · r rounded to float32 and dividing by r again in float32 can move s by one ulp for
+    // ranks that are not powers of two (s = 0.9f at r = 3 would come back as 0.89999992f), so alpha is kept in
+    // float64 and the scaling rounded once. Powers of two (r = 8, 16) round-trip either way; they show the test is sound.
     [Theory]
     [InlineData(0.9f, 3)]
     [InlineData(1.7f, 6)]

@@ -227,10 +227,8 @@ public sealed class PeftLoraConfigTests
         Assert.False(list.Targets("net.stages.1.fc"));
     }
 
-    // ENGINE BUG (PEFT divergence): PEFT's check_target_module_exists ignores an empty layers_to_transform
-    // list ("is_using_layer_indexes = layer_indexes is not None and len(layer_indexes) != 0"), so every
-    // suffix-matched module is adapted. PeftLoraConfig.Targets treats [] as "no layer is transformed" and
-    // a loader rejects every module of such an adapter as "not covered by target_modules".
+    // PEFT's check_target_module_exists ignores an empty layers_to_transform list ("is_using_layer_indexes =
+    // layer_indexes is not None and len(layer_indexes) != 0"), so every suffix-matched module is adapted.
     [Fact]
     public void EmptyLayersToTransformMeansAllLayers()
     {
@@ -239,10 +237,9 @@ public sealed class PeftLoraConfigTests
         Assert.True(c.Targets(Q11));
     }
 
-    // ENGINE BUG (PEFT divergence): with layers_to_transform and no layers_pattern, current PEFT finds the
-    // layer index with re.match(r".*\.[^.]*\.(\d+)\.", key) - any list name, the LAST "<name>.<digits>."
-    // in the key. PeftLoraConfig uses PEFT's old fixed list ["layers", "h", "block", "blocks", "layer"],
-    // first pattern that matches, so it rejects adapters PEFT wrote for other layouts.
+    // With layers_to_transform and no layers_pattern, current PEFT finds the layer index with
+    // re.match(r".*\.[^.]*\.(\d+)\.", key): any list name, the LAST "<name>.<digits>." in the key (not PEFT's
+    // old fixed list ["layers", "h", "block", "blocks", "layer"]).
     [Theory]
     [InlineData("net.stages.1.fc", "fc", 1)] // a list name outside the old fixed list
     [InlineData("encoder.block.3.layer.1.DenseReluDense.wi", "wi", 1)] // T5: PEFT takes the last index ("layer.1")
@@ -323,9 +320,8 @@ public sealed class PeftLoraConfigTests
         Assert.Contains(phrase, e.Message);
     }
 
-    // ENGINE BUG: a JSON escape of a lone UTF-16 surrogate is syntactically valid JSON, but System.Text.Json
-    // throws InvalidOperationException when the string is read (GetString / JsonProperty.Name), and
-    // PeftLoraConfig.Parse lets it escape instead of reporting malformed data.
+    // A JSON escape of a lone UTF-16 surrogate is syntactically valid JSON, but System.Text.Json throws
+    // InvalidOperationException when the string is read; the config is malformed data all the same.
     [Theory]
     [InlineData("{\"peft_type\":\"\\ud800\"}")]
     [InlineData("{\"target_modules\":[\"\\udc00\"]}")]

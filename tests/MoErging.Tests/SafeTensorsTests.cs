@@ -122,10 +122,9 @@ public sealed class SafeTensorsTests
         }
     }
 
-    // ENGINE BUG: a JSON escape of a lone UTF-16 surrogate ("\ud800") is valid UTF-8 and valid JSON syntax but
-    // not a string; the reference implementation (serde_json) rejects it. System.Text.Json throws
-    // InvalidOperationException when such a name or value is read (JsonProperty.Name, GetString), and
-    // SafeTensorsFile.ParseHeader / ParseMetadata / ParseEntry let it escape instead of InvalidDataException.
+    // A JSON escape of a lone UTF-16 surrogate ("\ud800") is valid UTF-8 and valid JSON syntax but not a string;
+    // the reference implementation (serde_json) rejects it. System.Text.Json throws InvalidOperationException
+    // only when such a name or value is read, which must still surface as InvalidDataException.
     [Theory]
     [InlineData("{\"\\ud800\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}")]
     [InlineData("{\"__metadata__\":{\"format\":\"\\udc00\"}}")]

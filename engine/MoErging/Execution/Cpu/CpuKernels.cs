@@ -17,7 +17,6 @@ internal static unsafe class CpuKernels
     // (compiled before the class initialiser runs), and the loops then spill every accumulator: 4× slower.
     private static int W => Vector<float>.Count;
 
-    /// <summary>One row a against four rows x: r[i] = a · x_i over n elements.</summary>
     /// <summary>Reduction chunk: a block's operand rows stay in L1 while one chunk of them is summed.</summary>
     public const int Chunk = 256;
 
