@@ -1,3 +1,4 @@
+using System.Text.RegularExpressions;
 using MoErging.Execution;
 
 namespace MoErging.Cli;
@@ -6,7 +7,7 @@ namespace MoErging.Cli;
 /// The <c>moerge</c> command line. Errors go to stderr as one line (the stack trace only with
 /// <c>--verbose</c>); exit codes: 0 success, 1 failure, 2 usage error.
 /// </summary>
-internal static class Cli
+internal static partial class Cli
 {
     /// <summary>A command: what it does, and how it runs (options, stdout, stderr).</summary>
     private sealed record Command(string Summary, Func<string[], TextWriter, TextWriter, int> Run);
@@ -70,7 +71,7 @@ internal static class Cli
         }
         catch (Exception e)
         {
-            stderr.WriteLine($"moerge: error: {OneLine(e.Message)}");
+            stderr.WriteLine($"moerge: error: {OneLine(Plain(e))}");
             if (verbose)
             {
                 stderr.WriteLine(e);
@@ -102,4 +103,19 @@ internal static class Cli
     };
 
     private static string OneLine(string message) => message.ReplaceLineEndings(" ");
+
+    /// <summary>
+    /// The message without the parameter name ArgumentException appends (" (Parameter 'name')", also where a
+    /// message was wrapped into another), which means nothing on the command line, and with
+    /// ArgumentOutOfRangeException's "Actual value was v." as " (got v)". A null argument's message is only
+    /// "Value cannot be null" without the name, so it stays whole.
+    /// </summary>
+    private static string Plain(Exception e) =>
+        e is ArgumentNullException ? e.Message : ActualValue().Replace(ParameterName().Replace(e.Message, ""), " (got $1)");
+
+    [GeneratedRegex(@" \(Parameter '[^']*'\)")]
+    private static partial Regex ParameterName();
+
+    [GeneratedRegex(@"\r?\nActual value was (.*)\.")]
+    private static partial Regex ActualValue();
 }

@@ -67,6 +67,10 @@ internal static class RoutingChoice
                 throw new UsageException($"--{option} applies only to --router {string.Join(", ", owners)}");
             }
         }
+        if (line.Float("temperature") is float temperature && !(float.IsFinite(temperature) && temperature > 0))
+        {
+            throw new UsageException($"--temperature must be a positive number, got '{line.Single("temperature")}'");
+        }
         if (router == "classifier" && !line.Has("classifier"))
         {
             throw new UsageException("--router classifier needs --classifier FILE");

@@ -201,6 +201,11 @@ public sealed class RoutingCliTests
         var (code, _, error) = Run(["forward", .. common, "--router", "arrow", "--granularity", "example", "--sequence-lengths", "2,3"]);
         Assert.Equal(1, code);
         Assert.Contains("the sequence lengths sum to 5 but x holds 6 rows", error);
+        Assert.DoesNotContain("(Parameter", error); // the library's parameter name means nothing here
+
+        (code, _, error) = Run(["forward", .. common, "--router", "arrow", "--temperature", "0"]);
+        Assert.Equal(2, code);
+        Assert.Contains("--temperature must be a positive number, got '0'", error);
 
         (code, _, error) = Run(["forward", .. common, "--router", "arrow", "--granularity", "example"]);
         Assert.Equal(2, code);
