@@ -45,12 +45,14 @@ internal static class CentroidsCommand
         {
             throw new UsageException("--experts and --data are required");
         }
-        if (dirs.Count != data.Count && !(data.Count == 1 && Directory.Exists(data[0])))
+        // One directory is a directory of <expert name>.safetensors even for a library of one expert.
+        bool oneDirectory = data.Count == 1 && Directory.Exists(data[0]);
+        if (dirs.Count != data.Count && !oneDirectory)
         {
             throw new UsageException($"--data needs one file per expert ({dirs.Count}) or one directory, got {data.Count} paths");
         }
         ExpertLibrary library = ExpertLibrary.Load(dirs);
-        if (dirs.Count != data.Count)
+        if (oneDirectory)
         {
             data = library.Experts.Select(e => Path.Combine(data[0], e.Name + ".safetensors")).ToArray();
         }

@@ -127,6 +127,10 @@ public sealed class RoutingCliTests
         using SafeTensorsFile kept = SafeTensorsFile.Open(Path.Combine(s.Dirs[0], CentroidRouter.CentroidFileName));
         Assert.True(kept.TryGetTensor("other.module" + CentroidRouter.CentroidSuffix, out _));
         Assert.NotEqual(new float[InputDim], kept.ReadSingles(kept.GetTensor(Module + CentroidRouter.CentroidSuffix)));
+
+        // One expert with one directory: the directory still holds <expert>.safetensors, it is not the file.
+        (code, _, error) = Run(["centroids", "--experts", s.Dirs[0], "--data", sampleDir]);
+        Assert.True(code == 0, error);
     }
 
     [Fact]
