@@ -529,6 +529,30 @@ public sealed class PeftAdapterTests
         using JsonDocument config = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "adapter_config.json")));
         Assert.Equal("org/base-model", config.RootElement.GetProperty("base_model_name_or_path").GetString());
     }
+
+    [Fact]
+    public void WriteUsesPeftsKeyPrefixForModulesNamedWithoutIt()
+    {
+        var data = new TestData();
+        using var tmp = new TempDir();
+        const string bare = "model.layers.0.self_attn.k_proj";
+        Expert expert = MakeExpert(data, "x", (bare, 3, 8, 6, 2f), (Q0, 2, 8, 8, 1f));
+        string dir = tmp.Sub("bare");
+        PeftAdapter.Write(dir, expert);
+        using (SafeTensorsFile weights = SafeTensorsFile.Open(Path.Combine(dir, PeftAdapter.WeightsFileName)))
+        {
+            Assert.Equal([Prefix + bare + ".lora_A.weight", Prefix + bare + ".lora_B.weight", Q0 + ".lora_A.weight", Q0 + ".lora_B.weight"],
+                weights.Tensors.Select(t => t.Name).Order(StringComparer.Ordinal));
+        }
+        Expert back = PeftAdapter.Load(dir);
+        AssertSameExpert(new Expert("x", [new(Prefix + bare, expert.Modules[bare]), new(Q0, expert.Modules[Q0])]), back, data.ToString());
+
+        // The same module under both spellings cannot be written as two.
+        Expert twice = MakeExpert(data, "twice", (bare, 3, 8, 6, 2f), (Prefix + bare, 3, 8, 6, 2f));
+        var e = Assert.Throws<ArgumentException>(() => PeftAdapter.Write(tmp.Sub("twice"), twice));
+        Assert.Contains($"modules '{bare}' and '{Prefix}{bare}'", e.Message);
+        Assert.False(Directory.Exists(tmp.Sub("twice")));
+    }
 }
 
 /// <summary>Expert libraries: loading several directories, shape agreement, module lookup.</summary>

@@ -23,6 +23,10 @@ public static class PeftAdapter
     private const string ASuffix = ".lora_A.weight";
     private const string BSuffix = ".lora_B.weight";
 
+    /// <summary>A module's name in the base model: its name without <see cref="ModelPrefix"/>.</summary>
+    public static string BaseName(string module) =>
+        module.StartsWith(ModelPrefix, StringComparison.Ordinal) ? module[ModelPrefix.Length..] : module;
+
     /// <summary>
     /// Loads an adapter directory as an expert named after the directory. Shapes are checked against the
     /// config (rank per module after <c>rank_pattern</c>); scaling follows <c>lora_alpha</c>,
@@ -120,7 +124,7 @@ public static class PeftAdapter
         {
             throw new InvalidDataException($"{where}: lora_A {a.ShapeText} and lora_B {b.ShapeText} must both be matrices");
         }
-        string baseName = module.StartsWith(ModelPrefix, StringComparison.Ordinal) ? module[ModelPrefix.Length..] : module;
+        string baseName = BaseName(module);
         if (!config.Targets(baseName))
         {
             throw new InvalidDataException($"{where}: not covered by target_modules in {configPath}");
@@ -220,7 +224,8 @@ public static class PeftAdapter
     }
 
     /// <summary>
-    /// Writes an expert as a PEFT adapter directory PEFT can load: <c>r</c> and <c>lora_alpha</c> are the most
+    /// Writes an expert as a PEFT adapter directory PEFT can load: keys are <c>base_model.model.&lt;module&gt;.lora_A.weight</c>
+    /// and <c>...lora_B.weight</c> (the prefix is added to module names that lack it); <c>r</c> and <c>lora_alpha</c> are the most
     /// common rank and alpha, with <c>rank_pattern</c> / <c>alpha_pattern</c> for the modules that differ;
     /// <c>target_modules</c> lists the modules by name; use_rslora is false, so alpha = s · r per module.
     /// The directory (and its parents) is created if needed; the adapter is replaced whole (see the remarks).
@@ -238,18 +243,24 @@ public static class PeftAdapter
     {
         ArgumentException.ThrowIfNullOrEmpty(directory);
         ArgumentNullException.ThrowIfNull(expert);
-        var writer = new SafeTensorsWriter();
+        var byBaseName = new Dictionary<string, LoraFactors>(StringComparer.Ordinal);
         foreach (var (module, f) in expert.Modules)
         {
-            writer.Add(module + ASuffix, f.A, [f.Rank, f.InputDim], storage);
+            if (!byBaseName.TryAdd(BaseName(module), f))
+            {
+                throw new ArgumentException($"expert '{expert.Name}': modules '{BaseName(module)}' and '{ModelPrefix}{BaseName(module)}' would both be written as '{ModelPrefix}{BaseName(module)}'", nameof(expert));
+            }
+        }
+        var writer = new SafeTensorsWriter();
+        foreach (var (module, f) in byBaseName)
+        {
+            // Always under PEFT's prefix: PeftModel loads its state dict non-strictly, so keys without it would be skipped silently.
+            writer.Add(ModelPrefix + module + ASuffix, f.A, [f.Rank, f.InputDim], storage);
             var b = new float[f.OutputDim * f.Rank];
             f.CopyB(b);
-            writer.Add(module + BSuffix, b, [f.OutputDim, f.Rank], storage);
+            writer.Add(ModelPrefix + module + BSuffix, b, [f.OutputDim, f.Rank], storage);
         }
 
-        var byBaseName = expert.Modules.ToDictionary(
-            p => p.Key.StartsWith(ModelPrefix, StringComparison.Ordinal) ? p.Key[ModelPrefix.Length..] : p.Key,
-            p => p.Value, StringComparer.Ordinal);
         int r = MostCommon(byBaseName.Values.Select(f => f.Rank));
         double alpha = MostCommon(byBaseName.Values.Select(PlainAlpha));
         var rankPattern = byBaseName.Where(p => p.Value.Rank != r).ToDictionary(p => Regex.Escape(p.Key), p => p.Value.Rank);

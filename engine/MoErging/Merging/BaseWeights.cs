@@ -76,8 +76,7 @@ public static class BaseWeights
             var merged = new Dictionary<string, string>(StringComparer.Ordinal);
             foreach (string name in modules)
             {
-                string baseName = name.StartsWith(PeftAdapter.ModelPrefix, StringComparison.Ordinal) ? name[PeftAdapter.ModelPrefix.Length..] : name;
-                merged.Add(baseName + ".weight", name);
+                merged.Add(PeftAdapter.BaseName(name) + ".weight", name);
             }
             foreach (string key in merged.Keys.Where(k => !file.TryGetTensor(k, out _)))
             {
