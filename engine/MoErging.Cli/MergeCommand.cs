@@ -96,6 +96,10 @@ internal static class MergeCommand
         {
             throw new UsageException($"--weights needs one weight per expert ({dirs.Count}), got {weights.Length}");
         }
+        if (Array.FindIndex(weights, w => !double.IsFinite(w)) is int bad and >= 0)
+        {
+            throw new UsageException(string.Create(CultureInfo.InvariantCulture, $"--weights: item {bad + 1} is {weights[bad]}; weights must be finite"));
+        }
         string? baseFile = line.Single("base");
         foreach (string option in new[] { "module", "fan-in-fan-out" })
         {

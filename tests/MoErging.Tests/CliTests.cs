@@ -233,6 +233,7 @@ public sealed class CliTests
         {
             (["--weights", "1,1", "--method", "mean"], "--method must be one of cat, linear, svd, ties, dare_linear, dare_ties, magnitude_prune, got 'mean'"),
             (["--weights", "1", "--method", "cat"], "--weights needs one weight per expert (2), got 1"),
+            (["--weights", "1,nan", "--method", "cat"], "--weights: item 2 is NaN; weights must be finite"),
             (["--weights", "1,1", "--method", "ties"], "Ties needs a density"),
             (["--weights", "1,1", "--method", "cat", "--rank", "2"], "a rank applies only to svd"),
             (["--weights", "1,1", "--method", "ties", "--density", "2"], "density must be in (0, 1], got 2"),
