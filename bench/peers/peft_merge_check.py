@@ -17,6 +17,7 @@ Usage:
   moerge merge --experts e0 e1 --weights 0.5,1 --method ties --density 0.5 --space factors --output merged
   python3 bench/peers/peft_merge_check.py --experts e0 e1 --weights 0.5,1 --method ties --density 0.5 \
       --space factors --merged merged
+(--sign frequency when the merge was given it.)
 Exit code 0 when every comparison is within tolerance (relative 1e-5 of the largest entry of the reference, 1e-4 for
 comparisons that go through an SVD of float32 data), 1 otherwise.
 """
@@ -83,6 +84,7 @@ def main():
     parser.add_argument("--method", required=True)
     parser.add_argument("--density", type=float)
     parser.add_argument("--space", default="delta", choices=["delta", "factors"])
+    parser.add_argument("--sign", default="total", choices=["total", "frequency"])  # PEFT's majority_sign_method
     parser.add_argument("--rank", type=int)
     parser.add_argument("--merged", required=True)
     args = parser.parse_args()
@@ -118,7 +120,8 @@ def main():
     if method.startswith("dare"):
         print(f"{method}: PEFT's masks come from torch's RNG, ours from SplitMix64; only the loading check applies")
     elif method in ("cat", "linear") or space == "factors":
-        peft_model.add_weighted_adapter(names, weights, "peft", combination_type=method, density=args.density)
+        peft_model.add_weighted_adapter(names, weights, "peft", combination_type=method, density=args.density,
+                                        majority_sign_method=args.sign)
         for path, layer in lora_layers(peft_model).items():
             if "peft" in layer.lora_A:
                 ok &= compare(f"{path}: {method} ({'exact' if method == 'cat' else 'factor space'}), PEFT against ours",
@@ -138,7 +141,8 @@ def main():
         else:
             unscaled = [w / next(iter(scalings[n])) for n, w in zip(names, weights)]
             combination = "svd" if method == "svd" else f"{method}_svd"
-            peft_model.add_weighted_adapter(names, unscaled, "peft_svd", combination_type=combination, svd_rank=k, density=args.density)
+            peft_model.add_weighted_adapter(names, unscaled, "peft_svd", combination_type=combination, svd_rank=k, density=args.density,
+                                            majority_sign_method=args.sign)
             for path, layer in lora_layers(peft_model).items():
                 if "peft_svd" in layer.lora_A:
                     ok &= compare(f"{path}: {combination} with weights w/s (scaling once), PEFT against ours",
