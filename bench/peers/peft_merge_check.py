@@ -108,7 +108,7 @@ def main():
         a = merged_tensors[f"{PREFIX}{path}.lora_A.weight"].double()
         b = merged_tensors[f"{PREFIX}{path}.lora_B.weight"].double()
         ours[path] = layer.get_delta_weight("ours").double()
-        ok &= compare(f"{path}: PEFT's delta of our merged adapter = B @ A", ours[path], b @ a, 1e-6)
+        ok &= compare(f"{path}: PEFT's delta of our merged adapter = B @ A", ours[path], b @ a, 1e-5)
 
     # 2. The same merge done by PEFT (or exactly, for svd).
     names = [f"e{i}" for i in range(len(args.experts))]
