@@ -178,10 +178,38 @@ public sealed class LazyLoadingTests
             var e = Assert.Throws<InvalidDataException>(() => library = ExpertLibrary.Load([dirs[0], dirs[1], bad], lazy));
             Assert.Contains("dtype I32", e.Message);
             Assert.Null(library);
+            // Nothing of the failed load lives on: not even an open file (a successful lazy load holds none either).
+            Assert.Equal(0, OpenFilesUnder(tmp.Path));
         }
+        ExpertLibrary loaded = ExpertLibrary.Load(dirs, lazy: true);
+        Assert.Equal(0, OpenFilesUnder(tmp.Path));
 
         // A truncated weights file in the middle: the lazy load throws at load, not at first use.
         File.WriteAllBytes(Path.Combine(dirs[1], PeftAdapter.WeightsFileName), File.ReadAllBytes(Path.Combine(dirs[1], PeftAdapter.WeightsFileName))[..^1]);
         Assert.Throws<InvalidDataException>(() => ExpertLibrary.Load(dirs, lazy: true));
+        Assert.Equal(0, OpenFilesUnder(tmp.Path));
+        GC.KeepAlive(loaded);
+    }
+
+    /// <summary>This process's open file descriptors on files under <paramref name="directory"/> (Linux; 0 elsewhere).</summary>
+    private static int OpenFilesUnder(string directory)
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return 0;
+        }
+        int count = 0;
+        foreach (string fd in Directory.GetFiles("/proc/self/fd"))
+        {
+            try
+            {
+                count += new FileInfo(fd).LinkTarget?.StartsWith(directory + "/", StringComparison.Ordinal) == true ? 1 : 0;
+            }
+            catch (IOException)
+            {
+                // the descriptor closed while it was being read: another test's file
+            }
+        }
+        return count;
     }
 }
