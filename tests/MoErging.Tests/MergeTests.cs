@@ -321,6 +321,24 @@ public sealed class MergeTests
         Assert.Equal(1.0, reports[^1].Fraction);
     }
 
+    [Fact]
+    public void ProgressMovesWithinOneModuleWhoseSvdIsRandomized()
+    {
+        // Σ r = 520 and min(d_in, d_out) = 520, both above LowRank.ExactRankLimit: the slow, randomized path, which
+        // must report as it goes, or a merge of many experts into one module shows no progress until it ends.
+        var data = new TestData();
+        TestLibrary lib = data.Library(experts: 2, dIn: 520, dOut: 520, ranks: [260]);
+        foreach (MergeMethod method in new[] { MergeMethod.Svd, MergeMethod.Ties })
+        {
+            var reports = new List<MergeProgress>();
+            ExpertMerge.Merge(lib.Library, [1, 1], new MergeOptions(method) { Density = method == MergeMethod.Svd ? null : 0.5, Progress = new SynchronousProgress(reports.Add) });
+            double[] within = [.. reports.Where(r => r.Module == 0).Select(r => r.ModuleFraction)];
+            // One report per product with ΔW (2 + 2 · PowerIterations of them), all but the last strictly inside.
+            Assert.True(within.Count(f => f > 0 && f < 1) >= 1 + 2 * LowRank.PowerIterations, $"{method}: fractions within the module {string.Join(", ", within)}");
+            Assert.True(within.Zip(within.Skip(1)).All(p => p.First <= p.Second), $"{method}: progress fell: {string.Join(", ", within)}");
+        }
+    }
+
     private sealed class SynchronousProgress(Action<MergeProgress> report) : IProgress<MergeProgress>
     {
         public void Report(MergeProgress value) => report(value);

@@ -87,7 +87,7 @@ public static class ExpertMerge
         {
             MergeMethod.Cat => CatMerge.Merge(parts),
             MergeMethod.Linear => LinearMerge.Merge(parts),
-            MergeMethod.Svd => SvdMerge.Merge(parts, k, sketchSeed),
+            MergeMethod.Svd => SvdMerge.Merge(parts, k, sketchSeed, progress),
             _ when space == MergeSpace.Factors =>
                 PruneMerge.MergeFactors(parts, options.Method, options.Density!.Value, options.SignElection, options.Seed, module.Name),
             _ => PruneMerge.MergeDelta(parts, options.Method, options.Density!.Value, options.SignElection, k, options.Seed, module.Name, sketchSeed, progress),

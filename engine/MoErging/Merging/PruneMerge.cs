@@ -62,7 +62,7 @@ internal static class PruneMerge
             TaskTensors.Combine(tiles.AsSpan(0, experts * length), weights, Election(method, election), merged.AsSpan(r0 * n, length));
             progress((done + (double)(r0 + rows) / m * experts) / work);
         }
-        return SvdMerge.ToFactors(LowRank.TruncatedSvdOfDense(merged, m, n, k, sketchSeed));
+        return SvdMerge.ToFactors(LowRank.TruncatedSvdOfDense(merged, m, n, k, sketchSeed, f => progress((work - 1 + f) / work)));
     }
 
     /// <summary>Factor space (PEFT): prune A_i and B_i separately, combine with weights sgn(c_i) √|c_i| and √|c_i|. Equal ranks.</summary>

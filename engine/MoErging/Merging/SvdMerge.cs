@@ -11,7 +11,7 @@ namespace MoErging.Merging;
 /// </summary>
 internal static class SvdMerge
 {
-    public static LoraFactors Merge(IReadOnlyList<Contribution> parts, int k, ulong sketchSeed)
+    public static LoraFactors Merge(IReadOnlyList<Contribution> parts, int k, ulong sketchSeed, Action<double> progress)
     {
         LoraFactors first = parts[0].Factors;
         int n = first.InputDim, m = first.OutputDim;
@@ -34,7 +34,7 @@ internal static class SvdMerge
             }
             row += p.Factors.Rank;
         }
-        return ToFactors(LowRank.TruncatedSvdOfProductWithoutCopy(a, bTransposed, rank, n, m, k, sketchSeed));
+        return ToFactors(LowRank.TruncatedSvdOfProductWithoutCopy(a, bTransposed, rank, n, m, k, sketchSeed, progress));
     }
 
     /// <summary>B = U Σ and A = Vᵀ as float32 factors with scaling 1 (lora_alpha = k).</summary>

@@ -68,15 +68,19 @@ public static class LowRank
     {
         CheckDimensions(rank, inputDim, outputDim, k);
         CheckFactorLengths(a.Length, bTransposed.Length, rank, inputDim, outputDim);
-        return ProductSvd(a.ToArray(), bTransposed.ToArray(), rank, inputDim, outputDim, k, seed);
+        return ProductSvd(a.ToArray(), bTransposed.ToArray(), rank, inputDim, outputDim, k, seed, progress: null);
     }
 
-    /// <summary>As the public overload, on arrays the caller hands over (they are not copied, and may be modified).</summary>
-    internal static TruncatedSvd TruncatedSvdOfProductWithoutCopy(double[] a, double[] bTransposed, int rank, int inputDim, int outputDim, int k, ulong seed)
+    /// <summary>
+    /// As the public overload, on arrays the caller hands over (they are not copied, and may be modified);
+    /// <paramref name="progress"/> gets the fraction done after each product on the randomized path, the one that can take long.
+    /// </summary>
+    internal static TruncatedSvd TruncatedSvdOfProductWithoutCopy(double[] a, double[] bTransposed, int rank, int inputDim, int outputDim, int k, ulong seed,
+        Action<double>? progress)
     {
         CheckDimensions(rank, inputDim, outputDim, k);
         CheckFactorLengths(a.Length, bTransposed.Length, rank, inputDim, outputDim);
-        return ProductSvd(a, bTransposed, rank, inputDim, outputDim, k, seed);
+        return ProductSvd(a, bTransposed, rank, inputDim, outputDim, k, seed, progress);
     }
 
     private static void CheckFactorLengths(int aLength, int bLength, int rank, int inputDim, int outputDim)
@@ -87,7 +91,7 @@ public static class LowRank
         }
     }
 
-    private static TruncatedSvd ProductSvd(double[] a, double[] bTransposed, int rank, int inputDim, int outputDim, int k, ulong seed)
+    private static TruncatedSvd ProductSvd(double[] a, double[] bTransposed, int rank, int inputDim, int outputDim, int k, ulong seed, Action<double>? progress)
     {
         if (rank <= ExactRankLimit)
         {
@@ -97,12 +101,12 @@ public static class LowRank
         {
             // ΔW = B A, row-major [d_out, d_in]: row o is Σ_r Bᵀ[r, o] A_r.
             double[] dense = MultiplyTransposed(bTransposed, rank, outputDim, a, inputDim);
-            return TruncatedSvdOfDense(dense, outputDim, inputDim, k, seed);
+            return TruncatedSvdOfDense(dense, outputDim, inputDim, k, seed, progress);
         }
         return Randomized(
             x => MultiplyTransposed(bTransposed, rank, outputDim, Multiply(a, rank, inputDim, x, x.Length / inputDim), x.Length / inputDim),
             y => MultiplyTransposed(a, rank, inputDim, Multiply(bTransposed, rank, outputDim, y, y.Length / outputDim), y.Length / outputDim),
-            inputDim, outputDim, k, seed);
+            inputDim, outputDim, k, seed, progress);
     }
 
     /// <summary>
@@ -112,7 +116,11 @@ public static class LowRank
     /// </summary>
     /// <exception cref="ArgumentException">A length that does not match the dimensions, or a NaN or infinite value.</exception>
     /// <exception cref="ArgumentOutOfRangeException">A dimension below 1 or <paramref name="k"/> out of range.</exception>
-    public static TruncatedSvd TruncatedSvdOfDense(double[] matrix, int rows, int columns, int k, ulong seed = 0)
+    public static TruncatedSvd TruncatedSvdOfDense(double[] matrix, int rows, int columns, int k, ulong seed = 0) =>
+        TruncatedSvdOfDense(matrix, rows, columns, k, seed, progress: null);
+
+    /// <summary>As the public overload, reporting the fraction done after each product on the randomized path.</summary>
+    internal static TruncatedSvd TruncatedSvdOfDense(double[] matrix, int rows, int columns, int k, ulong seed, Action<double>? progress)
     {
         ArgumentNullException.ThrowIfNull(matrix);
         CheckDimensions(1, columns, rows, k);
@@ -133,7 +141,7 @@ public static class LowRank
         return Randomized(
             x => Multiply(matrix, rows, columns, x, x.Length / columns),
             y => MultiplyTransposed(matrix, rows, columns, y, y.Length / rows),
-            columns, rows, k, seed);
+            columns, rows, k, seed, progress);
     }
 
     private static void CheckDimensions(int rank, int inputDim, int outputDim, int k)
@@ -215,8 +223,16 @@ public static class LowRank
     /// blocks: <paramref name="apply"/> maps X <c>[n, l]</c> to M X <c>[m, l]</c>, <paramref name="applyTransposed"/>
     /// maps Y <c>[m, l]</c> to Mᵀ Y <c>[n, l]</c>. M ≈ Q (Mᵀ Q)ᵀ, whose exact SVD (rank l) gives the result.
     /// </summary>
-    private static TruncatedSvd Randomized(Func<double[], double[]> apply, Func<double[], double[]> applyTransposed, int n, int m, int k, ulong seed)
+    private static TruncatedSvd Randomized(Func<double[], double[]> apply, Func<double[], double[]> applyTransposed, int n, int m, int k, ulong seed,
+        Action<double>? progress)
     {
+        // The products with M are the cost: 2 + 2 · PowerIterations of them.
+        int products = 0;
+        double[] Step(double[] result)
+        {
+            progress?.Invoke(++products / (2.0 + 2 * PowerIterations));
+            return result;
+        }
         int l = Math.Min(k + Oversampling, Math.Min(m, n));
         // Gaussian sketch Ω [n, l] by Box-Muller: entry e of Ω uses draws 2e and 2e + 1 of the seed's stream.
         var omega = new double[(long)n * l];
@@ -225,13 +241,13 @@ public static class LowRank
             double u1 = 1 - SeededRandom.Uniform(seed, 2 * e), u2 = SeededRandom.Uniform(seed, 2 * e + 1);
             omega[e] = Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2);
         }
-        double[] q = ThinQr(apply(omega), m, l).Q;
+        double[] q = ThinQr(Step(apply(omega)), m, l).Q;
         for (int i = 0; i < PowerIterations; i++)
         {
-            double[] z = ThinQr(applyTransposed(q), n, l).Q;
-            q = ThinQr(apply(z), m, l).Q;
+            double[] z = ThinQr(Step(applyTransposed(q)), n, l).Q;
+            q = ThinQr(Step(apply(z)), m, l).Q;
         }
-        double[] qtM = applyTransposed(q); // [n, l] column-major = row-major (Qᵀ M) [l, n]
+        double[] qtM = Step(applyTransposed(q)); // [n, l] column-major = row-major (Qᵀ M) [l, n]
         // M ≈ Q (Qᵀ M): Bᵀ = Qᵀ (row-major [l, m] is Q column-major), A = Qᵀ M.
         return ExactProduct(qtM, q, l, n, m, k, exact: false);
     }
