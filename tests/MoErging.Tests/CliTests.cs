@@ -249,6 +249,10 @@ public sealed class CliTests
         var (c, _, e) = Run([.. common, "--weights", "1,1", "--method", "linear"]);
         Assert.Equal(1, c);
         Assert.Contains("needs equal ranks, but expert 'e0' has rank 1 and expert 'e1' rank 2", e);
+        // The same directory twice: one line, without the API's parameter name.
+        (c, _, e) = Run(["merge", "--experts", dirs[0], dirs[0], "--weights", "1,1", "--method", "cat", "--output", dir.Sub("out")]);
+        Assert.Equal(1, c);
+        Assert.Equal("moerge: error: experts 0 and 1 are both named 'e0'", e.TrimEnd());
         Assert.False(Directory.Exists(dir.Sub("out")), "nothing is written when the merge fails");
     }
 
