@@ -114,7 +114,7 @@ public sealed class CliTests
                 }
                 break;
         }
-        double[] expected = Reference.Forward(lib.Raw[Module], x, yBase, tokens, outIds, weights, k);
+        ReferenceOutput expected = Reference.Forward(lib.Raw[Module], x, yBase, tokens, outIds, weights, k);
         Reference.CheckFloat32(y, expected, yBase, k, $"{data} ({router})");
     }
 

@@ -68,7 +68,7 @@ public abstract class DeviceApiTests(EngineFixture engines)
         session.Forward(module, decision, xd.View, yd.View); // applied twice: y = base + 2 · mixture
         session.Synchronize();
         double[] twice = weights.Select(w => 2.0 * w).ToArray();
-        double[] expected = Reference.Forward(lib.Raw[Module], x, yBase, tokens, ids, twice, 2);
+        ReferenceOutput expected = Reference.Forward(lib.Raw[Module], x, yBase, tokens, ids, twice, 2);
         Reference.CheckFloat32(yd.GetAsArray1D(), expected, yBase, 4, data.ToString());
         Assert.Contains("x holds 2 rows but the decision routes 5 tokens",
             Assert.Throws<ArgumentException>(() => session.Forward(module, decision, xd.View.SubView(0, 32), yd.View.SubView(0, 48))).Message);
@@ -85,7 +85,7 @@ public abstract class DeviceApiTests(EngineFixture engines)
             double[] w = Reference.CheckTopKAndWeigh(scores, decision.ExpertIdsOf(t), 1e-4, $"{data}, token {t}");
             w.CopyTo(weights, t * k);
         }
-        double[] expected = Reference.Forward(lib.Raw[Module], x, yBase, tokens, decision.ExpertIds.ToArray(), weights, k);
+        ReferenceOutput expected = Reference.Forward(lib.Raw[Module], x, yBase, tokens, decision.ExpertIds.ToArray(), weights, k);
         if (half)
         {
             Reference.CheckHalf(y.Select(v => (System.Half)v).ToArray(), expected, yBase, $"{data} (F16)");

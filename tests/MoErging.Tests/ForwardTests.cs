@@ -63,7 +63,7 @@ public abstract class ForwardTests(EngineFixture engines)
             session.Forward(module, decision, xh, yh);
         }
         var (refIds, refWeights) = ReferenceDecision(data, r, x, decision);
-        double[] expected = Reference.Forward(lib.Raw[Module], x, yBase, tokens, refIds, refWeights, decision.TopK);
+        ReferenceOutput expected = Reference.Forward(lib.Raw[Module], x, yBase, tokens, refIds, refWeights, decision.TopK);
         Reference.CheckHalf(yh, expected, yBase, $"{data} ({router}, k={k}, T={tokens})");
     }
 
@@ -166,7 +166,7 @@ public abstract class ForwardTests(EngineFixture engines)
         var y = (float[])yBase.Clone();
         session.Forward(lib.Module(other), decision, x, y);
         double[] weights = decision.Weights.ToArray().Select(w => (double)w).ToArray();
-        double[] expected = Reference.Forward(lib.Raw[other], x, yBase, 6, decision.ExpertIds.ToArray(), weights, 2);
+        ReferenceOutput expected = Reference.Forward(lib.Raw[other], x, yBase, 6, decision.ExpertIds.ToArray(), weights, 2);
         Reference.CheckFloat32(y, expected, yBase, 2, data.ToString());
     }
 
@@ -209,7 +209,7 @@ public abstract class ForwardTests(EngineFixture engines)
             session.Forward(module, decision, x, y);
         }
         var (refIds, refWeights) = ReferenceDecision(data, router, x, decision);
-        double[] expected = Reference.Forward(lib.Raw[Module], x, yBase, tokens, refIds, refWeights, decision.TopK);
+        ReferenceOutput expected = Reference.Forward(lib.Raw[Module], x, yBase, tokens, refIds, refWeights, decision.TopK);
         Reference.CheckFloat32(y, expected, yBase, decision.TopK, $"{data} ({router.GetType().Name}, T={tokens})");
         return decision;
     }

@@ -7,17 +7,26 @@ namespace MoErging.Tests;
 public sealed record RawFactors(float[] A, float[] B, int Rank, int InputDim, int OutputDim, float Scaling);
 
 /// <summary>
+/// A float64 reference output y, and for each element the sum of the absolute values of every product that
+/// went into its update (the same formula with |·| on every factor). That sum, times the length of the longest
+/// chain of float32 additions behind an element (<see cref="Terms"/>), bounds the rounding error of any float32
+/// evaluation order (γ_n, Higham §3.1), however much the terms cancel.
+/// </summary>
+public sealed record ReferenceOutput(double[] Values, double[] Magnitudes, int Terms);
+
+/// <summary>
 /// The forward pass and the routers written plainly in float64, straight from the formulas, sharing no
 /// code with the engine. Tests compare the engine against this.
 /// </summary>
 public static class Reference
 {
     /// <summary>y[t] = base[t] + Σ_slots w · s · B (A x_t), all in float64.</summary>
-    public static double[] Forward(IReadOnlyList<RawFactors?> experts, float[] x, float[] yBase, int tokens,
+    public static ReferenceOutput Forward(IReadOnlyList<RawFactors?> experts, float[] x, float[] yBase, int tokens,
         int[] ids, double[] weights, int k)
     {
-        int dIn = x.Length / tokens, dOut = yBase.Length / tokens;
+        int dIn = x.Length / tokens, dOut = yBase.Length / tokens, maxRank = 0;
         var y = yBase.Select(v => (double)v).ToArray();
+        var magnitude = new double[y.Length];
         for (int t = 0; t < tokens; t++)
         {
             for (int s = 0; s < k; s++)
@@ -27,37 +36,43 @@ public static class Reference
                 {
                     continue;
                 }
+                maxRank = Math.Max(maxRank, f.Rank);
                 var v = new double[f.Rank];
+                var vAbs = new double[f.Rank];
                 for (int r = 0; r < f.Rank; r++)
                 {
                     for (int i = 0; i < dIn; i++)
                     {
                         v[r] += (double)f.A[r * dIn + i] * x[t * dIn + i];
+                        vAbs[r] += Math.Abs((double)f.A[r * dIn + i] * x[t * dIn + i]);
                     }
                 }
                 for (int o = 0; o < dOut; o++)
                 {
-                    double sum = 0;
+                    double sum = 0, sumAbs = 0;
                     for (int r = 0; r < f.Rank; r++)
                     {
                         sum += (double)f.B[o * f.Rank + r] * v[r];
+                        sumAbs += Math.Abs((double)f.B[o * f.Rank + r]) * vAbs[r];
                     }
                     y[t * dOut + o] += weights[t * k + s] * f.Scaling * sum;
+                    magnitude[t * dOut + o] += Math.Abs(weights[t * k + s] * f.Scaling) * sumAbs;
                 }
             }
         }
-        return y;
+        return new ReferenceOutput(y, magnitude, dIn + maxRank + k);
     }
 
     /// <summary>
     /// Parameter mixing, in float64: per token A_tok = Σ_slots w A_e and B_tok = Σ_slots w B_e, then
     /// y[t] = base[t] + s · B_tok (A_tok x_t), s being the chosen experts' common scaling.
     /// </summary>
-    public static double[] ForwardParameterMixing(IReadOnlyList<RawFactors?> experts, float[] x, float[] yBase, int tokens,
+    public static ReferenceOutput ForwardParameterMixing(IReadOnlyList<RawFactors?> experts, float[] x, float[] yBase, int tokens,
         int[] ids, double[] weights, int k)
     {
-        int dIn = x.Length / tokens, dOut = yBase.Length / tokens;
+        int dIn = x.Length / tokens, dOut = yBase.Length / tokens, maxRank = 0;
         var y = yBase.Select(v => (double)v).ToArray();
+        var magnitude = new double[y.Length];
         for (int t = 0; t < tokens; t++)
         {
             var chosen = Enumerable.Range(0, k).Where(s => ids[t * k + s] >= 0 && experts[ids[t * k + s]] is not null && weights[t * k + s] != 0).ToArray();
@@ -67,40 +82,50 @@ public static class Reference
             }
             RawFactors first = experts[ids[t * k + chosen[0]]]!;
             int r = first.Rank;
+            maxRank = Math.Max(maxRank, r);
             var a = new double[r * dIn];
             var b = new double[dOut * r];
+            var aAbs = new double[r * dIn];
+            var bAbs = new double[dOut * r];
             foreach (int s in chosen)
             {
                 RawFactors f = experts[ids[t * k + s]]!;
                 Assert.True(f.Rank == r && f.Scaling == first.Scaling, "the reference needs one rank and one scaling per token");
+                double w = weights[t * k + s];
                 for (int i = 0; i < a.Length; i++)
                 {
-                    a[i] += weights[t * k + s] * f.A[i];
+                    a[i] += w * f.A[i];
+                    aAbs[i] += Math.Abs(w * f.A[i]);
                 }
                 for (int i = 0; i < b.Length; i++)
                 {
-                    b[i] += weights[t * k + s] * f.B[i];
+                    b[i] += w * f.B[i];
+                    bAbs[i] += Math.Abs(w * f.B[i]);
                 }
             }
             var v = new double[r];
+            var vAbs = new double[r];
             for (int q = 0; q < r; q++)
             {
                 for (int i = 0; i < dIn; i++)
                 {
                     v[q] += a[q * dIn + i] * x[t * dIn + i];
+                    vAbs[q] += aAbs[q * dIn + i] * Math.Abs(x[t * dIn + i]);
                 }
             }
             for (int o = 0; o < dOut; o++)
             {
-                double sum = 0;
+                double sum = 0, sumAbs = 0;
                 for (int q = 0; q < r; q++)
                 {
                     sum += b[o * r + q] * v[q];
+                    sumAbs += bAbs[o * r + q] * vAbs[q];
                 }
                 y[t * dOut + o] += first.Scaling * sum;
+                magnitude[t * dOut + o] += Math.Abs(first.Scaling) * sumAbs;
             }
         }
-        return y;
+        return new ReferenceOutput(y, magnitude, dIn + maxRank * k + 2 * k);
     }
 
     /// <summary>score_e = f(norm(x) · p_e) / τ + b_e for one token, in float64.</summary>
@@ -228,44 +253,55 @@ public static class Reference
 
     /// <summary>
     /// Checks float32 outputs element by element against the float64 result:
-    /// |y - y_ref| ≤ 1e-5 · max |y_ref - y_base| + (k + 1) · 2⁻²⁴ · |y_ref|.
+    /// |y - y_ref| ≤ 1e-5 · max |y_ref - y_base| + (k + 1) · 2⁻²⁴ · |y_ref| + (n + 4) · 2⁻²⁴ · m.
     /// The first term is the stated tolerance, relative to the size of the update (so a wrong update cannot
     /// hide behind the base); the second is the rounding of y itself, stored in float32 after each of at most
-    /// k expert contributions, which no implementation avoids when the update is much smaller than the base.
+    /// k expert contributions, which no implementation avoids when the update is much smaller than the base; the
+    /// third bounds the rounding of the dot products behind the element (m its <see cref="ReferenceOutput.Magnitudes"/>,
+    /// n its <see cref="ReferenceOutput.Terms"/>, 4 for the products w · s and the conversions), which exceeds the
+    /// first only where the terms of A x cancel. A wrong expert, weight or scaling is off by a share of the update
+    /// itself, far above both rounding terms.
     /// </summary>
-    public static void CheckFloat32(ReadOnlySpan<float> actual, double[] expected, float[] yBase, int slots, string where)
+    public static void CheckFloat32(ReadOnlySpan<float> actual, ReferenceOutput expected, float[] yBase, int slots, string where)
     {
-        double scale = 0;
-        for (int i = 0; i < expected.Length; i++)
+        double[] y = expected.Values;
+        double scale = UpdateScale(y, yBase);
+        for (int i = 0; i < y.Length; i++)
         {
-            scale = Math.Max(scale, Math.Abs(expected[i] - yBase[i]));
-        }
-        for (int i = 0; i < expected.Length; i++)
-        {
-            double bound = 1e-5 * scale + (slots + 1) * Math.Pow(2, -24) * Math.Abs(expected[i]);
-            double error = Math.Abs(actual[i] - expected[i]);
-            Assert.True(error <= bound, $"{where}: output {i} is {actual[i]}, expected {expected[i]} (error {error:E2} > bound {bound:E2}, update scale {scale:E2})");
+            double bound = 1e-5 * scale + (slots + 1) * Math.Pow(2, -24) * Math.Abs(y[i]) + DotRounding(expected, i);
+            double error = Math.Abs(actual[i] - y[i]);
+            Assert.True(error <= bound, $"{where}: output {i} is {actual[i]}, expected {y[i]} (error {error:E2} > bound {bound:E2}, update scale {scale:E2})");
         }
     }
 
     /// <summary>
     /// Checks Half outputs element by element: y must be the float64 result rounded to Half, give or take
-    /// float32 accumulation: |y - y_ref| ≤ |y_ref| · 2⁻¹¹ (half an ulp) + 1e-5 · max |y_ref - y_base| + 2⁻²⁴ (subnormals).
+    /// float32 accumulation: |y - y_ref| ≤ |y_ref| · 2⁻¹¹ (half an ulp) + 1e-5 · max |y_ref - y_base| + 2⁻²⁴ (subnormals)
+    /// + the dot products' rounding bound of <see cref="CheckFloat32"/>.
     /// </summary>
-    public static void CheckHalf(ReadOnlySpan<Half> actual, double[] expected, float[] yBase, string where)
+    public static void CheckHalf(ReadOnlySpan<Half> actual, ReferenceOutput expected, float[] yBase, string where)
     {
-        double scale = 0;
-        for (int i = 0; i < expected.Length; i++)
+        double[] y = expected.Values;
+        double scale = UpdateScale(y, yBase);
+        for (int i = 0; i < y.Length; i++)
         {
-            scale = Math.Max(scale, Math.Abs(expected[i] - yBase[i]));
-        }
-        for (int i = 0; i < expected.Length; i++)
-        {
-            double bound = Math.Abs(expected[i]) * Math.Pow(2, -11) + 1e-5 * scale + Math.Pow(2, -24);
-            double error = Math.Abs((double)actual[i] - expected[i]);
-            Assert.True(error <= bound, $"{where}: output {i} is {(double)actual[i]}, expected {expected[i]} (error {error:E2} > bound {bound:E2})");
+            double bound = Math.Abs(y[i]) * Math.Pow(2, -11) + 1e-5 * scale + Math.Pow(2, -24) + DotRounding(expected, i);
+            double error = Math.Abs((double)actual[i] - y[i]);
+            Assert.True(error <= bound, $"{where}: output {i} is {(double)actual[i]}, expected {y[i]} (error {error:E2} > bound {bound:E2})");
         }
     }
+
+    private static double UpdateScale(double[] y, float[] yBase)
+    {
+        double scale = 0;
+        for (int i = 0; i < y.Length; i++)
+        {
+            scale = Math.Max(scale, Math.Abs(y[i] - yBase[i]));
+        }
+        return scale;
+    }
+
+    private static double DotRounding(ReferenceOutput expected, int i) => (expected.Terms + 4) * Math.Pow(2, -24) * expected.Magnitudes[i];
 
     /// <summary>
     /// The unit top right singular vector of the full ΔW = B A, from the eigenvectors of ΔWᵀ ΔW by

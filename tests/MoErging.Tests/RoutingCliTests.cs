@@ -90,7 +90,7 @@ public sealed class RoutingCliTests
             experts = experts.Select(f => (RawFactors?)(f! with { A = Minus(f.A, general.A.ToArray()), B = Minus(f.B, generalB) })).ToArray();
         }
         float[] y = file.ReadSingles(file.GetTensor("y"));
-        double[] expected = aggregation == "parameter"
+        ReferenceOutput expected = aggregation == "parameter"
             ? Reference.ForwardParameterMixing(experts, s.X, s.Base, Tokens, ids, weights, k)
             : Reference.Forward(experts, s.X, s.Base, Tokens, ids, weights, k);
         Reference.CheckFloat32(y, expected, s.Base, k, $"{s.Data} ({router}, {granularity}, {aggregation})");

@@ -61,7 +61,7 @@ public abstract class RoutingModeTests(EngineFixture engines)
             }
             start += length;
         }
-        double[] expected = Reference.Forward(lib.Raw[Module], x, yBase, tokens, decision.ExpertIds.ToArray(), weights, 2);
+        ReferenceOutput expected = Reference.Forward(lib.Raw[Module], x, yBase, tokens, decision.ExpertIds.ToArray(), weights, 2);
         Reference.CheckFloat32(y, expected, yBase, 2, where);
 
         // Routing alone, from Half rows, gives the same groups.
@@ -114,7 +114,7 @@ public abstract class RoutingModeTests(EngineFixture engines)
         var decision = new RoutingDecision();
         decision.Assign(ids, weights, k, 4);
         using Session session = engines.CreateSession(2);
-        double[] expected = Reference.ForwardParameterMixing(raw, x, yBase, tokens, decision.ExpertIds.ToArray(),
+        ReferenceOutput expected = Reference.ForwardParameterMixing(raw, x, yBase, tokens, decision.ExpertIds.ToArray(),
             decision.Weights.ToArray().Select(w => (double)w).ToArray(), k);
         string where = $"{data} (parameter mixing, Half {half})";
         if (half)
@@ -133,9 +133,9 @@ public abstract class RoutingModeTests(EngineFixture engines)
         // It is a different function from output mixing (cross terms), which the same decision gives here.
         float[] output = (float[])yBase.Clone();
         session.Forward(module, decision, Aggregation.Output, x, output);
-        double[] outputExpected = Reference.Forward(raw, x, yBase, tokens, decision.ExpertIds.ToArray(), decision.Weights.ToArray().Select(w => (double)w).ToArray(), k);
+        ReferenceOutput outputExpected = Reference.Forward(raw, x, yBase, tokens, decision.ExpertIds.ToArray(), decision.Weights.ToArray().Select(w => (double)w).ToArray(), k);
         Reference.CheckFloat32(output, outputExpected, yBase, k, where);
-        Assert.True(expected.Zip(outputExpected).Max(p => Math.Abs(p.First - p.Second)) > 1e-3, $"{where}: parameter and output mixing should differ");
+        Assert.True(expected.Values.Zip(outputExpected.Values).Max(p => Math.Abs(p.First - p.Second)) > 1e-3, $"{where}: parameter and output mixing should differ");
     }
 
     [Fact]
@@ -154,7 +154,7 @@ public abstract class RoutingModeTests(EngineFixture engines)
         {
             y = (float[])yBase.Clone();
             session.Forward(module, router, granularity, Aggregation.Parameter, x, decision, y);
-            double[] expected = Reference.ForwardParameterMixing(raw, x, yBase, tokens, decision.ExpertIds.ToArray(),
+            ReferenceOutput expected = Reference.ForwardParameterMixing(raw, x, yBase, tokens, decision.ExpertIds.ToArray(),
                 decision.Weights.ToArray().Select(w => (double)w).ToArray(), 2);
             Reference.CheckFloat32(y, expected, yBase, 2, $"{data} ({granularity.Kind})");
         }

@@ -239,7 +239,7 @@ public abstract class ExpandKernelTests(DeviceFixture fixture)
             ? experts.Select(f => f is null ? null : f with { A = Round(f.A), B = Round(f.B) }).ToArray()
             : experts;
         string where = $"{data} (T={tokens}, k={k}, F16 activations {halfActivations}, F16 weights {halfWeights})";
-        double[] expected;
+        ReferenceOutput expected;
         if (halfActivations)
         {
             x = Round(x);
@@ -280,14 +280,14 @@ public abstract class ExpandKernelTests(DeviceFixture fixture)
             yBase = Round(yBase);
             ushort[] y = DeviceIo.ToHalfBits(yBase);
             run.Forward(DeviceIo.ToHalfBits(x), y);
-            double[] expected = Reference.ForwardParameterMixing(seen, x, yBase, tokens, ids, weights.Select(w => (double)w).ToArray(), k);
+            ReferenceOutput expected = Reference.ForwardParameterMixing(seen, x, yBase, tokens, ids, weights.Select(w => (double)w).ToArray(), k);
             Reference.CheckHalf(y.Select(b => (Half)HalfBits.ToSingle(b)).ToArray(), expected, yBase, where);
         }
         else
         {
             float[] y = (float[])yBase.Clone();
             run.Forward(x, y);
-            double[] expected = Reference.ForwardParameterMixing(seen, x, yBase, tokens, ids, weights.Select(w => (double)w).ToArray(), k);
+            ReferenceOutput expected = Reference.ForwardParameterMixing(seen, x, yBase, tokens, ids, weights.Select(w => (double)w).ToArray(), k);
             Reference.CheckFloat32(y, expected, yBase, k, where);
         }
     }
