@@ -138,6 +138,9 @@ public static unsafe class Exports
             SessionHandle handle = Handles.Get<SessionHandle>(session, "session");
             lock (handle.Owner)
             {
+                // A forward running on another thread holds the claim: refuse rather than dispose under it.
+                // The claim is never released, so a late call on the freed session cannot start either.
+                _ = handle.Enter();
                 Handles.Remove<SessionHandle>(session, "session");
                 handle.Owner.Sessions--;
             }

@@ -52,9 +52,9 @@
  *  - Engines, libraries, modules and routers are immutable once created and may be shared by any number
  *    of threads: create, query and forward calls on them may run concurrently.
  *  - A session is one thread's workspace: use it from one thread at a time (it may move between threads).
- *    A call on a session that another thread is using fails with MOE_ERROR_INVALID_ARGUMENT. The usual
- *    pattern is one engine and one library per process, one session per thread.
- *  - Free a handle only when no other thread is using it.
+ *    A call on a session that another thread is using fails with MOE_ERROR_INVALID_ARGUMENT, and so does
+ *    moe_session_free. The usual pattern is one engine and one library per process, one session per thread.
+ *  - Free other handles only when no other thread is using them.
  *  - The error message is per thread: a failure on one thread never changes another thread's message.
  *
  * Results repeat exactly: the same inputs give bit-identical outputs whatever the threads or sessions.
