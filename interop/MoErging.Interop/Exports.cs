@@ -159,13 +159,7 @@ public static unsafe class Exports
         try
         {
             ClearOut(library, "library");
-            ReadOnlySpan<nint> paths = Input((nint*)directories, count, "directories");
-            var list = new string[paths.Length];
-            for (int i = 0; i < list.Length; i++)
-            {
-                list[i] = paths[i] == 0 ? throw new ArgumentException($"directories[{i}] is NULL") : Marshal.PtrToStringUTF8(paths[i])!;
-            }
-            ExpertLibrary loaded = ExpertLibrary.Load(list);
+            ExpertLibrary loaded = ExpertLibrary.Load(Strings(directories, count, "directories"));
             var modules = new nint[loaded.Modules.Count];
             for (int m = 0; m < modules.Length; m++)
             {
@@ -248,11 +242,7 @@ public static unsafe class Exports
         {
             ClearOut(module, "module");
             LibraryHandle lib = Handles.Get<LibraryHandle>(library, "library");
-            if (name == null)
-            {
-                throw new ArgumentException("name is NULL");
-            }
-            *module = lib.Modules[lib.Library.Module(Marshal.PtrToStringUTF8((nint)name)!).Index];
+            *module = lib.Modules[lib.Library.Module(Utf8(name, "name")).Index];
             return 0;
         }
         catch (Exception e)
@@ -410,6 +400,58 @@ public static unsafe class Exports
             ReadOnlySpan<float> bias = Input(options->Bias, options->BiasCount, "bias");
             *router = Handles.Add(new LinearRouter(p, (int)inputDim, new RoutingOptions(options->TopK, options->Temperature),
                 normalization, score, bias));
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int RouterCreatePhatgoose(nint module, byte** directories, nuint count, NativeRoutingOptions* options, nint* router)
+    {
+        try
+        {
+            ClearOut(router, "router");
+            AdaptedModule m = Handles.Get<AdaptedModule>(module, "module");
+            RoutingOptions routing = options->ToManaged(Math.Min(2, m.ExpertCount));
+            *router = Handles.Add(PhatgooseRouter.Load(m, Strings(directories, count, "directories"), routing));
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int RouterCreateCentroid(nint module, byte** directories, nuint count, NativeRoutingOptions* options, nint* router)
+    {
+        try
+        {
+            ClearOut(router, "router");
+            AdaptedModule m = Handles.Get<AdaptedModule>(module, "module");
+            RoutingOptions routing = options->ToManaged(m.ExpertCount);
+            *router = Handles.Add(CentroidRouter.Load(m, Strings(directories, count, "directories"), routing));
+            return 0;
+        }
+        catch (Exception e)
+        {
+            return Errors.Report(e);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    public static int RouterCreateClassifier(byte* path, NativeRoutingOptions* options, nint* router)
+    {
+        try
+        {
+            ClearOut(router, "router");
+            // E is in the file, and the default top-k (dense) depends on it.
+            ClassifierRouter loaded = ClassifierRouter.Load(Utf8(path, "path"));
+            RoutingOptions routing = options->ToManaged(loaded.ExpertCount);
+            *router = Handles.Add(new ClassifierRouter(loaded.Prototypes, loaded.Bias, loaded.InputDim, routing, loaded.ExpertNames));
             return 0;
         }
         catch (Exception e)
@@ -579,6 +621,20 @@ public static unsafe class Exports
         return new Span<T>(data, (int)count);
     }
 
+    private static string Utf8(byte* text, string name) =>
+        text == null ? throw new ArgumentException($"{name} is NULL") : Marshal.PtrToStringUTF8((nint)text)!;
+
+    private static string[] Strings(byte** list, nuint count, string name)
+    {
+        ReadOnlySpan<nint> pointers = Input((nint*)list, count, name);
+        var strings = new string[pointers.Length];
+        for (int i = 0; i < strings.Length; i++)
+        {
+            strings[i] = Utf8((byte*)pointers[i], $"{name}[{i}]");
+        }
+        return strings;
+    }
+
     private static void ClearOut(nint* handle, string name)
     {
         if (handle == null)
@@ -625,6 +681,18 @@ public struct NativeArrowOptions
     public uint StructSize;
     public int TopK;
     public float Temperature;
+}
+
+/// <summary>moe_routing_options.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct NativeRoutingOptions
+{
+    public uint StructSize;
+    public int TopK;
+    public float Temperature;
+
+    /// <summary>The managed options; top_k 0 stands for the router's own default.</summary>
+    internal readonly RoutingOptions ToManaged(int defaultTopK) => new(TopK == 0 ? defaultTopK : TopK, Temperature);
 }
 
 /// <summary>moe_linear_router_options.</summary>

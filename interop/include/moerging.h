@@ -145,6 +145,13 @@ typedef struct moe_linear_router_options {
     size_t bias_count;      /* elements in bias: E, or 0 when bias is NULL */
 } moe_linear_router_options;
 
+/* Top-k and temperature of the routers built from files (PHATGOOSE, centroid, classifier). */
+typedef struct moe_routing_options {
+    uint32_t struct_size;
+    int32_t top_k;          /* experts kept per token, in [1, E]; 0 (default): the router's own default */
+    float temperature;      /* positive; default 1 */
+} moe_routing_options;
+
 /* ---- Version, status and errors: no runtime needed ---- */
 
 /* MOE_ABI_VERSION as the library was built; compare it with the header's at start-up. */
@@ -163,6 +170,7 @@ MOE_API const char* moe_last_error(void);
 MOE_API moe_status moe_engine_default_options(moe_engine_options* options, size_t size);
 MOE_API moe_status moe_arrow_default_options(moe_arrow_options* options, size_t size);
 MOE_API moe_status moe_linear_router_default_options(moe_linear_router_options* options, size_t size);
+MOE_API moe_status moe_routing_default_options(moe_routing_options* options, size_t size);
 
 /* ---- Engine and sessions ---- */
 
@@ -232,10 +240,34 @@ MOE_API moe_status moe_router_create_arrow(const moe_module* module, const moe_a
 
 /* Any score-based router: score_e = f(norm(x) . p_e) / temperature + bias_e, keep top_k, softmax over the
  * kept scores. prototypes is [expert_count, input_dim], prototype_count = expert_count * input_dim.
- * PHATGOOSE, centroid and classifier routers are this with their own prototypes. options may be NULL. */
+ * PHATGOOSE, centroid and classifier routers are this with their own prototypes (the functions below build
+ * them from their files). options may be NULL. */
 MOE_API moe_status moe_router_create_linear(const float* prototypes, size_t prototype_count, size_t expert_count,
                                             size_t input_dim, const moe_linear_router_options* options,
                                             moe_router** router);
+
+/* PHATGOOSE: each expert's trained gate g_e for the module, read from phatgoose_gates.safetensors in its
+ * directory (tensor "<full module name>.phatgoose_gate", [d_in]); score_e = LayerNorm(x) . LayerNorm(g_e) /
+ * sqrt(d_in) / temperature; keep top_k (default 2, or E if smaller); softmax over the kept scores.
+ * directories are the library's, count = E of them in expert order (each directory's name is its expert's).
+ * MOE_ERROR_NOT_FOUND for a missing gate file, MOE_ERROR_FORMAT for a missing or malformed gate. options may
+ * be NULL. */
+MOE_API moe_status moe_router_create_phatgoose(const moe_module* module, const char* const* directories, size_t count,
+                                               const moe_routing_options* options, moe_router** router);
+
+/* Centroids: each expert's mean hidden state c_e at the module, read from centroids.safetensors in its directory
+ * (tensor "<full module name>.centroid", [d_in]; `moerge centroids` writes them); score_e = x . c_e /
+ * (|c_e| sqrt(d_in)) / temperature; keep top_k (default: all, k = E); softmax. directories and errors as for
+ * moe_router_create_phatgoose. */
+MOE_API moe_status moe_router_create_centroid(const moe_module* module, const char* const* directories, size_t count,
+                                              const moe_routing_options* options, moe_router** router);
+
+/* A learned classifier saved by `moerge train-router` (a safetensors file of weight [E, d_in] and bias [E]):
+ * score_e = (W x)_e / temperature + b_e; keep top_k (default: all, k = E); softmax. Not tied to a module: it
+ * routes any module with the same E and d_in. MOE_ERROR_NOT_FOUND for a missing file, MOE_ERROR_FORMAT for a
+ * malformed one. */
+MOE_API moe_status moe_router_create_classifier(const char* path, const moe_routing_options* options,
+                                                moe_router** router);
 
 /* E and k (slots per token in this router's decisions); either pointer may be NULL. */
 MOE_API moe_status moe_router_info(const moe_router* router, size_t* expert_count, size_t* top_k);

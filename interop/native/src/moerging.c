@@ -84,6 +84,11 @@ static void receive_error(const uint8_t* message, size_t length)
     X(RouterCreateArrow, (const moe_module*, const moe_arrow_options*, moe_router**))                       \
     X(RouterCreateLinear,                                                                                   \
       (const float*, size_t, size_t, size_t, const moe_linear_router_options*, moe_router**))               \
+    X(RouterCreatePhatgoose,                                                                                \
+      (const moe_module*, const char* const*, size_t, const moe_routing_options*, moe_router**))            \
+    X(RouterCreateCentroid,                                                                                 \
+      (const moe_module*, const char* const*, size_t, const moe_routing_options*, moe_router**))            \
+    X(RouterCreateClassifier, (const char*, const moe_routing_options*, moe_router**))                      \
     X(RouterInfo, (const moe_router*, size_t*, size_t*))                                                    \
     X(RouterFree, (moe_router*))                                                                            \
     X(Forward, (moe_session*, const moe_module*, const moe_router*, const float*, size_t, const float*, float*, \
@@ -338,10 +343,12 @@ static const moe_engine_options engine_defaults = {sizeof(moe_engine_options), M
 static const moe_arrow_options arrow_defaults = {sizeof(moe_arrow_options), 3, 1.0f};
 static const moe_linear_router_options linear_defaults = {
     sizeof(moe_linear_router_options), 1, 1.0f, MOE_NORMALIZATION_NONE, MOE_SCORE_IDENTITY, NULL, 0};
+static const moe_routing_options routing_defaults = {sizeof(moe_routing_options), 0, 1.0f};
 
 #define ENGINE_OPTIONS_FIRST FIRST_VERSION_SIZE(moe_engine_options, cpu_threads)
 #define ARROW_OPTIONS_FIRST FIRST_VERSION_SIZE(moe_arrow_options, temperature)
 #define LINEAR_OPTIONS_FIRST FIRST_VERSION_SIZE(moe_linear_router_options, bias_count)
+#define ROUTING_OPTIONS_FIRST FIRST_VERSION_SIZE(moe_routing_options, temperature)
 
 moe_status moe_engine_default_options(moe_engine_options* options, size_t size)
 {
@@ -359,6 +366,12 @@ moe_status moe_linear_router_default_options(moe_linear_router_options* options,
 {
     return fill_defaults(options, size, &linear_defaults, sizeof linear_defaults, LINEAR_OPTIONS_FIRST,
                          "moe_linear_router_options");
+}
+
+moe_status moe_routing_default_options(moe_routing_options* options, size_t size)
+{
+    return fill_defaults(options, size, &routing_defaults, sizeof routing_defaults, ROUTING_OPTIONS_FIRST,
+                         "moe_routing_options");
 }
 
 /* ---- Forwarders ---- */
@@ -502,6 +515,44 @@ moe_status moe_router_create_linear(const float* prototypes, size_t prototype_co
     REQUIRE_RUNTIME();
     return (moe_status)managed.RouterCreateLinear(prototypes, prototype_count, expert_count, input_dim, &full,
                                                   router);
+}
+
+moe_status moe_router_create_phatgoose(const moe_module* module, const char* const* directories, size_t count,
+                                       const moe_routing_options* options, moe_router** router)
+{
+    CLEAR_OUT(router);
+    moe_routing_options full = routing_defaults;
+    moe_status status = adopt_options(options, &full, sizeof full, ROUTING_OPTIONS_FIRST, "moe_routing_options");
+    if (status != MOE_OK) {
+        return status;
+    }
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.RouterCreatePhatgoose(module, directories, count, &full, router);
+}
+
+moe_status moe_router_create_centroid(const moe_module* module, const char* const* directories, size_t count,
+                                      const moe_routing_options* options, moe_router** router)
+{
+    CLEAR_OUT(router);
+    moe_routing_options full = routing_defaults;
+    moe_status status = adopt_options(options, &full, sizeof full, ROUTING_OPTIONS_FIRST, "moe_routing_options");
+    if (status != MOE_OK) {
+        return status;
+    }
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.RouterCreateCentroid(module, directories, count, &full, router);
+}
+
+moe_status moe_router_create_classifier(const char* path, const moe_routing_options* options, moe_router** router)
+{
+    CLEAR_OUT(router);
+    moe_routing_options full = routing_defaults;
+    moe_status status = adopt_options(options, &full, sizeof full, ROUTING_OPTIONS_FIRST, "moe_routing_options");
+    if (status != MOE_OK) {
+        return status;
+    }
+    REQUIRE_RUNTIME();
+    return (moe_status)managed.RouterCreateClassifier(path, &full, router);
 }
 
 moe_status moe_router_info(const moe_router* router, size_t* expert_count, size_t* top_k)

@@ -639,6 +639,158 @@ static void test_assigned(void)
     free(base);
 }
 
+/* ---- Routers built from files: PHATGOOSE gates, centroids, a saved classifier ---- */
+
+/* Writes each expert's [D_IN] vector for q0 into <expert directory>/<file_name> as "<module name><suffix>". */
+static void write_expert_vectors(const char* file_name, const char* suffix, const float* vectors)
+{
+    char module_name[128], tensor[160], path[PATH_MAX + 64];
+    CHECK_OK(moe_module_name(q0, module_name, sizeof module_name, NULL));
+    snprintf(tensor, sizeof tensor, "%s%s", module_name, suffix);
+    const char* names[] = {tensor};
+    int ranks[] = {1};
+    int64_t shapes[1][2] = {{D_IN, 0}};
+    for (int e = 0; e < EXPERTS; e++) {
+        const float* data[] = {vectors + e * D_IN};
+        snprintf(path, sizeof path, "%s/%s", fixture.paths[e], file_name);
+        CHECK(fixture_write_safetensors(path, 1, names, data, ranks, (const int64_t(*)[2])shapes) == 0,
+              "could not write %s", path);
+    }
+}
+
+static void remove_expert_files(const char* file_name)
+{
+    char path[PATH_MAX + 64];
+    for (int e = 0; e < EXPERTS; e++) {
+        snprintf(path, sizeof path, "%s/%s", fixture.paths[e], file_name);
+        unlink(path);
+    }
+}
+
+/* A classifier router file as `moerge train-router` writes it: weight [E, D_IN] and bias [E]. */
+static void write_classifier(const char* path, const float* weight, const float* bias, int experts)
+{
+    const char* names[] = {"weight", "bias"};
+    const float* data[] = {weight, bias};
+    int ranks[] = {2, 1};
+    int64_t shapes[2][2] = {{experts, D_IN}, {experts, 0}};
+    CHECK(fixture_write_safetensors(path, 2, names, data, ranks, (const int64_t(*)[2])shapes) == 0,
+          "could not write %s", path);
+}
+
+/* Builds a router with no options (the defaults must give k = default_k) and with top_k and a random
+ * temperature, and checks both routers' forwards against the float64 scores of `ref`. */
+typedef moe_status (*file_router_create)(const moe_routing_options* options, moe_router** router);
+
+static void check_file_router(file_router_create create, linear_reference ref, size_t default_k, int top_k)
+{
+    moe_router* router = NULL;
+    size_t k = 0;
+    CHECK_OK(create(NULL, &router));
+    CHECK_OK(moe_router_info(router, NULL, &k));
+    CHECK(k == default_k, "%s: the default keeps %zu experts, not %zu", ref.what, k, default_k);
+    ref.temperature = 1;
+    run_routed(q0, Q0, router, 9, check_linear, &ref, ref.what);
+    CHECK_OK(moe_router_free(router));
+
+    moe_routing_options options;
+    CHECK_OK(moe_routing_default_options(&options, sizeof options));
+    CHECK(options.top_k == 0 && options.temperature == 1.0f, "routing defaults: top_k 0 (the router's), temperature 1");
+    options.top_k = top_k;
+    options.temperature = (float)(0.5 + fixture_uniform(&rng));
+    CHECK_OK(create(&options, &router));
+    CHECK_OK(moe_router_info(router, NULL, &k));
+    CHECK(k == (size_t)top_k, "%s: top_k %d gives k = %zu", ref.what, top_k, k);
+    ref.temperature = options.temperature;
+    run_routed(q0, Q0, router, 7, check_linear, &ref, ref.what);
+    CHECK_OK(moe_router_free(router));
+}
+
+static moe_status create_phatgoose(const moe_routing_options* options, moe_router** router)
+{
+    return moe_router_create_phatgoose(q0, (const char* const*)fixture.paths, EXPERTS, options, router);
+}
+
+static moe_status create_centroid(const moe_routing_options* options, moe_router** router)
+{
+    return moe_router_create_centroid(q0, (const char* const*)fixture.paths, EXPERTS, options, router);
+}
+
+static char classifier_path[PATH_MAX + 32];
+
+static moe_status create_classifier(const moe_routing_options* options, moe_router** router)
+{
+    return moe_router_create_classifier(classifier_path, options, router);
+}
+
+static void test_phatgoose(void)
+{
+    float gates[EXPERTS * D_IN];
+    double prototypes[EXPERTS * D_IN]; /* LayerNorm(g_e) / sqrt(d_in) */
+    fixture_fill_normal(&rng, gates, EXPERTS * D_IN, 1.0);
+    for (int e = 0; e < EXPERTS; e++) {
+        const float* g = gates + e * D_IN;
+        double mean = 0, variance = 0;
+        for (int i = 0; i < D_IN; i++) {
+            mean += g[i] / (double)D_IN;
+        }
+        for (int i = 0; i < D_IN; i++) {
+            variance += (g[i] - mean) * (g[i] - mean) / D_IN;
+        }
+        for (int i = 0; i < D_IN; i++) {
+            prototypes[e * D_IN + i] = (g[i] - mean) / sqrt(variance + 1e-5) / sqrt(D_IN);
+        }
+    }
+    write_expert_vectors("phatgoose_gates.safetensors", ".phatgoose_gate", gates);
+    linear_reference ref = {prototypes, MOE_NORMALIZATION_LAYER_NORM, MOE_SCORE_IDENTITY, 1, NULL, "phatgoose"};
+    check_file_router(create_phatgoose, ref, 2, 3);
+    remove_expert_files("phatgoose_gates.safetensors");
+}
+
+static void test_centroid(void)
+{
+    float centroids[EXPERTS * D_IN];
+    double prototypes[EXPERTS * D_IN]; /* c_e / (|c_e| sqrt(d_in)) */
+    fixture_fill_normal(&rng, centroids, EXPERTS * D_IN, 1.0);
+    for (int e = 0; e < EXPERTS; e++) {
+        const float* c = centroids + e * D_IN;
+        double squares = 0;
+        for (int i = 0; i < D_IN; i++) {
+            squares += (double)c[i] * c[i];
+        }
+        for (int i = 0; i < D_IN; i++) {
+            prototypes[e * D_IN + i] = c[i] / (sqrt(squares) * sqrt(D_IN));
+        }
+    }
+    write_expert_vectors("centroids.safetensors", ".centroid", centroids);
+    linear_reference ref = {prototypes, MOE_NORMALIZATION_NONE, MOE_SCORE_IDENTITY, 1, NULL, "centroid"};
+    check_file_router(create_centroid, ref, EXPERTS, 2);
+    remove_expert_files("centroids.safetensors");
+}
+
+static void test_classifier(void)
+{
+    float weight[EXPERTS * D_IN], bias[EXPERTS];
+    double prototypes[EXPERTS * D_IN];
+    fixture_fill_normal(&rng, weight, EXPERTS * D_IN, 1.0 / sqrt(D_IN));
+    fixture_fill_normal(&rng, bias, EXPERTS, 0.5);
+    for (int i = 0; i < EXPERTS * D_IN; i++) {
+        prototypes[i] = weight[i];
+    }
+    snprintf(classifier_path, sizeof classifier_path, "%s/classifier.safetensors", fixture.root);
+    write_classifier(classifier_path, weight, bias, EXPERTS);
+    linear_reference ref = {prototypes, MOE_NORMALIZATION_NONE, MOE_SCORE_IDENTITY, 1, bias, "classifier"};
+    check_file_router(create_classifier, ref, EXPERTS, 2);
+
+    /* Not tied to a module: it routes v0 (the same d_in) too. */
+    moe_router* router = NULL;
+    CHECK_OK(create_classifier(NULL, &router));
+    ref.what = "classifier on another module";
+    run_routed(v0, V0, router, 5, check_linear, &ref, ref.what);
+    CHECK_OK(moe_router_free(router));
+    unlink(classifier_path);
+}
+
 /* ---- Threads: one library, one router, one session per thread; results equal one thread's, bit for bit ---- */
 
 enum { THREADS = 8, THREAD_TOKENS = 6, ROUNDS = 25 };
@@ -1024,6 +1176,68 @@ static void test_bad_paths(void)
     CHECK_FAILS(moe_library_find_module(library, "", &m), MOE_ERROR_INVALID_ARGUMENT, "name");
 }
 
+static void test_bad_router_files(void)
+{
+    moe_router* r = (moe_router*)&r;
+    const char* const* paths = (const char* const*)fixture.paths;
+    float vectors[EXPERTS * D_IN];
+    fixture_fill_normal(&rng, vectors, EXPERTS * D_IN, 1.0);
+    CHECK_FAILS(moe_router_create_phatgoose(q0, paths, EXPERTS, NULL, &r), MOE_ERROR_NOT_FOUND,
+                "has no PHATGOOSE gate file");
+    CHECK(r == NULL, "the out-parameter was not cleared");
+    write_expert_vectors("phatgoose_gates.safetensors", ".phatgoose_gate", vectors);
+    CHECK_FAILS(moe_router_create_phatgoose(v0, paths, EXPERTS, NULL, &r), MOE_ERROR_FORMAT,
+                "has no PHATGOOSE gate for module");
+    CHECK_FAILS(moe_router_create_phatgoose(q0, paths, EXPERTS - 1, NULL, &r), MOE_ERROR_INVALID_ARGUMENT,
+                "5 experts need 5 directories, got 4");
+    const char* swapped[EXPERTS];
+    for (int e = 0; e < EXPERTS; e++) {
+        swapped[e] = fixture.paths[(e + 1) % EXPERTS];
+    }
+    CHECK_FAILS(moe_router_create_phatgoose(q0, swapped, EXPERTS, NULL, &r), MOE_ERROR_INVALID_ARGUMENT,
+                "give the directories in expert order");
+    CHECK_FAILS(moe_router_create_phatgoose(q0, NULL, EXPERTS, NULL, &r), MOE_ERROR_INVALID_ARGUMENT,
+                "directories is NULL");
+    CHECK_FAILS(moe_router_create_phatgoose(NULL, paths, EXPERTS, NULL, &r), MOE_ERROR_INVALID_ARGUMENT,
+                "module is NULL");
+    moe_routing_options options;
+    CHECK_OK(moe_routing_default_options(&options, sizeof options));
+    options.top_k = EXPERTS + 1;
+    CHECK_FAILS(moe_router_create_phatgoose(q0, paths, EXPERTS, &options, &r), MOE_ERROR_INVALID_ARGUMENT,
+                "top-k must be in [1, 5]");
+    options.top_k = 0;
+    options.temperature = 0;
+    CHECK_FAILS(moe_router_create_phatgoose(q0, paths, EXPERTS, &options, &r), MOE_ERROR_INVALID_ARGUMENT,
+                "temperature must be positive");
+    options.struct_size = 2;
+    CHECK_FAILS(moe_router_create_classifier("x", &options, &r), MOE_ERROR_INVALID_ARGUMENT,
+                "moe_routing_options.struct_size is 2");
+    remove_expert_files("phatgoose_gates.safetensors");
+
+    memset(vectors + 2 * D_IN, 0, sizeof(float) * D_IN); /* expert 2's centroid has no direction */
+    write_expert_vectors("centroids.safetensors", ".centroid", vectors);
+    CHECK_FAILS(moe_router_create_centroid(q0, paths, EXPERTS, NULL, &r), MOE_ERROR_INVALID_ARGUMENT,
+                "is zero, so it has no direction");
+    remove_expert_files("centroids.safetensors");
+
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/no-such-classifier.safetensors", fixture.root);
+    CHECK_FAILS(moe_router_create_classifier(path, NULL, &r), MOE_ERROR_NOT_FOUND, "no-such-classifier");
+    CHECK_FAILS(moe_router_create_classifier(NULL, NULL, &r), MOE_ERROR_INVALID_ARGUMENT, "path is NULL");
+    snprintf(path, sizeof path, "%s/classifier.safetensors", fixture.root);
+    fixture_write_text(path, "not a safetensors file at all");
+    CHECK_FAILS(moe_router_create_classifier(path, NULL, &r), MOE_ERROR_FORMAT, "classifier.safetensors");
+    /* A classifier over 4 experts loads, but does not fit a module of 5. */
+    float bias[EXPERTS - 1] = {0};
+    write_classifier(path, vectors, bias, EXPERTS - 1);
+    CHECK_OK(moe_router_create_classifier(path, NULL, &r));
+    float x[D_IN] = {0}, y[D_OUT] = {0};
+    CHECK_FAILS(moe_forward(session, q0, r, x, D_IN, NULL, y, D_OUT, NULL, NULL, 0), MOE_ERROR_INVALID_ARGUMENT,
+                "chooses among 4 experts");
+    CHECK_OK(moe_router_free(r));
+    unlink(path);
+}
+
 /* Freeing in order: sessions, then their engine; the library any time. */
 static void test_teardown(void)
 {
@@ -1049,11 +1263,15 @@ static const test_case CASES[] = {
     {"arrow_forward", test_arrow},
     {"linear_forward", test_linear},
     {"assigned_forward", test_assigned},
+    {"phatgoose_forward", test_phatgoose},
+    {"centroid_forward", test_centroid},
+    {"classifier_forward", test_classifier},
     {"threads", test_threads},
     {"errors_are_per_thread", test_errors_are_per_thread},
     {"bad_handles", test_bad_handles},
     {"bad_sizes", test_bad_sizes},
     {"bad_paths", test_bad_paths},
+    {"bad_router_files", test_bad_router_files},
     {"teardown", test_teardown},
 };
 enum { CASE_COUNT = sizeof CASES / sizeof CASES[0] };
