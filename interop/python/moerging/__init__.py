@@ -29,6 +29,7 @@ from ._native import (
     NotFoundError,
     NotSupportedError,
     OutOfMemoryError,
+    RoutingOptions,
     check,
     lib,
     string,
@@ -69,6 +70,20 @@ def _output(tokens, module, base):
     if base.shape[0] != tokens:
         raise InvalidArgumentError(1, f"base has {base.shape[0]} rows but x has {tokens}")
     return np.empty_like(base), _floats(base)
+
+
+def _paths(directories):
+    """A C array of UTF-8 paths."""
+    encoded = [p if isinstance(p, bytes) else str(p).encode("utf-8") for p in directories]
+    return (ctypes.c_char_p * len(encoded))(*encoded), len(encoded)
+
+
+def _routing_options(top_k, temperature):
+    """moe_routing_options; top_k None is the router's own default."""
+    options = RoutingOptions()
+    check(lib.moe_routing_default_options(ctypes.byref(options), ctypes.sizeof(options)))
+    options.top_k, options.temperature = 0 if top_k is None else top_k, temperature
+    return ctypes.byref(options)
 
 
 def _matrix(values, columns, what):
@@ -184,10 +199,9 @@ class Library(_Handle):
     _free = lib.moe_library_free
 
     def __init__(self, directories):
-        paths = [p if isinstance(p, bytes) else str(p).encode("utf-8") for p in directories]
-        array = (ctypes.c_char_p * len(paths))(*paths)
+        self.directories = list(directories)  # the routers built from the experts' files read them again
         handle = ctypes.c_void_p()
-        check(lib.moe_library_load(array, len(paths), ctypes.byref(handle)))
+        check(lib.moe_library_load(*_paths(self.directories), ctypes.byref(handle)))
         super().__init__(handle.value)
 
     def _counts(self):
@@ -239,7 +253,8 @@ class Module:
 
 
 class Router(_Handle):
-    """Decides each token's experts and weights. Build one with uniform, fixed, arrow or linear."""
+    """Decides each token's experts and weights. Build one with uniform, fixed, arrow, linear, phatgoose,
+    centroid or classifier."""
 
     _free = lib.moe_router_free
 
@@ -285,6 +300,27 @@ class Router(_Handle):
             options.bias, options.bias_count = _floats(b), b.size
         return cls._create(lib.moe_router_create_linear, _floats(p), p.size, p.shape[0], p.shape[1],
                            ctypes.byref(options))
+
+    @classmethod
+    def phatgoose(cls, module, top_k=None, temperature=1.0):
+        """PHATGOOSE: LayerNorm(x) . LayerNorm(g_e) / sqrt(d_in) against each expert's gate, read from
+        phatgoose_gates.safetensors in its directory; top-k (default 2); softmax."""
+        return cls._create(lib.moe_router_create_phatgoose, module.handle, *_paths(module.library.directories),
+                           _routing_options(top_k, temperature))
+
+    @classmethod
+    def centroid(cls, module, top_k=None, temperature=1.0):
+        """x . c_e / (|c_e| sqrt(d_in)) against each expert's centroid, read from centroids.safetensors in its
+        directory; top-k (default: all experts); softmax."""
+        return cls._create(lib.moe_router_create_centroid, module.handle, *_paths(module.library.directories),
+                           _routing_options(top_k, temperature))
+
+    @classmethod
+    def classifier(cls, path, top_k=None, temperature=1.0):
+        """A classifier saved by `moerge train-router` (weight [E, d_in], bias [E]): W x + b; top-k (default:
+        all experts); softmax. It routes any module with the same E and d_in."""
+        return cls._create(lib.moe_router_create_classifier, str(path).encode("utf-8"),
+                           _routing_options(top_k, temperature))
 
     def _info(self):
         experts, k = ctypes.c_size_t(), ctypes.c_size_t()

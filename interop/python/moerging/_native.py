@@ -74,6 +74,10 @@ class LinearRouterOptions(ctypes.Structure):
     ]
 
 
+class RoutingOptions(ctypes.Structure):
+    _fields_ = [("struct_size", c_uint32), ("top_k", c_int32), ("temperature", c_float)]
+
+
 def _load():
     """libmoerging.so from $MOERGING_LIBRARY, else next to this package, else the loader's search path."""
     configured = os.environ.get("MOERGING_LIBRARY")
@@ -105,6 +109,7 @@ _SIGNATURES = {
     "moe_engine_default_options": (c_int32, [POINTER(EngineOptions), c_size_t]),
     "moe_arrow_default_options": (c_int32, [POINTER(ArrowOptions), c_size_t]),
     "moe_linear_router_default_options": (c_int32, [POINTER(LinearRouterOptions), c_size_t]),
+    "moe_routing_default_options": (c_int32, [POINTER(RoutingOptions), c_size_t]),
     "moe_engine_create": (c_int32, [POINTER(EngineOptions), _out]),
     "moe_engine_info": (c_int32, [_handle, POINTER(c_int32), POINTER(c_char), c_size_t, _size_out]),
     "moe_engine_free": (c_int32, [_handle]),
@@ -123,6 +128,9 @@ _SIGNATURES = {
     "moe_router_create_arrow": (c_int32, [_handle, POINTER(ArrowOptions), _out]),
     "moe_router_create_linear": (c_int32, [_floats, c_size_t, c_size_t, c_size_t, POINTER(LinearRouterOptions),
                                            _out]),
+    "moe_router_create_phatgoose": (c_int32, [_handle, POINTER(c_char_p), c_size_t, POINTER(RoutingOptions), _out]),
+    "moe_router_create_centroid": (c_int32, [_handle, POINTER(c_char_p), c_size_t, POINTER(RoutingOptions), _out]),
+    "moe_router_create_classifier": (c_int32, [c_char_p, POINTER(RoutingOptions), _out]),
     "moe_router_info": (c_int32, [_handle, _size_out, _size_out]),
     "moe_router_free": (c_int32, [_handle]),
     "moe_forward": (c_int32, [_handle, _handle, _handle, _floats, c_size_t, _floats, _floats, c_size_t, _ints,

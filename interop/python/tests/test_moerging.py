@@ -192,6 +192,51 @@ class EngineTests(unittest.TestCase):
                     assert_close(self, y, reference_forward(self.experts, module, x, None, ids, reference_weights),
                                  None, top_k)
 
+    def test_file_routers(self):
+        """PHATGOOSE gates and centroids shipped in the expert directories, and a saved classifier."""
+        name = self.up.name
+        x = self.normal(9, D_IN).astype(np.float64)
+        gates, centroids = self.normal(EXPERTS, D_IN), self.normal(EXPERTS, D_IN)
+        weight, bias = self.normal(EXPERTS, D_IN) / np.sqrt(D_IN), self.normal(EXPERTS) * 0.5
+        classifier = os.path.join(self.root, "classifier.safetensors")
+        write_safetensors(classifier, {"weight": weight, "bias": bias})
+        for path, g, c in zip(self.paths, gates, centroids):
+            write_safetensors(os.path.join(path, "phatgoose_gates.safetensors"), {name + ".phatgoose_gate": g})
+            write_safetensors(os.path.join(path, "centroids.safetensors"), {name + ".centroid": c})
+
+        def layer_norm(v):
+            v = v.astype(np.float64)
+            return (v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + 1e-5)
+
+        c = centroids.astype(np.float64)
+        cases = [  # (name, router factory, default k, float64 scores before the temperature, bias)
+            ("phatgoose", lambda **o: moerging.Router.phatgoose(self.up, **o), 2,
+             layer_norm(x) @ layer_norm(gates).T / np.sqrt(D_IN), 0),
+            ("centroid", lambda **o: moerging.Router.centroid(self.up, **o), EXPERTS,
+             x @ (c / np.linalg.norm(c, axis=1, keepdims=True)).T / np.sqrt(D_IN), 0),
+            ("classifier", lambda **o: moerging.Router.classifier(classifier, **o), EXPERTS,
+             x @ weight.astype(np.float64).T, bias.astype(np.float64)),
+        ]
+        for what, make, default_k, dots, b in cases:
+            for options in ({}, {"top_k": 2, "temperature": float(self.rng.uniform(0.5, 1.5))}):
+                with self.subTest(router=what, **options), make(**options) as router:
+                    self.assertEqual(router.top_k, options.get("top_k", default_k))
+                    y, ids, w = self.session.forward(self.up, router, x)
+                    reference_weights = check_routing(self, dots / options.get("temperature", 1.0) + b, ids, w)
+                    assert_close(self, y, reference_forward(self.experts, "model.layers.0.mlp.up_proj", x, None, ids,
+                                                            reference_weights), None, router.top_k)
+        for path in self.paths:
+            os.remove(os.path.join(path, "phatgoose_gates.safetensors"))
+        with self.assertRaisesRegex(moerging.NotFoundError, "has no PHATGOOSE gate file"):
+            moerging.Router.phatgoose(self.up)
+        with self.assertRaisesRegex(moerging.FormatError, "has no centroid for module"):
+            moerging.Router.centroid(self.gate)
+        for path in self.paths:
+            os.remove(os.path.join(path, "centroids.safetensors"))
+        with self.assertRaisesRegex(moerging.NotFoundError, "no-such.safetensors"):
+            moerging.Router.classifier(os.path.join(self.root, "no-such.safetensors"))
+        os.remove(classifier)
+
     def test_assigned(self):
         tokens, k = 11, 3
         ids = self.rng.integers(-1, EXPERTS, (tokens, k)).astype(np.int32)
