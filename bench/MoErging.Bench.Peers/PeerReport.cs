@@ -26,10 +26,15 @@ internal sealed class PeerReport
 
     private readonly Dictionary<(Shape Shape, string Method), BenchmarkReport> _reports = [];
 
+    private readonly IReadOnlyDictionary<Shape, double> _allocations;
     private readonly string _machine;
 
-    public PeerReport(Summary summary, string machine)
+    /// <param name="summary">The run.</param>
+    /// <param name="allocations">The engine's bytes per warm forward by shape (<see cref="EngineAllocations"/>).</param>
+    /// <param name="machine">The machine's name in bench/results.</param>
+    public PeerReport(Summary summary, IReadOnlyDictionary<Shape, double> allocations, string machine)
     {
+        _allocations = allocations;
         _machine = machine;
         foreach (BenchmarkReport report in summary.Reports)
         {
@@ -51,7 +56,9 @@ internal sealed class PeerReport
         string where = results is null ? "" : $" (table and plots in `{Relative(results)}/`)";
         text.AppendLine($"- **Command:** `dotnet tool restore && dotnet cake --target=Peers`{where}");
         text.AppendLine("- Mean per forward (routing included); \"best peer ÷ engine\" is the faster TorchSharp variant's mean over the " +
-            "engine's. Allocated counts the managed heap only (BenchmarkDotNet's MemoryDiagnoser); libtorch's native buffers are not in it.");
+            "engine's. Allocated is managed heap per forward: as BenchmarkDotNet's in-process MemoryDiagnoser counts it (every thread of the " +
+            "process, libtorch's and the runtime's included), then for the engine alone over 1,000 warm forwards with nothing else " +
+            "running; libtorch's native buffers are in neither.");
         text.AppendLine();
         Table(text, "T", PeerBenchmarks.TokenSweep.Select(t => new Shape(t, Workload.Experts)), s => s.Tokens,
             s => s.Tokens <= 64 ? 2.0 : 1.0);
@@ -86,7 +93,7 @@ internal sealed class PeerReport
     private void Table(StringBuilder text, string axis, IEnumerable<Shape> shapes, Func<Shape, int> value, Func<Shape, double>? goal)
     {
         text.AppendLine($"| {axis} | engine mean (median) | TorchSharp PEFT loop | TorchSharp gather + bmm | best peer ÷ engine |" +
-            (goal is null ? "" : " goal |") + " engine allocated | engine GB/s over min bytes |");
+            (goal is null ? "" : " goal |") + " engine allocated (in run / alone) | engine GB/s over min bytes |");
         text.AppendLine("| ---: | ---: | ---: | ---: | ---: |" + (goal is null ? "" : " :---: |") + " ---: | ---: |");
         foreach (Shape shape in shapes.Where(s => Implementations.All(i => _reports.ContainsKey((s, i.Method)))))
         {
@@ -98,7 +105,7 @@ internal sealed class PeerReport
             double gigabytes = Workload.CostOf(shape.Tokens, shape.Experts).MinimumBytes / engine.Mean;
             string goalCell = goal is null ? "" : Invariant($" ≥ {goal(shape):0.#}× {(ratio >= goal(shape) ? "met" : "missed")} |");
             text.AppendLine(Invariant(
-                $"| {value(shape)} | {Time(engine.Mean)} ({Time(engine.Median)}) | {Time(loop)} | {Time(gather)} | **{ratio:F2}×** |{goalCell} {allocated?.ToString(CultureInfo.InvariantCulture) ?? "?"} B | {gigabytes:F2} |"));
+                $"| {value(shape)} | {Time(engine.Mean)} ({Time(engine.Median)}) | {Time(loop)} | {Time(gather)} | **{ratio:F2}×** |{goalCell} {allocated?.ToString(CultureInfo.InvariantCulture) ?? "?"} B / {Alone(shape)} | {gigabytes:F2} |"));
         }
     }
 
@@ -135,10 +142,12 @@ internal sealed class PeerReport
         plot.Axes.Bottom.Label.Text = $"{axis} (log scale)";
         plot.Axes.Title.Label.Text = title;
         plot.Grid.MajorLineColor = Colors.Black.WithOpacity(0.12);
-        plot.Legend.Alignment = Alignment.UpperLeft;
+        plot.Legend.Alignment = Alignment.LowerRight; // below the lines at large T and E
         plot.ShowLegend();
         plot.SavePng(path, 900, 560);
     }
+
+    private string Alone(Shape shape) => _allocations.TryGetValue(shape, out double bytes) ? Invariant($"{bytes:0.##} B") : "?";
 
     private Statistics Stats(Shape shape, string method) => _reports[(shape, method)].ResultStatistics
         ?? throw new InvalidOperationException($"no statistics for {method} at {shape}");

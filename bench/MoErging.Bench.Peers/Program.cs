@@ -46,7 +46,9 @@ if (summary.HasCriticalValidationErrors || summary.Reports.Any(report => !report
     Console.Error.WriteLine("some benchmarks failed; no results written");
     return 1;
 }
-var report = new PeerReport(summary, Option("--machine",
+Dictionary<Shape, double> allocations = summary.BenchmarksCases
+    .Select(c => (Shape)c.Parameters["Shape"]).Distinct().ToDictionary(shape => shape, EngineAllocations.PerForward);
+var report = new PeerReport(summary, allocations, Option("--machine",
     $"{RuntimeInformation.OSArchitecture}-{Environment.ProcessorCount}core".ToLowerInvariant()));
 if (results is not null)
 {
