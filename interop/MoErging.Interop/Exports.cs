@@ -409,31 +409,23 @@ public static unsafe class Exports
     }
 
     [UnmanagedCallersOnly]
-    public static int RouterCreatePhatgoose(nint module, byte** directories, nuint count, NativeRoutingOptions* options, nint* router)
-    {
-        try
-        {
-            ClearOut(router, "router");
-            AdaptedModule m = Handles.Get<AdaptedModule>(module, "module");
-            RoutingOptions routing = options->ToManaged(Math.Min(2, m.ExpertCount));
-            *router = Handles.Add(PhatgooseRouter.Load(m, Strings(directories, count, "directories"), routing));
-            return 0;
-        }
-        catch (Exception e)
-        {
-            return Errors.Report(e);
-        }
-    }
+    public static int RouterCreatePhatgoose(nint module, byte** directories, nuint count, NativeRoutingOptions* options, nint* router) =>
+        CreateFromExpertFiles(module, directories, count, options, router, m => Math.Min(2, m.ExpertCount), PhatgooseRouter.Load);
 
     [UnmanagedCallersOnly]
-    public static int RouterCreateCentroid(nint module, byte** directories, nuint count, NativeRoutingOptions* options, nint* router)
+    public static int RouterCreateCentroid(nint module, byte** directories, nuint count, NativeRoutingOptions* options, nint* router) =>
+        CreateFromExpertFiles(module, directories, count, options, router, m => m.ExpertCount, (m, d, o) => CentroidRouter.Load(m, d, o));
+
+    /// <summary>A router built from one file per expert directory (gates, centroids); top-k 0 takes <paramref name="defaultTopK"/>.</summary>
+    private static int CreateFromExpertFiles(nint module, byte** directories, nuint count, NativeRoutingOptions* options, nint* router,
+        Func<AdaptedModule, int> defaultTopK, Func<AdaptedModule, IReadOnlyList<string>, RoutingOptions, Router> load)
     {
         try
         {
             ClearOut(router, "router");
             AdaptedModule m = Handles.Get<AdaptedModule>(module, "module");
-            RoutingOptions routing = options->ToManaged(m.ExpertCount);
-            *router = Handles.Add(CentroidRouter.Load(m, Strings(directories, count, "directories"), routing));
+            RoutingOptions routing = options->ToManaged(defaultTopK(m));
+            *router = Handles.Add(load(m, Strings(directories, count, "directories"), routing));
             return 0;
         }
         catch (Exception e)

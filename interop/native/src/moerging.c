@@ -517,12 +517,19 @@ moe_status moe_router_create_linear(const float* prototypes, size_t prototype_co
                                                   router);
 }
 
+/* The PHATGOOSE, centroid and classifier constructors share one options type. */
+static moe_status adopt_routing_options(const moe_routing_options* given, moe_routing_options* full)
+{
+    *full = routing_defaults;
+    return adopt_options(given, full, sizeof *full, ROUTING_OPTIONS_FIRST, "moe_routing_options");
+}
+
 moe_status moe_router_create_phatgoose(const moe_module* module, const char* const* directories, size_t count,
                                        const moe_routing_options* options, moe_router** router)
 {
     CLEAR_OUT(router);
-    moe_routing_options full = routing_defaults;
-    moe_status status = adopt_options(options, &full, sizeof full, ROUTING_OPTIONS_FIRST, "moe_routing_options");
+    moe_routing_options full;
+    moe_status status = adopt_routing_options(options, &full);
     if (status != MOE_OK) {
         return status;
     }
@@ -534,8 +541,8 @@ moe_status moe_router_create_centroid(const moe_module* module, const char* cons
                                       const moe_routing_options* options, moe_router** router)
 {
     CLEAR_OUT(router);
-    moe_routing_options full = routing_defaults;
-    moe_status status = adopt_options(options, &full, sizeof full, ROUTING_OPTIONS_FIRST, "moe_routing_options");
+    moe_routing_options full;
+    moe_status status = adopt_routing_options(options, &full);
     if (status != MOE_OK) {
         return status;
     }
@@ -546,8 +553,8 @@ moe_status moe_router_create_centroid(const moe_module* module, const char* cons
 moe_status moe_router_create_classifier(const char* path, const moe_routing_options* options, moe_router** router)
 {
     CLEAR_OUT(router);
-    moe_routing_options full = routing_defaults;
-    moe_status status = adopt_options(options, &full, sizeof full, ROUTING_OPTIONS_FIRST, "moe_routing_options");
+    moe_routing_options full;
+    moe_status status = adopt_routing_options(options, &full);
     if (status != MOE_OK) {
         return status;
     }
