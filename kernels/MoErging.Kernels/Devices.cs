@@ -1,7 +1,6 @@
+using System.Globalization;
 using System.Reflection;
-using System.Runtime.InteropServices;
 using ILGPU;
-using ILGPU.Backends.OpenCL;
 using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
 using ILGPU.Runtime.Cuda;
@@ -9,166 +8,172 @@ using ILGPU.Runtime.OpenCL;
 
 namespace MoErging.Kernels;
 
-/// <summary>The GPU APIs the kernels run on through ILGPU.</summary>
-public enum GpuApi
-{
-    /// <summary>NVIDIA CUDA.</summary>
-    Cuda,
-
-    /// <summary>OpenCL 2.0 with generic address space support (ILGPU's requirement).</summary>
-    OpenCL,
-
-    /// <summary>ILGPU's CPU accelerator, configured like an NVIDIA device (warp 32, one warp per group): slow, for tests.</summary>
-    CpuSimulator,
-}
-
-/// <summary>An accelerator with its context and kernels; dispose to release the device.</summary>
-public sealed class GpuDevice : IDisposable
-{
-    private readonly Context _context;
-
-    internal GpuDevice(Context context, Accelerator accelerator, GpuApi api)
-    {
-        _context = context;
-        Accelerator = accelerator;
-        Api = api;
-        Kernels = new KernelSet(accelerator);
-    }
-
-    /// <summary>The ILGPU accelerator.</summary>
-    public Accelerator Accelerator { get; }
-
-    /// <summary>Which API it runs on.</summary>
-    public GpuApi Api { get; }
-
-    /// <summary>The compiled kernels, loaded once.</summary>
-    public KernelSet Kernels { get; }
-
-    /// <summary>The device's name as the driver reports it.</summary>
-    public string Name => Accelerator.Name;
-
-    /// <inheritdoc />
-    public void Dispose()
-    {
-        Accelerator.Dispose();
-        _context.Dispose();
-    }
-}
-
-/// <summary>The kernel families of one accelerator, compiled when the device opens and then reused.</summary>
-public sealed class KernelSet
-{
-    internal KernelSet(Accelerator accelerator)
-    {
-        Gating = new GatingKernel(accelerator);
-        Dispatch = new DispatchKernel(accelerator);
-        Shrink = new ShrinkKernel(accelerator);
-        Expand = new ExpandKernel(accelerator);
-    }
-
-    /// <summary>Scores, top-k and weights.</summary>
-    public GatingKernel Gating { get; }
-
-    /// <summary>Grouping by expert.</summary>
-    public DispatchKernel Dispatch { get; }
-
-    /// <summary>V = X A_eᵀ per segment.</summary>
-    public ShrinkKernel Shrink { get; }
-
-    /// <summary>y += Σ w s B v.</summary>
-    public ExpandKernel Expand { get; }
-}
-
-/// <summary>Opens accelerators, or says precisely why one cannot be opened.</summary>
+/// <summary>Lists the devices this machine's drivers report, opens them, or says precisely why one cannot be opened.</summary>
 public static class Devices
 {
-    private static readonly string[] CudaDriverNames =
-    [
-        "libcuda.so", "libcuda.so.1",
-        "/usr/lib/x86_64-linux-gnu/libcuda.so.1", "/usr/lib64/libcuda.so.1", "/usr/local/nvidia/lib64/libcuda.so.1",
-        "/usr/lib/aarch64-linux-gnu/libcuda.so.1",
-    ];
+    internal static readonly object Gate = new();
+    private static readonly Dictionary<string, OpenDevice> Opened = [];
+    private static DeviceList? _list;
 
-    private static readonly object ResolverGate = new();
-    private static bool _resolverSet;
+    static Devices() => DriverLibraries.Install();
 
-    /// <summary>Opens the first device of an API, or returns null with the reason.</summary>
-    public static GpuDevice? TryOpen(GpuApi api, out string reason)
+    /// <summary>
+    /// Every CUDA and OpenCL device the drivers report, CUDA first; listed once per process. A listed device
+    /// may still be unusable: <see cref="Check"/> says whether the engine runs on it.
+    /// </summary>
+    public static IReadOnlyList<DeviceInfo> List() => Listing().Devices;
+
+    /// <summary>Why an API has no device in <see cref="List"/> (no driver, or a driver that reports none), or null when it has some.</summary>
+    public static string? Missing(GpuApi api) => api switch
     {
+        GpuApi.Cuda => Listing().NoCuda,
+        GpuApi.OpenCL => Listing().NoOpenCL,
+        _ => null,
+    };
+
+    /// <summary>Opens the device and compiles every kernel on it: null when the engine runs there, else exactly why not.</summary>
+    public static string? Check(DeviceInfo device)
+    {
+        using GpuDevice? open = TryOpen(device, out string reason);
+        return open is null ? reason : null;
+    }
+
+    /// <summary>Opens the first usable device of an API (for OpenCL, GPUs before other devices), or returns null with the reason.</summary>
+    public static GpuDevice? TryOpen(GpuApi api, out string reason) => TryOpen(api, null, out reason);
+
+    /// <summary>
+    /// Opens a device of an API: <paramref name="device"/> is an index from <see cref="List"/> or a case-insensitive
+    /// part of a device's or platform's name that names one device; null takes the first usable one (for OpenCL,
+    /// GPUs before other devices). Returns null with the reason when there is none, or it does not open.
+    /// </summary>
+    public static GpuDevice? TryOpen(GpuApi api, string? device, out string reason)
+    {
+        if (api == GpuApi.CpuSimulator)
+        {
+            reason = "ILGPU's CPU accelerator (warp 32, one warp per group)";
+            return OpenSimulator(1);
+        }
+        if (device is not null)
+        {
+            DeviceInfo? chosen = Find(device, api, out reason);
+            return chosen is null ? null : TryOpen(chosen, out reason);
+        }
+        List<DeviceInfo> candidates = List().Where(d => d.Api == api).OrderBy(d => d.Kind == DeviceKind.Gpu ? 0 : 1).ToList();
+        if (candidates.Count == 0)
+        {
+            reason = Missing(api) ?? $"no {api} device found";
+            return null;
+        }
+        var refusals = new List<string>();
+        foreach (DeviceInfo candidate in candidates)
+        {
+            GpuDevice? open = TryOpen(candidate, out reason);
+            if (open is not null)
+            {
+                return open;
+            }
+            refusals.Add(reason);
+        }
+        reason = string.Join("; ", refusals);
+        return null;
+    }
+
+    /// <summary>Opens a listed device, compiling every kernel on it, or returns null with the reason (the driver's own error included).</summary>
+    public static GpuDevice? TryOpen(DeviceInfo device, out string reason)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        string key = $"{device.Api}:{device.Ordinal}:{device.Platform}:{device.Name}";
         try
         {
-            return api switch
+            GpuDevice open = Hold(key, () => device.Api switch
             {
-                GpuApi.Cuda => OpenCuda(out reason),
-                GpuApi.OpenCL => OpenOpenCL(out reason),
-                _ => OpenCpuSimulator(out reason),
-            };
+                GpuApi.Cuda => OpenCuda(key, device),
+                GpuApi.OpenCL => OpenOpenCL(key, device),
+                _ => throw new ArgumentOutOfRangeException(nameof(device), device.Api, "not a listed API"),
+            });
+            reason = $"{device.Api} device {device.Index}: {device.Name}";
+            return open;
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
             // Driver and compiler failures surface here: report them instead of letting them escape.
-            reason = $"{api} could not be started: {e.Message}";
+            reason = $"{device.Api} device {device.Index} ({device.Name}) could not be used: {Describe(e)}";
             return null;
         }
     }
 
-    private static GpuDevice? OpenCuda(out string reason)
+    /// <summary>
+    /// The GPU kernels on ILGPU's CPU accelerator, configured like an NVIDIA device: warp 32 and
+    /// <paramref name="warpsPerGroup"/> warps per group (each simulated thread is an OS thread, so one warp
+    /// is fastest; more run the multi-warp code a GPU runs).
+    /// </summary>
+    public static GpuDevice OpenSimulator(int warpsPerGroup = 1)
     {
-        if (!RuntimeInformation.IsOSPlatform(OSPlatform.Windows) && !TryLoadCudaDriver())
+        ArgumentOutOfRangeException.ThrowIfLessThan(warpsPerGroup, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(warpsPerGroup, 32);
+        string key = $"simulator:{warpsPerGroup}";
+        return Hold(key, () =>
         {
-            reason = "no CUDA driver found (looked for libcuda.so and libcuda.so.1)";
-            return null;
-        }
-        InstallCudaResolver();
-        Context context = Context.Create(b => b.Cuda().EnableAlgorithms().Optimize(Level));
-        if (context.GetCudaDevices().Count == 0)
-        {
-            context.Dispose();
-            reason = "a CUDA driver is installed but reports no device this ILGPU version supports";
-            return null;
-        }
-        CudaAccelerator accelerator = context.CreateCudaAccelerator(0);
-        reason = $"CUDA device 0: {accelerator.Name}";
-        return new GpuDevice(context, accelerator, GpuApi.Cuda);
-    }
-
-    private static GpuDevice? OpenOpenCL(out string reason)
-    {
-        // List every OpenCL device first, so a device without the required support can be named.
-        using (Context all = Context.Create(b => b.OpenCL(_ => true)))
-        {
-            if (all.GetCLDevices().Count == 0)
+            var simulated = new CPUDevice(numThreadsPerWarp: 32, numWarpsPerMultiprocessor: warpsPerGroup, numMultiprocessors: 1);
+            Context context = Context.Create(b => b.CPU(simulated).EnableAlgorithms().Optimize(Level));
+            var info = new DeviceInfo
             {
-                reason = "no OpenCL platform or device found";
+                Index = -1,
+                Api = GpuApi.CpuSimulator,
+                Platform = "ILGPU",
+                Name = $"CPU accelerator (warp 32, {warpsPerGroup} warp{(warpsPerGroup == 1 ? "" : "s")} per group)",
+                Kind = DeviceKind.Cpu,
+                MemoryBytes = simulated.MemorySize,
+            };
+            return Open(key, info, context, c => c.CreateCPUAccelerator(0, CPUAcceleratorMode.Parallel));
+        });
+    }
+
+    /// <summary>
+    /// The listed device <paramref name="selector"/> names (an index, or a case-insensitive part of one device's
+    /// or platform's name), of <paramref name="api"/> when given; null with the reason when none or several match.
+    /// </summary>
+    public static DeviceInfo? Find(string selector, GpuApi? api, out string reason)
+    {
+        ArgumentNullException.ThrowIfNull(selector);
+        IReadOnlyList<DeviceInfo> all = List();
+        string known = all.Count == 0
+            ? $"no device is listed ({Missing(GpuApi.Cuda)}; {Missing(GpuApi.OpenCL)})"
+            : "devices: " + string.Join(", ", all.Select(d => $"{d.Index} {d.Name}"));
+        DeviceInfo? found;
+        if (int.TryParse(selector, NumberStyles.None, CultureInfo.InvariantCulture, out int index))
+        {
+            found = index < all.Count ? all[index] : null;
+            if (found is null)
+            {
+                reason = $"there is no device {index} ({known})";
                 return null;
             }
-            CLDevice first = all.GetCLDevice(0);
-            bool supported = false;
-            foreach (CLDevice device in all.GetCLDevices())
+        }
+        else
+        {
+            List<DeviceInfo> matches = all.Where(d => d.Name.Contains(selector, StringComparison.OrdinalIgnoreCase)
+                || d.Platform.Contains(selector, StringComparison.OrdinalIgnoreCase)).ToList();
+            if (api is GpuApi wanted && matches.Any(d => d.Api == wanted))
             {
-                supported |= device.CLStdVersion >= CLBackend.MinimumVersion && device.Capabilities.GenericAddressSpace;
+                matches = matches.Where(d => d.Api == wanted).ToList();
             }
-            if (!supported)
+            if (matches.Count != 1)
             {
-                reason = $"OpenCL device '{first.Name}' (OpenCL C {first.CLStdVersion}) lacks what ILGPU's OpenCL backend needs: OpenCL 2.0 with generic address space support";
+                reason = matches.Count == 0
+                    ? $"no device's name contains '{selector}' ({known})"
+                    : $"'{selector}' names {matches.Count} devices ({string.Join(", ", matches.Select(d => $"{d.Index} {d.Name}"))}); give its index";
                 return null;
             }
+            found = matches[0];
         }
-        Context context = Context.Create(b => b.OpenCL().EnableAlgorithms().Optimize(Level));
-        CLAccelerator accelerator = context.CreateCLAccelerator(0);
-        reason = $"OpenCL device 0: {accelerator.Name}";
-        return new GpuDevice(context, accelerator, GpuApi.OpenCL);
-    }
-
-    private static GpuDevice OpenCpuSimulator(out string reason)
-    {
-        // One warp per group: the accelerator runs every simulated thread of a group on its own OS thread,
-        // so small groups keep it fast enough for tests; the kernels adapt their group shapes to it.
-        var simulated = new CPUDevice(numThreadsPerWarp: 32, numWarpsPerMultiprocessor: 1, numMultiprocessors: 1);
-        Context context = Context.Create(b => b.CPU(simulated).EnableAlgorithms().Optimize(Level));
-        CPUAccelerator accelerator = context.CreateCPUAccelerator(0, CPUAcceleratorMode.Parallel);
-        reason = "ILGPU's CPU accelerator (warp 32, one warp per group)";
-        return new GpuDevice(context, accelerator, GpuApi.CpuSimulator);
+        if (api is GpuApi needed && found.Api != needed)
+        {
+            reason = $"device {found.Index} ({found.Name}) is a {found.Api} device, not {needed}";
+            return null;
+        }
+        reason = "";
+        return found;
     }
 
 #if DEBUG
@@ -177,61 +182,187 @@ public static class Devices
     private static OptimizationLevel Level => OptimizationLevel.O2;
 #endif
 
-    private static bool TryLoadCudaDriver()
+    private static GpuDevice Hold(string key, Func<OpenDevice> open)
     {
-        foreach (string name in CudaDriverNames)
+        lock (Gate)
         {
-            if (NativeLibrary.TryLoad(name, out IntPtr handle))
+            if (Opened.TryGetValue(key, out OpenDevice? existing) && existing.TryHold())
             {
-                NativeLibrary.Free(handle);
-                return true;
+                return new GpuDevice(existing);
             }
-        }
-        return false;
-    }
-
-    /// <summary>
-    /// ILGPU imports the driver as "cuda", which .NET looks for as libcuda.so; many driver installs ship
-    /// only libcuda.so.1. This resolver tries the versioned names too. On WSL, ILGPU installs its own
-    /// resolver (an assembly can have only one), so this one stays out of its way there.
-    /// </summary>
-    private static void InstallCudaResolver()
-    {
-        lock (ResolverGate)
-        {
-            if (_resolverSet || IsWsl())
-            {
-                return;
-            }
-            try
-            {
-                NativeLibrary.SetDllImportResolver(typeof(Context).Assembly, ResolveCuda);
-            }
-            catch (InvalidOperationException)
-            {
-                // Someone set a resolver already; theirs stands.
-            }
-            _resolverSet = true;
+            // Opening compiles the kernels under the lock: a second caller for the same device waits
+            // and shares them instead of compiling them twice.
+            OpenDevice opened = open();
+            Opened[key] = opened;
+            return new GpuDevice(opened);
         }
     }
 
-    private static IntPtr ResolveCuda(string libraryName, Assembly assembly, DllImportSearchPath? searchPath)
+    private static OpenDevice Open(string key, DeviceInfo info, Context context, Func<Context, Accelerator> create)
     {
-        if (libraryName != "cuda")
+        Accelerator accelerator;
+        try
         {
-            return IntPtr.Zero;
+            accelerator = create(context);
         }
-        foreach (string name in CudaDriverNames)
+        catch
         {
-            if (NativeLibrary.TryLoad(name, out IntPtr handle))
+            context.Dispose(); // a failed open leaks no driver context
+            throw;
+        }
+        return new OpenDevice(key, info, context, accelerator, closed =>
+        {
+            if (Opened.TryGetValue(closed.Key, out OpenDevice? current) && current == closed)
             {
-                return handle;
+                Opened.Remove(closed.Key);
             }
-        }
-        return IntPtr.Zero;
+        });
     }
 
-    private static bool IsWsl() =>
-        Directory.Exists("/usr/lib/wsl/lib") && File.Exists("/proc/version") &&
-        File.ReadAllText("/proc/version").Contains("microsoft", StringComparison.OrdinalIgnoreCase);
+    private static OpenDevice OpenCuda(string key, DeviceInfo info)
+    {
+        Context context = Context.Create(b => b.Cuda().EnableAlgorithms().Optimize(Level));
+        return Open(key, info, context, c => c.CreateCudaAccelerator(info.Ordinal));
+    }
+
+    private static OpenDevice OpenOpenCL(string key, DeviceInfo info)
+    {
+        // A context that holds only this device: the same platform and name, the same occurrence of them.
+        int occurrence = Occurrence(info), seen = 0;
+        Context context = Context.Create(b => b.OpenCL(d =>
+            d.PlatformName == info.Platform && d.Name == info.Name && seen++ == occurrence).EnableAlgorithms().Optimize(Level));
+        return Open(key, info, context, c =>
+        {
+            CLDevice device = c.GetCLDevices().Count == 1
+                ? c.GetCLDevice(0)
+                : throw new InvalidOperationException($"the OpenCL driver no longer reports '{info.Name}' on platform '{info.Platform}'");
+            GenericAddressSpace.Allow(device);
+            return device.CreateCLAccelerator(c);
+        });
+    }
+
+    /// <summary>How many listed devices before this one share its platform and name.</summary>
+    private static int Occurrence(DeviceInfo info) =>
+        List().Count(d => d.Api == GpuApi.OpenCL && d.Index < info.Index && d.Platform == info.Platform && d.Name == info.Name);
+
+    private static string Describe(Exception e)
+    {
+        string text = e.Message;
+        if (e is CLException cl && !text.Contains(cl.Error.ToString(), StringComparison.Ordinal))
+        {
+            text = $"the OpenCL driver answered {cl.Error} ({(int)cl.Error})";
+        }
+        else if (e is CudaException cuda && !text.Contains(cuda.Error, StringComparison.Ordinal))
+        {
+            text = $"the CUDA driver answered {cuda.Error}: {text}";
+        }
+        if (e is not KernelCompilationException && e.InnerException is Exception inner)
+        {
+            text += $" ({inner.Message})";
+        }
+        return text;
+    }
+
+    private static DeviceList Listing()
+    {
+        lock (Gate)
+        {
+            return _list ??= DeviceList.Enumerate();
+        }
+    }
+
+    private sealed record DeviceList(IReadOnlyList<DeviceInfo> Devices, string? NoCuda, string? NoOpenCL)
+    {
+        public static DeviceList Enumerate()
+        {
+            var devices = new List<DeviceInfo>();
+            string? noCuda = null, noOpenCL = null;
+            if (!DriverLibraries.HasCuda())
+            {
+                noCuda = $"no CUDA driver found (looked for {DriverLibraries.CudaLookedFor})";
+            }
+            else
+            {
+                try
+                {
+                    using Context context = Context.Create(b => b.Cuda());
+                    var cuda = context.GetCudaDevices();
+                    for (int i = 0; i < cuda.Count; i++)
+                    {
+                        devices.Add(new DeviceInfo
+                        {
+                            Index = devices.Count, Api = GpuApi.Cuda, Platform = "CUDA", Name = cuda[i].Name,
+                            Kind = DeviceKind.Gpu, MemoryBytes = cuda[i].MemorySize, Ordinal = i,
+                        });
+                    }
+                    noCuda = cuda.Count == 0 ? "a CUDA driver is installed but reports no device this ILGPU version supports" : null;
+                }
+                catch (Exception e) when (e is not OutOfMemoryException)
+                {
+                    noCuda = $"the CUDA driver could not list its devices: {e.Message}";
+                }
+            }
+            if (!DriverLibraries.HasOpenCL())
+            {
+                noOpenCL = $"no OpenCL ICD loader found (looked for {DriverLibraries.OpenCLLookedFor})";
+            }
+            else
+            {
+                try
+                {
+                    using Context context = Context.Create(b => b.OpenCL(_ => true));
+                    var cl = context.GetCLDevices();
+                    for (int i = 0; i < cl.Count; i++)
+                    {
+                        devices.Add(new DeviceInfo
+                        {
+                            Index = devices.Count, Api = GpuApi.OpenCL, Platform = cl[i].PlatformName, Name = cl[i].Name,
+                            Kind = Kind(cl[i].DeviceType), MemoryBytes = cl[i].MemorySize, Ordinal = i,
+                        });
+                    }
+                    noOpenCL = cl.Count == 0 ? "the OpenCL ICD loader reports no platform with a device (is a driver installed? rusticl needs RUSTICL_ENABLE)" : null;
+                }
+                catch (Exception e) when (e is not OutOfMemoryException)
+                {
+                    noOpenCL = $"the OpenCL driver could not list its devices: {e.Message}";
+                }
+            }
+            return new DeviceList(devices, noCuda, noOpenCL);
+        }
+
+        private static DeviceKind Kind(CLDeviceType type) =>
+            type.HasFlag(CLDeviceType.CL_DEVICE_TYPE_GPU) ? DeviceKind.Gpu
+            : type.HasFlag(CLDeviceType.CL_DEVICE_TYPE_CPU) ? DeviceKind.Cpu
+            : DeviceKind.Other;
+    }
+}
+
+/// <summary>
+/// ILGPU 1.5.3 refuses every OpenCL device that does not report generic address space support (the
+/// <c>CLAccelerator</c> constructor throws), which rules out PoCL, Mesa's rusticl and NVIDIA's OpenCL, though only
+/// kernels that use generic pointers need it. Ours use none: no atomics, no dynamic shared memory, every view in a
+/// named address space. So the engine sets ILGPU's flag, which has an internal setter, here and only here, and then
+/// accepts the device only if every kernel compiles on it (a kernel that did need generic pointers would fail to
+/// build there, with the driver's log in the reason). A test fails if a new ILGPU version changes this.
+/// </summary>
+internal static class GenericAddressSpace
+{
+    private static readonly MethodInfo? Setter = typeof(CLCapabilityContext)
+        .GetProperty(nameof(CLCapabilityContext.GenericAddressSpace))?.GetSetMethod(nonPublic: true);
+
+    /// <summary>Marks the device as supporting generic address space, so ILGPU opens it.</summary>
+    public static void Allow(CLDevice device)
+    {
+        if (device.Capabilities.GenericAddressSpace)
+        {
+            return;
+        }
+        if (Setter is null)
+        {
+            throw new NotSupportedException(
+                $"this ILGPU version ({typeof(Context).Assembly.GetName().Version}) has no settable CLCapabilityContext.GenericAddressSpace; " +
+                "the engine cannot open OpenCL devices without generic address space support");
+        }
+        Setter.Invoke(device.Capabilities, [true]);
+    }
 }

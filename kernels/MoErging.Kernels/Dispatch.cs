@@ -1,6 +1,5 @@
 using ILGPU;
 using ILGPU.Algorithms;
-using ILGPU.Algorithms.ScanReduceOperations;
 using ILGPU.Runtime;
 
 namespace MoErging.Kernels;
@@ -65,28 +64,42 @@ public struct DispatchArgs
 
 /// <summary>
 /// Groups (token, slot) pairs by expert in one group, so gating, dispatch and the expert kernels chain
-/// with no host round trip: a histogram in shared memory (slots that are empty, weigh 0, or name an
-/// expert without factors here are dropped), exclusive group scans into segment starts and into the
-/// shrink work list (one item per block of <see cref="DispatchArgs.RowsPerItem"/> rank rows and
-/// <see cref="ShrinkKernel.PairsPerItem"/> pairs), then a scatter. Order within a segment follows the
-/// atomics and is not fixed, but no result depends on it: each pair's V is computed alone and the expand
-/// sums a token's slots in slot order. Host-given assignments enter here, skipping the gating.
+/// with no host round trip. Slots that are empty, weigh 0, or name an expert without factors here are
+/// dropped. Experts are taken <see cref="ExpertsPerPass"/> at a time; in each pass, a group-sized tile of
+/// slots at a time goes to shared memory, where each slot counts the equal experts before it, which gives
+/// its place in its expert's segment in slot order; group scans then turn the counts into segment starts
+/// and starts in the shrink work list (one item per block of <see cref="DispatchArgs.RowsPerItem"/> rank
+/// rows and <see cref="ShrinkKernel.PairsPerItem"/> pairs), and a scatter writes the pairs. Only static
+/// shared memory and group barriers: no atomics, no work-group collectives, so every OpenCL driver
+/// compiles it, and the layout is the same on every run and device. Host-given assignments enter here,
+/// skipping the gating.
 /// </summary>
 public sealed class DispatchKernel
 {
+    /// <summary>Experts per pass over the slots: each has three counters in shared memory.</summary>
+    public const int ExpertsPerPass = 1024;
+
+    /// <summary>The largest group (the slot tile and the scan live in shared memory, one value per thread).</summary>
+    public const int MaxGroupSize = 1024;
+
+    /// <summary>Shared memory the kernel declares.</summary>
+    public const int SharedBytes = (3 * ExpertsPerPass + 2 * MaxGroupSize) * sizeof(int);
+
     private readonly Action<AcceleratorStream, KernelConfig, DispatchArgs> _kernel;
     private readonly int _groupSize;
 
     /// <summary>Compiles the kernel for an accelerator.</summary>
-    public DispatchKernel(Accelerator accelerator)
+    internal DispatchKernel(Accelerator accelerator)
     {
-        _kernel = accelerator.LoadKernel<DispatchArgs>(Kernel);
-        _groupSize = Math.Min(1024, accelerator.MaxNumThreadsPerGroup);
+        _kernel = KernelLoader.Load<DispatchArgs>(accelerator, Kernel);
+        _groupSize = Math.Min(MaxGroupSize, accelerator.MaxNumThreadsPerGroup);
     }
 
+    /// <summary>Threads in the single group.</summary>
+    public int GroupSize => _groupSize;
+
     /// <summary>Launches the dispatch (a single group).</summary>
-    public void Launch(AcceleratorStream stream, in DispatchArgs args) =>
-        _kernel(stream, new KernelConfig(1, _groupSize, SharedMemoryConfig.RequestDynamic<int>(3 * args.Experts)), args);
+    public void Launch(AcceleratorStream stream, in DispatchArgs args) => _kernel(stream, new KernelConfig(1, _groupSize), args);
 
     /// <summary>Work items the dispatch may write for a batch: a bound for sizing the item buffers.</summary>
     public static long MaxItems(long slots, int experts, int maxRank, int rowsPerItem) =>
@@ -94,91 +107,149 @@ public sealed class DispatchKernel
 
     internal static void Kernel(DispatchArgs a)
     {
-        ArrayView<int> shared = SharedMemory.GetDynamic<int>();
-        ArrayView<int> count = shared.SubView(0, a.Experts);
-        ArrayView<int> start = shared.SubView(a.Experts, a.Experts);
-        ArrayView<int> itemStart = shared.SubView(2L * a.Experts, a.Experts);
+        ArrayView<int> count = SharedMemory.Allocate<int>(ExpertsPerPass);
+        ArrayView<int> start = SharedMemory.Allocate<int>(ExpertsPerPass);
+        ArrayView<int> itemStart = SharedMemory.Allocate<int>(ExpertsPerPass);
+        ArrayView<int> tile = SharedMemory.Allocate<int>(MaxGroupSize);
+        ArrayView<int> scan = SharedMemory.Allocate<int>(MaxGroupSize);
         int tid = Group.IdxX, size = Group.DimX;
 
-        for (int e = tid; e < a.Experts; e += size)
-        {
-            count[e] = 0;
-        }
-        Group.Barrier();
+        // A slot that adds nothing keeps -1; each of the others is written in its expert's pass.
         for (int i = tid; i < a.Slots; i += size)
         {
-            int e = a.Ids[i];
             a.SlotPair[i] = -1;
-            if (e >= 0 && e < a.Experts && a.Weights[i] != 0f && a.Rank[e] > 0)
-            {
-                Atomic.Add(ref count[e], 1);
-            }
         }
-        Group.Barrier();
 
-        // Exclusive scans over experts, a group-sized chunk at a time with a running carry.
-        int pairCarry = 0, itemCarry = 0;
-        for (int chunk = 0; chunk < a.Experts; chunk += size)
+        int pairBase = 0, itemBase = 0; // pairs and items of the passes before, the same in every thread
+        for (int first = 0; first < a.Experts; first += ExpertsPerPass)
         {
-            int e = chunk + tid;
-            int pairs = e < a.Experts ? count[e] : 0;
-            int items = e < a.Experts && pairs > 0
-                ? (a.Rank[e] + a.RowsPerItem - 1) / a.RowsPerItem * ((pairs + ShrinkKernel.PairsPerItem - 1) / ShrinkKernel.PairsPerItem)
-                : 0;
-            int pairsBefore = GroupExtensions.ExclusiveScan<int, AddInt32>(pairs);
-            int itemsBefore = GroupExtensions.ExclusiveScan<int, AddInt32>(items);
-            if (e < a.Experts)
+            int experts = XMath.Min(ExpertsPerPass, a.Experts - first);
+            for (int e = tid; e < experts; e += size)
             {
-                start[e] = pairCarry + pairsBefore;
-                itemStart[e] = itemCarry + itemsBefore;
+                count[e] = 0;
             }
-            pairCarry += Group.Broadcast(pairsBefore + pairs, size - 1);
-            itemCarry += Group.Broadcast(itemsBefore + items, size - 1);
+            Group.Barrier();
+
+            // 1. Each slot's place in its expert's segment: the pairs of earlier tiles plus the equal slots
+            //    before it in this one. The last of an expert's slots in a tile moves the count on. The
+            //    place waits in SlotPair, which only this thread touches until the scatter.
+            for (int tileStart = 0; tileStart < a.Slots; tileStart += size)
+            {
+                int i = tileStart + tid;
+                int local = i < a.Slots ? Local(a, i, first, experts) : -1;
+                tile[tid] = local;
+                Group.Barrier();
+                int filled = XMath.Min(size, a.Slots - tileStart);
+                int before = 0, after = 0;
+                if (local >= 0)
+                {
+                    for (int j = 0; j < filled; j++)
+                    {
+                        int same = tile[j] == local ? 1 : 0;
+                        before += j < tid ? same : 0;
+                        after += j > tid ? same : 0;
+                    }
+                }
+                int place = local >= 0 ? count[local] + before : 0;
+                Group.Barrier(); // every thread has read count before any moves it on
+                if (local >= 0)
+                {
+                    a.SlotPair[i] = place;
+                    if (after == 0)
+                    {
+                        count[local] = place + 1;
+                    }
+                }
+                Group.Barrier();
+            }
+
+            // 2. Exclusive scans over the pass's experts, a group-sized chunk at a time.
+            for (int chunk = 0; chunk < experts; chunk += size)
+            {
+                int e = chunk + tid;
+                int pairs = e < experts ? count[e] : 0;
+                int items = pairs > 0
+                    ? (a.Rank[first + e] + a.RowsPerItem - 1) / a.RowsPerItem * ((pairs + ShrinkKernel.PairsPerItem - 1) / ShrinkKernel.PairsPerItem)
+                    : 0;
+                int pairsBefore = ExclusiveSum(pairs, scan, out int pairTotal);
+                int itemsBefore = ExclusiveSum(items, scan, out int itemTotal);
+                if (e < experts)
+                {
+                    start[e] = pairBase + pairsBefore;
+                    itemStart[e] = itemBase + itemsBefore;
+                }
+                pairBase += pairTotal;
+                itemBase += itemTotal;
+            }
+            Group.Barrier();
+
+            // 3. Scatter, each thread over the slots it placed.
+            for (int i = tid; i < a.Slots; i += size)
+            {
+                int local = Local(a, i, first, experts);
+                if (local >= 0)
+                {
+                    int pair = start[local] + a.SlotPair[i];
+                    int e = first + local;
+                    a.SlotPair[i] = pair;
+                    a.PairToken[pair] = i / a.TopK;
+                    a.PairCoefficient[pair] = a.ParameterMixing != 0 ? a.Weights[i] : a.Weights[i] * a.Scaling[e];
+                }
+            }
+
+            // 4. The work list: every block of rank rows against every tile of pairs.
+            for (int local = tid; local < experts; local += size)
+            {
+                int pairs = count[local];
+                int tiles = (pairs + ShrinkKernel.PairsPerItem - 1) / ShrinkKernel.PairsPerItem;
+                int item = itemStart[local];
+                int e = first + local;
+                for (int row = 0; pairs > 0 && row < a.Rank[e]; row += a.RowsPerItem)
+                {
+                    for (int t = 0; t < tiles; t++, item++)
+                    {
+                        a.ItemExpert[item] = e;
+                        a.ItemRow[item] = row;
+                        a.ItemPairStart[item] = start[local] + t * ShrinkKernel.PairsPerItem;
+                        a.ItemPairEnd[item] = start[local] + XMath.Min(pairs, (t + 1) * ShrinkKernel.PairsPerItem);
+                    }
+                }
+            }
+            Group.Barrier(); // the counters are reset for the next pass
         }
         if (tid == 0)
         {
-            a.ItemCount[0] = itemCarry;
+            a.ItemCount[0] = itemBase;
         }
-        Group.Barrier();
+    }
 
-        // Scatter: count[e] becomes the fill position of e's segment.
-        for (int e = tid; e < a.Experts; e += size)
-        {
-            count[e] = 0;
-        }
-        Group.Barrier();
-        for (int i = tid; i < a.Slots; i += size)
-        {
-            int e = a.Ids[i];
-            if (e >= 0 && e < a.Experts && a.Weights[i] != 0f && a.Rank[e] > 0)
-            {
-                int pair = start[e] + Atomic.Add(ref count[e], 1);
-                a.PairToken[pair] = i / a.TopK;
-                a.PairCoefficient[pair] = a.ParameterMixing != 0 ? a.Weights[i] : a.Weights[i] * a.Scaling[e];
-                a.SlotPair[i] = pair;
-            }
-        }
-        Group.Barrier();
+    /// <summary>The slot's expert relative to the pass, or -1 when it adds nothing or belongs to another pass.</summary>
+    private static int Local(in DispatchArgs a, int slot, int first, int experts)
+    {
+        int e = a.Ids[slot];
+        bool adds = e >= first && e < first + experts && a.Weights[slot] != 0f && a.Rank[e] > 0;
+        return adds ? e - first : -1;
+    }
 
-        for (int e = tid; e < a.Experts; e += size)
+    /// <summary>
+    /// The exclusive prefix sum of one value per thread over the group, and the total (a Hillis–Steele
+    /// scan in shared memory; integers, so the order does not matter).
+    /// </summary>
+    private static int ExclusiveSum(int value, ArrayView<int> scratch, out int total)
+    {
+        int tid = Group.IdxX;
+        scratch[tid] = value;
+        Group.Barrier();
+        for (int offset = 1; offset < Group.DimX; offset <<= 1)
         {
-            int pairs = count[e];
-            if (pairs == 0)
-            {
-                continue;
-            }
-            int tiles = (pairs + ShrinkKernel.PairsPerItem - 1) / ShrinkKernel.PairsPerItem;
-            int item = itemStart[e];
-            for (int row = 0; row < a.Rank[e]; row += a.RowsPerItem)
-            {
-                for (int tile = 0; tile < tiles; tile++, item++)
-                {
-                    a.ItemExpert[item] = e;
-                    a.ItemRow[item] = row;
-                    a.ItemPairStart[item] = start[e] + tile * ShrinkKernel.PairsPerItem;
-                    a.ItemPairEnd[item] = start[e] + XMath.Min(pairs, (tile + 1) * ShrinkKernel.PairsPerItem);
-                }
-            }
+            int add = tid >= offset ? scratch[tid - offset] : 0;
+            Group.Barrier();
+            scratch[tid] += add;
+            Group.Barrier();
         }
+        int inclusive = scratch[tid];
+        total = scratch[Group.DimX - 1];
+        Group.Barrier(); // every thread has read before the scratch is reused
+        return inclusive - value;
     }
 }

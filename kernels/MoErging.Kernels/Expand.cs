@@ -4,7 +4,10 @@ using ILGPU.Runtime;
 
 namespace MoErging.Kernels;
 
-/// <summary>Arguments of the expand kernel.</summary>
+/// <summary>
+/// Arguments of the expand kernel. The last field is a view: for a struct that ends in a lone int (tail padding),
+/// rusticl refuses the argument size ILGPU passes (CL_INVALID_ARG_SIZE), as a strict driver may.
+/// </summary>
 /// <typeparam name="TY">Element type of Y.</typeparam>
 /// <typeparam name="TW">Element type of the factors.</typeparam>
 public struct ExpandArgs<TY, TW>
@@ -22,6 +25,9 @@ public struct ExpandArgs<TY, TW>
 
     /// <summary>k.</summary>
     public int TopK;
+
+    /// <summary>Row stride of V.</summary>
+    public int VStride;
 
     /// <summary>Expert id of every (token, slot).</summary>
     public ArrayView<int> Ids;
@@ -49,9 +55,6 @@ public struct ExpandArgs<TY, TW>
 
     /// <summary>V from the shrink, row-major <c>[pairs, VStride]</c>.</summary>
     public ArrayView<float> V;
-
-    /// <summary>Row stride of V.</summary>
-    public int VStride;
 }
 
 /// <summary>
@@ -71,13 +74,13 @@ public sealed class ExpandKernel
     private readonly Action<AcceleratorStream, KernelConfig, ExpandArgs<ushort, ushort>> _f16f16;
 
     /// <summary>Compiles the four storage variants for an accelerator.</summary>
-    public ExpandKernel(Accelerator accelerator)
+    internal ExpandKernel(Accelerator accelerator)
     {
         _groupSize = Math.Min(128, accelerator.MaxNumThreadsPerGroup);
-        _f32f32 = accelerator.LoadKernel<ExpandArgs<float, float>>(Kernel<float, F32, float, F32>);
-        _f32f16 = accelerator.LoadKernel<ExpandArgs<float, ushort>>(Kernel<float, F32, ushort, F16>);
-        _f16f32 = accelerator.LoadKernel<ExpandArgs<ushort, float>>(Kernel<ushort, F16, float, F32>);
-        _f16f16 = accelerator.LoadKernel<ExpandArgs<ushort, ushort>>(Kernel<ushort, F16, ushort, F16>);
+        _f32f32 = KernelLoader.Load<ExpandArgs<float, float>>(accelerator, Kernel<float, F32, float, F32>);
+        _f32f16 = KernelLoader.Load<ExpandArgs<float, ushort>>(accelerator, Kernel<float, F32, ushort, F16>);
+        _f16f32 = KernelLoader.Load<ExpandArgs<ushort, float>>(accelerator, Kernel<ushort, F16, float, F32>);
+        _f16f16 = KernelLoader.Load<ExpandArgs<ushort, ushort>>(accelerator, Kernel<ushort, F16, ushort, F16>);
     }
 
     /// <summary>Launches the expand for any combination of F32 (float) and F16 (ushort) storage.</summary>

@@ -50,37 +50,49 @@ public struct GatingArgs<TX> where TX : unmanaged
 }
 
 /// <summary>
-/// Gating for every score-based router: one warp per token computes norm(x) (none, LayerNorm without
-/// affine, eps 1e-5, or L2 floored at 1e-12), the scores f(norm(x) · p_e) / τ + b_e for every expert
-/// (lanes stride d_in, so prototype reads are coalesced; a butterfly sums them), keeps the top k with
-/// <see cref="SlotKeys"/> (ties to the lower index), and writes softmax weights over the kept scores.
-/// The keys of a warp's token live in shared memory: <c>E</c> 64-bit words per warp.
+/// Gating for every score-based router: one team per token (a group of one team, striding over the tokens)
+/// computes norm(x) (none, LayerNorm without affine, eps 1e-5, or L2 floored at 1e-12), the scores
+/// f(norm(x) · p_e) / τ + b_e for every expert (lanes stride d_in, so prototype reads are coalesced; the
+/// team's reduction sums them), keeps the top k with <see cref="SlotKeys"/> (ties to the lower index), and
+/// writes softmax weights over the kept scores. The keys of a token live in static shared memory, which
+/// bounds the experts per call (<see cref="MaxExperts"/>).
 /// </summary>
 public sealed class GatingKernel
 {
+    /// <summary>The most experts one gating call scores: its keys fill 8 KiB of shared memory.</summary>
+    public const int MaxExperts = 1024;
 
-    private readonly Accelerator _accelerator;
+    private readonly TeamShape _shape;
     private readonly Action<AcceleratorStream, KernelConfig, GatingArgs<float>> _f32;
     private readonly Action<AcceleratorStream, KernelConfig, GatingArgs<ushort>> _f16;
 
     /// <summary>Compiles both variants (F32 and F16 activations) for an accelerator.</summary>
-    public GatingKernel(Accelerator accelerator)
+    internal GatingKernel(Accelerator accelerator, TeamShape shape)
     {
-        _accelerator = accelerator;
-        WarpsPerGroup = Math.Clamp(accelerator.MaxNumThreadsPerGroup / accelerator.WarpSize, 1, 4);
-        _f32 = accelerator.LoadKernel<GatingArgs<float>>(Kernel<float, F32>);
-        _f16 = accelerator.LoadKernel<GatingArgs<ushort>>(Kernel<ushort, F16>);
+        _shape = shape;
+        if (shape.Warps)
+        {
+            _f32 = KernelLoader.Load<GatingArgs<float>>(accelerator, Kernel<float, F32, WarpTeam>);
+            _f16 = KernelLoader.Load<GatingArgs<ushort>>(accelerator, Kernel<ushort, F16, WarpTeam>);
+        }
+        else
+        {
+            _f32 = KernelLoader.Load<GatingArgs<float>>(accelerator, Kernel<float, F32, GroupTeam>);
+            _f16 = KernelLoader.Load<GatingArgs<ushort>>(accelerator, Kernel<ushort, F16, GroupTeam>);
+        }
     }
 
-    /// <summary>Warps (tokens) per group: four, or fewer where groups are smaller.</summary>
-    public int WarpsPerGroup { get; }
-
     /// <summary>Launches gating for F32 (float) or F16 (ushort) activations.</summary>
+    /// <exception cref="NotSupportedException">More than <see cref="MaxExperts"/> experts.</exception>
     public void Launch<TX>(AcceleratorStream stream, in GatingArgs<TX> args)
         where TX : unmanaged
     {
+        if (args.Experts > MaxExperts)
+        {
+            throw new NotSupportedException($"the GPU gating kernel scores up to {MaxExperts} experts per call; this router has {args.Experts}");
+        }
         ref GatingArgs<TX> a = ref Unsafe.AsRef(in args);
-        KernelConfig config = Config(args.Tokens, args.Experts);
+        var config = new KernelConfig(Math.Max(1, args.Tokens), _shape.Width);
         if (typeof(TX) == typeof(float))
         {
             _f32(stream, config, Unsafe.As<GatingArgs<TX>, GatingArgs<float>>(ref a));
@@ -95,112 +107,106 @@ public sealed class GatingKernel
         }
     }
 
-    private KernelConfig Config(int tokens, int experts)
-    {
-        int warp = _accelerator.WarpSize;
-        return new KernelConfig(
-            (tokens + WarpsPerGroup - 1) / WarpsPerGroup,
-            WarpsPerGroup * warp,
-            SharedMemoryConfig.RequestDynamic<ulong>(WarpsPerGroup * experts));
-    }
-
-    internal static void Kernel<TX, SX>(GatingArgs<TX> a)
+    internal static void Kernel<TX, SX, TT>(GatingArgs<TX> a)
         where TX : unmanaged
         where SX : struct, IStorage<TX>
+        where TT : struct, ITeam
     {
         SX sx = default;
-        int warp = Warp.WarpIdx, lane = Warp.LaneIdx, width = Warp.WarpSize;
-        int t = Grid.IdxX * (Group.DimX / width) + warp;
-        ArrayView<ulong> keys = SharedMemory.GetDynamic<ulong>().SubView((long)warp * a.Experts, a.Experts);
-        if (t >= a.Tokens)
+        TT team = default;
+        ArrayView<ulong> keys = SharedMemory.Allocate<ulong>(MaxExperts);
+        ArrayView<float> sums = SharedMemory.Allocate<float>(GroupTeam.MaxWidth);
+        ArrayView<ulong> minima = SharedMemory.Allocate<ulong>(GroupTeam.MaxWidth);
+        int lane = team.Lane, width = team.Width, n = a.InputDim;
+        for (int t = Grid.IdxX; t < a.Tokens; t += Grid.DimX)
         {
-            return; // the whole warp leaves together
-        }
-        int n = a.InputDim;
-        long row = (long)t * n;
+            long row = (long)t * n;
 
-        // norm(x) = (x - mean) · scale, applied on the fly.
-        float mean = 0f, scale = 1f;
-        if (a.Normalization == 1)
-        {
-            float sum = 0f;
-            for (int i = lane; i < n; i += width)
+            // norm(x) = (x - mean) · scale, applied on the fly.
+            float mean = 0f, scale = 1f;
+            if (a.Normalization == 1)
             {
-                sum += sx.Load(a.X[row + i]);
+                float sum = 0f;
+                for (int i = lane; i < n; i += width)
+                {
+                    sum += sx.Load(a.X[row + i]);
+                }
+                mean = team.Sum(sum, sums) / n;
+                float squares = 0f;
+                for (int i = lane; i < n; i += width)
+                {
+                    float d = sx.Load(a.X[row + i]) - mean;
+                    squares += d * d;
+                }
+                scale = XMath.Rsqrt(team.Sum(squares, sums) / n + 1e-5f);
             }
-            mean = WarpReduce.Sum(sum) / n;
-            float squares = 0f;
-            for (int i = lane; i < n; i += width)
+            else if (a.Normalization == 2)
             {
-                float d = sx.Load(a.X[row + i]) - mean;
-                squares += d * d;
+                float squares = 0f;
+                for (int i = lane; i < n; i += width)
+                {
+                    float v = sx.Load(a.X[row + i]);
+                    squares += v * v;
+                }
+                scale = 1f / XMath.Max(XMath.Sqrt(team.Sum(squares, sums)), 1e-12f);
             }
-            scale = XMath.Rsqrt(WarpReduce.Sum(squares) / n + 1e-5f);
-        }
-        else if (a.Normalization == 2)
-        {
-            float squares = 0f;
-            for (int i = lane; i < n; i += width)
-            {
-                float v = sx.Load(a.X[row + i]);
-                squares += v * v;
-            }
-            scale = 1f / XMath.Max(XMath.Sqrt(WarpReduce.Sum(squares)), 1e-12f);
-        }
 
-        for (int e = 0; e < a.Experts; e++)
-        {
-            long p = (long)e * n;
-            float dot = 0f;
-            for (int i = lane; i < n; i += width)
+            for (int e = 0; e < a.Experts; e++)
             {
-                dot += (sx.Load(a.X[row + i]) - mean) * a.Prototypes[p + i];
+                long p = (long)e * n;
+                float dot = 0f;
+                for (int i = lane; i < n; i += width)
+                {
+                    dot += (sx.Load(a.X[row + i]) - mean) * a.Prototypes[p + i];
+                }
+                dot = team.Sum(dot, sums) * scale;
+                float score = (a.Absolute != 0 ? XMath.Abs(dot) : dot) * a.InverseTemperature;
+                if (a.HasBias != 0)
+                {
+                    score += a.Bias[e];
+                }
+                if (lane == 0)
+                {
+                    keys[e] = SlotKeys.Key(score, e);
+                }
             }
-            dot = WarpReduce.Sum(dot) * scale;
-            float score = (a.Absolute != 0 ? XMath.Abs(dot) : dot) * a.InverseTemperature;
-            if (a.HasBias != 0)
-            {
-                score += a.Bias[e];
-            }
-            if (lane == 0)
-            {
-                keys[e] = SlotKeys.Key(score, e);
-            }
-        }
-        Warp.Barrier();
+            team.Barrier();
 
-        // Top-k: k rounds of a warp-wide minimum over the keys; the winner is struck out.
-        long slots = (long)t * a.TopK;
-        for (int s = 0; s < a.TopK; s++)
-        {
-            ulong best = SlotKeys.Empty;
-            for (int e = lane; e < a.Experts; e += width)
+            // Top-k: k rounds of a team-wide minimum over the keys; the winner is struck out. Every lane
+            // sees each winner, so every lane sums the softmax denominator itself, in slot order.
+            long slots = (long)t * a.TopK;
+            float top = 0f, total = 0f;
+            for (int s = 0; s < a.TopK; s++)
             {
-                ulong key = keys[e];
-                best = key < best ? key : best;
+                ulong best = SlotKeys.Empty;
+                for (int e = lane; e < a.Experts; e += width)
+                {
+                    ulong key = keys[e];
+                    best = key < best ? key : best;
+                }
+                best = team.Min(best, minima);
+                float score = SlotKeys.Value(best);
+                top = s == 0 ? score : top; // the first is the largest
+                total += XMath.Exp(score - top);
+                int winner = SlotKeys.Expert(best);
+                if (lane == 0)
+                {
+                    a.Ids[slots + s] = winner;
+                    a.Weights[slots + s] = score;
+                    if (winner >= 0)
+                    {
+                        keys[winner] = SlotKeys.Empty;
+                    }
+                }
+                team.Barrier();
             }
-            best = WarpReduce.Min(best);
-            if (lane == 0)
-            {
-                a.Ids[slots + s] = SlotKeys.Expert(best);
-                a.Weights[slots + s] = SlotKeys.Value(best);
-                keys[SlotKeys.Expert(best)] = SlotKeys.Empty;
-            }
-            Warp.Barrier();
-        }
 
-        // Softmax over the kept scores; the first is the largest.
-        float top = a.Weights[slots];
-        float total = 0f;
-        for (int s = lane; s < a.TopK; s += width)
-        {
-            total += XMath.Exp(a.Weights[slots + s] - top);
-        }
-        total = WarpReduce.Sum(total);
-        Warp.Barrier(); // every lane has read the scores before any is overwritten
-        for (int s = lane; s < a.TopK; s += width)
-        {
-            a.Weights[slots + s] = XMath.Exp(a.Weights[slots + s] - top) / total;
+            // Softmax over the kept scores (lane 0 wrote them; the barrier above made them visible).
+            for (int s = lane; s < a.TopK; s += width)
+            {
+                a.Weights[slots + s] = XMath.Exp(a.Weights[slots + s] - top) / total;
+            }
+            team.Barrier(); // the keys are rewritten for the group's next token
         }
     }
 }

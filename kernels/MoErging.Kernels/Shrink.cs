@@ -4,7 +4,10 @@ using ILGPU.Runtime;
 
 namespace MoErging.Kernels;
 
-/// <summary>Arguments of the shrink kernel.</summary>
+/// <summary>
+/// Arguments of the shrink kernel. The last field is a view: for a struct that ends in a lone int (tail padding),
+/// rusticl refuses the argument size ILGPU passes (CL_INVALID_ARG_SIZE), as a strict driver may.
+/// </summary>
 /// <typeparam name="TX">Element type of X.</typeparam>
 /// <typeparam name="TW">Element type of the factors.</typeparam>
 public struct ShrinkArgs<TX, TW>
@@ -16,6 +19,9 @@ public struct ShrinkArgs<TX, TW>
 
     /// <summary>d_in.</summary>
     public int InputDim;
+
+    /// <summary>Row stride of V: the largest rank.</summary>
+    public int VStride;
 
     /// <summary>Every expert's A, row-major <c>[r_e, d_in]</c>, back to back (mixed ranks, no padding).</summary>
     public ArrayView<TW> A;
@@ -49,16 +55,13 @@ public struct ShrinkArgs<TX, TW>
 
     /// <summary>Out: V, row-major <c>[pairs, VStride]</c>: V[p, k] = c_p · (A_e[k] · x_t).</summary>
     public ArrayView<float> V;
-
-    /// <summary>Row stride of V: the largest rank.</summary>
-    public int VStride;
 }
 
 /// <summary>
 /// Shrink, V = X_seg A_eᵀ scaled per pair, over the dispatch's work list. The grid is fixed and groups
-/// stride over the items (their number is known only on the device). In an item, each warp takes one
+/// stride over the items (their number is known only on the device). In an item, each team takes one
 /// rank row of A and up to <see cref="PairsPerItem"/> tokens: lanes stride d_in, so the row streams once,
-/// coalesced, against all the item's tokens; each dot product ends in a butterfly of its own, so its
+/// coalesced, against all the item's tokens; each dot product ends in a reduction of its own, so its
 /// value does not depend on which item or position computed it.
 /// </summary>
 public sealed class ShrinkKernel
@@ -67,24 +70,38 @@ public sealed class ShrinkKernel
     public const int PairsPerItem = 8;
 
     private readonly Accelerator _accelerator;
+    private readonly TeamShape _shape;
     private readonly Action<AcceleratorStream, KernelConfig, ShrinkArgs<float, float>> _f32f32;
     private readonly Action<AcceleratorStream, KernelConfig, ShrinkArgs<float, ushort>> _f32f16;
     private readonly Action<AcceleratorStream, KernelConfig, ShrinkArgs<ushort, float>> _f16f32;
     private readonly Action<AcceleratorStream, KernelConfig, ShrinkArgs<ushort, ushort>> _f16f16;
 
     /// <summary>Compiles the four storage variants for an accelerator.</summary>
-    public ShrinkKernel(Accelerator accelerator)
+    internal ShrinkKernel(Accelerator accelerator, TeamShape shape)
     {
         _accelerator = accelerator;
-        RowsPerItem = Math.Clamp(accelerator.MaxNumThreadsPerGroup / accelerator.WarpSize, 1, 4);
-        _f32f32 = accelerator.LoadKernel<ShrinkArgs<float, float>>(Kernel<float, F32, float, F32>);
-        _f32f16 = accelerator.LoadKernel<ShrinkArgs<float, ushort>>(Kernel<float, F32, ushort, F16>);
-        _f16f32 = accelerator.LoadKernel<ShrinkArgs<ushort, float>>(Kernel<ushort, F16, float, F32>);
-        _f16f16 = accelerator.LoadKernel<ShrinkArgs<ushort, ushort>>(Kernel<ushort, F16, ushort, F16>);
+        _shape = shape;
+        if (shape.Warps)
+        {
+            _f32f32 = KernelLoader.Load<ShrinkArgs<float, float>>(accelerator, Kernel<float, F32, float, F32, WarpTeam>);
+            _f32f16 = KernelLoader.Load<ShrinkArgs<float, ushort>>(accelerator, Kernel<float, F32, ushort, F16, WarpTeam>);
+            _f16f32 = KernelLoader.Load<ShrinkArgs<ushort, float>>(accelerator, Kernel<ushort, F16, float, F32, WarpTeam>);
+            _f16f16 = KernelLoader.Load<ShrinkArgs<ushort, ushort>>(accelerator, Kernel<ushort, F16, ushort, F16, WarpTeam>);
+        }
+        else
+        {
+            _f32f32 = KernelLoader.Load<ShrinkArgs<float, float>>(accelerator, Kernel<float, F32, float, F32, GroupTeam>);
+            _f32f16 = KernelLoader.Load<ShrinkArgs<float, ushort>>(accelerator, Kernel<float, F32, ushort, F16, GroupTeam>);
+            _f16f32 = KernelLoader.Load<ShrinkArgs<ushort, float>>(accelerator, Kernel<ushort, F16, float, F32, GroupTeam>);
+            _f16f16 = KernelLoader.Load<ShrinkArgs<ushort, ushort>>(accelerator, Kernel<ushort, F16, ushort, F16, GroupTeam>);
+        }
     }
 
-    /// <summary>Rank rows per item: one per warp of a group (four, or fewer where groups are smaller).</summary>
-    public int RowsPerItem { get; }
+    /// <summary>Rank rows per item: one per team of a group.</summary>
+    public int RowsPerItem => _shape.TeamsPerGroup;
+
+    /// <summary>Threads per group.</summary>
+    public int GroupSize => _shape.GroupSize;
 
     /// <summary>Groups the persistent grid launches: enough to fill the device several times over.</summary>
     public int Groups => Math.Max(1, _accelerator.NumMultiprocessors * 8);
@@ -118,52 +135,58 @@ public sealed class ShrinkKernel
         }
     }
 
-    private KernelConfig Config => new(Groups, RowsPerItem * _accelerator.WarpSize);
+    private KernelConfig Config => new(Groups, _shape.GroupSize);
 
-    internal static void Kernel<TX, SX, TW, SW>(ShrinkArgs<TX, TW> a)
+    internal static void Kernel<TX, SX, TW, SW, TT>(ShrinkArgs<TX, TW> a)
         where TX : unmanaged
         where SX : struct, IStorage<TX>
         where TW : unmanaged
         where SW : struct, IStorage<TW>
+        where TT : struct, ITeam
     {
         SX sx = default;
         SW sw = default;
-        int lane = Warp.LaneIdx, width = Warp.WarpSize, n = a.InputDim;
+        TT team = default;
+        ArrayView<float> scratch = SharedMemory.Allocate<float>(8 * GroupTeam.MaxWidth);
+        int lane = team.Lane, width = team.Width, n = a.InputDim;
         int items = a.ItemCount[0];
         for (int item = Grid.IdxX; item < items; item += Grid.DimX)
         {
             int e = a.ItemExpert[item];
-            int row = a.ItemRow[item] + Warp.WarpIdx;
-            if (row >= a.Rank[e])
-            {
-                continue; // warp-uniform: no barriers below
-            }
+            int row = a.ItemRow[item] + team.Index;
+            // A team past the expert's last row idles through the reduction, so barriers stay in step.
+            bool active = row < a.Rank[e];
             int p0 = a.ItemPairStart[item], count = a.ItemPairEnd[item] - p0;
-            long w = a.AOffset[e] + (long)row * n;
+            long w = a.AOffset[e] + (long)(active ? row : 0) * n;
             // Up to eight tokens; missing ones repeat the first and are not stored.
             long x0 = Row(a, p0, 0, count), x1 = Row(a, p0, 1, count), x2 = Row(a, p0, 2, count), x3 = Row(a, p0, 3, count);
             long x4 = Row(a, p0, 4, count), x5 = Row(a, p0, 5, count), x6 = Row(a, p0, 6, count), x7 = Row(a, p0, 7, count);
-            float s0 = 0f, s1 = 0f, s2 = 0f, s3 = 0f, s4 = 0f, s5 = 0f, s6 = 0f, s7 = 0f;
-            for (int i = lane; i < n; i += width)
+            Sums8 s = default;
+            int end = active ? n : 0;
+            for (int i = lane; i < end; i += width)
             {
                 float v = sw.Load(a.A[w + i]);
-                s0 += v * sx.Load(a.X[x0 + i]);
-                s1 += v * sx.Load(a.X[x1 + i]);
-                s2 += v * sx.Load(a.X[x2 + i]);
-                s3 += v * sx.Load(a.X[x3 + i]);
-                s4 += v * sx.Load(a.X[x4 + i]);
-                s5 += v * sx.Load(a.X[x5 + i]);
-                s6 += v * sx.Load(a.X[x6 + i]);
-                s7 += v * sx.Load(a.X[x7 + i]);
+                s.S0 += v * sx.Load(a.X[x0 + i]);
+                s.S1 += v * sx.Load(a.X[x1 + i]);
+                s.S2 += v * sx.Load(a.X[x2 + i]);
+                s.S3 += v * sx.Load(a.X[x3 + i]);
+                s.S4 += v * sx.Load(a.X[x4 + i]);
+                s.S5 += v * sx.Load(a.X[x5 + i]);
+                s.S6 += v * sx.Load(a.X[x6 + i]);
+                s.S7 += v * sx.Load(a.X[x7 + i]);
             }
-            Store(a, p0, 0, count, row, WarpReduce.Sum(s0), lane);
-            Store(a, p0, 1, count, row, WarpReduce.Sum(s1), lane);
-            Store(a, p0, 2, count, row, WarpReduce.Sum(s2), lane);
-            Store(a, p0, 3, count, row, WarpReduce.Sum(s3), lane);
-            Store(a, p0, 4, count, row, WarpReduce.Sum(s4), lane);
-            Store(a, p0, 5, count, row, WarpReduce.Sum(s5), lane);
-            Store(a, p0, 6, count, row, WarpReduce.Sum(s6), lane);
-            Store(a, p0, 7, count, row, WarpReduce.Sum(s7), lane);
+            team.Sum(ref s, scratch);
+            if (active && lane == 0)
+            {
+                Store(a, p0, 0, count, row, s.S0);
+                Store(a, p0, 1, count, row, s.S1);
+                Store(a, p0, 2, count, row, s.S2);
+                Store(a, p0, 3, count, row, s.S3);
+                Store(a, p0, 4, count, row, s.S4);
+                Store(a, p0, 5, count, row, s.S5);
+                Store(a, p0, 6, count, row, s.S6);
+                Store(a, p0, 7, count, row, s.S7);
+            }
         }
     }
 
@@ -172,11 +195,11 @@ public sealed class ShrinkKernel
         where TW : unmanaged =>
         (long)a.PairToken[p0 + (q < count ? q : 0)] * a.InputDim;
 
-    private static void Store<TX, TW>(in ShrinkArgs<TX, TW> a, int p0, int q, int count, int row, float dot, int lane)
+    private static void Store<TX, TW>(in ShrinkArgs<TX, TW> a, int p0, int q, int count, int row, float dot)
         where TX : unmanaged
         where TW : unmanaged
     {
-        if (q < count && lane == 0)
+        if (q < count)
         {
             a.V[(long)(p0 + q) * a.VStride + row] = a.PairCoefficient[p0 + q] * dot;
         }

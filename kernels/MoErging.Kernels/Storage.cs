@@ -43,22 +43,20 @@ public readonly struct F16 : IStorage<ushort>
 /// <summary>Exact binary16 ↔ float32 conversions usable on the host and in kernels.</summary>
 public static class HalfBits
 {
-    /// <summary>Widens binary16 bits to float32 (exact).</summary>
+    /// <summary>
+    /// Widens binary16 bits to float32 (exact). Selects instead of branches, and int → float only:
+    /// a <c>uint</c> → <c>float</c> conversion goes through float64 in ILGPU's IL translation.
+    /// </summary>
     public static float ToSingle(ushort bits)
     {
-        uint sign = (uint)(bits & 0x8000) << 16;
-        uint exponent = (uint)(bits >> 10) & 0x1F;
-        uint mantissa = (uint)bits & 0x3FF;
-        if (exponent == 0)
-        {
-            // Zero or subnormal: mantissa · 2⁻²⁴, exact in float32.
-            float magnitude = mantissa * 5.9604645E-8f;
-            return sign != 0 ? -magnitude : magnitude;
-        }
-        uint result = exponent == 0x1F
-            ? sign | 0x7F80_0000 | (mantissa << 13)
-            : sign | ((exponent + 112) << 23) | (mantissa << 13);
-        return Interop.IntAsFloat(result);
+        int magnitude = bits & 0x7FFF;
+        int exponent = magnitude >> 10;
+        // Normal numbers: rebias the exponent by 127 - 15; infinity and NaN: all exponent bits set.
+        int widened = (magnitude << 13) + (exponent == 0x1F ? 0x7000_0000 : 0x3800_0000);
+        // Zero and subnormals: mantissa · 2⁻²⁴, exact in float32.
+        float small = (magnitude & 0x3FF) * 5.9604645E-8f;
+        float value = exponent == 0 ? small : Interop.IntAsFloat((uint)widened);
+        return (bits & 0x8000) != 0 ? -value : value;
     }
 
     /// <summary>Narrows float32 to binary16 bits, rounding to nearest, ties to even; NaN stays NaN.</summary>

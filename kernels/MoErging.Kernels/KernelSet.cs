@@ -1,0 +1,118 @@
+using System.Reflection;
+using System.Text;
+using ILGPU;
+using ILGPU.Backends.EntryPoints;
+using ILGPU.Backends.OpenCL;
+using ILGPU.Runtime;
+using ILGPU.Runtime.OpenCL;
+
+namespace MoErging.Kernels;
+
+/// <summary>The kernel families of one accelerator, compiled when the device opens and then reused.</summary>
+public sealed class KernelSet
+{
+    internal KernelSet(Accelerator accelerator)
+    {
+        Shape = TeamShape.For(accelerator, maxTeamsPerGroup: 4);
+        Gating = new GatingKernel(accelerator, Shape);
+        Dispatch = new DispatchKernel(accelerator);
+        Shrink = new ShrinkKernel(accelerator, Shape);
+        Expand = new ExpandKernel(accelerator);
+    }
+
+    /// <summary>Scores, top-k and weights.</summary>
+    public GatingKernel Gating { get; }
+
+    /// <summary>Grouping by expert.</summary>
+    public DispatchKernel Dispatch { get; }
+
+    /// <summary>V = X A_eᵀ per segment.</summary>
+    public ShrinkKernel Shrink { get; }
+
+    /// <summary>y += Σ w s B v.</summary>
+    public ExpandKernel Expand { get; }
+
+    /// <summary>True where the kernels reduce with warp shuffles; false on the portable path (group reductions in shared memory).</summary>
+    public bool WarpReductions => Shape.Warps;
+
+    internal TeamShape Shape { get; }
+}
+
+/// <summary>A kernel the device's compiler or ILGPU's code generator refused; the message carries the driver's own words.</summary>
+public sealed class KernelCompilationException(string message, Exception inner) : Exception(message, inner);
+
+/// <summary>Loads explicitly grouped kernels, turning a refusal into a message that says which kernel, which error and what the driver logged.</summary>
+internal static class KernelLoader
+{
+    private const int LogLines = 12;
+
+    public static Action<AcceleratorStream, KernelConfig, TArgs> Load<TArgs>(Accelerator accelerator, Action<TArgs> kernel)
+        where TArgs : struct
+    {
+        try
+        {
+            return accelerator.LoadKernel(kernel);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            throw new KernelCompilationException(Describe(accelerator, kernel.Method, e), e);
+        }
+    }
+
+    /// <summary>A kernel method as C# would name it, for example <c>GatingKernel.Kernel&lt;Single, F32, GroupTeam&gt;</c>.</summary>
+    public static string Name(MethodInfo method)
+    {
+        string arguments = method.IsGenericMethod ? $"<{string.Join(", ", method.GetGenericArguments().Select(t => t.Name))}>" : "";
+        return $"{method.DeclaringType?.Name}.{method.Name}{arguments}";
+    }
+
+    private static string Describe(Accelerator accelerator, MethodInfo method, Exception e)
+    {
+        var message = new StringBuilder($"kernel {Name(method)} did not compile on '{accelerator.Name}': ");
+        if (e is CLException cl)
+        {
+            message.Append($"the OpenCL driver answered {cl.Error} ({(int)cl.Error})");
+            if (accelerator is CLAccelerator device && BuildLog(device, method) is string log)
+            {
+                message.Append("; its build log begins: ").Append(log);
+            }
+        }
+        else
+        {
+            message.Append(e.Message);
+            for (Exception? inner = e.InnerException; inner is not null; inner = inner.InnerException)
+            {
+                message.Append(" (").Append(inner.Message).Append(')');
+            }
+        }
+        return message.ToString();
+    }
+
+    /// <summary>Compiles the kernel's OpenCL C again, outside ILGPU's loader (which writes the log to Trace only), to read the driver's build log.</summary>
+    private static string? BuildLog(CLAccelerator accelerator, MethodInfo method)
+    {
+        try
+        {
+            var compiled = (CLCompiledKernel)accelerator.Backend.Compile(
+                EntryPointDescription.FromExplicitlyGroupedKernel(method), KernelSpecialization.Empty);
+            CLError error = CLKernel.LoadKernel(accelerator, compiled.Name, compiled.Source, compiled.CVersion,
+                out IntPtr program, out IntPtr kernel, out string? log);
+            if (error == CLError.CL_SUCCESS)
+            {
+                CLAPI.CurrentAPI.ReleaseKernel(kernel);
+                CLAPI.CurrentAPI.ReleaseProgram(program);
+                return null;
+            }
+            if (string.IsNullOrWhiteSpace(log))
+            {
+                return null;
+            }
+            string[] lines = log.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            return string.Join(" | ", lines.Take(LogLines)) + (lines.Length > LogLines ? $" | ... ({lines.Length - LogLines} more lines)" : "");
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            return null;
+        }
+    }
+}

@@ -1,0 +1,248 @@
+using ILGPU;
+using ILGPU.Runtime;
+using ILGPU.Runtime.CPU;
+using ILGPU.Runtime.Cuda;
+
+namespace MoErging.Kernels;
+
+/// <summary>
+/// The threads that share one task (a token's scores, one rank row's dot products) and how they reduce.
+/// Kernels are generic over it, as they are over storage: <see cref="WarpTeam"/> is one warp reducing
+/// with shuffles, <see cref="GroupTeam"/> is one whole group reducing through static shared memory with
+/// barriers, which every OpenCL driver compiles (no sub-group functions, atomics, work-group collectives
+/// or dynamic shared memory). Reductions run a fixed tree, so a result does not depend on which team or
+/// position computed it. Every thread of a group must make the same calls in the same order, since a
+/// <see cref="GroupTeam"/> call holds group barriers; kernels keep idle threads in step instead of
+/// letting them return early.
+/// </summary>
+internal interface ITeam
+{
+    /// <summary>Threads in a team, as the kernel sees it (a sub-group can differ from the host's warp size).</summary>
+    int Width { get; }
+
+    /// <summary>This thread's index in its team.</summary>
+    int Lane { get; }
+
+    /// <summary>This team's index in its group.</summary>
+    int Index { get; }
+
+    /// <summary>Teams per group.</summary>
+    int Count { get; }
+
+    /// <summary>The sum over the team; every lane gets it. <paramref name="scratch"/>: this team's <see cref="GroupTeam.MaxWidth"/> floats.</summary>
+    float Sum(float value, ArrayView<float> scratch);
+
+    /// <summary>Eight sums over the team at once; every lane gets them. <paramref name="scratch"/>: 8 × <see cref="GroupTeam.MaxWidth"/> floats.</summary>
+    void Sum(ref Sums8 sums, ArrayView<float> scratch);
+
+    /// <summary>The minimum over the team; every lane gets it.</summary>
+    ulong Min(ulong value, ArrayView<ulong> scratch);
+
+    /// <summary>Orders this team's shared-memory writes before its later reads.</summary>
+    void Barrier();
+}
+
+/// <summary>Eight running sums a team reduces together (one shrink item's tokens).</summary>
+internal struct Sums8
+{
+    public float S0, S1, S2, S3, S4, S5, S6, S7;
+}
+
+/// <summary>A team is one warp (CUDA, ILGPU's CPU accelerator): butterfly shuffles.</summary>
+internal readonly struct WarpTeam : ITeam
+{
+    /// <inheritdoc />
+    public int Width => Warp.WarpSize;
+
+    /// <inheritdoc />
+    public int Lane => Warp.LaneIdx;
+
+    /// <inheritdoc />
+    public int Index => Warp.WarpIdx;
+
+    /// <inheritdoc />
+    public int Count => Group.DimX / Warp.WarpSize;
+
+    /// <inheritdoc />
+    public float Sum(float value, ArrayView<float> scratch)
+    {
+        for (int offset = Warp.WarpSize / 2; offset > 0; offset >>= 1)
+        {
+            value += Warp.ShuffleXor(value, offset);
+        }
+        return value;
+    }
+
+    /// <inheritdoc />
+    public void Sum(ref Sums8 sums, ArrayView<float> scratch)
+    {
+        sums.S0 = Sum(sums.S0, scratch);
+        sums.S1 = Sum(sums.S1, scratch);
+        sums.S2 = Sum(sums.S2, scratch);
+        sums.S3 = Sum(sums.S3, scratch);
+        sums.S4 = Sum(sums.S4, scratch);
+        sums.S5 = Sum(sums.S5, scratch);
+        sums.S6 = Sum(sums.S6, scratch);
+        sums.S7 = Sum(sums.S7, scratch);
+    }
+
+    /// <inheritdoc />
+    public ulong Min(ulong value, ArrayView<ulong> scratch)
+    {
+        for (int offset = Warp.WarpSize / 2; offset > 0; offset >>= 1)
+        {
+            ulong other = Warp.ShuffleXor(value, offset);
+            value = other < value ? other : value;
+        }
+        return value;
+    }
+
+    /// <inheritdoc />
+    public void Barrier() => Warp.Barrier();
+}
+
+/// <summary>
+/// A team is the whole group (a power of two, at most <see cref="MaxWidth"/> threads): a tree in shared
+/// memory, pairing the same lanes as <see cref="WarpTeam"/>'s butterfly, with a group barrier per level.
+/// </summary>
+internal readonly struct GroupTeam : ITeam
+{
+    /// <summary>The largest team, and the scratch length a kernel allocates for it.</summary>
+    public const int MaxWidth = 64;
+
+    /// <inheritdoc />
+    public int Width => Group.DimX;
+
+    /// <inheritdoc />
+    public int Lane => Group.IdxX;
+
+    /// <inheritdoc />
+    public int Index => 0;
+
+    /// <inheritdoc />
+    public int Count => 1;
+
+    /// <inheritdoc />
+    public float Sum(float value, ArrayView<float> scratch)
+    {
+        int lane = Group.IdxX;
+        scratch[lane] = value;
+        Group.Barrier();
+        for (int offset = Group.DimX / 2; offset > 0; offset >>= 1)
+        {
+            if (lane < offset)
+            {
+                scratch[lane] += scratch[lane + offset];
+            }
+            Group.Barrier();
+        }
+        float result = scratch[0];
+        Group.Barrier(); // every lane has read the result before the scratch is reused
+        return result;
+    }
+
+    /// <inheritdoc />
+    public void Sum(ref Sums8 sums, ArrayView<float> scratch)
+    {
+        // Eight columns of MaxWidth, reduced side by side: one barrier per level for all eight, which keeps
+        // the barrier count down (PoCL's compile time grows with it).
+        int lane = Group.IdxX;
+        scratch[lane] = sums.S0;
+        scratch[lane + MaxWidth] = sums.S1;
+        scratch[lane + 2 * MaxWidth] = sums.S2;
+        scratch[lane + 3 * MaxWidth] = sums.S3;
+        scratch[lane + 4 * MaxWidth] = sums.S4;
+        scratch[lane + 5 * MaxWidth] = sums.S5;
+        scratch[lane + 6 * MaxWidth] = sums.S6;
+        scratch[lane + 7 * MaxWidth] = sums.S7;
+        Group.Barrier();
+        for (int offset = Group.DimX / 2; offset > 0; offset >>= 1)
+        {
+            if (lane < offset)
+            {
+                for (int column = 0; column < 8 * MaxWidth; column += MaxWidth)
+                {
+                    scratch[column + lane] += scratch[column + lane + offset];
+                }
+            }
+            Group.Barrier();
+        }
+        sums.S0 = scratch[0];
+        sums.S1 = scratch[MaxWidth];
+        sums.S2 = scratch[2 * MaxWidth];
+        sums.S3 = scratch[3 * MaxWidth];
+        sums.S4 = scratch[4 * MaxWidth];
+        sums.S5 = scratch[5 * MaxWidth];
+        sums.S6 = scratch[6 * MaxWidth];
+        sums.S7 = scratch[7 * MaxWidth];
+        Group.Barrier();
+    }
+
+    /// <inheritdoc />
+    public ulong Min(ulong value, ArrayView<ulong> scratch)
+    {
+        int lane = Group.IdxX;
+        scratch[lane] = value;
+        Group.Barrier();
+        for (int offset = Group.DimX / 2; offset > 0; offset >>= 1)
+        {
+            if (lane < offset)
+            {
+                ulong other = scratch[lane + offset];
+                scratch[lane] = other < scratch[lane] ? other : scratch[lane];
+            }
+            Group.Barrier();
+        }
+        ulong result = scratch[0];
+        Group.Barrier();
+        return result;
+    }
+
+    /// <inheritdoc />
+    public void Barrier() => Group.Barrier();
+}
+
+/// <summary>Which team kind an accelerator runs, decided from what ILGPU can generate for it, and the group shapes that follow.</summary>
+internal sealed class TeamShape
+{
+    private TeamShape(bool warps, int width, int teamsPerGroup)
+    {
+        Warps = warps;
+        Width = width;
+        TeamsPerGroup = teamsPerGroup;
+    }
+
+    /// <summary>True for <see cref="WarpTeam"/>, false for <see cref="GroupTeam"/>.</summary>
+    public bool Warps { get; }
+
+    /// <summary>Threads per team as the host plans it (the warp size, or the group size).</summary>
+    public int Width { get; }
+
+    /// <summary>Teams per group as the host plans it (a kernel recomputes it from what it sees).</summary>
+    public int TeamsPerGroup { get; }
+
+    /// <summary>Threads per group.</summary>
+    public int GroupSize => Width * TeamsPerGroup;
+
+    /// <summary>
+    /// Warps on CUDA and on ILGPU's CPU accelerator, where the warp size a kernel sees is the host's. Every
+    /// OpenCL device takes one team per group of up to 64 threads (a power of two within the device's group
+    /// limit): ILGPU emits sub-group shuffles for Intel only, and even there the compiler picks the
+    /// sub-group size, so a launch planned around the host's value could split a team.
+    /// </summary>
+    public static TeamShape For(Accelerator accelerator, int maxTeamsPerGroup)
+    {
+        bool warps = accelerator is CudaAccelerator or CPUAccelerator;
+        if (warps)
+        {
+            int warp = accelerator.WarpSize;
+            return new TeamShape(true, warp, Math.Clamp(accelerator.MaxNumThreadsPerGroup / warp, 1, maxTeamsPerGroup));
+        }
+        int width = 1;
+        while (width * 2 <= Math.Min(GroupTeam.MaxWidth, accelerator.MaxNumThreadsPerGroup))
+        {
+            width *= 2;
+        }
+        return new TeamShape(false, width, 1);
+    }
+}
