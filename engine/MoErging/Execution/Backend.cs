@@ -3,7 +3,10 @@ namespace MoErging.Execution;
 /// <summary>Where the engine runs.</summary>
 public enum Backend
 {
-    /// <summary>The best backend present (CUDA, then OpenCL, then the CPU); the engine reports which and why.</summary>
+    /// <summary>
+    /// The best backend present: CUDA, then an OpenCL GPU, then the CPU (an OpenCL driver that runs on the CPU is
+    /// never preferred to the CPU backend); the engine reports which and why.
+    /// </summary>
     Auto,
 
     /// <summary>The CPU: SIMD, multithreaded across tokens and experts.</summary>
@@ -12,7 +15,7 @@ public enum Backend
     /// <summary>An NVIDIA GPU through ILGPU's CUDA backend.</summary>
     Cuda,
 
-    /// <summary>A GPU through ILGPU's OpenCL backend (needs OpenCL 2.0 with generic address space support).</summary>
+    /// <summary>An OpenCL device through ILGPU's OpenCL backend: any device whose driver compiles the kernels (see the README).</summary>
     OpenCL,
 
     /// <summary>The GPU kernels on ILGPU's CPU accelerator: slow, for testing and debugging kernels without a GPU.</summary>

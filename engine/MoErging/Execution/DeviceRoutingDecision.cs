@@ -19,9 +19,12 @@ public sealed class DeviceRoutingDecision : IDisposable
     internal DeviceRoutingDecision(GpuExecutor executor)
     {
         _executor = executor;
-        _ids = new DeviceBuffer<int>(executor.Accelerator);
-        _weights = new DeviceBuffer<float>(executor.Accelerator);
+        _ids = new DeviceBuffer<int>(executor.Accelerator, executor.Stream);
+        _weights = new DeviceBuffer<float>(executor.Accelerator, executor.Stream);
     }
+
+    /// <summary>The session's executor whose stream writes and reads this decision.</summary>
+    internal GpuExecutor Owner => _executor;
 
     /// <summary>T.</summary>
     public int TokenCount { get; private set; }

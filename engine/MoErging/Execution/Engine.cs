@@ -1,7 +1,9 @@
 using ILGPU.Runtime;
 using MoErging.Execution.Cpu;
 using MoErging.Execution.Gpu;
+using MoErging.Experts;
 using MoErging.Kernels;
+using MoErging.Routing;
 
 namespace MoErging.Execution;
 
@@ -38,61 +40,116 @@ public sealed class Engine : IDisposable
 
     internal GpuBackend? Gpu { get; }
 
-    /// <summary>Creates an engine on the requested backend.</summary>
-    /// <exception cref="BackendUnavailableException">The backend asked for is not present; the message says why.</exception>
-    /// <exception cref="ArgumentOutOfRangeException">An unknown backend or a negative thread count.</exception>
+    /// <summary>Creates an engine on the requested backend (and device, when <see cref="EngineOptions.Device"/> names one).</summary>
+    /// <exception cref="BackendUnavailableException">The backend or device asked for is not present or does not run the kernels; the message says why.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">An unknown backend or precision, a negative thread count, or simulator warps outside 1 to 32.</exception>
+    /// <exception cref="ArgumentException">A device named for a backend that takes none.</exception>
     public static Engine Create(EngineOptions? options = null)
     {
         options ??= new EngineOptions();
         ArgumentOutOfRangeException.ThrowIfNegative(options.CpuThreads, nameof(options.CpuThreads));
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.SimulatorWarpsPerGroup, 1, nameof(options.SimulatorWarpsPerGroup));
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(options.SimulatorWarpsPerGroup, 32, nameof(options.SimulatorWarpsPerGroup));
         bool half = options.WeightPrecision switch
         {
             WeightPrecision.Float32 => false,
             WeightPrecision.Float16 => true,
             _ => throw new ArgumentOutOfRangeException(nameof(options), options.WeightPrecision, "unknown weight precision"),
         };
+        if (options.Device is not null && options.Backend is Backend.Cpu or Backend.GpuSimulator)
+        {
+            throw new ArgumentException($"a device ('{options.Device}') is chosen for GPU backends only; the {options.Backend} backend takes none", nameof(options));
+        }
+        string reason;
         switch (options.Backend)
         {
             case Backend.Cpu:
                 return OpenCpu(options, "cpu: asked for");
+            case Backend.GpuSimulator:
+                GpuDevice simulator = Devices.OpenSimulator(options.SimulatorWarpsPerGroup);
+                return OpenGpu(simulator, half, $"asked for; {simulator.Info.Name}");
             case Backend.Cuda:
             case Backend.OpenCL:
-            case Backend.GpuSimulator:
-                GpuApi api = Api(options.Backend);
-                return OpenGpu(options.Backend, api, half, out string reason) ?? throw new BackendUnavailableException($"{options.Backend} is not available: {reason}");
+                GpuApi api = options.Backend == Backend.Cuda ? GpuApi.Cuda : GpuApi.OpenCL;
+                GpuDevice? asked = Devices.TryOpen(api, options.Device, out reason);
+                return asked is null
+                    ? throw new BackendUnavailableException($"{options.Backend} is not available: {reason}")
+                    : OpenGpu(asked, half, $"asked for; {reason}");
             case Backend.Auto:
-                Engine? cuda = OpenGpu(Backend.Cuda, GpuApi.Cuda, half, out string noCuda);
-                if (cuda is not null)
+                if (options.Device is not null)
                 {
-                    return cuda;
+                    DeviceInfo named = Devices.Find(options.Device, null, out reason)
+                        ?? throw new BackendUnavailableException($"device '{options.Device}' is not available: {reason}");
+                    GpuDevice? chosen = Devices.TryOpen(named, out reason);
+                    return chosen is null ? throw new BackendUnavailableException(reason) : OpenGpu(chosen, half, $"device '{options.Device}' asked for; {reason}");
                 }
-                Engine? openCL = OpenGpu(Backend.OpenCL, GpuApi.OpenCL, half, out string noOpenCL);
-                return openCL ?? OpenCpu(options, $"cpu: {noCuda}; {noOpenCL}");
+                return OpenBest(options, half);
             default:
                 throw new ArgumentOutOfRangeException(nameof(options), options.Backend, "unknown backend");
         }
     }
 
+    /// <summary>CUDA, then an OpenCL GPU, then the CPU backend, which beats any OpenCL driver that runs on the CPU.</summary>
+    private static Engine OpenBest(EngineOptions options, bool half)
+    {
+        GpuDevice? cuda = Devices.TryOpen(GpuApi.Cuda, out string noCuda);
+        if (cuda is not null)
+        {
+            return OpenGpu(cuda, half, noCuda);
+        }
+        var skipped = new List<string>();
+        foreach (DeviceInfo device in Devices.List().Where(d => d.Api == GpuApi.OpenCL))
+        {
+            if (device.Kind != DeviceKind.Gpu)
+            {
+                skipped.Add($"{device.Name} is a {device.Kind} device");
+                continue;
+            }
+            GpuDevice? openCL = Devices.TryOpen(device, out string reason);
+            if (openCL is not null)
+            {
+                return OpenGpu(openCL, half, $"{noCuda}; {reason}");
+            }
+            skipped.Add(reason);
+        }
+        string noOpenCL = skipped.Count > 0 ? $"no usable OpenCL GPU ({string.Join("; ", skipped)})" : Devices.Missing(GpuApi.OpenCL) ?? "no OpenCL GPU";
+        return OpenCpu(options, $"cpu: {noCuda}; {noOpenCL}");
+    }
+
     private static Engine OpenCpu(EngineOptions options, string reason) =>
         new(Backend.Cpu, reason, new WorkerPool(options.CpuThreads == 0 ? Environment.ProcessorCount : options.CpuThreads), null);
 
-    private static Engine? OpenGpu(Backend backend, GpuApi api, bool half, out string reason)
+    private static Engine OpenGpu(GpuDevice device, bool half, string reason)
     {
-        GpuDevice? device = Devices.TryOpen(api, out reason);
-        if (device is null)
+        Backend backend = device.Api switch
         {
-            return null;
-        }
-        reason = $"{backend.ToString().ToLowerInvariant()}: {reason}";
-        return new Engine(backend, reason, null, new GpuBackend(device, half));
+            GpuApi.Cuda => Backend.Cuda,
+            GpuApi.OpenCL => Backend.OpenCL,
+            _ => Backend.GpuSimulator,
+        };
+        return new Engine(backend, $"{backend.ToString().ToLowerInvariant()}: {reason}", null, new GpuBackend(device, half));
     }
 
-    private static GpuApi Api(Backend backend) => backend switch
+    /// <summary>
+    /// Frees the device copy of <paramref name="module"/>'s experts now (a GPU engine uploads them on first use);
+    /// the next forward at the module uploads them again. Waits for the work every session has queued; must not
+    /// run while another thread forwards at the module. Also frees the copies of modules and routers the host
+    /// no longer holds, which otherwise go when something new is uploaded. False when nothing of it was on the device.
+    /// </summary>
+    public bool Release(AdaptedModule module)
     {
-        Backend.Cuda => GpuApi.Cuda,
-        Backend.OpenCL => GpuApi.OpenCL,
-        _ => GpuApi.CpuSimulator,
-    };
+        ArgumentNullException.ThrowIfNull(module);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        return Gpu?.Release(module) ?? false;
+    }
+
+    /// <summary>Frees the device copy of a linear router's prototypes now, as <see cref="Release(AdaptedModule)"/> does for a module.</summary>
+    public bool Release(LinearRouter router)
+    {
+        ArgumentNullException.ThrowIfNull(router);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        return Gpu?.Release(router) ?? false;
+    }
 
     /// <summary>Creates a session: the per-thread workspace that routing and forwards run in.</summary>
     public Session CreateSession()

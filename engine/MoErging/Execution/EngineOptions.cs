@@ -11,4 +11,18 @@ public sealed record EngineOptions
 
     /// <summary>How expert factors are stored on a GPU.</summary>
     public WeightPrecision WeightPrecision { get; init; } = WeightPrecision.Float32;
+
+    /// <summary>
+    /// Which GPU device to open: an index from <c>moerge devices</c> (<see cref="Kernels.Devices.List"/>) or a
+    /// case-insensitive part of one device's or platform's name. Null takes the first usable device of the backend
+    /// (with <see cref="Backend.Auto"/>: CUDA, then an OpenCL GPU). With <see cref="Backend.Auto"/> a named device
+    /// decides the backend. Not used by <see cref="Backend.Cpu"/> or <see cref="Backend.GpuSimulator"/>.
+    /// </summary>
+    public string? Device { get; init; }
+
+    /// <summary>
+    /// Warps per group of the simulated device (<see cref="Backend.GpuSimulator"/> only; 1 to 32). One is fastest;
+    /// more run the multi-warp code paths a GPU runs.
+    /// </summary>
+    public int SimulatorWarpsPerGroup { get; init; } = 1;
 }

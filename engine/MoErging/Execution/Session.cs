@@ -247,16 +247,30 @@ public sealed unsafe class Session : IDisposable
 
     private void RouteOnDevice<TX>(AdaptedModule module, LinearRouter router, ArrayView<TX> x, DeviceRoutingDecision destination) where TX : unmanaged
     {
-        ArgumentNullException.ThrowIfNull(destination);
-        int tokens = CheckRoute(module, router, checked((int)x.Length), new RoutingDecision());
+        CheckOwner(destination);
+        int tokens = CheckRouter(module, router, checked((int)x.Length));
         using var _ = Enter();
         Gpu.Route(router, x, tokens, destination);
+    }
+
+    /// <summary>A device decision lives in one session's buffers and is ordered by its stream: another session's is refused.</summary>
+    private void CheckOwner(DeviceRoutingDecision decision)
+    {
+        ArgumentNullException.ThrowIfNull(decision);
+        if (decision.Owner != Gpu)
+        {
+            throw new ArgumentException(
+                decision.Owner.Accelerator == Gpu.Accelerator
+                    ? "the device decision was created by another session; use one from this session's CreateDeviceDecision"
+                    : "the device decision belongs to another engine's device; use one from this session's CreateDeviceDecision",
+                nameof(decision));
+        }
     }
 
     private void ForwardOnDevice<TX>(AdaptedModule module, DeviceRoutingDecision decision, ArrayView<TX> x, ArrayView<TX> y) where TX : unmanaged
     {
         ArgumentNullException.ThrowIfNull(module);
-        ArgumentNullException.ThrowIfNull(decision);
+        CheckOwner(decision);
         int tokens = Rows(checked((int)x.Length), module);
         if (decision.TokenCount != tokens)
         {
@@ -385,9 +399,14 @@ public sealed unsafe class Session : IDisposable
 
     private static int CheckRoute(AdaptedModule module, Router router, int xLength, RoutingDecision destination)
     {
+        ArgumentNullException.ThrowIfNull(destination);
+        return CheckRouter(module, router, xLength);
+    }
+
+    private static int CheckRouter(AdaptedModule module, Router router, int xLength)
+    {
         ArgumentNullException.ThrowIfNull(module);
         ArgumentNullException.ThrowIfNull(router);
-        ArgumentNullException.ThrowIfNull(destination);
         if (router.ExpertCount != module.ExpertCount)
         {
             throw new ArgumentException($"the router chooses among {router.ExpertCount} experts but module '{module.Name}' belongs to a library of {module.ExpertCount}", nameof(router));

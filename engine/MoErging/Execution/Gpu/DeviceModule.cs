@@ -9,7 +9,7 @@ namespace MoErging.Execution.Gpu;
 /// <summary>
 /// One module's experts on the device: every expert's A and Bᵀ back to back (mixed ranks, no padding),
 /// in F32 or F16 storage, with per-expert offsets, ranks (0 where an expert does not adapt the module)
-/// and scalings. Uploaded once per engine and module.
+/// and scalings. Uploaded once per engine and module, on the stream of the session that first needs it.
 /// </summary>
 internal sealed class DeviceModule : IDisposable
 {
@@ -20,7 +20,7 @@ internal sealed class DeviceModule : IDisposable
     private readonly MemoryBuffer1D<int, Stride1D.Dense> _rank;
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _scaling;
 
-    public DeviceModule(Accelerator accelerator, AdaptedModule module, bool halfWeights)
+    public DeviceModule(Accelerator accelerator, AcceleratorStream stream, AdaptedModule module, bool halfWeights)
     {
         int experts = module.ExpertCount;
         var aOffset = new long[experts];
@@ -42,14 +42,14 @@ internal sealed class DeviceModule : IDisposable
         }
         HalfWeights = halfWeights;
         MaxRank = module.MaxRank;
-        _a = halfWeights ? Upload<ushort>(accelerator, module, aLength, f => f.A) : Upload<float>(accelerator, module, aLength, f => f.A);
+        _a = halfWeights ? Upload<ushort>(accelerator, stream, module, aLength, f => f.A) : Upload<float>(accelerator, stream, module, aLength, f => f.A);
         _bTransposed = halfWeights
-            ? Upload<ushort>(accelerator, module, bLength, f => f.BTransposed)
-            : Upload<float>(accelerator, module, bLength, f => f.BTransposed);
-        _aOffset = accelerator.Allocate1D(aOffset);
-        _bOffset = accelerator.Allocate1D(bOffset);
-        _rank = accelerator.Allocate1D(rank);
-        _scaling = accelerator.Allocate1D(scaling);
+            ? Upload<ushort>(accelerator, stream, module, bLength, f => f.BTransposed)
+            : Upload<float>(accelerator, stream, module, bLength, f => f.BTransposed);
+        _aOffset = DeviceCopy.Of(accelerator, stream, aOffset);
+        _bOffset = DeviceCopy.Of(accelerator, stream, bOffset);
+        _rank = DeviceCopy.Of(accelerator, stream, rank);
+        _scaling = DeviceCopy.Of(accelerator, stream, scaling);
     }
 
     public bool HalfWeights { get; }
@@ -81,7 +81,7 @@ internal sealed class DeviceModule : IDisposable
     private delegate ReadOnlySpan<float> Factor(LoraFactors factors);
 
     /// <summary>Concatenates one factor of every expert, converted to the storage type, into one device buffer.</summary>
-    private static MemoryBuffer1D<T, Stride1D.Dense> Upload<T>(Accelerator accelerator, AdaptedModule module, long length, Factor factor)
+    private static MemoryBuffer1D<T, Stride1D.Dense> Upload<T>(Accelerator accelerator, AcceleratorStream stream, AdaptedModule module, long length, Factor factor)
         where T : unmanaged
     {
         var host = new T[length];
@@ -108,7 +108,7 @@ internal sealed class DeviceModule : IDisposable
             }
             at += values.Length;
         }
-        return accelerator.Allocate1D(host);
+        return DeviceCopy.Of(accelerator, stream, host);
     }
 }
 
@@ -118,10 +118,10 @@ internal sealed class DeviceRouter : IDisposable
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _prototypes;
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _bias;
 
-    public DeviceRouter(Accelerator accelerator, LinearRouter router)
+    public DeviceRouter(Accelerator accelerator, AcceleratorStream stream, LinearRouter router)
     {
-        _prototypes = accelerator.Allocate1D(router.Prototypes.ToArray());
-        _bias = accelerator.Allocate1D(router.Bias.IsEmpty ? new float[1] : router.Bias.ToArray());
+        _prototypes = DeviceCopy.Of(accelerator, stream, router.Prototypes.ToArray());
+        _bias = DeviceCopy.Of(accelerator, stream, router.Bias.IsEmpty ? new float[1] : router.Bias.ToArray());
     }
 
     public ArrayView<float> Prototypes => _prototypes.View;
@@ -132,5 +132,19 @@ internal sealed class DeviceRouter : IDisposable
     {
         _prototypes.Dispose();
         _bias.Dispose();
+    }
+}
+
+/// <summary>Device copies of host arrays, queued on a given stream (the caller synchronizes it before the array may change).</summary>
+internal static class DeviceCopy
+{
+    public static MemoryBuffer1D<T, Stride1D.Dense> Of<T>(Accelerator accelerator, AcceleratorStream stream, T[] values) where T : unmanaged
+    {
+        MemoryBuffer1D<T, Stride1D.Dense> buffer = accelerator.Allocate1D<T>(Math.Max(1, values.Length));
+        if (values.Length > 0)
+        {
+            buffer.View.SubView(0, values.Length).CopyFromCPU(stream, values);
+        }
+        return buffer;
     }
 }

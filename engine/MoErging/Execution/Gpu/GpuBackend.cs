@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using ILGPU.Runtime;
 using MoErging.Experts;
 using MoErging.Kernels;
 using MoErging.Routing;
@@ -6,14 +7,17 @@ using MoErging.Routing;
 namespace MoErging.Execution.Gpu;
 
 /// <summary>
-/// An engine's GPU: the device with its compiled kernels, and what has been uploaded to it (each module's
-/// experts and each linear router's prototypes, once, on first use). Thread-safe.
+/// An engine's GPU: the device with its compiled kernels, the sessions' executors, and what has been uploaded
+/// (each module's experts and each linear router's prototypes, once, on first use, on the stream of the session
+/// that first needs it, so other sessions' work runs on). An upload is freed when its host object has been
+/// collected (checked whenever something new is uploaded), on <see cref="Release"/>, or at disposal; never while
+/// queued work may read it, since every session's stream is drained first. Thread-safe.
 /// </summary>
 internal sealed class GpuBackend : IDisposable
 {
-    private readonly ConditionalWeakTable<AdaptedModule, DeviceModule> _modules = new();
-    private readonly ConditionalWeakTable<LinearRouter, DeviceRouter> _routers = new();
-    private readonly List<IDisposable> _uploads = [];
+    private readonly ConditionalWeakTable<object, Uploaded> _byHost = new();
+    private readonly List<Uploaded> _uploads = []; // every live upload, for freeing
+    private readonly List<GpuExecutor> _executors = [];
     private readonly object _gate = new();
 
     public GpuBackend(GpuDevice device, bool halfWeights)
@@ -26,46 +30,162 @@ internal sealed class GpuBackend : IDisposable
 
     public bool HalfWeights { get; }
 
-    public DeviceModule Upload(AdaptedModule module)
+    /// <summary>Device buffers held by uploads (for tests and reports).</summary>
+    public int UploadCount
     {
-        lock (_gate)
+        get
         {
-            if (!_modules.TryGetValue(module, out DeviceModule? uploaded))
+            lock (_gate)
             {
-                uploaded = new DeviceModule(Device.Accelerator, module, HalfWeights);
-                Device.Accelerator.Synchronize(); // uploads use the default stream; sessions use their own
-                _modules.Add(module, uploaded);
-                _uploads.Add(uploaded);
+                return _uploads.Count;
             }
-            return uploaded;
         }
     }
 
-    public DeviceRouter Upload(LinearRouter router)
+    public void Register(GpuExecutor executor)
     {
         lock (_gate)
         {
-            if (!_routers.TryGetValue(router, out DeviceRouter? uploaded))
-            {
-                uploaded = new DeviceRouter(Device.Accelerator, router);
-                Device.Accelerator.Synchronize();
-                _routers.Add(router, uploaded);
-                _uploads.Add(uploaded);
-            }
-            return uploaded;
+            _executors.Add(executor);
         }
+    }
+
+    public void Unregister(GpuExecutor executor)
+    {
+        lock (_gate)
+        {
+            _executors.Remove(executor);
+        }
+    }
+
+    /// <summary>The module's experts on the device, uploaded on <paramref name="stream"/> the first time.</summary>
+    public DeviceModule Upload(AdaptedModule module, AcceleratorStream stream) =>
+        (DeviceModule?)Entry(module).Value ?? UploadNew(module, stream);
+
+    /// <summary>The router's prototypes and bias on the device, uploaded on <paramref name="stream"/> the first time.</summary>
+    public DeviceRouter Upload(LinearRouter router, AcceleratorStream stream) =>
+        (DeviceRouter?)Entry(router).Value ?? UploadNew(router, stream);
+
+    // The first uploads live in methods of their own: a lambda's captures would allocate on every call.
+    private DeviceModule UploadNew(AdaptedModule module, AcceleratorStream stream) =>
+        (DeviceModule)Entry(module).Make(stream, s => new DeviceModule(Device.Accelerator, s, module, HalfWeights));
+
+    private DeviceRouter UploadNew(LinearRouter router, AcceleratorStream stream) =>
+        (DeviceRouter)Entry(router).Make(stream, s => new DeviceRouter(Device.Accelerator, s, router));
+
+    /// <summary>Frees the device copy of a module or router now; false when there is none. Waits for every session's queued work.</summary>
+    public bool Release(object host)
+    {
+        List<Uploaded> freed;
+        lock (_gate)
+        {
+            freed = _uploads.Where(u => u.Holds(host) || !u.Alive).ToList();
+            if (freed.Count == 0)
+            {
+                return false;
+            }
+            Drain();
+            _uploads.RemoveAll(freed.Contains);
+            _byHost.Remove(host);
+        }
+        bool found = false;
+        foreach (Uploaded upload in freed)
+        {
+            found |= upload.Holds(host);
+            upload.Dispose();
+        }
+        return found;
     }
 
     public void Dispose()
     {
         lock (_gate)
         {
-            foreach (IDisposable upload in _uploads)
+            Drain();
+            foreach (Uploaded upload in _uploads)
             {
                 upload.Dispose();
             }
             _uploads.Clear();
         }
         Device.Dispose();
+    }
+
+    /// <summary>The host object's upload entry, made (after freeing what no host holds any more) the first time.</summary>
+    private Uploaded Entry(object host)
+    {
+        Uploaded? entry;
+        List<Uploaded>? collected = null;
+        lock (_gate)
+        {
+            if (!_byHost.TryGetValue(host, out entry))
+            {
+                // Something new goes to the device: first free what no host holds any more.
+                collected = _uploads.Where(u => !u.Alive).ToList();
+                if (collected.Count > 0)
+                {
+                    Drain();
+                    _uploads.RemoveAll(collected.Contains);
+                }
+                entry = new Uploaded(host);
+                _byHost.Add(host, entry);
+                _uploads.Add(entry);
+            }
+        }
+        if (collected is not null)
+        {
+            foreach (Uploaded upload in collected)
+            {
+                upload.Dispose();
+            }
+        }
+        return entry;
+    }
+
+    /// <summary>Waits for the work every session has queued (call under the gate, before freeing).</summary>
+    private void Drain()
+    {
+        foreach (GpuExecutor executor in _executors)
+        {
+            executor.Stream.Synchronize();
+        }
+    }
+
+    /// <summary>One host object's device copy: made once, by the first session that needs it, while others wait for it alone.</summary>
+    private sealed class Uploaded(object host) : IDisposable
+    {
+        private readonly WeakReference _host = new(host);
+        private readonly object _gate = new();
+        private IDisposable? _value;
+
+        public bool Alive => _host.IsAlive;
+
+        public bool Holds(object host) => ReferenceEquals(_host.Target, host);
+
+        /// <summary>The device copy once made (a published reference: readers need no lock).</summary>
+        public IDisposable? Value => Volatile.Read(ref _value);
+
+        public IDisposable Make(AcceleratorStream stream, Func<AcceleratorStream, IDisposable> create)
+        {
+            lock (_gate)
+            {
+                if (_value is null)
+                {
+                    IDisposable value = create(stream);
+                    stream.Synchronize(); // complete before any other session's stream reads it
+                    Volatile.Write(ref _value, value);
+                }
+                return _value;
+            }
+        }
+
+        public void Dispose()
+        {
+            lock (_gate)
+            {
+                _value?.Dispose();
+                _value = null;
+            }
+        }
     }
 }

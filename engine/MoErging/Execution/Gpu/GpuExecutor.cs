@@ -14,8 +14,6 @@ namespace MoErging.Execution.Gpu;
 /// </summary>
 internal sealed class GpuExecutor : IDisposable
 {
-    private const int MaxGatingExperts = 1024;
-
     private readonly GpuBackend _backend;
     private readonly Accelerator _accelerator;
     private readonly KernelSet _kernels;
@@ -35,27 +33,28 @@ internal sealed class GpuExecutor : IDisposable
         _accelerator = backend.Device.Accelerator;
         _kernels = backend.Device.Kernels;
         _stream = _accelerator.CreateStream();
-        _xF32 = Own(new DeviceBuffer<float>(_accelerator));
-        _yF32 = Own(new DeviceBuffer<float>(_accelerator));
-        _weights = Own(new DeviceBuffer<float>(_accelerator));
-        _pairCoefficient = Own(new DeviceBuffer<float>(_accelerator));
-        _v = Own(new DeviceBuffer<float>(_accelerator));
-        _xF16 = Own(new DeviceBuffer<ushort>(_accelerator));
-        _yF16 = Own(new DeviceBuffer<ushort>(_accelerator));
-        _ids = Own(new DeviceBuffer<int>(_accelerator));
-        _slotPair = Own(new DeviceBuffer<int>(_accelerator));
-        _pairToken = Own(new DeviceBuffer<int>(_accelerator));
-        _itemExpert = Own(new DeviceBuffer<int>(_accelerator));
-        _itemRow = Own(new DeviceBuffer<int>(_accelerator));
-        _itemPairStart = Own(new DeviceBuffer<int>(_accelerator));
-        _itemPairEnd = Own(new DeviceBuffer<int>(_accelerator));
-        _itemCount = Own(new DeviceBuffer<int>(_accelerator));
-        _stageXF32 = Own(new Staging<float>(_accelerator));
-        _stageYF32 = Own(new Staging<float>(_accelerator));
-        _stageWeights = Own(new Staging<float>(_accelerator));
-        _stageXF16 = Own(new Staging<ushort>(_accelerator));
-        _stageYF16 = Own(new Staging<ushort>(_accelerator));
-        _stageIds = Own(new Staging<int>(_accelerator));
+        backend.Register(this);
+        _xF32 = Own(new DeviceBuffer<float>(_accelerator, _stream));
+        _yF32 = Own(new DeviceBuffer<float>(_accelerator, _stream));
+        _weights = Own(new DeviceBuffer<float>(_accelerator, _stream));
+        _pairCoefficient = Own(new DeviceBuffer<float>(_accelerator, _stream));
+        _v = Own(new DeviceBuffer<float>(_accelerator, _stream));
+        _xF16 = Own(new DeviceBuffer<ushort>(_accelerator, _stream));
+        _yF16 = Own(new DeviceBuffer<ushort>(_accelerator, _stream));
+        _ids = Own(new DeviceBuffer<int>(_accelerator, _stream));
+        _slotPair = Own(new DeviceBuffer<int>(_accelerator, _stream));
+        _pairToken = Own(new DeviceBuffer<int>(_accelerator, _stream));
+        _itemExpert = Own(new DeviceBuffer<int>(_accelerator, _stream));
+        _itemRow = Own(new DeviceBuffer<int>(_accelerator, _stream));
+        _itemPairStart = Own(new DeviceBuffer<int>(_accelerator, _stream));
+        _itemPairEnd = Own(new DeviceBuffer<int>(_accelerator, _stream));
+        _itemCount = Own(new DeviceBuffer<int>(_accelerator, _stream));
+        _stageXF32 = Own(new Staging<float>(_accelerator, _stream));
+        _stageYF32 = Own(new Staging<float>(_accelerator, _stream));
+        _stageWeights = Own(new Staging<float>(_accelerator, _stream));
+        _stageXF16 = Own(new Staging<ushort>(_accelerator, _stream));
+        _stageYF16 = Own(new Staging<ushort>(_accelerator, _stream));
+        _stageIds = Own(new Staging<int>(_accelerator, _stream));
     }
 
     public Accelerator Accelerator => _accelerator;
@@ -73,7 +72,7 @@ internal sealed class GpuExecutor : IDisposable
             return;
         }
         ArrayView<TX> xd = X<TX>(x.Length);
-        StageX<TX>().Upload(_stream, x, xd);
+        StageX<TX>().Upload(x, xd);
         Gate(router, xd, tokens);
         ReadDecision(tokens * router.TopK);
         _stream.Synchronize();
@@ -102,7 +101,7 @@ internal sealed class GpuExecutor : IDisposable
         // x and y have staging arrays of their own: copies are asynchronous until the stream synchronises.
         ArrayView<TX> xd = X<TX>(x.Length), yd = Y<TX>(y.Length);
         Staging<TX> stageY = StageY<TX>();
-        StageX<TX>().Upload(_stream, x, xd);
+        StageX<TX>().Upload(x, xd);
         int topK;
         if (router is LinearRouter linear)
         {
@@ -114,13 +113,13 @@ internal sealed class GpuExecutor : IDisposable
             UploadDecision(decision);
             topK = decision.TopK;
         }
-        stageY.Upload(_stream, y, yd);
+        stageY.Upload(y, yd);
         Mix(module, xd, yd, tokens, topK, _ids.View(tokens * topK), _weights.View(tokens * topK), aggregation);
         if (router is LinearRouter)
         {
             ReadDecision(tokens * topK);
         }
-        stageY.Download(_stream, yd);
+        stageY.Download(yd);
         _stream.Synchronize();
         stageY.Span(y.Length).CopyTo(y);
         if (router is LinearRouter)
@@ -165,11 +164,7 @@ internal sealed class GpuExecutor : IDisposable
 
     private void Gate<TX>(LinearRouter router, ArrayView<TX> x, int tokens, ArrayView<int> ids, ArrayView<float> weights) where TX : unmanaged
     {
-        if (router.ExpertCount > MaxGatingExperts)
-        {
-            throw new NotSupportedException($"the GPU gating kernel takes up to {MaxGatingExperts} experts; this router has {router.ExpertCount}");
-        }
-        DeviceRouter uploaded = _backend.Upload(router);
+        DeviceRouter uploaded = _backend.Upload(router, _stream);
         _kernels.Gating.Launch(_stream, new GatingArgs<TX>
         {
             X = x,
@@ -192,7 +187,7 @@ internal sealed class GpuExecutor : IDisposable
         Aggregation aggregation)
         where TX : unmanaged
     {
-        DeviceModule uploaded = _backend.Upload(module);
+        DeviceModule uploaded = _backend.Upload(module, _stream);
         int parameter = aggregation == Aggregation.Parameter ? 1 : 0;
         if (uploaded.HalfWeights)
         {
@@ -276,14 +271,14 @@ internal sealed class GpuExecutor : IDisposable
     private void UploadDecision(RoutingDecision decision)
     {
         int slots = decision.TokenCount * decision.TopK;
-        _stageIds.Upload(_stream, decision.ExpertIds, _ids.View(slots));
-        _stageWeights.Upload(_stream, decision.Weights, _weights.View(slots));
+        _stageIds.Upload(decision.ExpertIds, _ids.View(slots));
+        _stageWeights.Upload(decision.Weights, _weights.View(slots));
     }
 
     private void ReadDecision(int slots)
     {
-        _stageIds.Download(_stream, _ids.View(slots));
-        _stageWeights.Download(_stream, _weights.View(slots));
+        _stageIds.Download(_ids.View(slots));
+        _stageWeights.Download(_weights.View(slots));
     }
 
     private void FillDecision(RoutingDecision decision, int slots)
@@ -297,15 +292,15 @@ internal sealed class GpuExecutor : IDisposable
 
     internal void UploadDecision(RoutingDecision decision, ArrayView<int> ids, ArrayView<float> weights)
     {
-        _stageIds.Upload(_stream, decision.ExpertIds, ids);
-        _stageWeights.Upload(_stream, decision.Weights, weights);
+        _stageIds.Upload(decision.ExpertIds, ids);
+        _stageWeights.Upload(decision.Weights, weights);
         _stream.Synchronize(); // the staging arrays are reused by the next call
     }
 
     internal void DownloadDecision(ArrayView<int> ids, ArrayView<float> weights, RoutingDecision decision)
     {
-        _stageIds.Download(_stream, ids);
-        _stageWeights.Download(_stream, weights);
+        _stageIds.Download(ids);
+        _stageWeights.Download(weights);
         _stream.Synchronize();
         FillDecision(decision, (int)ids.Length);
     }
@@ -330,6 +325,7 @@ internal sealed class GpuExecutor : IDisposable
 
     public void Dispose()
     {
+        _backend.Unregister(this);
         _stream.Synchronize();
         foreach (IDisposable d in _owned)
         {
