@@ -115,6 +115,14 @@ public sealed class AllocationCollection;
 [Collection(nameof(AllocationCollection))]
 public sealed class AllocationTestsOnCpu(CpuEngines engines) : AllocationTests(engines), IClassFixture<CpuEngines>;
 
+[Trait("Backend", "OpenCL")]
+[Collection(nameof(AllocationCollection))]
+public sealed class AllocationTestsOnRusticl(RusticlEngine engines) : AllocationTests(engines), IClassFixture<RusticlEngine>;
+
+[Trait("Backend", "OpenCL")]
+[Collection(nameof(AllocationCollection))]
+public sealed class AllocationTestsOnPocl(PoclEngine engines) : AllocationTests(engines), IClassFixture<PoclEngine>;
+
 [Trait("Backend", "Cuda")]
 [Collection(nameof(AllocationCollection))]
 public sealed class AllocationTestsOnCuda(CudaEngine engines) : AllocationTests(engines), IClassFixture<CudaEngine>;

@@ -174,7 +174,7 @@ public sealed class CliTests
         // The GPU kernels on ILGPU's CPU accelerator: the device path of the demo, at a size it runs quickly.
         var (code, output, error) = Run("demo", "--backend", "gpu-simulator", "--experts", "2", "--tokens", "2", "--dim", "8", "--rank", "1", "--iterations", "1");
         Assert.True(code == 0, error);
-        Assert.Contains("backend: GpuSimulator (gpusimulator: ILGPU's CPU accelerator", output);
+        Assert.Contains("backend: GpuSimulator (gpusimulator: asked for; CPU accelerator (warp 32, 1 warp per group)", output);
         Assert.DoesNotContain("CPU thread", output);
         Assert.Contains("x and y on the device", output);
         Assert.Contains("copy bandwidth of the device (device to device", output);

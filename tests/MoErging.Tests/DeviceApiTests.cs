@@ -99,11 +99,6 @@ public abstract class DeviceApiTests(EngineFixture engines)
     private static float[] Round(float[] values) => values.Select(v => HalfBits.ToSingle(HalfBits.FromSingle(v))).ToArray();
 }
 
-public sealed class DeviceApiTestsOnGpuSimulator(SimulatorEngine engines) : DeviceApiTests(engines), IClassFixture<SimulatorEngine>;
-
-[Trait("Backend", "Cuda")]
-public sealed class DeviceApiTestsOnCuda(CudaEngine engines) : DeviceApiTests(engines), IClassFixture<CudaEngine>;
-
 /// <summary>Backend selection: a backend that is not present is a clear error, and Auto says what it chose.</summary>
 public sealed class BackendSelectionTests
 {
@@ -151,3 +146,16 @@ public sealed class BackendSelectionTests
         Assert.Contains("device buffers need a GPU backend", Assert.Throws<NotSupportedException>(() => session.CreateDeviceDecision()).Message);
     }
 }
+
+public sealed class DeviceApiTestsOnGpuSimulator(SimulatorEngine engines) : DeviceApiTests(engines), IClassFixture<SimulatorEngine>;
+
+public sealed class DeviceApiTestsOnFourWarpSimulator(FourWarpSimulatorEngine engines) : DeviceApiTests(engines), IClassFixture<FourWarpSimulatorEngine>;
+
+[Trait("Backend", "OpenCL")]
+public sealed class DeviceApiTestsOnRusticl(RusticlEngine engines) : DeviceApiTests(engines), IClassFixture<RusticlEngine>;
+
+[Trait("Backend", "OpenCL")]
+public sealed class DeviceApiTestsOnPocl(PoclEngine engines) : DeviceApiTests(engines), IClassFixture<PoclEngine>;
+
+[Trait("Backend", "Cuda")]
+public sealed class DeviceApiTestsOnCuda(CudaEngine engines) : DeviceApiTests(engines), IClassFixture<CudaEngine>;

@@ -1,4 +1,6 @@
 using MoErging.Execution;
+using MoErging.Kernels;
+using MoErging.Tests.Kernels;
 
 namespace MoErging.Tests;
 
@@ -37,27 +39,42 @@ public sealed class CpuEngines : EngineFixture
     public override Backend Backend => Backend.Cpu;
 }
 
-/// <summary>The GPU pipeline on ILGPU's CPU accelerator: CI runs these.</summary>
-public sealed class SimulatorEngine : EngineFixture
+/// <summary>
+/// The GPU pipeline on one of the test devices, sharing the device that <see cref="SharedDevices"/> holds open;
+/// where it is absent, tests skip saying why (for OpenCL in CI, they fail).
+/// </summary>
+public abstract class GpuEngineFixture(TestDevice device) : EngineFixture
 {
-    public override Backend Backend => Backend.GpuSimulator;
-}
-
-/// <summary>The GPU pipeline on CUDA; tests skip, saying why, where there is none.</summary>
-public sealed class CudaEngine : EngineFixture
-{
-    public override Backend Backend => Backend.Cuda;
+    public override Backend Backend => device switch
+    {
+        TestDevice.Simulator or TestDevice.SimulatorFourWarps => Backend.GpuSimulator,
+        TestDevice.Cuda => Backend.Cuda,
+        _ => Backend.OpenCL,
+    };
 
     protected override Engine Open(int threads)
     {
-        try
+        using GpuDevice shared = SharedDevices.Hold(device); // opens it for the run if this is the first use
+        return Engine.Create(new EngineOptions
         {
-            return base.Open(threads);
-        }
-        catch (BackendUnavailableException e)
-        {
-            Assert.Skip(e.Message);
-            throw;
-        }
+            Backend = Backend,
+            Device = SharedDevices.Selector(device),
+            SimulatorWarpsPerGroup = device == TestDevice.SimulatorFourWarps ? 4 : 1,
+        });
     }
 }
+
+/// <summary>The GPU pipeline on ILGPU's CPU accelerator (one warp per group): CI runs these.</summary>
+public sealed class SimulatorEngine() : GpuEngineFixture(TestDevice.Simulator);
+
+/// <summary>The simulator with four warps per group.</summary>
+public sealed class FourWarpSimulatorEngine() : GpuEngineFixture(TestDevice.SimulatorFourWarps);
+
+/// <summary>The GPU pipeline on rusticl (llvmpipe).</summary>
+public sealed class RusticlEngine() : GpuEngineFixture(TestDevice.Rusticl);
+
+/// <summary>The GPU pipeline on PoCL.</summary>
+public sealed class PoclEngine() : GpuEngineFixture(TestDevice.PoCL);
+
+/// <summary>The GPU pipeline on CUDA; tests skip, saying why, where there is none.</summary>
+public sealed class CudaEngine() : GpuEngineFixture(TestDevice.Cuda);

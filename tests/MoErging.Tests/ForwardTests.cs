@@ -268,5 +268,13 @@ public sealed class ForwardTestsOnCpu(CpuEngines engines) : ForwardTests(engines
 
 public sealed class ForwardTestsOnGpuSimulator(SimulatorEngine engines) : ForwardTests(engines), IClassFixture<SimulatorEngine>;
 
+public sealed class ForwardTestsOnFourWarpSimulator(FourWarpSimulatorEngine engines) : ForwardTests(engines), IClassFixture<FourWarpSimulatorEngine>;
+
+[Trait("Backend", "OpenCL")]
+public sealed class ForwardTestsOnRusticl(RusticlEngine engines) : ForwardTests(engines), IClassFixture<RusticlEngine>;
+
+[Trait("Backend", "OpenCL")]
+public sealed class ForwardTestsOnPocl(PoclEngine engines) : ForwardTests(engines), IClassFixture<PoclEngine>;
+
 [Trait("Backend", "Cuda")]
 public sealed class ForwardTestsOnCuda(CudaEngine engines) : ForwardTests(engines), IClassFixture<CudaEngine>;

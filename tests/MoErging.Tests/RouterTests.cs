@@ -79,5 +79,13 @@ public sealed class RouterTestsOnCpu(CpuEngines engines) : RouterTests(engines),
 
 public sealed class RouterTestsOnGpuSimulator(SimulatorEngine engines) : RouterTests(engines), IClassFixture<SimulatorEngine>;
 
+public sealed class RouterTestsOnFourWarpSimulator(FourWarpSimulatorEngine engines) : RouterTests(engines), IClassFixture<FourWarpSimulatorEngine>;
+
+[Trait("Backend", "OpenCL")]
+public sealed class RouterTestsOnRusticl(RusticlEngine engines) : RouterTests(engines), IClassFixture<RusticlEngine>;
+
+[Trait("Backend", "OpenCL")]
+public sealed class RouterTestsOnPocl(PoclEngine engines) : RouterTests(engines), IClassFixture<PoclEngine>;
+
 [Trait("Backend", "Cuda")]
 public sealed class RouterTestsOnCuda(CudaEngine engines) : RouterTests(engines), IClassFixture<CudaEngine>;

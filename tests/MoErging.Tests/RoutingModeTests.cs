@@ -199,5 +199,13 @@ public sealed class RoutingModeTestsOnCpu(CpuEngines engines) : RoutingModeTests
 
 public sealed class RoutingModeTestsOnGpuSimulator(SimulatorEngine engines) : RoutingModeTests(engines), IClassFixture<SimulatorEngine>;
 
+public sealed class RoutingModeTestsOnFourWarpSimulator(FourWarpSimulatorEngine engines) : RoutingModeTests(engines), IClassFixture<FourWarpSimulatorEngine>;
+
+[Trait("Backend", "OpenCL")]
+public sealed class RoutingModeTestsOnRusticl(RusticlEngine engines) : RoutingModeTests(engines), IClassFixture<RusticlEngine>;
+
+[Trait("Backend", "OpenCL")]
+public sealed class RoutingModeTestsOnPocl(PoclEngine engines) : RoutingModeTests(engines), IClassFixture<PoclEngine>;
+
 [Trait("Backend", "Cuda")]
 public sealed class RoutingModeTestsOnCuda(CudaEngine engines) : RoutingModeTests(engines), IClassFixture<CudaEngine>;

@@ -2,33 +2,133 @@ using ILGPU;
 using ILGPU.Runtime;
 using MoErging.Kernels;
 
+[assembly: AssemblyFixture(typeof(MoErging.Tests.Kernels.SharedDevices))]
+
 namespace MoErging.Tests.Kernels;
 
-/// <summary>One device per test class: opened once, or the reason it could not be.</summary>
-public abstract class DeviceFixture : IDisposable
+/// <summary>
+/// The test devices: the CPU simulator in two shapes, the two OpenCL drivers CI installs (Mesa's rusticl on
+/// llvmpipe, and PoCL), and CUDA. A device compiles its kernels once per process: <see cref="SharedDevices"/>
+/// holds each one open for the whole run, and test classes and engines take holds on it.
+/// </summary>
+public enum TestDevice
 {
-    private readonly GpuDevice? _device;
-    private readonly string _reason;
+    Simulator,
+    SimulatorFourWarps,
+    Rusticl,
+    PoCL,
+    Cuda,
+}
 
-    protected DeviceFixture(GpuApi api) => _device = Devices.TryOpen(api, out _reason);
+/// <summary>
+/// Opens the test devices once each and keeps them open until the run ends (ILGPU's generated kernel names
+/// depend on what the process compiled before, so PoCL's on-disk cache misses across runs; compiling them
+/// again per test class would cost seconds each). Where a device is absent the tests that need it skip,
+/// saying why, except that with CI=true an absent OpenCL driver fails them: CI installs both.
+/// </summary>
+public sealed class SharedDevices : IDisposable
+{
+    private static readonly string[] Reasons = new string[Enum.GetValues<TestDevice>().Length];
 
-    /// <summary>The device, or a skip that states why there is none.</summary>
-    public GpuDevice Device => _device ?? throw SkipNoDevice();
+    private static readonly Lazy<GpuDevice?>[] Devices =
+        Enum.GetValues<TestDevice>().Select(d => new Lazy<GpuDevice?>(() => Open(d, out Reasons[(int)d]))).ToArray();
 
-    public void Dispose() => _device?.Dispose();
-
-    private Exception SkipNoDevice()
+    /// <summary>The OpenCL device (as <see cref="MoErging.Kernels.Devices.Find"/> takes it) each driver's tests use.</summary>
+    public static string? Selector(TestDevice device) => device switch
     {
-        Assert.Skip($"no device: {_reason}");
-        return new InvalidOperationException("unreachable");
+        TestDevice.Rusticl => "rusticl",
+        TestDevice.PoCL => "Portable Computing Language",
+        _ => null,
+    };
+
+    /// <summary>A hold on the shared device, or a skip (a failure in CI for OpenCL) that states why there is none.</summary>
+    public static GpuDevice Hold(TestDevice device)
+    {
+        GpuDevice? open = Devices[(int)device].Value;
+        if (open is null)
+        {
+            Unavailable(device, Reasons[(int)device]);
+        }
+        GpuDevice? hold = device switch
+        {
+            TestDevice.Simulator => MoErging.Kernels.Devices.OpenSimulator(1),
+            TestDevice.SimulatorFourWarps => MoErging.Kernels.Devices.OpenSimulator(4),
+            _ => MoErging.Kernels.Devices.TryOpen(open!.Info, out _),
+        };
+        return hold ?? throw new InvalidOperationException($"{device} opened once and then not again");
+    }
+
+    /// <summary>Skips, or fails where CI installed the driver that is missing.</summary>
+    [System.Diagnostics.CodeAnalysis.DoesNotReturn]
+    public static void Unavailable(TestDevice device, string reason)
+    {
+        if (device is TestDevice.Rusticl or TestDevice.PoCL && Environment.GetEnvironmentVariable("CI") == "true")
+        {
+            Assert.Fail($"CI installs {device}, but it is not available: {reason}");
+        }
+        Assert.Skip($"no device: {reason}");
+        throw new InvalidOperationException("unreachable");
+    }
+
+    public void Dispose()
+    {
+        foreach (Lazy<GpuDevice?> device in Devices)
+        {
+            if (device.IsValueCreated)
+            {
+                device.Value?.Dispose();
+            }
+        }
+    }
+
+    private static GpuDevice? Open(TestDevice device, out string reason)
+    {
+        switch (device)
+        {
+            case TestDevice.Simulator:
+                reason = "";
+                return MoErging.Kernels.Devices.OpenSimulator(1);
+            case TestDevice.SimulatorFourWarps:
+                reason = "";
+                return MoErging.Kernels.Devices.OpenSimulator(4);
+            case TestDevice.Cuda:
+                return MoErging.Kernels.Devices.TryOpen(GpuApi.Cuda, out reason);
+            default:
+                GpuDevice? open = MoErging.Kernels.Devices.TryOpen(GpuApi.OpenCL, Selector(device), out reason);
+                if (open is null && Environment.GetEnvironmentVariable("RUSTICL_ENABLE") is null && device == TestDevice.Rusticl)
+                {
+                    reason += " (rusticl lists its llvmpipe device only with RUSTICL_ENABLE=llvmpipe; the Cake Test target sets it)";
+                }
+                return open;
+        }
     }
 }
 
-/// <summary>ILGPU's CPU accelerator configured like an NVIDIA device (warp 32): CI runs these.</summary>
-public sealed class SimulatorFixture() : DeviceFixture(GpuApi.CpuSimulator);
+/// <summary>One hold on a shared device per test class.</summary>
+public abstract class DeviceFixture(TestDevice device) : IDisposable
+{
+    private GpuDevice? _device;
+
+    /// <summary>The device, or a skip that states why there is none.</summary>
+    public GpuDevice Device => _device ??= SharedDevices.Hold(device);
+
+    public void Dispose() => _device?.Dispose();
+}
+
+/// <summary>ILGPU's CPU accelerator configured like an NVIDIA device (warp 32, one warp per group): CI runs these.</summary>
+public sealed class SimulatorFixture() : DeviceFixture(TestDevice.Simulator);
+
+/// <summary>The simulator with four warps per group: the multi-warp code a GPU runs.</summary>
+public sealed class FourWarpSimulatorFixture() : DeviceFixture(TestDevice.SimulatorFourWarps);
+
+/// <summary>Mesa's rusticl on llvmpipe: a real OpenCL compiler and runtime, strict on argument sizes, no fp64.</summary>
+public sealed class RusticlFixture() : DeviceFixture(TestDevice.Rusticl);
+
+/// <summary>PoCL's CPU device: a second real OpenCL compiler and runtime.</summary>
+public sealed class PoclFixture() : DeviceFixture(TestDevice.PoCL);
 
 /// <summary>The first CUDA device; the tests skip, saying why, where there is none.</summary>
-public sealed class CudaFixture() : DeviceFixture(GpuApi.Cuda);
+public sealed class CudaFixture() : DeviceFixture(TestDevice.Cuda);
 
 /// <summary>Buffers and launches for the kernel tests.</summary>
 public static class DeviceIo

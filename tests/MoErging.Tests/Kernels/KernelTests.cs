@@ -297,20 +297,52 @@ public abstract class ExpandKernelTests(DeviceFixture fixture)
 
 public sealed class GatingKernelTestsOnSimulator(SimulatorFixture f) : GatingKernelTests(f), IClassFixture<SimulatorFixture>;
 
-public sealed class DispatchKernelTestsOnSimulator(SimulatorFixture f) : DispatchKernelTests(f), IClassFixture<SimulatorFixture>;
+public sealed class GatingKernelTestsOnFourWarpSimulator(FourWarpSimulatorFixture f) : GatingKernelTests(f), IClassFixture<FourWarpSimulatorFixture>;
 
-public sealed class ShrinkKernelTestsOnSimulator(SimulatorFixture f) : ShrinkKernelTests(f), IClassFixture<SimulatorFixture>;
+[Trait("Backend", "OpenCL")]
+public sealed class GatingKernelTestsOnRusticl(RusticlFixture f) : GatingKernelTests(f), IClassFixture<RusticlFixture>;
 
-public sealed class ExpandKernelTestsOnSimulator(SimulatorFixture f) : ExpandKernelTests(f), IClassFixture<SimulatorFixture>;
+[Trait("Backend", "OpenCL")]
+public sealed class GatingKernelTestsOnPocl(PoclFixture f) : GatingKernelTests(f), IClassFixture<PoclFixture>;
 
 [Trait("Backend", "Cuda")]
 public sealed class GatingKernelTestsOnCuda(CudaFixture f) : GatingKernelTests(f), IClassFixture<CudaFixture>;
 
+public sealed class DispatchKernelTestsOnSimulator(SimulatorFixture f) : DispatchKernelTests(f), IClassFixture<SimulatorFixture>;
+
+public sealed class DispatchKernelTestsOnFourWarpSimulator(FourWarpSimulatorFixture f) : DispatchKernelTests(f), IClassFixture<FourWarpSimulatorFixture>;
+
+[Trait("Backend", "OpenCL")]
+public sealed class DispatchKernelTestsOnRusticl(RusticlFixture f) : DispatchKernelTests(f), IClassFixture<RusticlFixture>;
+
+[Trait("Backend", "OpenCL")]
+public sealed class DispatchKernelTestsOnPocl(PoclFixture f) : DispatchKernelTests(f), IClassFixture<PoclFixture>;
+
 [Trait("Backend", "Cuda")]
 public sealed class DispatchKernelTestsOnCuda(CudaFixture f) : DispatchKernelTests(f), IClassFixture<CudaFixture>;
 
+public sealed class ShrinkKernelTestsOnSimulator(SimulatorFixture f) : ShrinkKernelTests(f), IClassFixture<SimulatorFixture>;
+
+public sealed class ShrinkKernelTestsOnFourWarpSimulator(FourWarpSimulatorFixture f) : ShrinkKernelTests(f), IClassFixture<FourWarpSimulatorFixture>;
+
+[Trait("Backend", "OpenCL")]
+public sealed class ShrinkKernelTestsOnRusticl(RusticlFixture f) : ShrinkKernelTests(f), IClassFixture<RusticlFixture>;
+
+[Trait("Backend", "OpenCL")]
+public sealed class ShrinkKernelTestsOnPocl(PoclFixture f) : ShrinkKernelTests(f), IClassFixture<PoclFixture>;
+
 [Trait("Backend", "Cuda")]
 public sealed class ShrinkKernelTestsOnCuda(CudaFixture f) : ShrinkKernelTests(f), IClassFixture<CudaFixture>;
+
+public sealed class ExpandKernelTestsOnSimulator(SimulatorFixture f) : ExpandKernelTests(f), IClassFixture<SimulatorFixture>;
+
+public sealed class ExpandKernelTestsOnFourWarpSimulator(FourWarpSimulatorFixture f) : ExpandKernelTests(f), IClassFixture<FourWarpSimulatorFixture>;
+
+[Trait("Backend", "OpenCL")]
+public sealed class ExpandKernelTestsOnRusticl(RusticlFixture f) : ExpandKernelTests(f), IClassFixture<RusticlFixture>;
+
+[Trait("Backend", "OpenCL")]
+public sealed class ExpandKernelTestsOnPocl(PoclFixture f) : ExpandKernelTests(f), IClassFixture<PoclFixture>;
 
 [Trait("Backend", "Cuda")]
 public sealed class ExpandKernelTestsOnCuda(CudaFixture f) : ExpandKernelTests(f), IClassFixture<CudaFixture>;
