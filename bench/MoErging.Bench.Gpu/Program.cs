@@ -1,6 +1,6 @@
 using MoErging.Bench.Gpu;
 
-// MoErging.Bench.Gpu [--backend cuda|opencl|gpu-simulator] [--iterations N] [--out FILE] [--small]
+// MoErging.Bench.Gpu [--backend cuda|opencl|gpu-simulator] [--device D] [--iterations N] [--out FILE] [--small]
 try
 {
     return GpuBenchmark.Run(args);

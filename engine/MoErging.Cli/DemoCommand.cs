@@ -16,9 +16,10 @@ namespace MoErging.Cli;
 /// </summary>
 internal static class DemoCommand
 {
-    private const string Help = """
+    private const string Help = $"""
         usage: moerge demo [--out DIR] [--experts E] [--tokens T] [--dim D] [--rank R] [--top-k K]
-                           [--backend B] [--seed S] [--iterations N] [--threads N]
+                           [--backend B] [--device D] [--weight-precision f32|f16] [--seed S] [--iterations N]
+                           [--threads N]
 
         Writes E synthetic LoRA experts (each adapting q_proj and v_proj of layer 0, d_in = d_out = D,
         rank R) as PEFT adapter directories, loads them back, routes T tokens with Arrow top-K at q_proj,
@@ -30,11 +31,12 @@ internal static class DemoCommand
           --rank         R (default 16)        --top-k    K (default 2)      --seed  S (default 1)
           --iterations   timed repetitions (default 20, after 3 warm-up runs)
           --threads      CPU threads (default: all processors)
-          --backend      auto (default: CUDA, then OpenCL, then the CPU), cpu, cuda, opencl, or
-                         gpu-simulator (the GPU kernels on ILGPU's CPU accelerator: slow, for debugging)
+        {EngineChoice.Help}
+        On an OpenCL driver that runs on the CPU (PoCL, rusticl on llvmpipe) the timings are CPU timings of the
+        GPU kernels, not GPU figures.
         """;
 
-    private static readonly Dictionary<string, OptionKind> Options = new()
+    private static readonly Dictionary<string, OptionKind> Options = EngineChoice.With(new()
     {
         ["out"] = OptionKind.Single,
         ["experts"] = OptionKind.Single,
@@ -42,12 +44,11 @@ internal static class DemoCommand
         ["dim"] = OptionKind.Single,
         ["rank"] = OptionKind.Single,
         ["top-k"] = OptionKind.Single,
-        ["backend"] = OptionKind.Single,
         ["seed"] = OptionKind.Single,
         ["iterations"] = OptionKind.Single,
         ["threads"] = OptionKind.Single,
         ["help"] = OptionKind.Flag,
-    };
+    });
 
     private static readonly string[] Modules =
     [
@@ -71,15 +72,19 @@ internal static class DemoCommand
         int seed = line.Int("seed", 1, 0);
         int iterations = line.Int("iterations", 20, 1, 100_000);
         int threads = line.Int("threads", 0, 0, 1024);
-        Backend backend = Cli.ParseBackend(line.Single("backend"));
+        EngineOptions engineOptions = EngineChoice.Options(line, threads);
         string? outDir = line.Single("out");
         string root = outDir ?? Path.Combine(Path.GetTempPath(), $"moerge-demo-{Environment.ProcessId}-{Guid.NewGuid():N}"[..32]);
 
         var c = CultureInfo.InvariantCulture;
         stdout.WriteLine(string.Create(c, $"moerge demo: {experts} experts (d = {dim}, r = {rank}, {Modules.Length} modules each), {tokens} tokens, Arrow top-{topK}, seed {seed}"));
-        using Engine engine = Engine.Create(new EngineOptions { Backend = backend, CpuThreads = threads });
+        using Engine engine = Engine.Create(engineOptions);
         string threadCount = engine.Accelerator is null ? $"; {engine.CpuThreads} CPU thread{(engine.CpuThreads == 1 ? "" : "s")}" : "";
         stdout.WriteLine($"backend: {engine.Backend} ({engine.BackendReason}){threadCount}");
+        if (engine.RunsGpuKernelsOnTheCpu)
+        {
+            stdout.WriteLine("note: this device is a CPU behind a GPU API; the timings below are CPU timings of the GPU kernels, not GPU figures");
+        }
         try
         {
             return Run(engine, root, experts, tokens, dim, rank, topK, seed, iterations, stdout);

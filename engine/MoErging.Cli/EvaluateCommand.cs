@@ -13,10 +13,11 @@ namespace MoErging.Cli;
 /// </summary>
 internal static class EvaluateCommand
 {
-    private const string Help = """
+    private const string Help = $"""
         usage: moerge evaluate --experts DIR... --module NAME --data SET.safetensors [--classifier FILE] [--backend B]
                moerge evaluate --synthetic [--experts E] [--dim D] [--rank R] [--rows N] [--held-out H]
                                [--strength S] [--seed S] [--backend B]
+               (either form also takes [--device D] [--weight-precision f32|f16])
 
         Routes every row of a labelled routing set (x [N, d_in], expert [N] I32: the true expert, task [N] I32
         with task names in the metadata; see 'moerge train-router') with each router that applies, at its
@@ -30,9 +31,11 @@ internal static class EvaluateCommand
         centroids from N (default 200) samples of each expert's task; a classifier trained on N other rows
         per expert; and a test set of N rows per expert task plus H (default 4) held-out tasks, 45° from
         their nearest expert. Rows are S (default 3) along the task direction plus unit Gaussian noise.
+
+        {EngineChoice.Help}
         """;
 
-    private static readonly Dictionary<string, OptionKind> Options = new()
+    private static readonly Dictionary<string, OptionKind> Options = EngineChoice.With(new()
     {
         ["experts"] = OptionKind.Many,
         ["module"] = OptionKind.Single,
@@ -45,9 +48,8 @@ internal static class EvaluateCommand
         ["held-out"] = OptionKind.Single,
         ["strength"] = OptionKind.Single,
         ["seed"] = OptionKind.Single,
-        ["backend"] = OptionKind.Single,
         ["help"] = OptionKind.Flag,
-    };
+    });
 
     private const string SyntheticModule = "base_model.model.model.layers.0.self_attn.q_proj";
 
@@ -61,7 +63,7 @@ internal static class EvaluateCommand
         }
         CommandLine line = CommandLine.Parse(args, Options);
         line.NoPositionals();
-        Backend backend = Cli.ParseBackend(line.Single("backend"));
+        EngineOptions engineOptions = EngineChoice.Options(line);
         bool synthetic = line.Flag("synthetic");
         foreach (string option in synthetic ? ["module", "data", "classifier"] : new[] { "dim", "rank", "rows", "held-out", "strength", "seed" })
         {
@@ -72,7 +74,7 @@ internal static class EvaluateCommand
         }
         var (module, set, candidates, description) = synthetic ? Synthetic(line) : FromFiles(line);
 
-        using Engine engine = Engine.Create(new EngineOptions { Backend = backend });
+        using Engine engine = Engine.Create(engineOptions);
         using Session session = engine.CreateSession();
         stdout.WriteLine(description);
         stdout.WriteLine($"backend: {engine.Backend} ({engine.BackendReason}); {engine.CpuThreads} CPU threads");

@@ -16,7 +16,8 @@ internal static class ForwardCommand
                               --router uniform|fixed|arrow|phatgoose|centroid|classifier|assigned [--top-k K]
                               [--temperature T] [--weights w1,w2,...] [--classifier FILE] [--general DIR...]
                               [--granularity token|example|task] [--sequence-lengths n1,n2,...] [--pool mean|last]
-                              [--aggregation output|parameter] [--backend B]
+                              [--aggregation output|parameter] [--backend B] [--device D]
+                              [--weight-precision f32|f16]
 
         Experts are numbered in the order given. --module matches the module whose full PEFT name
         ends with NAME at a dot boundary.
@@ -27,18 +28,17 @@ internal static class ForwardCommand
 
         {RoutingChoice.Help}
         {RoutingChoice.AggregationHelp}
-          --backend       auto (default: CUDA, then OpenCL, then the CPU), cpu, cuda, opencl or gpu-simulator
+        {EngineChoice.Help}
         """;
 
-    private static readonly Dictionary<string, OptionKind> Options = RoutingChoice.OptionsWith(new()
+    private static readonly Dictionary<string, OptionKind> Options = EngineChoice.With(RoutingChoice.OptionsWith(new()
     {
         ["experts"] = OptionKind.Many,
         ["module"] = OptionKind.Single,
         ["input"] = OptionKind.Single,
         ["output"] = OptionKind.Single,
-        ["backend"] = OptionKind.Single,
         ["help"] = OptionKind.Flag,
-    });
+    }));
 
     public static int Run(string[] args, TextWriter stdout)
     {
@@ -57,7 +57,7 @@ internal static class ForwardCommand
         string kind = RoutingChoice.Check(line);
         RoutingGranularity granularity = RoutingChoice.Granularity(line);
         Aggregation aggregation = RoutingChoice.Aggregation(line);
-        Backend backend = Cli.ParseBackend(line.Single("backend"));
+        EngineOptions engineOptions = EngineChoice.Options(line);
 
         ExpertLibrary library = ExpertLibrary.Load(dirs);
         var (router, module) = RoutingChoice.Build(line, kind, dirs, library.Module(moduleName));
@@ -74,7 +74,7 @@ internal static class ForwardCommand
             }
         }
 
-        using Engine engine = Engine.Create(new EngineOptions { Backend = backend });
+        using Engine engine = Engine.Create(engineOptions);
         using Session session = engine.CreateSession();
         if (router is null)
         {

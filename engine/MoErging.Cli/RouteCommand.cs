@@ -16,7 +16,8 @@ internal static class RouteCommand
         usage: moerge route --experts DIR... --module NAME --input IN.safetensors
                             --router uniform|fixed|arrow|phatgoose|centroid|classifier|assigned [router options]
                             [--granularity token|example|task] [--sequence-lengths n1,n2,...] [--pool mean|last]
-                            [--output OUT.safetensors] [--report DIR] [--json] [--backend B]
+                            [--output OUT.safetensors] [--report DIR] [--json] [--backend B] [--device D]
+                            [--weight-precision f32|f16]
 
         Routes x [T, d_in] from IN (as 'moerge forward' does, without applying the experts) and prints the
         routing statistics: per expert its load (slots), weight and top-1 tokens; the mean entropy of the
@@ -26,10 +27,10 @@ internal static class RouteCommand
           --output        write expert_ids [T, k] I32 and expert_weights [T, k] F32
           --report        write heatmap.png (tokens × experts, |weight|), load.png and statistics.json into DIR
           --json          print the statistics as JSON
-          --backend       auto (default), cpu, cuda, opencl or gpu-simulator
+        {EngineChoice.Help}
         """;
 
-    private static readonly Dictionary<string, OptionKind> Options = Without(RoutingChoice.OptionsWith(new()
+    private static readonly Dictionary<string, OptionKind> Options = Without(EngineChoice.With(RoutingChoice.OptionsWith(new()
     {
         ["experts"] = OptionKind.Many,
         ["module"] = OptionKind.Single,
@@ -37,9 +38,8 @@ internal static class RouteCommand
         ["output"] = OptionKind.Single,
         ["report"] = OptionKind.Single,
         ["json"] = OptionKind.Flag,
-        ["backend"] = OptionKind.Single,
         ["help"] = OptionKind.Flag,
-    }), "aggregation");
+    })), "aggregation");
 
     public static int Run(string[] args, TextWriter stdout)
     {
@@ -57,7 +57,7 @@ internal static class RouteCommand
         string moduleName = line.Required("module"), input = line.Required("input");
         string kind = RoutingChoice.Check(line);
         RoutingGranularity granularity = RoutingChoice.Granularity(line);
-        Backend backend = Cli.ParseBackend(line.Single("backend"));
+        EngineOptions engineOptions = EngineChoice.Options(line);
 
         ExpertLibrary library = ExpertLibrary.Load(dirs);
         var (router, module) = RoutingChoice.Build(line, kind, dirs, library.Module(moduleName));
@@ -74,7 +74,7 @@ internal static class RouteCommand
         }
         if (router is not null)
         {
-            using Engine engine = Engine.Create(new EngineOptions { Backend = backend });
+            using Engine engine = Engine.Create(engineOptions);
             using Session session = engine.CreateSession();
             session.Route(module, router, granularity, x, decision);
         }

@@ -43,7 +43,7 @@ public static class Devices
 
     /// <summary>
     /// Opens a device of an API: <paramref name="device"/> is an index from <see cref="List"/> or a case-insensitive
-    /// part of a device's or platform's name that names one device; null takes the first usable one (for OpenCL,
+    /// part of a device's name, platform or vendor that names one device; null takes the first usable one (for OpenCL,
     /// GPUs before other devices). Returns null with the reason when there is none, or it does not open.
     /// </summary>
     public static GpuDevice? TryOpen(GpuApi api, string? device, out string reason)
@@ -121,6 +121,7 @@ public static class Devices
                 Index = -1,
                 Api = GpuApi.CpuSimulator,
                 Platform = "ILGPU",
+                Vendor = "ILGPU",
                 Name = $"CPU accelerator (warp 32, {warpsPerGroup} warp{(warpsPerGroup == 1 ? "" : "s")} per group)",
                 Kind = DeviceKind.Cpu,
                 MemoryBytes = simulated.MemorySize,
@@ -131,7 +132,7 @@ public static class Devices
 
     /// <summary>
     /// The listed device <paramref name="selector"/> names (an index, or a case-insensitive part of one device's
-    /// or platform's name), of <paramref name="api"/> when given; null with the reason when none or several match.
+    /// name, platform or vendor), of <paramref name="api"/> when given; null with the reason when none or several match.
     /// </summary>
     public static DeviceInfo? Find(string selector, GpuApi? api, out string reason)
     {
@@ -153,7 +154,8 @@ public static class Devices
         else
         {
             List<DeviceInfo> matches = all.Where(d => d.Name.Contains(selector, StringComparison.OrdinalIgnoreCase)
-                || d.Platform.Contains(selector, StringComparison.OrdinalIgnoreCase)).ToList();
+                || d.Platform.Contains(selector, StringComparison.OrdinalIgnoreCase)
+                || d.Vendor.Contains(selector, StringComparison.OrdinalIgnoreCase)).ToList();
             if (api is GpuApi wanted && matches.Any(d => d.Api == wanted))
             {
                 matches = matches.Where(d => d.Api == wanted).ToList();
@@ -291,7 +293,7 @@ public static class Devices
                     {
                         devices.Add(new DeviceInfo
                         {
-                            Index = devices.Count, Api = GpuApi.Cuda, Platform = "CUDA", Name = cuda[i].Name,
+                            Index = devices.Count, Api = GpuApi.Cuda, Platform = "CUDA", Vendor = "NVIDIA", Name = cuda[i].Name,
                             Kind = DeviceKind.Gpu, MemoryBytes = cuda[i].MemorySize, Ordinal = i,
                         });
                     }
@@ -316,7 +318,7 @@ public static class Devices
                     {
                         devices.Add(new DeviceInfo
                         {
-                            Index = devices.Count, Api = GpuApi.OpenCL, Platform = cl[i].PlatformName, Name = cl[i].Name,
+                            Index = devices.Count, Api = GpuApi.OpenCL, Platform = cl[i].PlatformName, Vendor = cl[i].VendorName, Name = cl[i].Name,
                             Kind = Kind(cl[i].DeviceType), MemoryBytes = cl[i].MemorySize, Ordinal = i,
                         });
                     }

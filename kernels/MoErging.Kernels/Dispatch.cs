@@ -1,3 +1,4 @@
+using System.Reflection;
 using ILGPU;
 using ILGPU.Algorithms;
 using ILGPU.Runtime;
@@ -94,6 +95,9 @@ public sealed class DispatchKernel
         _kernel = KernelLoader.Load<DispatchArgs>(accelerator, Kernel);
         _groupSize = Math.Min(MaxGroupSize, accelerator.MaxNumThreadsPerGroup);
     }
+
+    /// <summary>The entry point every accelerator loads.</summary>
+    internal static MethodInfo EntryPoint => ((Action<DispatchArgs>)Kernel).Method;
 
     /// <summary>Threads in the single group.</summary>
     public int GroupSize => _groupSize;

@@ -1,3 +1,4 @@
+using System.Reflection;
 using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Runtime;
@@ -82,6 +83,15 @@ public sealed class ExpandKernel
         _f16f32 = KernelLoader.Load<ExpandArgs<ushort, float>>(accelerator, Kernel<ushort, F16, float, F32>);
         _f16f16 = KernelLoader.Load<ExpandArgs<ushort, ushort>>(accelerator, Kernel<ushort, F16, ushort, F16>);
     }
+
+    /// <summary>The entry points every accelerator loads (the expand needs no reductions).</summary>
+    internal static IEnumerable<MethodInfo> EntryPoints() =>
+    [
+        ((Action<ExpandArgs<float, float>>)Kernel<float, F32, float, F32>).Method,
+        ((Action<ExpandArgs<float, ushort>>)Kernel<float, F32, ushort, F16>).Method,
+        ((Action<ExpandArgs<ushort, float>>)Kernel<ushort, F16, float, F32>).Method,
+        ((Action<ExpandArgs<ushort, ushort>>)Kernel<ushort, F16, ushort, F16>).Method,
+    ];
 
     /// <summary>Launches the expand for any combination of F32 (float) and F16 (ushort) storage.</summary>
     public void Launch<TY, TW>(AcceleratorStream stream, in ExpandArgs<TY, TW> args)

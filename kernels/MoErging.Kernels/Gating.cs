@@ -1,3 +1,4 @@
+using System.Reflection;
 using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Algorithms;
@@ -70,17 +71,21 @@ public sealed class GatingKernel
     internal GatingKernel(Accelerator accelerator, TeamShape shape)
     {
         _shape = shape;
-        if (shape.Warps)
-        {
-            _f32 = KernelLoader.Load<GatingArgs<float>>(accelerator, Kernel<float, F32, WarpTeam>);
-            _f16 = KernelLoader.Load<GatingArgs<ushort>>(accelerator, Kernel<ushort, F16, WarpTeam>);
-        }
-        else
-        {
-            _f32 = KernelLoader.Load<GatingArgs<float>>(accelerator, Kernel<float, F32, GroupTeam>);
-            _f16 = KernelLoader.Load<GatingArgs<ushort>>(accelerator, Kernel<ushort, F16, GroupTeam>);
-        }
+        var (f32, f16) = Variants(shape.Warps);
+        _f32 = KernelLoader.Load(accelerator, f32);
+        _f16 = KernelLoader.Load(accelerator, f16);
     }
+
+    /// <summary>The entry points an accelerator with (or without) warp reductions loads.</summary>
+    internal static IEnumerable<MethodInfo> EntryPoints(bool warps)
+    {
+        var (f32, f16) = Variants(warps);
+        return [f32.Method, f16.Method];
+    }
+
+    private static (Action<GatingArgs<float>> F32, Action<GatingArgs<ushort>> F16) Variants(bool warps) => warps
+        ? (Kernel<float, F32, WarpTeam>, Kernel<ushort, F16, WarpTeam>)
+        : (Kernel<float, F32, GroupTeam>, Kernel<ushort, F16, GroupTeam>);
 
     /// <summary>Launches gating for F32 (float) or F16 (ushort) activations.</summary>
     /// <exception cref="NotSupportedException">More than <see cref="MaxExperts"/> experts.</exception>

@@ -41,6 +41,9 @@ public sealed record DeviceInfo
     /// <summary>"CUDA", or the OpenCL platform's name.</summary>
     public required string Platform { get; init; }
 
+    /// <summary>The platform's vendor ("NVIDIA", or the OpenCL platform's vendor, such as "The pocl project").</summary>
+    public required string Vendor { get; init; }
+
     /// <summary>The device's name as the driver reports it.</summary>
     public required string Name { get; init; }
 

@@ -36,6 +36,10 @@ public sealed class KernelSet
     public bool WarpReductions => Shape.Warps;
 
     internal TeamShape Shape { get; }
+
+    /// <summary>Every kernel method an accelerator loads, with warp reductions (CUDA) or without (OpenCL), for reading the compiled code.</summary>
+    internal static IEnumerable<MethodInfo> EntryPoints(bool warps) =>
+        [.. GatingKernel.EntryPoints(warps), DispatchKernel.EntryPoint, .. ShrinkKernel.EntryPoints(warps), .. ExpandKernel.EntryPoints()];
 }
 
 /// <summary>A kernel the device's compiler or ILGPU's code generator refused; the message carries the driver's own words.</summary>

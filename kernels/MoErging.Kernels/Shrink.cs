@@ -1,3 +1,4 @@
+using System.Reflection;
 using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Runtime;
@@ -81,21 +82,23 @@ public sealed class ShrinkKernel
     {
         _accelerator = accelerator;
         _shape = shape;
-        if (shape.Warps)
-        {
-            _f32f32 = KernelLoader.Load<ShrinkArgs<float, float>>(accelerator, Kernel<float, F32, float, F32, WarpTeam>);
-            _f32f16 = KernelLoader.Load<ShrinkArgs<float, ushort>>(accelerator, Kernel<float, F32, ushort, F16, WarpTeam>);
-            _f16f32 = KernelLoader.Load<ShrinkArgs<ushort, float>>(accelerator, Kernel<ushort, F16, float, F32, WarpTeam>);
-            _f16f16 = KernelLoader.Load<ShrinkArgs<ushort, ushort>>(accelerator, Kernel<ushort, F16, ushort, F16, WarpTeam>);
-        }
-        else
-        {
-            _f32f32 = KernelLoader.Load<ShrinkArgs<float, float>>(accelerator, Kernel<float, F32, float, F32, GroupTeam>);
-            _f32f16 = KernelLoader.Load<ShrinkArgs<float, ushort>>(accelerator, Kernel<float, F32, ushort, F16, GroupTeam>);
-            _f16f32 = KernelLoader.Load<ShrinkArgs<ushort, float>>(accelerator, Kernel<ushort, F16, float, F32, GroupTeam>);
-            _f16f16 = KernelLoader.Load<ShrinkArgs<ushort, ushort>>(accelerator, Kernel<ushort, F16, ushort, F16, GroupTeam>);
-        }
+        var (f32f32, f32f16, f16f32, f16f16) = Variants(shape.Warps);
+        _f32f32 = KernelLoader.Load(accelerator, f32f32);
+        _f32f16 = KernelLoader.Load(accelerator, f32f16);
+        _f16f32 = KernelLoader.Load(accelerator, f16f32);
+        _f16f16 = KernelLoader.Load(accelerator, f16f16);
     }
+
+    /// <summary>The entry points an accelerator with (or without) warp reductions loads.</summary>
+    internal static IEnumerable<MethodInfo> EntryPoints(bool warps)
+    {
+        var (f32f32, f32f16, f16f32, f16f16) = Variants(warps);
+        return [f32f32.Method, f32f16.Method, f16f32.Method, f16f16.Method];
+    }
+
+    private static (Action<ShrinkArgs<float, float>>, Action<ShrinkArgs<float, ushort>>, Action<ShrinkArgs<ushort, float>>, Action<ShrinkArgs<ushort, ushort>>) Variants(bool warps) => warps
+        ? (Kernel<float, F32, float, F32, WarpTeam>, Kernel<float, F32, ushort, F16, WarpTeam>, Kernel<ushort, F16, float, F32, WarpTeam>, Kernel<ushort, F16, ushort, F16, WarpTeam>)
+        : (Kernel<float, F32, float, F32, GroupTeam>, Kernel<float, F32, ushort, F16, GroupTeam>, Kernel<ushort, F16, float, F32, GroupTeam>, Kernel<ushort, F16, ushort, F16, GroupTeam>);
 
     /// <summary>Rank rows per item: one per team of a group.</summary>
     public int RowsPerItem => _shape.TeamsPerGroup;

@@ -1,6 +1,10 @@
+using ILGPU;
+using ILGPU.Runtime;
 using MoErging.Execution;
 using MoErging.Experts;
+using MoErging.Kernels;
 using MoErging.Routing;
+using Half = System.Half;
 
 namespace MoErging.Tests;
 
@@ -104,6 +108,71 @@ public abstract class AllocationTests(EngineFixture engines)
 }
 
 /// <summary>
+/// The device-resident calls allocate nothing warm either: routing into a device decision, and a forward with
+/// it, on device buffers. OpenCL and CUDA (ILGPU's CPU accelerator allocates per launch, as above).
+/// </summary>
+public abstract class DeviceAllocationTests(EngineFixture engines)
+{
+    private const string Module = "base_model.model.layers.0.mlp.down_proj";
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void WarmDeviceRouteAndForwardAllocateNothing(bool half)
+    {
+        var data = new TestData();
+        TestLibrary lib = data.Library(experts: 12, dIn: 64, dOut: 48, ranks: [8, 4]);
+        AdaptedModule module = lib.Module(Module);
+        var router = new ArrowRouter(module, new RoutingOptions(2));
+        using Session session = engines.CreateSession(1);
+        Accelerator accelerator = session.Engine.Accelerator!;
+        const int tokens = 16;
+        float[] x = data.Normal(tokens * 64), y = data.Normal(tokens * 48);
+        using DeviceRoutingDecision decision = session.CreateDeviceDecision();
+        using var x32 = accelerator.Allocate1D(x);
+        using var y32 = accelerator.Allocate1D(y);
+        using var x16 = accelerator.Allocate1D(x.Select(HalfBits.FromSingle).ToArray());
+        using var y16 = accelerator.Allocate1D(y.Select(HalfBits.FromSingle).ToArray());
+
+        void Call()
+        {
+            if (half)
+            {
+                session.Route(module, router, x16.View, decision);
+                session.Forward(module, decision, x16.View, y16.View);
+            }
+            else
+            {
+                session.Route(module, router, x32.View, decision);
+                session.Forward(module, decision, x32.View, y32.View);
+            }
+            session.Synchronize();
+        }
+
+        for (int i = 0; i < 3; i++)
+        {
+            Call();
+        }
+        for (int attempt = 0; attempt < 20; attempt++)
+        {
+            int collections = GC.CollectionCount(0);
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (int i = 0; i < 5; i++)
+            {
+                Call();
+            }
+            long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+            if (GC.CollectionCount(0) == collections)
+            {
+                Assert.True(allocated == 0, $"{data}: five warm device routes and forwards (half={half}) allocated {allocated} bytes");
+                return;
+            }
+        }
+        Assert.Fail($"{data}: every measuring window had a garbage collection in it; nothing was measured");
+    }
+}
+
+/// <summary>
 /// Allocation is measured with no other test running. GC.GetAllocatedBytesForCurrentThread moves by a few hundred
 /// bytes when a collection triggered by another, allocating thread suspends this one mid-window, though this
 /// thread allocated nothing: seen only while another thread allocated, never while one merely burned CPU, never
@@ -126,3 +195,15 @@ public sealed class AllocationTestsOnPocl(PoclEngine engines) : AllocationTests(
 [Trait("Backend", "Cuda")]
 [Collection(nameof(AllocationCollection))]
 public sealed class AllocationTestsOnCuda(CudaEngine engines) : AllocationTests(engines), IClassFixture<CudaEngine>;
+
+[Trait("Backend", "OpenCL")]
+[Collection(nameof(AllocationCollection))]
+public sealed class DeviceAllocationTestsOnRusticl(RusticlEngine engines) : DeviceAllocationTests(engines), IClassFixture<RusticlEngine>;
+
+[Trait("Backend", "OpenCL")]
+[Collection(nameof(AllocationCollection))]
+public sealed class DeviceAllocationTestsOnPocl(PoclEngine engines) : DeviceAllocationTests(engines), IClassFixture<PoclEngine>;
+
+[Trait("Backend", "Cuda")]
+[Collection(nameof(AllocationCollection))]
+public sealed class DeviceAllocationTestsOnCuda(CudaEngine engines) : DeviceAllocationTests(engines), IClassFixture<CudaEngine>;

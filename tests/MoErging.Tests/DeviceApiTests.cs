@@ -74,6 +74,103 @@ public abstract class DeviceApiTests(EngineFixture engines)
             Assert.Throws<ArgumentException>(() => session.Forward(module, decision, xd.View.SubView(0, 32), yd.View.SubView(0, 48))).Message);
     }
 
+    [Fact]
+    public void WorkspacesGrowWhileEarlierWorkIsStillQueued()
+    {
+        // Three forwards queued without a synchronisation, each larger than the last: every growth frees
+        // workspaces the queued work reads, which must wait for it. Each must still add its own mixture.
+        var data = new TestData();
+        TestLibrary lib = data.Library(experts: 6, dIn: 24, dOut: 20, ranks: [3, 8, 5]);
+        AdaptedModule module = lib.Module(Module);
+        using Session session = engines.CreateSession(1);
+        Accelerator accelerator = session.Engine.Accelerator!;
+        int[] sizes = [2, 17, 60];
+        var decisions = sizes.Select(_ => session.CreateDeviceDecision()).ToArray();
+        var buffers = new List<(MemoryBuffer1D<float, Stride1D.Dense> X, MemoryBuffer1D<float, Stride1D.Dense> Y, float[] XHost, float[] YBase, int[] Ids, float[] Weights)>();
+        for (int i = 0; i < sizes.Length; i++)
+        {
+            int tokens = sizes[i];
+            int[] ids = Enumerable.Range(0, tokens * 2).Select(_ => data.Rng.Next(-1, 6)).ToArray();
+            float[] weights = data.Normal(tokens * 2), x = data.Normal(tokens * 24), yBase = data.Normal(tokens * 20);
+            decisions[i].Assign(ids, weights, 2, module.ExpertCount);
+            buffers.Add((accelerator.Allocate1D(x), accelerator.Allocate1D(yBase), x, yBase, ids, weights));
+        }
+        for (int i = 0; i < sizes.Length; i++)
+        {
+            session.Forward(module, decisions[i], buffers[i].X.View, buffers[i].Y.View);
+        }
+        session.Synchronize();
+        for (int i = 0; i < sizes.Length; i++)
+        {
+            var (xd, yd, x, yBase, ids, weights) = buffers[i];
+            ReferenceOutput expected = Reference.Forward(lib.Raw[Module], x, yBase, sizes[i], ids, weights.Select(w => (double)w).ToArray(), 2);
+            Reference.CheckFloat32(yd.GetAsArray1D(), expected, yBase, 2, $"{data} (batch {i}, T = {sizes[i]})");
+            xd.Dispose();
+            yd.Dispose();
+            decisions[i].Dispose();
+        }
+    }
+
+    [Fact]
+    public void ADecisionFromAnotherSessionIsRefused()
+    {
+        var data = new TestData();
+        TestLibrary lib = data.Library(experts: 3, dIn: 8, dOut: 6, ranks: [2]);
+        AdaptedModule module = lib.Module(Module);
+        using Session mine = engines.CreateSession(1), theirs = engines.CreateSession(1);
+        using DeviceRoutingDecision foreign = theirs.CreateDeviceDecision();
+        foreign.Assign([0, 1], [0.5f, 0.5f], 1, 3);
+        Accelerator accelerator = mine.Engine.Accelerator!;
+        using var xd = accelerator.Allocate1D<float>(2 * 8);
+        using var yd = accelerator.Allocate1D<float>(2 * 6);
+        Assert.Contains("created by another session",
+            Assert.Throws<ArgumentException>(() => mine.Forward(module, foreign, xd.View, yd.View)).Message);
+        var router = new ArrowRouter(module, new RoutingOptions(1));
+        Assert.Contains("created by another session",
+            Assert.Throws<ArgumentException>(() => mine.Route(module, router, xd.View, foreign)).Message);
+    }
+
+    [Fact]
+    public void UploadsAreFreedOnReleaseAndWhenTheirHostIsCollected()
+    {
+        var data = new TestData();
+        using Engine engine = engines.CreateEngine(1);
+        using Session session = engine.CreateSession();
+        TestLibrary kept = data.Library(experts: 3, dIn: 8, dOut: 6, ranks: [2]);
+        AdaptedModule module = kept.Module(Module);
+        float[] x = data.Normal(2 * 8), y = new float[2 * 6];
+        var decision = new RoutingDecision();
+        decision.Assign([0, 1, 2, 0], [1f, 0.5f, 0.25f, 1f], 2, 3);
+        session.Forward(module, decision, x, y);
+        Assert.Equal(1, engine.Gpu!.UploadCount);
+        Assert.True(engine.Release(module));
+        Assert.False(engine.Release(module)); // nothing left to free
+        Assert.Equal(0, engine.Gpu.UploadCount);
+        session.Forward(module, decision, x, y); // uploaded again on use
+        Assert.Equal(1, engine.Gpu.UploadCount);
+
+        // A module the host no longer holds goes when the next new upload comes.
+        ForwardOnce(session, data, x, y, decision);
+        Assert.Equal(2, engine.Gpu.UploadCount);
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        GC.Collect();
+        session.Forward(module, decision, x, y); // already there: nothing is swept
+        Assert.Equal(2, engine.Gpu.UploadCount);
+        TestLibrary other = data.Library(experts: 3, dIn: 8, dOut: 6, ranks: [2]);
+        session.Forward(other.Module(Module), decision, x, y); // new: the collected one is freed first
+        Assert.Equal(2, engine.Gpu.UploadCount);
+        GC.KeepAlive(other);
+        GC.KeepAlive(kept);
+    }
+
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private static void ForwardOnce(Session session, TestData data, float[] x, float[] y, RoutingDecision decision)
+    {
+        TestLibrary dropped = data.Library(experts: 3, dIn: 8, dOut: 6, ranks: [2]);
+        session.Forward(dropped.Module(Module), decision, x, y);
+    }
+
     private static void Check(TestData data, TestLibrary lib, float[] x, float[] yBase, float[] y, RoutingDecision decision, LinearRouter router, bool half)
     {
         int tokens = decision.TokenCount, k = decision.TopK;

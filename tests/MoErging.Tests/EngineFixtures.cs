@@ -21,6 +21,9 @@ public abstract class EngineFixture : IDisposable
         return engine.CreateSession();
     }
 
+    /// <summary>A new engine of its own (the GPU device is shared), for tests that count what an engine holds.</summary>
+    public Engine CreateEngine(int threads) => Open(threads);
+
     public abstract Backend Backend { get; }
 
     protected virtual Engine Open(int threads) => Engine.Create(new EngineOptions { Backend = Backend, CpuThreads = threads });

@@ -33,6 +33,15 @@ public sealed class Engine : IDisposable
     /// <summary>CPU threads a CPU forward uses, the caller included (0 on a GPU backend).</summary>
     public int CpuThreads => Pool?.Threads ?? 0;
 
+    /// <summary>The device a GPU backend runs on, as <c>moerge devices</c> lists it (null on the CPU).</summary>
+    public DeviceInfo? Device => Gpu?.Device.Info;
+
+    /// <summary>
+    /// True where the kernels run on a CPU behind a GPU API (an OpenCL driver such as PoCL or rusticl on llvmpipe,
+    /// or the GPU simulator): their timings are CPU timings, not GPU figures.
+    /// </summary>
+    public bool RunsGpuKernelsOnTheCpu => Device?.Kind == DeviceKind.Cpu;
+
     /// <summary>The ILGPU accelerator of a GPU backend (null on the CPU), for hosts that allocate device buffers on it.</summary>
     public Accelerator? Accelerator => Gpu?.Device.Accelerator;
 

@@ -14,7 +14,7 @@ public sealed record EngineOptions
 
     /// <summary>
     /// Which GPU device to open: an index from <c>moerge devices</c> (<see cref="Kernels.Devices.List"/>) or a
-    /// case-insensitive part of one device's or platform's name. Null takes the first usable device of the backend
+    /// case-insensitive part of one device's name, platform or vendor ("llvmpipe", "rusticl", "pocl"). Null takes the first usable device of the backend
     /// (with <see cref="Backend.Auto"/>: CUDA, then an OpenCL GPU). With <see cref="Backend.Auto"/> a named device
     /// decides the backend. Not used by <see cref="Backend.Cpu"/> or <see cref="Backend.GpuSimulator"/>.
     /// </summary>

@@ -37,7 +37,7 @@ public sealed class SharedDevices : IDisposable
     public static string? Selector(TestDevice device) => device switch
     {
         TestDevice.Rusticl => "rusticl",
-        TestDevice.PoCL => "Portable Computing Language",
+        TestDevice.PoCL => "pocl",
         _ => null,
     };
 
