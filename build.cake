@@ -61,6 +61,9 @@ Task("Test")
     if (FileExists(summaryFile)) DeleteFile(summaryFile);
     DeleteFiles(GetFiles($"{results.FullPath}/*.xml")); // a stale report must never count
 
+    // The OpenCL test classes run on rusticl's llvmpipe device, which it lists only when asked to.
+    var environment = new Dictionary<string, string> { ["RUSTICL_ENABLE"] = EnvironmentVariable("RUSTICL_ENABLE") ?? "llvmpipe" };
+
     // xunit v3 test projects are executables: run the built assembly, no test host needed.
     int exit = StartProcess("dotnet", new ProcessSettings
     {
@@ -68,6 +71,7 @@ Task("Test")
             .AppendQuoted($"./tests/MoErging.Tests/bin/{configuration}/net10.0/MoErging.Tests.dll")
             .Append("-noColor")
             .Append("-result-xml").AppendQuoted(xml.FullPath),
+        EnvironmentVariables = environment,
     });
 
     int passed = 0, failed = 0, skipped = 0;
@@ -95,6 +99,7 @@ Task("Test")
             .Append("--test-dir").AppendQuoted(nativeBuild.FullPath)
             .Append("--output-on-failure")
             .Append("--output-junit").AppendQuoted(ctestXml.FullPath),
+        EnvironmentVariables = environment,
     });
     var programs = FileExists(ctestXml) ? XDocument.Load(ctestXml.FullPath).Descendants("testcase").ToList() : new List<XElement>();
     if (programs.Count == 0)
