@@ -42,6 +42,22 @@ internal interface ITeam
     void Barrier();
 }
 
+/// <summary>How two lanes' values combine in a reduction (the lane's own value first).</summary>
+internal interface ICombine<T>
+{
+    T Of(T mine, T other);
+}
+
+internal readonly struct Add : ICombine<float>
+{
+    public float Of(float mine, float other) => mine + other;
+}
+
+internal readonly struct Smaller : ICombine<ulong>
+{
+    public ulong Of(ulong mine, ulong other) => other < mine ? other : mine;
+}
+
 /// <summary>Eight running sums a team reduces together (one shrink item's tokens).</summary>
 internal struct Sums8
 {
@@ -64,14 +80,7 @@ internal readonly struct WarpTeam : ITeam
     public int Count => Group.DimX / Warp.WarpSize;
 
     /// <inheritdoc />
-    public float Sum(float value, ArrayView<float> scratch)
-    {
-        for (int offset = Warp.WarpSize / 2; offset > 0; offset >>= 1)
-        {
-            value += Warp.ShuffleXor(value, offset);
-        }
-        return value;
-    }
+    public float Sum(float value, ArrayView<float> scratch) => Butterfly<float, Add>(value);
 
     /// <inheritdoc />
     public void Sum(ref Sums8 sums, ArrayView<float> scratch)
@@ -87,18 +96,22 @@ internal readonly struct WarpTeam : ITeam
     }
 
     /// <inheritdoc />
-    public ulong Min(ulong value, ArrayView<ulong> scratch)
-    {
-        for (int offset = Warp.WarpSize / 2; offset > 0; offset >>= 1)
-        {
-            ulong other = Warp.ShuffleXor(value, offset);
-            value = other < value ? other : value;
-        }
-        return value;
-    }
+    public ulong Min(ulong value, ArrayView<ulong> scratch) => Butterfly<ulong, Smaller>(value);
 
     /// <inheritdoc />
     public void Barrier() => Warp.Barrier();
+
+    private static T Butterfly<T, TC>(T value)
+        where T : unmanaged
+        where TC : struct, ICombine<T>
+    {
+        TC combine = default;
+        for (int offset = Warp.WarpSize / 2; offset > 0; offset >>= 1)
+        {
+            value = combine.Of(value, Warp.ShuffleXor(value, offset));
+        }
+        return value;
+    }
 }
 
 /// <summary>
@@ -123,23 +136,7 @@ internal readonly struct GroupTeam : ITeam
     public int Count => 1;
 
     /// <inheritdoc />
-    public float Sum(float value, ArrayView<float> scratch)
-    {
-        int lane = Group.IdxX;
-        scratch[lane] = value;
-        Group.Barrier();
-        for (int offset = Group.DimX / 2; offset > 0; offset >>= 1)
-        {
-            if (lane < offset)
-            {
-                scratch[lane] += scratch[lane + offset];
-            }
-            Group.Barrier();
-        }
-        float result = scratch[0];
-        Group.Barrier(); // every lane has read the result before the scratch is reused
-        return result;
-    }
+    public float Sum(float value, ArrayView<float> scratch) => Tree<float, Add>(value, scratch);
 
     /// <inheritdoc />
     public void Sum(ref Sums8 sums, ArrayView<float> scratch)
@@ -179,8 +176,16 @@ internal readonly struct GroupTeam : ITeam
     }
 
     /// <inheritdoc />
-    public ulong Min(ulong value, ArrayView<ulong> scratch)
+    public ulong Min(ulong value, ArrayView<ulong> scratch) => Tree<ulong, Smaller>(value, scratch);
+
+    /// <inheritdoc />
+    public void Barrier() => Group.Barrier();
+
+    private static T Tree<T, TC>(T value, ArrayView<T> scratch)
+        where T : unmanaged
+        where TC : struct, ICombine<T>
     {
+        TC combine = default;
         int lane = Group.IdxX;
         scratch[lane] = value;
         Group.Barrier();
@@ -188,18 +193,14 @@ internal readonly struct GroupTeam : ITeam
         {
             if (lane < offset)
             {
-                ulong other = scratch[lane + offset];
-                scratch[lane] = other < scratch[lane] ? other : scratch[lane];
+                scratch[lane] = combine.Of(scratch[lane], scratch[lane + offset]);
             }
             Group.Barrier();
         }
-        ulong result = scratch[0];
-        Group.Barrier();
+        T result = scratch[0];
+        Group.Barrier(); // every lane has read the result before the scratch is reused
         return result;
     }
-
-    /// <inheritdoc />
-    public void Barrier() => Group.Barrier();
 }
 
 /// <summary>Which team kind an accelerator runs, decided from what ILGPU can generate for it, and the group shapes that follow.</summary>
