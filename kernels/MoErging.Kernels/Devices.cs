@@ -46,8 +46,16 @@ public static class Devices
     /// part of a device's name, platform or vendor that names one device; null takes the first usable one (for OpenCL,
     /// GPUs before other devices). Returns null with the reason when there is none, or it does not open.
     /// </summary>
-    public static GpuDevice? TryOpen(GpuApi api, string? device, out string reason)
+    public static GpuDevice? TryOpen(GpuApi api, string? device, out string reason) => TryOpen(api, device, out reason, out _);
+
+    /// <inheritdoc cref="TryOpen(GpuApi, string?, out string)"/>
+    /// <param name="api">The API.</param>
+    /// <param name="device">An index, a part of a name, or null.</param>
+    /// <param name="reason">Which device opened, or why none did.</param>
+    /// <param name="failure">The driver's or compiler's exception behind the first refusal, if one was thrown.</param>
+    public static GpuDevice? TryOpen(GpuApi api, string? device, out string reason, out Exception? failure)
     {
+        failure = null;
         if (api == GpuApi.CpuSimulator)
         {
             reason = "ILGPU's CPU accelerator (warp 32, one warp per group)";
@@ -56,7 +64,7 @@ public static class Devices
         if (device is not null)
         {
             DeviceInfo? chosen = Find(device, api, out reason);
-            return chosen is null ? null : TryOpen(chosen, out reason);
+            return chosen is null ? null : TryOpen(chosen, out reason, out failure);
         }
         List<DeviceInfo> candidates = List().Where(d => d.Api == api).OrderBy(d => d.Kind == DeviceKind.Gpu ? 0 : 1).ToList();
         if (candidates.Count == 0)
@@ -67,21 +75,30 @@ public static class Devices
         var refusals = new List<string>();
         foreach (DeviceInfo candidate in candidates)
         {
-            GpuDevice? open = TryOpen(candidate, out reason);
+            GpuDevice? open = TryOpen(candidate, out reason, out Exception? refused);
             if (open is not null)
             {
+                failure = null;
                 return open;
             }
             refusals.Add(reason);
+            failure ??= refused;
         }
         reason = string.Join("; ", refusals);
         return null;
     }
 
     /// <summary>Opens a listed device, compiling every kernel on it, or returns null with the reason (the driver's own error included).</summary>
-    public static GpuDevice? TryOpen(DeviceInfo device, out string reason)
+    public static GpuDevice? TryOpen(DeviceInfo device, out string reason) => TryOpen(device, out reason, out _);
+
+    /// <inheritdoc cref="TryOpen(DeviceInfo, out string)"/>
+    /// <param name="device">A device from <see cref="List"/>.</param>
+    /// <param name="reason">That it opened, or why not.</param>
+    /// <param name="failure">The driver's or compiler's exception when it did not open.</param>
+    public static GpuDevice? TryOpen(DeviceInfo device, out string reason, out Exception? failure)
     {
         ArgumentNullException.ThrowIfNull(device);
+        failure = null;
         string key = $"{device.Api}:{device.Ordinal}:{device.Platform}:{device.Name}";
         try
         {
@@ -98,6 +115,7 @@ public static class Devices
         {
             // Driver and compiler failures surface here: report them instead of letting them escape.
             reason = $"{device.Api} device {device.Index} ({device.Name}) could not be used: {Describe(e)}";
+            failure = e;
             return null;
         }
     }

@@ -11,8 +11,16 @@ namespace MoErging.Kernels;
 /// <summary>The kernel families of one accelerator, compiled when the device opens and then reused.</summary>
 public sealed class KernelSet
 {
+    /// <summary>Shared memory the largest kernel declares (the dispatch's counters and tiles).</summary>
+    public const int SharedBytes = DispatchKernel.SharedBytes;
+
     internal KernelSet(Accelerator accelerator)
     {
+        if (accelerator.MaxSharedMemoryPerGroup < SharedBytes)
+        {
+            throw new NotSupportedException(
+                $"the kernels need {SharedBytes / 1024} KiB of shared (local) memory per group; '{accelerator.Name}' has {accelerator.MaxSharedMemoryPerGroup / 1024} KiB");
+        }
         Shape = TeamShape.For(accelerator, maxTeamsPerGroup: 4);
         Gating = new GatingKernel(accelerator, Shape);
         Dispatch = new DispatchKernel(accelerator);

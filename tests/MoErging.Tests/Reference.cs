@@ -10,7 +10,9 @@ public sealed record RawFactors(float[] A, float[] B, int Rank, int InputDim, in
 /// A float64 reference output y, and for each element the sum of the absolute values of every product that
 /// went into its update (the same formula with |·| on every factor). That sum, times the length of the longest
 /// chain of float32 additions behind an element (<see cref="Terms"/>), bounds the rounding error of any float32
-/// evaluation order (γ_n, Higham §3.1), however much the terms cancel.
+/// evaluation order (γ_n, Higham §3.1), however much the terms cancel. So it holds for every backend alike: the
+/// CPU's order, the GPU reductions' trees (warp butterflies, work-group trees of another width), and fused
+/// multiply-adds (CUDA contracts a·b + c into one rounding where the bound counts two).
 /// </summary>
 public sealed record ReferenceOutput(double[] Values, double[] Magnitudes, int Terms);
 

@@ -32,5 +32,8 @@ public enum WeightPrecision
     Float16,
 }
 
-/// <summary>The backend asked for is not present on this machine; the message says what was looked for.</summary>
-public sealed class BackendUnavailableException(string message) : Exception(message);
+/// <summary>
+/// The backend asked for is not present on this machine, or its device does not run the kernels; the message says
+/// what was looked for, or the driver's own error and build log, and the inner exception is the driver's or compiler's.
+/// </summary>
+public sealed class BackendUnavailableException(string message, Exception? inner = null) : Exception(message, inner);

@@ -80,17 +80,17 @@ public sealed class Engine : IDisposable
             case Backend.Cuda:
             case Backend.OpenCL:
                 GpuApi api = options.Backend == Backend.Cuda ? GpuApi.Cuda : GpuApi.OpenCL;
-                GpuDevice? asked = Devices.TryOpen(api, options.Device, out reason);
+                GpuDevice? asked = Devices.TryOpen(api, options.Device, out reason, out Exception? failure);
                 return asked is null
-                    ? throw new BackendUnavailableException($"{options.Backend} is not available: {reason}")
+                    ? throw new BackendUnavailableException($"{options.Backend} is not available: {reason}", failure)
                     : OpenGpu(asked, half, $"asked for; {reason}");
             case Backend.Auto:
                 if (options.Device is not null)
                 {
                     DeviceInfo named = Devices.Find(options.Device, null, out reason)
                         ?? throw new BackendUnavailableException($"device '{options.Device}' is not available: {reason}");
-                    GpuDevice? chosen = Devices.TryOpen(named, out reason);
-                    return chosen is null ? throw new BackendUnavailableException(reason) : OpenGpu(chosen, half, $"device '{options.Device}' asked for; {reason}");
+                    GpuDevice? chosen = Devices.TryOpen(named, out reason, out Exception? refused);
+                    return chosen is null ? throw new BackendUnavailableException(reason, refused) : OpenGpu(chosen, half, $"device '{options.Device}' asked for; {reason}");
                 }
                 return OpenBest(options, half);
             default:

@@ -84,6 +84,21 @@ public abstract class GatingKernelTests(DeviceFixture fixture)
     }
 }
 
+/// <summary>More experts than one gating call scores is refused before anything is launched, saying the limit.</summary>
+public abstract class GatingLimitTests(DeviceFixture fixture)
+{
+    [Fact]
+    public void MoreExpertsThanTheKeysHoldAreRefusedBeforeLaunch()
+    {
+        GpuDevice device = fixture.Device;
+        using AcceleratorStream stream = device.Accelerator.CreateStream();
+        var args = new GatingArgs<float> { Tokens = 1, InputDim = 4, Experts = GatingKernel.MaxExperts + 1, TopK = 1 };
+        var e = Assert.Throws<NotSupportedException>(() => device.Kernels.Gating.Launch(stream, args));
+        Assert.Contains($"up to {GatingKernel.MaxExperts} experts", e.Message);
+        Assert.Contains($"{GatingKernel.MaxExperts + 1}", e.Message);
+    }
+}
+
 /// <summary>
 /// The dispatch: every valid slot gets exactly one pair holding its token and w · s; invalid slots (empty,
 /// zero weight, expert without factors) none; each expert's pairs are one contiguous segment, segments in
@@ -346,3 +361,8 @@ public sealed class ExpandKernelTestsOnPocl(PoclFixture f) : ExpandKernelTests(f
 
 [Trait("Backend", "Cuda")]
 public sealed class ExpandKernelTestsOnCuda(CudaFixture f) : ExpandKernelTests(f), IClassFixture<CudaFixture>;
+
+public sealed class GatingLimitTestsOnSimulator(SimulatorFixture f) : GatingLimitTests(f), IClassFixture<SimulatorFixture>;
+
+[Trait("Backend", "OpenCL")]
+public sealed class GatingLimitTestsOnRusticl(RusticlFixture f) : GatingLimitTests(f), IClassFixture<RusticlFixture>;
