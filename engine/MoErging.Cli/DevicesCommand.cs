@@ -46,14 +46,19 @@ internal static class DevicesCommand
         string? auto = null;
         foreach (DeviceInfo device in devices)
         {
-            string? problem = check ? Devices.Check(device) : null;
-            string engine = !check ? "not checked" : problem is null ? "runs" : $"does not run: {problem}";
+            bool runs = false;
+            string report = "";
+            if (check)
+            {
+                runs = Devices.Check(device, out report);
+            }
+            string engine = !check ? "not checked" : runs ? $"runs ({report})" : $"does not run: {report}";
             rows.Add([
                 device.Index.ToString(c), Name(device.Api), device.Kind.ToString().ToUpperInvariant(),
                 string.Create(c, $"{device.MemoryBytes / 1e9:F1} GB"), device.Platform, device.Name, engine,
             ]);
             // Auto's rule: CUDA, then an OpenCL GPU; an OpenCL driver on the CPU never beats the CPU backend.
-            if (check && problem is null && auto is null && (device.Api == GpuApi.Cuda || device.Kind == DeviceKind.Gpu))
+            if (runs && auto is null && (device.Api == GpuApi.Cuda || device.Kind == DeviceKind.Gpu))
             {
                 auto = $"device {device.Index} ({device.Name}) on {Name(device.Api)}";
             }

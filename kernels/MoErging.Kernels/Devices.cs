@@ -31,11 +31,18 @@ public static class Devices
         _ => null,
     };
 
-    /// <summary>Opens the device and compiles every kernel on it: null when the engine runs there, else exactly why not.</summary>
-    public static string? Check(DeviceInfo device)
+    /// <summary>
+    /// Opens the device and compiles every kernel on it: true when the engine runs there, with how the kernels run
+    /// (<see cref="KernelSet.Layout"/>) in <paramref name="report"/>; false with exactly why not.
+    /// </summary>
+    public static bool Check(DeviceInfo device, out string report)
     {
-        using GpuDevice? open = TryOpen(device, out string reason);
-        return open is null ? reason : null;
+        using GpuDevice? open = TryOpen(device, out report);
+        if (open is not null)
+        {
+            report = open.Kernels.Layout;
+        }
+        return open is not null;
     }
 
     /// <summary>Opens the first usable device of an API (for OpenCL, GPUs before other devices), or returns null with the reason.</summary>

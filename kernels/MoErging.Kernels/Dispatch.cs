@@ -92,8 +92,8 @@ public sealed class DispatchKernel
     /// <summary>Compiles the kernel for an accelerator.</summary>
     internal DispatchKernel(Accelerator accelerator)
     {
-        _kernel = KernelLoader.Load<DispatchArgs>(accelerator, Kernel);
-        _groupSize = Math.Min(MaxGroupSize, accelerator.MaxNumThreadsPerGroup);
+        _kernel = KernelLoader.Load<DispatchArgs>(accelerator, Kernel, out int kernelLimit);
+        _groupSize = Math.Min(MaxGroupSize, kernelLimit); // any size works: tiles and scans follow the group
     }
 
     /// <summary>The entry point every accelerator loads.</summary>

@@ -77,11 +77,11 @@ public sealed class ExpandKernel
     /// <summary>Compiles the four storage variants for an accelerator.</summary>
     internal ExpandKernel(Accelerator accelerator)
     {
-        _groupSize = Math.Min(128, accelerator.MaxNumThreadsPerGroup);
-        _f32f32 = KernelLoader.Load<ExpandArgs<float, float>>(accelerator, Kernel<float, F32, float, F32>);
-        _f32f16 = KernelLoader.Load<ExpandArgs<float, ushort>>(accelerator, Kernel<float, F32, ushort, F16>);
-        _f16f32 = KernelLoader.Load<ExpandArgs<ushort, float>>(accelerator, Kernel<ushort, F16, float, F32>);
-        _f16f16 = KernelLoader.Load<ExpandArgs<ushort, ushort>>(accelerator, Kernel<ushort, F16, ushort, F16>);
+        _f32f32 = KernelLoader.Load<ExpandArgs<float, float>>(accelerator, Kernel<float, F32, float, F32>, out int a);
+        _f32f16 = KernelLoader.Load<ExpandArgs<float, ushort>>(accelerator, Kernel<float, F32, ushort, F16>, out int b);
+        _f16f32 = KernelLoader.Load<ExpandArgs<ushort, float>>(accelerator, Kernel<ushort, F16, float, F32>, out int c);
+        _f16f16 = KernelLoader.Load<ExpandArgs<ushort, ushort>>(accelerator, Kernel<ushort, F16, ushort, F16>, out int d);
+        _groupSize = Math.Min(128, Math.Min(Math.Min(a, b), Math.Min(c, d)));
     }
 
     /// <summary>The entry points every accelerator loads (the expand needs no reductions).</summary>
@@ -92,6 +92,9 @@ public sealed class ExpandKernel
         ((Action<ExpandArgs<ushort, float>>)Kernel<ushort, F16, float, F32>).Method,
         ((Action<ExpandArgs<ushort, ushort>>)Kernel<ushort, F16, ushort, F16>).Method,
     ];
+
+    /// <summary>Threads per group.</summary>
+    public int GroupSize => _groupSize;
 
     /// <summary>Launches the expand for any combination of F32 (float) and F16 (ushort) storage.</summary>
     public void Launch<TY, TW>(AcceleratorStream stream, in ExpandArgs<TY, TW> args)

@@ -67,14 +67,17 @@ public sealed class GatingKernel
     private readonly Action<AcceleratorStream, KernelConfig, GatingArgs<float>> _f32;
     private readonly Action<AcceleratorStream, KernelConfig, GatingArgs<ushort>> _f16;
 
-    /// <summary>Compiles both variants (F32 and F16 activations) for an accelerator.</summary>
-    internal GatingKernel(Accelerator accelerator, TeamShape shape)
+    /// <summary>Compiles both variants (F32 and F16 activations) for an accelerator; a group is one team.</summary>
+    internal GatingKernel(Accelerator accelerator, bool warps)
     {
-        _shape = shape;
-        var (f32, f16) = Variants(shape.Warps);
-        _f32 = KernelLoader.Load(accelerator, f32);
-        _f16 = KernelLoader.Load(accelerator, f16);
+        var (f32, f16) = Variants(warps);
+        _f32 = KernelLoader.Load(accelerator, f32, out int a);
+        _f16 = KernelLoader.Load(accelerator, f16, out int b);
+        _shape = TeamShape.For(accelerator, maxTeamsPerGroup: 1, Math.Min(a, b));
     }
+
+    /// <summary>Threads per group (one token's team).</summary>
+    public int GroupSize => _shape.Width;
 
     /// <summary>The entry points an accelerator with (or without) warp reductions loads.</summary>
     internal static IEnumerable<MethodInfo> EntryPoints(bool warps)
@@ -92,10 +95,7 @@ public sealed class GatingKernel
     public void Launch<TX>(AcceleratorStream stream, in GatingArgs<TX> args)
         where TX : unmanaged
     {
-        if (args.Experts > MaxExperts)
-        {
-            throw new NotSupportedException($"the GPU gating kernel scores up to {MaxExperts} experts per call; this router has {args.Experts}");
-        }
+        EnsureFits(args.Experts);
         ref GatingArgs<TX> a = ref Unsafe.AsRef(in args);
         var config = new KernelConfig(Math.Max(1, args.Tokens), _shape.Width);
         if (typeof(TX) == typeof(float))
@@ -109,6 +109,16 @@ public sealed class GatingKernel
         else
         {
             throw new NotSupportedException($"storage {typeof(TX).Name}: only float (F32) and ushort (F16 bits)");
+        }
+    }
+
+    /// <summary>Throws unless one gating call can score <paramref name="experts"/> experts (callers check before any other work).</summary>
+    /// <exception cref="NotSupportedException">More than <see cref="MaxExperts"/>.</exception>
+    public static void EnsureFits(int experts)
+    {
+        if (experts > MaxExperts)
+        {
+            throw new NotSupportedException($"the GPU gating kernel scores up to {MaxExperts} experts per call; this router has {experts}");
         }
     }
 

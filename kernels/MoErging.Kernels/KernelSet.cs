@@ -21,10 +21,10 @@ public sealed class KernelSet
             throw new NotSupportedException(
                 $"the kernels need {SharedBytes / 1024} KiB of shared (local) memory per group; '{accelerator.Name}' has {accelerator.MaxSharedMemoryPerGroup / 1024} KiB");
         }
-        Shape = TeamShape.For(accelerator, maxTeamsPerGroup: 4);
-        Gating = new GatingKernel(accelerator, Shape);
+        WarpReductions = TeamShape.UsesWarps(accelerator);
+        Gating = new GatingKernel(accelerator, WarpReductions);
         Dispatch = new DispatchKernel(accelerator);
-        Shrink = new ShrinkKernel(accelerator, Shape);
+        Shrink = new ShrinkKernel(accelerator, WarpReductions);
         Expand = new ExpandKernel(accelerator);
     }
 
@@ -41,9 +41,12 @@ public sealed class KernelSet
     public ExpandKernel Expand { get; }
 
     /// <summary>True where the kernels reduce with warp shuffles; false on the portable path (group reductions in shared memory).</summary>
-    public bool WarpReductions => Shape.Warps;
+    public bool WarpReductions { get; }
 
-    internal TeamShape Shape { get; }
+    /// <summary>How the kernels run here, for reports: the reduction variant and the group sizes.</summary>
+    public string Layout =>
+        $"{(WarpReductions ? "warp" : "work-group")} reductions; groups of {Gating.GroupSize} (gating), {Dispatch.GroupSize} (dispatch), " +
+        $"{Shrink.GroupSize} (shrink), {Expand.GroupSize} (expand) threads";
 
     /// <summary>Every kernel method an accelerator loads, with warp reductions (CUDA) or without (OpenCL), for reading the compiled code.</summary>
     internal static IEnumerable<MethodInfo> EntryPoints(bool warps) =>
@@ -58,12 +61,19 @@ internal static class KernelLoader
 {
     private const int LogLines = 12;
 
-    public static Action<AcceleratorStream, KernelConfig, TArgs> Load<TArgs>(Accelerator accelerator, Action<TArgs> kernel)
+    /// <summary>
+    /// Loads a kernel and says how many threads per group it may run with: on OpenCL the kernel's own limit
+    /// (CL_KERNEL_WORK_GROUP_SIZE), which its register use or a driver's default (AMD's is 256) can set below
+    /// the device's; elsewhere the device's.
+    /// </summary>
+    public static Action<AcceleratorStream, KernelConfig, TArgs> Load<TArgs>(Accelerator accelerator, Action<TArgs> kernel, out int maxGroupSize)
         where TArgs : struct
     {
         try
         {
-            return accelerator.LoadKernel(kernel);
+            Kernel loaded = accelerator.LoadKernel(kernel.Method);
+            maxGroupSize = accelerator is CLAccelerator ? accelerator.EstimateGroupSize(loaded) : accelerator.MaxNumThreadsPerGroup;
+            return loaded.CreateLauncherDelegate<Action<AcceleratorStream, KernelConfig, TArgs>>();
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {

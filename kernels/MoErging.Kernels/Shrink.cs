@@ -77,16 +77,16 @@ public sealed class ShrinkKernel
     private readonly Action<AcceleratorStream, KernelConfig, ShrinkArgs<ushort, float>> _f16f32;
     private readonly Action<AcceleratorStream, KernelConfig, ShrinkArgs<ushort, ushort>> _f16f16;
 
-    /// <summary>Compiles the four storage variants for an accelerator.</summary>
-    internal ShrinkKernel(Accelerator accelerator, TeamShape shape)
+    /// <summary>Compiles the four storage variants for an accelerator, with up to four teams (rank rows) per group.</summary>
+    internal ShrinkKernel(Accelerator accelerator, bool warps)
     {
         _accelerator = accelerator;
-        _shape = shape;
-        var (f32f32, f32f16, f16f32, f16f16) = Variants(shape.Warps);
-        _f32f32 = KernelLoader.Load(accelerator, f32f32);
-        _f32f16 = KernelLoader.Load(accelerator, f32f16);
-        _f16f32 = KernelLoader.Load(accelerator, f16f32);
-        _f16f16 = KernelLoader.Load(accelerator, f16f16);
+        var (f32f32, f32f16, f16f32, f16f16) = Variants(warps);
+        _f32f32 = KernelLoader.Load(accelerator, f32f32, out int a);
+        _f32f16 = KernelLoader.Load(accelerator, f32f16, out int b);
+        _f16f32 = KernelLoader.Load(accelerator, f16f32, out int c);
+        _f16f16 = KernelLoader.Load(accelerator, f16f16, out int d);
+        _shape = TeamShape.For(accelerator, maxTeamsPerGroup: 4, Math.Min(Math.Min(a, b), Math.Min(c, d)));
     }
 
     /// <summary>The entry points an accelerator with (or without) warp reductions loads.</summary>

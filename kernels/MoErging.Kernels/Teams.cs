@@ -227,20 +227,30 @@ internal sealed class TeamShape
 
     /// <summary>
     /// Warps on CUDA and on ILGPU's CPU accelerator, where the warp size a kernel sees is the host's. Every
-    /// OpenCL device takes one team per group of up to 64 threads (a power of two within the device's group
-    /// limit): ILGPU emits sub-group shuffles for Intel only, and even there the compiler picks the
-    /// sub-group size, so a launch planned around the host's value could split a team.
+    /// OpenCL device takes groups: ILGPU emits sub-group shuffles for Intel only, and even there the compiler
+    /// picks the sub-group size, so a launch planned around the host's value could split a team.
     /// </summary>
-    public static TeamShape For(Accelerator accelerator, int maxTeamsPerGroup)
+    public static bool UsesWarps(Accelerator accelerator) => accelerator is CudaAccelerator or CPUAccelerator;
+
+    /// <summary>
+    /// The shape for a kernel that may run <paramref name="kernelLimit"/> threads per group: up to
+    /// <paramref name="maxTeamsPerGroup"/> warps, or one team of the largest power of two up to
+    /// <see cref="GroupTeam.MaxWidth"/> (64: wide enough to coalesce, small enough for any driver).
+    /// </summary>
+    /// <exception cref="NotSupportedException">The kernel runs fewer threads per group than one warp.</exception>
+    public static TeamShape For(Accelerator accelerator, int maxTeamsPerGroup, int kernelLimit)
     {
-        bool warps = accelerator is CudaAccelerator or CPUAccelerator;
-        if (warps)
+        if (UsesWarps(accelerator))
         {
             int warp = accelerator.WarpSize;
-            return new TeamShape(true, warp, Math.Clamp(accelerator.MaxNumThreadsPerGroup / warp, 1, maxTeamsPerGroup));
+            if (kernelLimit < warp)
+            {
+                throw new NotSupportedException($"'{accelerator.Name}' runs a kernel with at most {kernelLimit} threads per group, less than its warp of {warp}");
+            }
+            return new TeamShape(true, warp, Math.Clamp(kernelLimit / warp, 1, maxTeamsPerGroup));
         }
         int width = 1;
-        while (width * 2 <= Math.Min(GroupTeam.MaxWidth, accelerator.MaxNumThreadsPerGroup))
+        while (width * 2 <= Math.Min(GroupTeam.MaxWidth, kernelLimit))
         {
             width *= 2;
         }

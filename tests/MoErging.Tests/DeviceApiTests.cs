@@ -131,6 +131,41 @@ public abstract class DeviceApiTests(EngineFixture engines)
     }
 
     [Fact]
+    public void ADecisionOutlivesItsSessionAndRefusesUseAfterIt()
+    {
+        Session session = engines.CreateSession(1);
+        DeviceRoutingDecision decision = session.CreateDeviceDecision();
+        decision.Assign([0, 1, 1, 0], [0.5f, 0.5f, 1f, 0f], 2, 2);
+        session.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => decision.Assign([0], [1f], 1, 2));
+        decision.Dispose(); // after its session: frees, does not throw
+    }
+
+    [Fact]
+    public void RoutersOverTheGatingLimitAreRefusedBeforeAnythingChanges()
+    {
+        var data = new TestData();
+        int experts = GatingKernel.MaxExperts + 1;
+        TestLibrary lib = data.Library(experts: experts, dIn: 4, dOut: 3, ranks: [1]);
+        AdaptedModule module = lib.Module(Module);
+        var router = new LinearRouter(data.Normal(experts * 4), 4, new RoutingOptions(2));
+        using Session session = engines.CreateSession(1);
+        var decision = new RoutingDecision();
+        decision.Assign([0, 1], [1f, 1f], 1, experts);
+        float[] x = data.Normal(3 * 4), y = data.Normal(3 * 3), before = (float[])y.Clone();
+        Assert.Contains($"up to {GatingKernel.MaxExperts} experts", Assert.Throws<NotSupportedException>(() => session.Route(module, router, x, decision)).Message);
+        Assert.Equal(2, decision.TokenCount); // untouched
+        Assert.Throws<NotSupportedException>(() => session.Forward(module, router, x, decision, y));
+        Assert.Equal(before, y);
+        Assert.Equal(2, decision.TokenCount);
+        using DeviceRoutingDecision onDevice = session.CreateDeviceDecision();
+        onDevice.Assign([0, 1], [1f, 1f], 1, experts);
+        using var xd = session.Engine.Accelerator!.Allocate1D(x);
+        Assert.Throws<NotSupportedException>(() => session.Route(module, router, xd.View, onDevice));
+        Assert.Equal(2, onDevice.TokenCount);
+    }
+
+    [Fact]
     public void UploadsAreFreedOnReleaseAndWhenTheirHostIsCollected()
     {
         var data = new TestData();

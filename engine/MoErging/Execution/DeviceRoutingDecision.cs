@@ -7,17 +7,20 @@ namespace MoErging.Execution;
 /// <summary>
 /// A routing decision that stays on the GPU, for hosts whose activations live there: the gating kernel
 /// writes it and the expert kernels read it with no copy. Same layout and order as
-/// <see cref="RoutingDecision"/>. Belongs to the session that created it; not thread-safe.
+/// <see cref="RoutingDecision"/>. Belongs to the session that created it, and uses it like any call of that session
+/// (a second thread using either at once gets an exception); it may be disposed after the session.
 /// </summary>
 public sealed class DeviceRoutingDecision : IDisposable
 {
+    private readonly Session _session;
     private readonly GpuExecutor _executor;
     private readonly DeviceBuffer<int> _ids;
     private readonly DeviceBuffer<float> _weights;
     private readonly RoutingDecision _host = new();
 
-    internal DeviceRoutingDecision(GpuExecutor executor)
+    internal DeviceRoutingDecision(Session session, GpuExecutor executor)
     {
+        _session = session;
         _executor = executor;
         _ids = new DeviceBuffer<int>(executor.Accelerator, executor.Stream);
         _weights = new DeviceBuffer<float>(executor.Accelerator, executor.Stream);
@@ -44,6 +47,7 @@ public sealed class DeviceRoutingDecision : IDisposable
     /// <summary>Uploads host-given assignments (validated and ordered as <see cref="RoutingDecision.Assign"/> does).</summary>
     public void Assign(ReadOnlySpan<int> expertIds, ReadOnlySpan<float> weights, int topK, int expertCount)
     {
+        using var _ = _session.Enter(); // the upload goes through the session's staging
         _host.Assign(expertIds, weights, topK, expertCount);
         Resize(_host.TokenCount, topK, expertCount);
         _executor.UploadDecision(_host, Ids, Weights);
@@ -53,6 +57,7 @@ public sealed class DeviceRoutingDecision : IDisposable
     public void CopyTo(RoutingDecision destination)
     {
         ArgumentNullException.ThrowIfNull(destination);
+        using var _ = _session.Enter();
         destination.Reset(TokenCount, TopK, ExpertCount);
         _executor.DownloadDecision(Ids, Weights, destination);
     }

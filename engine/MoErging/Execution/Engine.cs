@@ -111,7 +111,7 @@ public sealed class Engine : IDisposable
         {
             if (device.Kind != DeviceKind.Gpu)
             {
-                skipped.Add($"{device.Name} is a {device.Kind} device");
+                skipped.Add(device.Kind == DeviceKind.Cpu ? $"{device.Name} runs on the CPU" : $"{device.Name} is not a GPU");
                 continue;
             }
             GpuDevice? openCL = Devices.TryOpen(device, out string reason);

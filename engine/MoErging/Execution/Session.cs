@@ -197,7 +197,7 @@ public sealed unsafe class Session : IDisposable
 
     /// <summary>A routing decision that lives on this session's GPU.</summary>
     /// <exception cref="NotSupportedException">The engine runs on the CPU.</exception>
-    public DeviceRoutingDecision CreateDeviceDecision() => Gpu.CreateDecision();
+    public DeviceRoutingDecision CreateDeviceDecision() => new(this, Gpu);
 
     /// <summary>Routes device rows (float32) into a device decision; queued on the session's stream.</summary>
     public void Route(AdaptedModule module, LinearRouter router, ArrayView<float> x, DeviceRoutingDecision destination) =>
@@ -455,7 +455,8 @@ public sealed unsafe class Session : IDisposable
             ? xLength / module.InputDim
             : throw new ArgumentException($"x holds {xLength} values, not whole rows of d_in = {module.InputDim} for module '{module.Name}'", "x");
 
-    private Use Enter()
+    /// <summary>Marks the session in use by this thread until disposed; throws if another thread is using it.</summary>
+    internal Use Enter()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (Interlocked.Exchange(ref _inUse, 1) != 0)
@@ -465,7 +466,7 @@ public sealed unsafe class Session : IDisposable
         return new Use(this);
     }
 
-    private readonly struct Use(Session session) : IDisposable
+    internal readonly struct Use(Session session) : IDisposable
     {
         public void Dispose() => Volatile.Write(ref session._inUse, 0);
     }

@@ -88,7 +88,7 @@ public sealed partial class CompiledCodeTests
     public void ADriverRefusalCarriesTheErrorCodeAndTheBuildLog()
     {
         using GpuDevice device = SharedDevices.Hold(TestDevice.Rusticl);
-        var e = Assert.Throws<KernelCompilationException>(() => KernelLoader.Load<ArrayView<int>>(device.Accelerator, UsesDynamicSharedMemory));
+        var e = Assert.Throws<KernelCompilationException>(() => KernelLoader.Load<ArrayView<int>>(device.Accelerator, UsesDynamicSharedMemory, out _));
         Assert.Contains("UsesDynamicSharedMemory", e.Message);
         Assert.Contains("CL_BUILD_PROGRAM_FAILURE", e.Message);
         Assert.Contains("build log", e.Message);

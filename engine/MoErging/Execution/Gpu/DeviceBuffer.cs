@@ -31,7 +31,11 @@ internal sealed class DeviceBuffer<T>(Accelerator accelerator, AcceleratorStream
     {
         if (_buffer is not null)
         {
-            stream.Synchronize();
+            // A disposed stream was drained before it went (a decision may outlive its session).
+            if (!stream.IsDisposed)
+            {
+                stream.Synchronize();
+            }
             _buffer.Dispose();
             _buffer = null;
         }

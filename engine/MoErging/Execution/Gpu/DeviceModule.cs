@@ -42,14 +42,22 @@ internal sealed class DeviceModule : IDisposable
         }
         HalfWeights = halfWeights;
         MaxRank = module.MaxRank;
-        _a = halfWeights ? Upload<ushort>(accelerator, stream, module, aLength, f => f.A) : Upload<float>(accelerator, stream, module, aLength, f => f.A);
-        _bTransposed = halfWeights
-            ? Upload<ushort>(accelerator, stream, module, bLength, f => f.BTransposed)
-            : Upload<float>(accelerator, stream, module, bLength, f => f.BTransposed);
-        _aOffset = DeviceCopy.Of(accelerator, stream, aOffset);
-        _bOffset = DeviceCopy.Of(accelerator, stream, bOffset);
-        _rank = DeviceCopy.Of(accelerator, stream, rank);
-        _scaling = DeviceCopy.Of(accelerator, stream, scaling);
+        try
+        {
+            _a = halfWeights ? Upload<ushort>(accelerator, stream, module, aLength, f => f.A) : Upload<float>(accelerator, stream, module, aLength, f => f.A);
+            _bTransposed = halfWeights
+                ? Upload<ushort>(accelerator, stream, module, bLength, f => f.BTransposed)
+                : Upload<float>(accelerator, stream, module, bLength, f => f.BTransposed);
+            _aOffset = DeviceCopy.Of(accelerator, stream, aOffset);
+            _bOffset = DeviceCopy.Of(accelerator, stream, bOffset);
+            _rank = DeviceCopy.Of(accelerator, stream, rank);
+            _scaling = DeviceCopy.Of(accelerator, stream, scaling);
+        }
+        catch
+        {
+            Dispose(); // what was allocated before the failure
+            throw;
+        }
     }
 
     public bool HalfWeights { get; }
@@ -70,12 +78,13 @@ internal sealed class DeviceModule : IDisposable
 
     public void Dispose()
     {
-        _a.Dispose();
-        _bTransposed.Dispose();
-        _aOffset.Dispose();
-        _bOffset.Dispose();
-        _rank.Dispose();
-        _scaling.Dispose();
+        // Null-tolerant: the constructor calls this when an allocation fails part way.
+        _a?.Dispose();
+        _bTransposed?.Dispose();
+        _aOffset?.Dispose();
+        _bOffset?.Dispose();
+        _rank?.Dispose();
+        _scaling?.Dispose();
     }
 
     private delegate ReadOnlySpan<float> Factor(LoraFactors factors);

@@ -172,7 +172,15 @@ internal sealed class GpuBackend : IDisposable
                 if (_value is null)
                 {
                     IDisposable value = create(stream);
-                    stream.Synchronize(); // complete before any other session's stream reads it
+                    try
+                    {
+                        stream.Synchronize(); // complete before any other session's stream reads it
+                    }
+                    catch
+                    {
+                        value.Dispose();
+                        throw;
+                    }
                     Volatile.Write(ref _value, value);
                 }
                 return _value;

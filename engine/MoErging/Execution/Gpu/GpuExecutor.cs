@@ -66,6 +66,7 @@ internal sealed class GpuExecutor : IDisposable
     /// <summary>Routes host rows with a linear router on the device and fills the host decision.</summary>
     public void Route<TX>(LinearRouter router, ReadOnlySpan<TX> x, int tokens, RoutingDecision destination) where TX : unmanaged
     {
+        GatingKernel.EnsureFits(router.ExpertCount); // before anything changes
         destination.Reset(tokens, router.TopK, router.ExpertCount);
         if (tokens == 0)
         {
@@ -89,6 +90,10 @@ internal sealed class GpuExecutor : IDisposable
         Aggregation aggregation)
         where TX : unmanaged
     {
+        if (router is LinearRouter)
+        {
+            GatingKernel.EnsureFits(router.ExpertCount);
+        }
         if (router is FixedRouter fixedWeights)
         {
             Cpu.CpuExecutor.Route(fixedWeights, tokens, decision);
@@ -134,6 +139,7 @@ internal sealed class GpuExecutor : IDisposable
     /// <summary>Routes device rows into the device decision (no synchronisation).</summary>
     public void Route<TX>(LinearRouter router, ArrayView<TX> x, int tokens, DeviceRoutingDecision destination) where TX : unmanaged
     {
+        GatingKernel.EnsureFits(router.ExpertCount);
         destination.Resize(tokens, router.TopK, router.ExpertCount);
         if (tokens > 0)
         {
@@ -152,7 +158,6 @@ internal sealed class GpuExecutor : IDisposable
 
     public void Synchronize() => _stream.Synchronize();
 
-    public DeviceRoutingDecision CreateDecision() => new(this);
 
     // ---------------------------------------------------------------- the pipeline
 
@@ -325,8 +330,8 @@ internal sealed class GpuExecutor : IDisposable
 
     public void Dispose()
     {
+        _stream.Synchronize(); // before unregistering: until then, another session's release drains this stream too
         _backend.Unregister(this);
-        _stream.Synchronize();
         foreach (IDisposable d in _owned)
         {
             d.Dispose();
