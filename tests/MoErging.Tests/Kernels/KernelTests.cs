@@ -364,5 +364,13 @@ public sealed class ExpandKernelTestsOnCuda(CudaFixture f) : ExpandKernelTests(f
 
 public sealed class GatingLimitTestsOnSimulator(SimulatorFixture f) : GatingLimitTests(f), IClassFixture<SimulatorFixture>;
 
+public sealed class GatingLimitTestsOnFourWarpSimulator(FourWarpSimulatorFixture f) : GatingLimitTests(f), IClassFixture<FourWarpSimulatorFixture>;
+
 [Trait("Backend", "OpenCL")]
 public sealed class GatingLimitTestsOnRusticl(RusticlFixture f) : GatingLimitTests(f), IClassFixture<RusticlFixture>;
+
+[Trait("Backend", "OpenCL")]
+public sealed class GatingLimitTestsOnPocl(PoclFixture f) : GatingLimitTests(f), IClassFixture<PoclFixture>;
+
+[Trait("Backend", "Cuda")]
+public sealed class GatingLimitTestsOnCuda(CudaFixture f) : GatingLimitTests(f), IClassFixture<CudaFixture>;
