@@ -114,7 +114,11 @@ internal sealed class GpuBackend : IDisposable
     /// <summary>The host object's upload entry, made (after freeing what no host holds any more) the first time.</summary>
     private Uploaded Entry(object host)
     {
-        Uploaded? entry;
+        // The table reads without a lock, so a warm forward never waits behind another session's drain.
+        if (_byHost.TryGetValue(host, out Uploaded? entry))
+        {
+            return entry;
+        }
         List<Uploaded>? collected = null;
         lock (_gate)
         {

@@ -158,7 +158,6 @@ internal sealed class GpuExecutor : IDisposable
 
     public void Synchronize() => _stream.Synchronize();
 
-
     // ---------------------------------------------------------------- the pipeline
 
     private void Gate<TX>(LinearRouter router, ArrayView<TX> x, int tokens) where TX : unmanaged
