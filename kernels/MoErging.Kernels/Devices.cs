@@ -204,9 +204,9 @@ public static class Devices
     }
 
 #if DEBUG
-    private static OptimizationLevel Level => OptimizationLevel.Debug;
+    internal static OptimizationLevel Level => OptimizationLevel.Debug;
 #else
-    private static OptimizationLevel Level => OptimizationLevel.O2;
+    internal static OptimizationLevel Level => OptimizationLevel.O2;
 #endif
 
     private static GpuDevice Hold(string key, Func<OpenDevice> open)

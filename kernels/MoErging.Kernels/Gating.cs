@@ -6,9 +6,12 @@ using ILGPU.Runtime;
 
 namespace MoErging.Kernels;
 
-/// <summary>Arguments of the gating kernel (one struct: launchers take at most 14 parameters).</summary>
+/// <summary>
+/// Arguments of the gating scores. The last field is a view: for a struct that ends in a lone int (tail padding),
+/// rusticl refuses the argument size ILGPU passes (CL_INVALID_ARG_SIZE), as a strict driver may.
+/// </summary>
 /// <typeparam name="TX">Element type of X.</typeparam>
-public struct GatingArgs<TX> where TX : unmanaged
+public struct ScoresArgs<TX> where TX : unmanaged
 {
     /// <summary>X, row-major <c>[Tokens, InputDim]</c>.</summary>
     public ArrayView<TX> X;
@@ -19,26 +22,51 @@ public struct GatingArgs<TX> where TX : unmanaged
     /// <summary>d_in.</summary>
     public int InputDim;
 
-    /// <summary>P, row-major <c>[Experts, InputDim]</c>, float32.</summary>
-    public ArrayView<float> Prototypes;
-
-    /// <summary>b <c>[Experts]</c>; read only when <see cref="HasBias"/> is 1.</summary>
-    public ArrayView<float> Bias;
-
-    /// <summary>1 when <see cref="Bias"/> holds a bias.</summary>
-    public int HasBias;
+    /// <summary>1 when X starts 16-byte aligned and d_in is a multiple of 8, so its rows take 16-byte loads.</summary>
+    public int XVector;
 
     /// <summary>E.</summary>
     public int Experts;
 
+    /// <summary>P, row-major <c>[Experts, PrototypePitch]</c>, float32, zero past d_in; 16-byte aligned.</summary>
+    public ArrayView<float> Prototypes;
+
+    /// <summary>Row pitch of <see cref="Prototypes"/>: d_in rounded up to a multiple of 8.</summary>
+    public int PrototypePitch;
+
     /// <summary>0: none, 1: LayerNorm (no affine), 2: L2.</summary>
     public int Normalization;
+
+    /// <summary>The router's epsilon for <see cref="Normalization"/>: LayerNorm's, or the L2 norm's floor.</summary>
+    public float Epsilon;
 
     /// <summary>1: score with |x · p| (Arrow).</summary>
     public int Absolute;
 
     /// <summary>1 / τ.</summary>
     public float InverseTemperature;
+
+    /// <summary>1 when <see cref="Bias"/> holds a bias.</summary>
+    public int HasBias;
+
+    /// <summary>b <c>[Experts]</c>; read only when <see cref="HasBias"/> is 1.</summary>
+    public ArrayView<float> Bias;
+
+    /// <summary>Out: the scores, expert-major <c>[Experts, Tokens]</c> (a token's selection reads them coalesced).</summary>
+    public ArrayView<float> Scores;
+}
+
+/// <summary>Arguments of the gating selection.</summary>
+public struct SelectArgs
+{
+    /// <summary>The scores, expert-major <c>[Experts, Tokens]</c>.</summary>
+    public ArrayView<float> Scores;
+
+    /// <summary>T.</summary>
+    public int Tokens;
+
+    /// <summary>E.</summary>
+    public int Experts;
 
     /// <summary>k.</summary>
     public int TopK;
@@ -51,60 +79,97 @@ public struct GatingArgs<TX> where TX : unmanaged
 }
 
 /// <summary>
-/// Gating for every score-based router: one team per token (a group of one team, striding over the tokens)
-/// computes norm(x) (none, LayerNorm without affine, eps 1e-5, or L2 floored at 1e-12), the scores
-/// f(norm(x) · p_e) / τ + b_e for every expert (lanes stride d_in, so prototype reads are coalesced; the
-/// team's reduction sums them), keeps the top k with <see cref="SlotKeys"/> (ties to the lower index), and
-/// writes softmax weights over the kept scores. The keys of a token live in static shared memory, which
-/// bounds the experts per call (<see cref="MaxExperts"/>).
+/// Gating for every score-based router, in two steps. <b>Scores</b> is a small tiled GEMM: each group takes a
+/// tile of <see cref="TileTokens"/> tokens × <see cref="TileExperts"/> experts over the whole input dimension,
+/// its threads striding d_in eight elements at a time with 16-byte loads, each loaded slice of x used against
+/// all the tile's prototypes and each slice of a prototype against all its tokens (in registers), then one
+/// fixed-order reduction through shared memory; norm(x) (none; LayerNorm without affine; L2) is a pass of
+/// the same shape first. A score is f(norm(x) · p_e) / τ + b_e. Small tiles give enough groups to fill a
+/// device at decode sizes. <b>Select</b> keeps each token's top k with <see cref="SlotKeys"/> (value
+/// descending, ties to the lower expert) and writes softmax weights over the kept scores: one thread per
+/// token, k passes over its scores, no shared memory and no limit on E. At decode sizes the shrink runs the
+/// same selection itself (<see cref="Choose"/>) and this launch is skipped.
 /// </summary>
 public sealed class GatingKernel
 {
-    /// <summary>The most experts one gating call scores: its keys fill 8 KiB of shared memory.</summary>
-    public const int MaxExperts = 1024;
+    /// <summary>Tokens per scores tile.</summary>
+    public const int TileTokens = 4;
 
-    private readonly TeamShape _shape;
-    private readonly Action<AcceleratorStream, KernelConfig, GatingArgs<float>> _f32;
-    private readonly Action<AcceleratorStream, KernelConfig, GatingArgs<ushort>> _f16;
+    /// <summary>Experts per scores tile.</summary>
+    public const int TileExperts = 4;
 
-    /// <summary>Compiles both variants (F32 and F16 activations) for an accelerator; a group is one team.</summary>
+    /// <summary>Shared memory the scores kernel declares (its reduction tree); the selection declares none.</summary>
+    public const int ScoresSharedBytes = 8 * GroupTeam.MaxWidth * sizeof(float);
+
+    private const int SelectGroup = 128;
+
+    private readonly Action<AcceleratorStream, KernelConfig, ScoresArgs<float>> _f32;
+    private readonly Action<AcceleratorStream, KernelConfig, ScoresArgs<ushort>> _f16;
+    private readonly Action<AcceleratorStream, KernelConfig, SelectArgs> _select;
+
+    /// <summary>Compiles the scores (F32 and F16 activations; hardware F16 conversions with warps) and the selection for an accelerator.</summary>
     internal GatingKernel(Accelerator accelerator, bool warps)
     {
         var (f32, f16) = Variants(warps);
         _f32 = KernelLoader.Load(accelerator, f32, out int a);
         _f16 = KernelLoader.Load(accelerator, f16, out int b);
-        _shape = TeamShape.For(accelerator, maxTeamsPerGroup: 1, Math.Min(a, b));
+        _select = KernelLoader.Load<SelectArgs>(accelerator, Select, out int c);
+        ScoresGroupSize = ScoresGroupFor(Math.Min(a, b));
+        SelectGroupSize = SelectGroupFor(c);
     }
 
-    /// <summary>Threads per group (one token's team).</summary>
-    public int GroupSize => _shape.Width;
+    /// <summary>Threads per scores group for a kernel limit: one reduction tree.</summary>
+    internal static int ScoresGroupFor(int kernelLimit) => TeamShape.GroupWidth(kernelLimit);
 
-    /// <summary>The entry points an accelerator with (or without) warp reductions loads.</summary>
+    /// <summary>Threads per selection group for a kernel limit.</summary>
+    internal static int SelectGroupFor(int kernelLimit) => Math.Min(SelectGroup, kernelLimit);
+
+    /// <summary>
+    /// Whether the shrink runs the selection itself (saving a launch): when every shrink group choosing for
+    /// every token is cheap, at most <see cref="FusedSelectionLimit"/> scores read per group.
+    /// </summary>
+    public static bool SelectsInShrink(int tokens, int experts, int topK) => (long)tokens * experts * topK <= FusedSelectionLimit;
+
+    /// <summary>Scores one shrink group may read to choose every token's experts itself (decode sizes: T = 64, E = 64, k = 2).</summary>
+    public const int FusedSelectionLimit = 8192;
+
+    /// <summary>Threads per scores group (one reduction tree, at most <see cref="GroupTeam.MaxWidth"/>).</summary>
+    public int ScoresGroupSize { get; }
+
+    /// <summary>Threads per selection group.</summary>
+    public int SelectGroupSize { get; }
+
+    /// <summary>The entry points an accelerator with (or without) warps loads.</summary>
     internal static IEnumerable<MethodInfo> EntryPoints(bool warps)
     {
         var (f32, f16) = Variants(warps);
-        return [f32.Method, f16.Method];
+        return [f32.Method, f16.Method, ((Action<SelectArgs>)Select).Method];
     }
 
-    private static (Action<GatingArgs<float>> F32, Action<GatingArgs<ushort>> F16) Variants(bool warps) => warps
-        ? (Kernel<float, F32, WarpTeam>, Kernel<ushort, F16, WarpTeam>)
-        : (Kernel<float, F32, GroupTeam>, Kernel<ushort, F16, GroupTeam>);
+    private static (Action<ScoresArgs<float>> F32, Action<ScoresArgs<ushort>> F16) Variants(bool warps) => warps
+        ? (Scores<float, F32>, Scores<ushort, F16Cuda>)
+        : (Scores<float, F32>, Scores<ushort, F16>);
 
-    /// <summary>Launches gating for F32 (float) or F16 (ushort) activations.</summary>
-    /// <exception cref="NotSupportedException">More than <see cref="MaxExperts"/> experts.</exception>
-    public void Launch<TX>(AcceleratorStream stream, in GatingArgs<TX> args)
+    /// <summary>Groups of the scores launch: one per tile.</summary>
+    public static int ScoresGroups(int tokens, int experts) =>
+        Math.Max(1, (tokens + TileTokens - 1) / TileTokens * ((experts + TileExperts - 1) / TileExperts));
+
+    /// <summary>Groups of the selection launch.</summary>
+    public static int SelectGroups(int tokens, int groupSize) => Math.Max(1, (tokens + groupSize - 1) / groupSize);
+
+    /// <summary>Launches the scores for F32 (float) or F16 (ushort) activations.</summary>
+    public void LaunchScores<TX>(AcceleratorStream stream, in ScoresArgs<TX> args)
         where TX : unmanaged
     {
-        EnsureFits(args.Experts);
-        ref GatingArgs<TX> a = ref Unsafe.AsRef(in args);
-        var config = new KernelConfig(Math.Max(1, args.Tokens), _shape.Width);
+        ref ScoresArgs<TX> a = ref Unsafe.AsRef(in args);
+        var config = new KernelConfig(ScoresGroups(args.Tokens, args.Experts), ScoresGroupSize);
         if (typeof(TX) == typeof(float))
         {
-            _f32(stream, config, Unsafe.As<GatingArgs<TX>, GatingArgs<float>>(ref a));
+            _f32(stream, config, Unsafe.As<ScoresArgs<TX>, ScoresArgs<float>>(ref a));
         }
         else if (typeof(TX) == typeof(ushort))
         {
-            _f16(stream, config, Unsafe.As<GatingArgs<TX>, GatingArgs<ushort>>(ref a));
+            _f16(stream, config, Unsafe.As<ScoresArgs<TX>, ScoresArgs<ushort>>(ref a));
         }
         else
         {
@@ -112,116 +177,255 @@ public sealed class GatingKernel
         }
     }
 
-    /// <summary>Throws unless one gating call can score <paramref name="experts"/> experts (callers check before any other work).</summary>
-    /// <exception cref="NotSupportedException">More than <see cref="MaxExperts"/>.</exception>
-    public static void EnsureFits(int experts)
-    {
-        if (experts > MaxExperts)
-        {
-            throw new NotSupportedException($"the GPU gating kernel scores up to {MaxExperts} experts per call; this router has {experts}");
-        }
-    }
+    /// <summary>Launches the selection.</summary>
+    public void LaunchSelect(AcceleratorStream stream, in SelectArgs args) =>
+        _select(stream, new KernelConfig(SelectGroups(args.Tokens, SelectGroupSize), SelectGroupSize), args);
 
-    internal static void Kernel<TX, SX, TT>(GatingArgs<TX> a)
+    internal static void Scores<TX, SX>(ScoresArgs<TX> a)
         where TX : unmanaged
         where SX : struct, IStorage<TX>
-        where TT : struct, ITeam
     {
-        SX sx = default;
-        TT team = default;
-        ArrayView<ulong> keys = SharedMemory.Allocate<ulong>(MaxExperts);
-        ArrayView<float> sums = SharedMemory.Allocate<float>(GroupTeam.MaxWidth);
-        ArrayView<ulong> minima = SharedMemory.Allocate<ulong>(GroupTeam.MaxWidth);
-        int lane = team.Lane, width = team.Width, n = a.InputDim;
-        for (int t = Grid.IdxX; t < a.Tokens; t += Grid.DimX)
+        GroupTeam team = default;
+        ArrayView<float> scratch = SharedMemory.Allocate<float>(8 * GroupTeam.MaxWidth);
+        int expertTiles = (a.Experts + TileExperts - 1) / TileExperts;
+        int t0 = Grid.IdxX / expertTiles * TileTokens, e0 = Grid.IdxX % expertTiles * TileExperts;
+        long n = a.InputDim, step = 8L * team.Width, first = 8L * team.Lane;
+        // The tile's rows; a token or expert past the end repeats the tile's first and is never written.
+        long x0 = Row(t0, 0, a.Tokens, n), x1 = Row(t0, 1, a.Tokens, n), x2 = Row(t0, 2, a.Tokens, n), x3 = Row(t0, 3, a.Tokens, n);
+        long p0 = Row(e0, 0, a.Experts, a.PrototypePitch), p1 = Row(e0, 1, a.Experts, a.PrototypePitch);
+        long p2 = Row(e0, 2, a.Experts, a.PrototypePitch), p3 = Row(e0, 3, a.Experts, a.PrototypePitch);
+
+        // norm(x) = (x - mean) · scale per token, applied on the fly: LayerNorm in two passes (the mean,
+        // then the squares about it, as the CPU backend computes it), L2 in one.
+        Sums8 mean = default, scale = default;
+        scale.S0 = scale.S1 = scale.S2 = scale.S3 = 1f;
+        if (a.Normalization == 1)
         {
-            long row = (long)t * n;
+            Sums8 sums = default;
+            for (long i = first; i < n; i += step)
+            {
+                sums.S0 += Total(LoadX<TX, SX>(a, x0, i));
+                sums.S1 += Total(LoadX<TX, SX>(a, x1, i));
+                sums.S2 += Total(LoadX<TX, SX>(a, x2, i));
+                sums.S3 += Total(LoadX<TX, SX>(a, x3, i));
+            }
+            team.Sum(ref sums, scratch);
+            mean.S0 = sums.S0 / n;
+            mean.S1 = sums.S1 / n;
+            mean.S2 = sums.S2 / n;
+            mean.S3 = sums.S3 / n;
+        }
+        if (a.Normalization != 0)
+        {
+            Sums8 squares = default;
+            for (long i = first; i < n; i += step)
+            {
+                squares.S0 += Squares(LoadX<TX, SX>(a, x0, i), mean.S0, i, n);
+                squares.S1 += Squares(LoadX<TX, SX>(a, x1, i), mean.S1, i, n);
+                squares.S2 += Squares(LoadX<TX, SX>(a, x2, i), mean.S2, i, n);
+                squares.S3 += Squares(LoadX<TX, SX>(a, x3, i), mean.S3, i, n);
+            }
+            team.Sum(ref squares, scratch);
+            scale.S0 = Scale(a, squares.S0, n);
+            scale.S1 = Scale(a, squares.S1, n);
+            scale.S2 = Scale(a, squares.S2, n);
+            scale.S3 = Scale(a, squares.S3, n);
+        }
 
-            // norm(x) = (x - mean) · scale, applied on the fly.
-            float mean = 0f, scale = 1f;
-            if (a.Normalization == 1)
-            {
-                float sum = 0f;
-                for (int i = lane; i < n; i += width)
-                {
-                    sum += sx.Load(a.X[row + i]);
-                }
-                mean = team.Sum(sum, sums) / n;
-                float squares = 0f;
-                for (int i = lane; i < n; i += width)
-                {
-                    float d = sx.Load(a.X[row + i]) - mean;
-                    squares += d * d;
-                }
-                scale = XMath.Rsqrt(team.Sum(squares, sums) / n + 1e-5f);
-            }
-            else if (a.Normalization == 2)
-            {
-                float squares = 0f;
-                for (int i = lane; i < n; i += width)
-                {
-                    float v = sx.Load(a.X[row + i]);
-                    squares += v * v;
-                }
-                scale = 1f / XMath.Max(XMath.Sqrt(team.Sum(squares, sums)), 1e-12f);
-            }
-
-            for (int e = 0; e < a.Experts; e++)
-            {
-                long p = (long)e * n;
-                float dot = 0f;
-                for (int i = lane; i < n; i += width)
-                {
-                    dot += (sx.Load(a.X[row + i]) - mean) * a.Prototypes[p + i];
-                }
-                dot = team.Sum(dot, sums) * scale;
-                float score = (a.Absolute != 0 ? XMath.Abs(dot) : dot) * a.InverseTemperature;
-                if (a.HasBias != 0)
-                {
-                    score += a.Bias[e];
-                }
-                if (lane == 0)
-                {
-                    keys[e] = SlotKeys.Key(score, e);
-                }
-            }
-            team.Barrier();
-
-            // Top-k: k rounds of a team-wide minimum over the keys; the winner is struck out. Every lane
-            // sees each winner, so every lane sums the softmax denominator itself, in slot order.
-            long slots = (long)t * a.TopK;
-            float top = 0f, total = 0f;
-            for (int s = 0; s < a.TopK; s++)
-            {
-                ulong best = SlotKeys.Empty;
-                for (int e = lane; e < a.Experts; e += width)
-                {
-                    ulong key = keys[e];
-                    best = key < best ? key : best;
-                }
-                best = team.Min(best, minima);
-                float score = SlotKeys.Value(best);
-                top = s == 0 ? score : top; // the first is the largest
-                total += XMath.Exp(score - top);
-                int winner = SlotKeys.Expert(best);
-                if (lane == 0)
-                {
-                    a.Ids[slots + s] = winner;
-                    a.Weights[slots + s] = score;
-                    if (winner >= 0)
-                    {
-                        keys[winner] = SlotKeys.Empty;
-                    }
-                }
-                team.Barrier();
-            }
-
-            // Softmax over the kept scores (lane 0 wrote them; the barrier above made them visible).
-            for (int s = lane; s < a.TopK; s += width)
-            {
-                a.Weights[slots + s] = XMath.Exp(a.Weights[slots + s] - top) / total;
-            }
-            team.Barrier(); // the keys are rewritten for the group's next token
+        // Dot products: lo holds experts 0 and 1 (tokens 0-3 each), hi experts 2 and 3. Lanes past d_in read
+        // zeros from the prototypes' padding, so subtracting the mean there adds nothing.
+        Sums8 lo = default, hi = default;
+        if (a.XVector != 0)
+        {
+            Dots<TX, SX, VectorAccess>(a, ref lo, ref hi, x0, x1, x2, x3, p0, p1, p2, p3, mean, first, step);
+        }
+        else
+        {
+            Dots<TX, SX, BoundedAccess>(a, ref lo, ref hi, x0, x1, x2, x3, p0, p1, p2, p3, mean, first, step);
+        }
+        team.Sum(ref lo, scratch);
+        team.Sum(ref hi, scratch);
+        if (team.Lane == 0)
+        {
+            Write(a, t0, e0, scale, lo.S0, lo.S1, lo.S2, lo.S3);
+            Write(a, t0, e0 + 1, scale, lo.S4, lo.S5, lo.S6, lo.S7);
+            Write(a, t0, e0 + 2, scale, hi.S0, hi.S1, hi.S2, hi.S3);
+            Write(a, t0, e0 + 3, scale, hi.S4, hi.S5, hi.S6, hi.S7);
         }
     }
+
+    /// <summary>The tile's 16 dot products over d_in, two steps of eight elements per lane at a time.</summary>
+    private static void Dots<TX, SX, TA>(in ScoresArgs<TX> a, ref Sums8 lo, ref Sums8 hi, long x0, long x1, long x2, long x3,
+        long p0, long p1, long p2, long p3, in Sums8 mean, long first, long step)
+        where TX : unmanaged
+        where SX : struct, IStorage<TX>
+        where TA : struct, IRowAccess
+    {
+        long i = first, n = a.InputDim;
+        for (; i + step < n; i += 2 * step)
+        {
+            // Two steps' loads in flight per lane: the chain of dependent loads is d_in / (16 · group size) long.
+            Accumulate<TX, SX, TA>(a, ref lo, ref hi, x0, x1, x2, x3, p0, p1, p2, p3, mean, i, i + step);
+        }
+        if (i < n)
+        {
+            Accumulate<TX, SX, TA>(a, ref lo, ref hi, x0, x1, x2, x3, p0, p1, p2, p3, mean, i, -1);
+        }
+    }
+
+    /// <summary>The tile's 16 dot products over elements i..i+7, and j..j+7 too unless j is -1 (loads first, then arithmetic).</summary>
+    private static void Accumulate<TX, SX, TA>(in ScoresArgs<TX> a, ref Sums8 lo, ref Sums8 hi, long x0, long x1, long x2, long x3,
+        long p0, long p1, long p2, long p3, in Sums8 mean, long i, long j)
+        where TX : unmanaged
+        where SX : struct, IStorage<TX>
+        where TA : struct, IRowAccess
+    {
+        F32 sp = default;
+        TA access = default;
+        bool two = j >= 0;
+        long n = a.InputDim;
+        Float8 v0 = Centred(access.Load<TX, SX>(a.X, x0, i, n), mean.S0), v1 = Centred(access.Load<TX, SX>(a.X, x1, i, n), mean.S1);
+        Float8 v2 = Centred(access.Load<TX, SX>(a.X, x2, i, n), mean.S2), v3 = Centred(access.Load<TX, SX>(a.X, x3, i, n), mean.S3);
+        Float8 w0 = default, w1 = default, w2 = default, w3 = default;
+        if (two)
+        {
+            w0 = Centred(access.Load<TX, SX>(a.X, x0, j, n), mean.S0);
+            w1 = Centred(access.Load<TX, SX>(a.X, x1, j, n), mean.S1);
+            w2 = Centred(access.Load<TX, SX>(a.X, x2, j, n), mean.S2);
+            w3 = Centred(access.Load<TX, SX>(a.X, x3, j, n), mean.S3);
+        }
+        Float8 p = sp.Load8(a.Prototypes, p0 + i), q = two ? sp.Load8(a.Prototypes, p0 + j) : default;
+        lo.S0 += v0.Dot(p) + w0.Dot(q); lo.S1 += v1.Dot(p) + w1.Dot(q); lo.S2 += v2.Dot(p) + w2.Dot(q); lo.S3 += v3.Dot(p) + w3.Dot(q);
+        p = sp.Load8(a.Prototypes, p1 + i);
+        q = two ? sp.Load8(a.Prototypes, p1 + j) : default;
+        lo.S4 += v0.Dot(p) + w0.Dot(q); lo.S5 += v1.Dot(p) + w1.Dot(q); lo.S6 += v2.Dot(p) + w2.Dot(q); lo.S7 += v3.Dot(p) + w3.Dot(q);
+        p = sp.Load8(a.Prototypes, p2 + i);
+        q = two ? sp.Load8(a.Prototypes, p2 + j) : default;
+        hi.S0 += v0.Dot(p) + w0.Dot(q); hi.S1 += v1.Dot(p) + w1.Dot(q); hi.S2 += v2.Dot(p) + w2.Dot(q); hi.S3 += v3.Dot(p) + w3.Dot(q);
+        p = sp.Load8(a.Prototypes, p3 + i);
+        q = two ? sp.Load8(a.Prototypes, p3 + j) : default;
+        hi.S4 += v0.Dot(p) + w0.Dot(q); hi.S5 += v1.Dot(p) + w1.Dot(q); hi.S6 += v2.Dot(p) + w2.Dot(q); hi.S7 += v3.Dot(p) + w3.Dot(q);
+    }
+
+    private static long Row(int first, int q, int count, long pitch) => (first + q < count ? first + q : first) * pitch;
+
+    private static Float8 LoadX<TX, SX>(in ScoresArgs<TX> a, long row, long i)
+        where TX : unmanaged
+        where SX : struct, IStorage<TX>
+    {
+        SX sx = default;
+        return a.XVector != 0 ? sx.Load8(a.X, row + i) : sx.Load8Within(a.X, row + i, row + a.InputDim);
+    }
+
+    private static float Total(in Float8 v) => v.F0 + v.F1 + v.F2 + v.F3 + v.F4 + v.F5 + v.F6 + v.F7;
+
+    private static Float8 Centred(in Float8 v, float mean) => new()
+    {
+        F0 = v.F0 - mean, F1 = v.F1 - mean, F2 = v.F2 - mean, F3 = v.F3 - mean,
+        F4 = v.F4 - mean, F5 = v.F5 - mean, F6 = v.F6 - mean, F7 = v.F7 - mean,
+    };
+
+    /// <summary>Σ (x - mean)² over the lanes below d_in (a bounded load leaves zeros past it, which must not count).</summary>
+    private static float Squares(in Float8 v, float mean, long i, long n)
+    {
+        Float8 c = Centred(v, mean);
+        return (i < n ? c.F0 * c.F0 : 0f) + (i + 1 < n ? c.F1 * c.F1 : 0f) + (i + 2 < n ? c.F2 * c.F2 : 0f) + (i + 3 < n ? c.F3 * c.F3 : 0f)
+            + (i + 4 < n ? c.F4 * c.F4 : 0f) + (i + 5 < n ? c.F5 * c.F5 : 0f) + (i + 6 < n ? c.F6 * c.F6 : 0f) + (i + 7 < n ? c.F7 * c.F7 : 0f);
+    }
+
+    private static float Scale<TX>(in ScoresArgs<TX> a, float squares, long n) where TX : unmanaged =>
+        a.Normalization == 1 ? 1f / XMath.Sqrt(squares / n + a.Epsilon) : 1f / XMath.Max(XMath.Sqrt(squares), a.Epsilon);
+
+    private static void Write<TX>(in ScoresArgs<TX> a, int t0, int e, in Sums8 scale, float d0, float d1, float d2, float d3)
+        where TX : unmanaged
+    {
+        if (e >= a.Experts)
+        {
+            return;
+        }
+        float bias = a.HasBias != 0 ? a.Bias[e] : 0f;
+        long row = (long)e * a.Tokens + t0;
+        if (t0 < a.Tokens) a.Scores[row] = Score(a, d0 * scale.S0, bias);
+        if (t0 + 1 < a.Tokens) a.Scores[row + 1] = Score(a, d1 * scale.S1, bias);
+        if (t0 + 2 < a.Tokens) a.Scores[row + 2] = Score(a, d2 * scale.S2, bias);
+        if (t0 + 3 < a.Tokens) a.Scores[row + 3] = Score(a, d3 * scale.S3, bias);
+    }
+
+    private static float Score<TX>(in ScoresArgs<TX> a, float dot, float bias) where TX : unmanaged =>
+        (a.Absolute != 0 ? XMath.Abs(dot) : dot) * a.InverseTemperature + bias;
+
+    internal static void Select(SelectArgs a)
+    {
+        int t = Grid.GlobalIndex.X;
+        if (t < a.Tokens)
+        {
+            Choose(a.Scores, a.Tokens, a.Experts, a.TopK, t, -1, true, a.Ids, a.Weights, out _);
+        }
+    }
+
+    /// <summary>
+    /// Token <paramref name="t"/>'s top k from expert-major scores: k passes, each taking the smallest key
+    /// above the last one taken (keys are distinct, so none repeats), then softmax weights over the kept
+    /// scores. When <paramref name="write"/>, the ids and weights go to the token's slots. Returns the slot
+    /// that holds <paramref name="expert"/> (or -1) and its weight.
+    /// </summary>
+    internal static int Choose(ArrayView<float> scores, int tokens, int experts, int topK, int t, int expert, bool write,
+        ArrayView<int> ids, ArrayView<float> weights, out float weight)
+    {
+        long slots = (long)t * topK;
+        ulong taken = 0;
+        float top = 0f, total = 0f, mine = 0f;
+        int found = -1;
+        for (int s = 0; s < topK; s++)
+        {
+            ulong best = SlotKeys.Empty;
+            int e = 0;
+            for (; e + 8 <= experts; e += 8)
+            {
+                // Eight loads in flight before any is used: the chain of dependent loads is E / 8 long.
+                long at = (long)e * tokens + t;
+                float v0 = scores[at], v1 = scores[at + tokens], v2 = scores[at + 2 * tokens], v3 = scores[at + 3 * tokens];
+                float v4 = scores[at + 4 * tokens], v5 = scores[at + 5 * tokens], v6 = scores[at + 6 * tokens], v7 = scores[at + 7 * tokens];
+                best = Better(SlotKeys.Key(v0, e), best, s, taken);
+                best = Better(SlotKeys.Key(v1, e + 1), best, s, taken);
+                best = Better(SlotKeys.Key(v2, e + 2), best, s, taken);
+                best = Better(SlotKeys.Key(v3, e + 3), best, s, taken);
+                best = Better(SlotKeys.Key(v4, e + 4), best, s, taken);
+                best = Better(SlotKeys.Key(v5, e + 5), best, s, taken);
+                best = Better(SlotKeys.Key(v6, e + 6), best, s, taken);
+                best = Better(SlotKeys.Key(v7, e + 7), best, s, taken);
+            }
+            for (; e < experts; e++)
+            {
+                best = Better(SlotKeys.Key(scores[(long)e * tokens + t], e), best, s, taken);
+            }
+            taken = best;
+            float score = SlotKeys.Value(best);
+            top = s == 0 ? score : top; // the first is the largest
+            total += XMath.Exp(score - top);
+            int winner = SlotKeys.Expert(best);
+            if (winner == expert && winner >= 0)
+            {
+                found = s;
+                mine = score;
+            }
+            if (write)
+            {
+                ids[slots + s] = winner;
+                weights[slots + s] = score;
+            }
+        }
+        if (write)
+        {
+            for (int s = 0; s < topK; s++)
+            {
+                weights[slots + s] = XMath.Exp(weights[slots + s] - top) / total;
+            }
+        }
+        weight = XMath.Exp(mine - top) / total;
+        return found;
+    }
+
+    /// <summary>The better of a key and the best so far, among keys after the one pass <paramref name="s"/> - 1 took.</summary>
+    private static ulong Better(ulong key, ulong best, int s, ulong taken) => key < best && (s == 0 || key > taken) ? key : best;
 }

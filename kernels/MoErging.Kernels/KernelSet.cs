@@ -11,8 +11,8 @@ namespace MoErging.Kernels;
 /// <summary>The kernel families of one accelerator, compiled when the device opens and then reused.</summary>
 public sealed class KernelSet
 {
-    /// <summary>Shared memory the largest kernel declares (the dispatch's counters and tiles).</summary>
-    public const int SharedBytes = DispatchKernel.SharedBytes;
+    /// <summary>Shared memory the largest kernel declares (the shrink's slot list, scan and reduction tree).</summary>
+    public const int SharedBytes = ShrinkKernel.SharedBytes;
 
     internal KernelSet(Accelerator accelerator)
     {
@@ -23,34 +23,34 @@ public sealed class KernelSet
         }
         WarpReductions = TeamShape.UsesWarps(accelerator);
         Gating = new GatingKernel(accelerator, WarpReductions);
-        Dispatch = new DispatchKernel(accelerator);
         Shrink = new ShrinkKernel(accelerator, WarpReductions);
-        Expand = new ExpandKernel(accelerator);
+        Expand = new ExpandKernel(accelerator, WarpReductions);
+        Shape = new LaunchShape(Gating.ScoresGroupSize, Gating.SelectGroupSize, Shrink.GroupSize, Shrink.RowsPerGroup, Expand.GroupSize);
     }
 
     /// <summary>Scores, top-k and weights.</summary>
     public GatingKernel Gating { get; }
 
-    /// <summary>Grouping by expert.</summary>
-    public DispatchKernel Dispatch { get; }
-
-    /// <summary>V = X A_eᵀ per segment.</summary>
+    /// <summary>V = c · A_e x per contributing slot, grouping by expert inside.</summary>
     public ShrinkKernel Shrink { get; }
 
     /// <summary>y += Σ w s B v.</summary>
     public ExpandKernel Expand { get; }
+
+    /// <summary>The group sizes the kernels run with here, which plan every launch.</summary>
+    public LaunchShape Shape { get; }
 
     /// <summary>True where the kernels reduce with warp shuffles; false on the portable path (group reductions in shared memory).</summary>
     public bool WarpReductions { get; }
 
     /// <summary>How the kernels run here, for reports: the reduction variant and the group sizes.</summary>
     public string Layout =>
-        $"{(WarpReductions ? "warp" : "work-group")} reductions; groups of {Gating.GroupSize} (gating), {Dispatch.GroupSize} (dispatch), " +
+        $"{(WarpReductions ? "warp" : "work-group")} reductions; groups of {Gating.ScoresGroupSize} (scores), {Gating.SelectGroupSize} (select), " +
         $"{Shrink.GroupSize} (shrink), {Expand.GroupSize} (expand) threads";
 
-    /// <summary>Every kernel method an accelerator loads, with warp reductions (CUDA) or without (OpenCL), for reading the compiled code.</summary>
+    /// <summary>Every kernel method an accelerator loads, with warp reductions and hardware F16 conversions (CUDA) or without (OpenCL), for reading the compiled code.</summary>
     internal static IEnumerable<MethodInfo> EntryPoints(bool warps) =>
-        [.. GatingKernel.EntryPoints(warps), DispatchKernel.EntryPoint, .. ShrinkKernel.EntryPoints(warps), .. ExpandKernel.EntryPoints()];
+        [.. GatingKernel.EntryPoints(warps), .. ShrinkKernel.EntryPoints(warps), .. ExpandKernel.EntryPoints(warps)];
 }
 
 /// <summary>A kernel the device's compiler or ILGPU's code generator refused; the message carries the driver's own words.</summary>

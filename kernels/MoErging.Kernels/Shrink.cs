@@ -15,62 +15,94 @@ public struct ShrinkArgs<TX, TW>
     where TX : unmanaged
     where TW : unmanaged
 {
-    /// <summary>X, row-major <c>[T, InputDim]</c>.</summary>
+    /// <summary>X, row-major <c>[Tokens, InputDim]</c>.</summary>
     public ArrayView<TX> X;
+
+    /// <summary>T.</summary>
+    public int Tokens;
 
     /// <summary>d_in.</summary>
     public int InputDim;
 
+    /// <summary>1 when X starts 16-byte aligned and d_in is a multiple of 8, so its rows take 16-byte loads.</summary>
+    public int XVector;
+
+    /// <summary>k.</summary>
+    public int TopK;
+
+    /// <summary>E.</summary>
+    public int Experts;
+
+    /// <summary>
+    /// 1: each token's experts are chosen here from <see cref="Scores"/> (the gating's selection, run by every
+    /// group; the first group writes <see cref="Ids"/> and <see cref="Weights"/>); 0: they are read from there.
+    /// </summary>
+    public int Select;
+
+    /// <summary>The gating scores, expert-major <c>[Experts, Tokens]</c>; read only when <see cref="Select"/> is 1.</summary>
+    public ArrayView<float> Scores;
+
+    /// <summary>Expert id of every (token, slot), row-major <c>[Tokens, TopK]</c>; -1 is an empty slot.</summary>
+    public ArrayView<int> Ids;
+
+    /// <summary>Weight of every (token, slot).</summary>
+    public ArrayView<float> Weights;
+
+    /// <summary>Every expert's A, row-major <c>[r_e, APitch]</c>, back to back (mixed ranks), zero past d_in; 16-byte aligned.</summary>
+    public ArrayView<TW> A;
+
+    /// <summary>Row pitch of <see cref="A"/>: d_in rounded up to a multiple of 8.</summary>
+    public int APitch;
+
+    /// <summary>1 for parameter mixing: a slot's coefficient is w alone (the expand applies s); 0: w · s.</summary>
+    public int ParameterMixing;
+
+    /// <summary>Where each expert's A starts in <see cref="A"/> (a multiple of 8).</summary>
+    public ArrayView<long> AOffset;
+
+    /// <summary>Rank of each expert; 0 when it does not adapt this module.</summary>
+    public ArrayView<int> Rank;
+
+    /// <summary>Scaling s of each expert.</summary>
+    public ArrayView<float> Scaling;
+
+    /// <summary>Groups per expert: <see cref="ShrinkKernel.RowGroups"/> of the largest rank (the launch has Experts × RowGroups groups).</summary>
+    public int RowGroups;
+
     /// <summary>Row stride of V: the largest rank.</summary>
     public int VStride;
 
-    /// <summary>Every expert's A, row-major <c>[r_e, d_in]</c>, back to back (mixed ranks, no padding).</summary>
-    public ArrayView<TW> A;
-
-    /// <summary>Where each expert's A starts in <see cref="A"/>.</summary>
-    public ArrayView<long> AOffset;
-
-    /// <summary>Rank of each expert.</summary>
-    public ArrayView<int> Rank;
-
-    /// <summary>The dispatch's work items and their count.</summary>
-    public ArrayView<int> ItemExpert;
-
-    /// <inheritdoc cref="ItemExpert"/>
-    public ArrayView<int> ItemRow;
-
-    /// <inheritdoc cref="ItemExpert"/>
-    public ArrayView<int> ItemPairStart;
-
-    /// <inheritdoc cref="ItemExpert"/>
-    public ArrayView<int> ItemPairEnd;
-
-    /// <inheritdoc cref="ItemExpert"/>
-    public ArrayView<int> ItemCount;
-
-    /// <summary>The token of every pair.</summary>
-    public ArrayView<int> PairToken;
-
-    /// <summary>w · s of every pair.</summary>
-    public ArrayView<float> PairCoefficient;
-
-    /// <summary>Out: V, row-major <c>[pairs, VStride]</c>: V[p, k] = c_p · (A_e[k] · x_t).</summary>
+    /// <summary>Out: V, row-major <c>[Tokens · TopK, VStride]</c>: V[slot, k] = c · (A_e[k] · x_t) for every contributing slot.</summary>
     public ArrayView<float> V;
 }
 
 /// <summary>
-/// Shrink, V = X_seg A_eᵀ scaled per pair, over the dispatch's work list. The grid is fixed and groups
-/// stride over the items (their number is known only on the device). In an item, each team takes one
-/// rank row of A and up to <see cref="PairsPerItem"/> tokens: lanes stride d_in, so the row streams once,
-/// coalesced, against all the item's tokens; each dot product ends in a reduction of its own, so its
-/// value does not depend on which item or position computed it.
+/// Shrink, V = c · (A_e x) for every contributing (token, slot), with the grouping by expert done in the kernel:
+/// a group owns a few rank rows of one expert (two with four warps), scans the slots a chunk at a time for those
+/// that chose its expert (a group scan places them in a shared list, so no dispatch launch and no atomics), and
+/// computes their dot products up to eight tokens at a time against its rows: two teams split each row's d_in
+/// (lanes striding it two 16-byte vectors at a time, so a warp's chain of dependent loads is d_in / 512 long at
+/// warp 32), each token's partial sums reduce within the team and then across the pair in a fixed order, so a
+/// value does not depend on which tokens shared its batch. Only the real number of tokens is loaded. V is
+/// indexed by slot, so the expand finds a slot's vector directly. A row of A streams once per eight tokens.
 /// </summary>
 public sealed class ShrinkKernel
 {
-    /// <summary>Pairs (tokens) per item.</summary>
-    public const int PairsPerItem = 8;
+    /// <summary>Tokens per batch against a row.</summary>
+    public const int PairsPerBatch = 8;
 
-    private readonly Accelerator _accelerator;
+    /// <summary>Slots one thread examines per chunk of the scan.</summary>
+    public const int SlotsPerThread = 8;
+
+    /// <summary>The largest group: a chunk's matches must fit the shared list.</summary>
+    public const int MaxGroupSize = ListCapacity / SlotsPerThread;
+
+    /// <summary>Shared memory the kernel declares: the list (slot and coefficient), the scan, the reduction tree, the teams' partial sums.</summary>
+    public const int SharedBytes = ListCapacity * (sizeof(int) + sizeof(float)) + MaxGroupSize * sizeof(int) + 8 * GroupTeam.MaxWidth * sizeof(float)
+        + 8 * MaxTeams * sizeof(float);
+
+    private const int ListCapacity = 1024;
+
     private readonly TeamShape _shape;
     private readonly Action<AcceleratorStream, KernelConfig, ShrinkArgs<float, float>> _f32f32;
     private readonly Action<AcceleratorStream, KernelConfig, ShrinkArgs<float, ushort>> _f32f16;
@@ -80,14 +112,19 @@ public sealed class ShrinkKernel
     /// <summary>Compiles the four storage variants for an accelerator, with up to four teams (rank rows) per group.</summary>
     internal ShrinkKernel(Accelerator accelerator, bool warps)
     {
-        _accelerator = accelerator;
         var (f32f32, f32f16, f16f32, f16f16) = Variants(warps);
         _f32f32 = KernelLoader.Load(accelerator, f32f32, out int a);
         _f32f16 = KernelLoader.Load(accelerator, f32f16, out int b);
         _f16f32 = KernelLoader.Load(accelerator, f16f32, out int c);
         _f16f16 = KernelLoader.Load(accelerator, f16f16, out int d);
-        _shape = TeamShape.For(accelerator, maxTeamsPerGroup: 4, Math.Min(Math.Min(a, b), Math.Min(c, d)));
+        _shape = TeamShape.For(accelerator, MaxTeams, Math.Min(MaxGroupSize, Math.Min(Math.Min(a, b), Math.Min(c, d))));
     }
+
+    /// <summary>The most teams per group (they split d_in).</summary>
+    internal const int MaxTeams = 4;
+
+    /// <summary>The CUDA shape for a warp size and a kernel limit (what <see cref="LaunchShape.Cuda"/> plans with).</summary>
+    internal static TeamShape CudaShape(int warpSize, int kernelLimit) => TeamShape.OfWarps(warpSize, MaxTeams, Math.Min(MaxGroupSize, kernelLimit));
 
     /// <summary>The entry points an accelerator with (or without) warp reductions loads.</summary>
     internal static IEnumerable<MethodInfo> EntryPoints(bool warps)
@@ -97,17 +134,23 @@ public sealed class ShrinkKernel
     }
 
     private static (Action<ShrinkArgs<float, float>>, Action<ShrinkArgs<float, ushort>>, Action<ShrinkArgs<ushort, float>>, Action<ShrinkArgs<ushort, ushort>>) Variants(bool warps) => warps
-        ? (Kernel<float, F32, float, F32, WarpTeam>, Kernel<float, F32, ushort, F16, WarpTeam>, Kernel<ushort, F16, float, F32, WarpTeam>, Kernel<ushort, F16, ushort, F16, WarpTeam>)
+        ? (Kernel<float, F32, float, F32, WarpTeam>, Kernel<float, F32, ushort, F16Cuda, WarpTeam>, Kernel<ushort, F16Cuda, float, F32, WarpTeam>, Kernel<ushort, F16Cuda, ushort, F16Cuda, WarpTeam>)
         : (Kernel<float, F32, float, F32, GroupTeam>, Kernel<float, F32, ushort, F16, GroupTeam>, Kernel<ushort, F16, float, F32, GroupTeam>, Kernel<ushort, F16, ushort, F16, GroupTeam>);
-
-    /// <summary>Rank rows per item: one per team of a group.</summary>
-    public int RowsPerItem => _shape.TeamsPerGroup;
 
     /// <summary>Threads per group.</summary>
     public int GroupSize => _shape.GroupSize;
 
-    /// <summary>Groups the persistent grid launches: enough to fill the device several times over.</summary>
-    public int Groups => Math.Max(1, _accelerator.NumMultiprocessors * 8);
+    /// <summary>Rank rows per group: its teams in pairs splitting d_in (one row for a single team).</summary>
+    public int RowsPerGroup => RowsFor(_shape.TeamsPerGroup);
+
+    /// <summary>Rank rows per group for a number of teams (the kernel computes the same from what it sees).</summary>
+    internal static int RowsFor(int teams) => teams >= 2 ? teams / 2 : 1;
+
+    /// <summary>Groups per expert for a module whose largest rank is <paramref name="maxRank"/>.</summary>
+    public static int RowGroups(int maxRank, int rowsPerGroup) => Math.Max(1, (maxRank + rowsPerGroup - 1) / rowsPerGroup);
+
+    /// <summary>Groups of one launch: every expert's row groups.</summary>
+    public static int Groups(int experts, int maxRank, int rowsPerGroup) => Math.Max(1, experts * RowGroups(maxRank, rowsPerGroup));
 
     /// <summary>Launches the shrink for any combination of F32 (float) and F16 (ushort) storage.</summary>
     public void Launch<TX, TW>(AcceleratorStream stream, in ShrinkArgs<TX, TW> args)
@@ -116,29 +159,28 @@ public sealed class ShrinkKernel
     {
         // Each test is constant for a given instantiation, so the JIT keeps one branch.
         ref ShrinkArgs<TX, TW> a = ref Unsafe.AsRef(in args);
+        var config = new KernelConfig(Math.Max(1, args.Experts * args.RowGroups), _shape.GroupSize);
         if (typeof(TX) == typeof(float) && typeof(TW) == typeof(float))
         {
-            _f32f32(stream, Config, Unsafe.As<ShrinkArgs<TX, TW>, ShrinkArgs<float, float>>(ref a));
+            _f32f32(stream, config, Unsafe.As<ShrinkArgs<TX, TW>, ShrinkArgs<float, float>>(ref a));
         }
         else if (typeof(TX) == typeof(float) && typeof(TW) == typeof(ushort))
         {
-            _f32f16(stream, Config, Unsafe.As<ShrinkArgs<TX, TW>, ShrinkArgs<float, ushort>>(ref a));
+            _f32f16(stream, config, Unsafe.As<ShrinkArgs<TX, TW>, ShrinkArgs<float, ushort>>(ref a));
         }
         else if (typeof(TX) == typeof(ushort) && typeof(TW) == typeof(float))
         {
-            _f16f32(stream, Config, Unsafe.As<ShrinkArgs<TX, TW>, ShrinkArgs<ushort, float>>(ref a));
+            _f16f32(stream, config, Unsafe.As<ShrinkArgs<TX, TW>, ShrinkArgs<ushort, float>>(ref a));
         }
         else if (typeof(TX) == typeof(ushort) && typeof(TW) == typeof(ushort))
         {
-            _f16f16(stream, Config, Unsafe.As<ShrinkArgs<TX, TW>, ShrinkArgs<ushort, ushort>>(ref a));
+            _f16f16(stream, config, Unsafe.As<ShrinkArgs<TX, TW>, ShrinkArgs<ushort, ushort>>(ref a));
         }
         else
         {
             throw new NotSupportedException($"storage {typeof(TX).Name} × {typeof(TW).Name}: only float (F32) and ushort (F16 bits)");
         }
     }
-
-    private KernelConfig Config => new(Groups, _shape.GroupSize);
 
     internal static void Kernel<TX, SX, TW, SW, TT>(ShrinkArgs<TX, TW> a)
         where TX : unmanaged
@@ -147,64 +189,159 @@ public sealed class ShrinkKernel
         where SW : struct, IStorage<TW>
         where TT : struct, ITeam
     {
-        SX sx = default;
-        SW sw = default;
         TT team = default;
+        ArrayView<int> listSlot = SharedMemory.Allocate<int>(ListCapacity);
+        ArrayView<float> listCoefficient = SharedMemory.Allocate<float>(ListCapacity);
+        ArrayView<int> scan = SharedMemory.Allocate<int>(MaxGroupSize);
         ArrayView<float> scratch = SharedMemory.Allocate<float>(8 * GroupTeam.MaxWidth);
-        int lane = team.Lane, width = team.Width, n = a.InputDim;
-        int items = a.ItemCount[0];
-        for (int item = Grid.IdxX; item < items; item += Grid.DimX)
+        ArrayView<float> partial = SharedMemory.Allocate<float>(8 * MaxTeams);
+        // Teams pair up per row where there are enough: rows × slices = teams (1 × 1 for a group team).
+        int slices = team.Count >= 2 ? 2 : 1, rows = team.Count / slices;
+        int e = Grid.IdxX / a.RowGroups, firstRow = Grid.IdxX % a.RowGroups * rows;
+        int rank = a.Rank[e];
+        bool writer = a.Select != 0 && Grid.IdxX == 0; // writes every token's decision
+        bool computes = firstRow < rank;
+        if (!computes && !writer)
         {
-            int e = a.ItemExpert[item];
-            int row = a.ItemRow[item] + team.Index;
-            // A team past the expert's last row idles through the reduction, so barriers stay in step.
-            bool active = row < a.Rank[e];
-            int p0 = a.ItemPairStart[item], count = a.ItemPairEnd[item] - p0;
-            long w = a.AOffset[e] + (long)(active ? row : 0) * n;
-            // Up to eight tokens; missing ones repeat the first and are not stored.
-            long x0 = Row(a, p0, 0, count), x1 = Row(a, p0, 1, count), x2 = Row(a, p0, 2, count), x3 = Row(a, p0, 3, count);
-            long x4 = Row(a, p0, 4, count), x5 = Row(a, p0, 5, count), x6 = Row(a, p0, 6, count), x7 = Row(a, p0, 7, count);
-            Sums8 s = default;
-            int end = active ? n : 0;
-            for (int i = lane; i < end; i += width)
+            return; // the whole group: no barrier is left waiting
+        }
+        int row = firstRow + team.Index / slices, slice = team.Index % slices;
+        // A team past the expert's last row (or left over from an odd team count) idles through the reductions.
+        bool active = computes && row < rank && team.Index < rows * slices;
+        float scaling = a.ParameterMixing != 0 ? 1f : a.Scaling[e];
+        long n = a.InputDim, w = a.AOffset[e] + (long)(active ? row : 0) * a.APitch;
+        // A row's teams stride d_in together, slice after slice; each lane takes two vectors per step.
+        long step = 8L * team.Width * slices, first = 8L * (slice * team.Width + team.Lane), end = active ? n : 0;
+        int tid = Group.IdxX, size = Group.DimX;
+        int perThread = a.Select != 0 ? 1 : SlotsPerThread;
+        int units = a.Select != 0 ? a.Tokens : a.Tokens * a.TopK; // tokens to choose for, or slots to read
+        for (int chunk = 0; chunk < units; chunk += perThread * size)
+        {
+            // 1. This thread's matches: with selection, its token's slot holding e (at most one, experts are
+            //    distinct); without, those of its slots that name e (a host decision may repeat an expert).
+            int chosenSlot = -1;
+            float chosenWeight = 0f;
+            int found = 0;
+            if (a.Select != 0)
             {
-                float v = sw.Load(a.A[w + i]);
-                s.S0 += v * sx.Load(a.X[x0 + i]);
-                s.S1 += v * sx.Load(a.X[x1 + i]);
-                s.S2 += v * sx.Load(a.X[x2 + i]);
-                s.S3 += v * sx.Load(a.X[x3 + i]);
-                s.S4 += v * sx.Load(a.X[x4 + i]);
-                s.S5 += v * sx.Load(a.X[x5 + i]);
-                s.S6 += v * sx.Load(a.X[x6 + i]);
-                s.S7 += v * sx.Load(a.X[x7 + i]);
+                int t = chunk + tid;
+                if (t < a.Tokens)
+                {
+                    int s = GatingKernel.Choose(a.Scores, a.Tokens, a.Experts, a.TopK, t, e, writer, a.Ids, a.Weights, out chosenWeight);
+                    chosenSlot = s >= 0 && computes && SlotKeys.Contributes(e, chosenWeight, rank) ? t * a.TopK + s : -1;
+                    found = chosenSlot >= 0 ? 1 : 0;
+                }
             }
-            team.Sum(ref s, scratch);
-            if (active && lane == 0)
+            else
             {
-                Store(a, p0, 0, count, row, s.S0);
-                Store(a, p0, 1, count, row, s.S1);
-                Store(a, p0, 2, count, row, s.S2);
-                Store(a, p0, 3, count, row, s.S3);
-                Store(a, p0, 4, count, row, s.S4);
-                Store(a, p0, 5, count, row, s.S5);
-                Store(a, p0, 6, count, row, s.S6);
-                Store(a, p0, 7, count, row, s.S7);
+                for (int q = 0; q < SlotsPerThread; q++)
+                {
+                    int slot = chunk + q * size + tid;
+                    found += slot < units && a.Ids[slot] == e && SlotKeys.Contributes(e, a.Weights[slot], rank) ? 1 : 0;
+                }
             }
+
+            // 2. Places in the shared list, in thread order.
+            int place = GroupScan.ExclusiveSum(found, scan, out int total);
+            if (a.Select != 0)
+            {
+                if (chosenSlot >= 0)
+                {
+                    listSlot[place] = chosenSlot;
+                    listCoefficient[place] = chosenWeight * scaling;
+                }
+            }
+            else
+            {
+                for (int q = 0; q < SlotsPerThread; q++)
+                {
+                    int slot = chunk + q * size + tid;
+                    if (slot < units && a.Ids[slot] == e && SlotKeys.Contributes(e, a.Weights[slot], rank))
+                    {
+                        listSlot[place] = slot;
+                        listCoefficient[place] = a.Weights[slot] * scaling;
+                        place++;
+                    }
+                }
+            }
+            Group.Barrier();
+
+            // 3. The listed slots against this team's row, eight tokens at a time (only the real ones loaded).
+            for (int b = 0; computes && b < total; b += PairsPerBatch)
+            {
+                int count = total - b < PairsPerBatch ? total - b : PairsPerBatch;
+                long x0 = XRow(a, listSlot, b, 0, count), x1 = XRow(a, listSlot, b, 1, count), x2 = XRow(a, listSlot, b, 2, count), x3 = XRow(a, listSlot, b, 3, count);
+                long x4 = XRow(a, listSlot, b, 4, count), x5 = XRow(a, listSlot, b, 5, count), x6 = XRow(a, listSlot, b, 6, count), x7 = XRow(a, listSlot, b, 7, count);
+                Sums8 s = a.XVector != 0
+                    ? Dots<TX, SX, TW, SW, VectorAccess>(a, w, x0, x1, x2, x3, x4, x5, x6, x7, count, first, step, end)
+                    : Dots<TX, SX, TW, SW, BoundedAccess>(a, w, x0, x1, x2, x3, x4, x5, x6, x7, count, first, step, end);
+                team.SumInto(s, scratch, partial.SubView(team.Index * 8, 8));
+                Group.Barrier();
+                int q = tid % 8, mine = firstRow + tid / 8;
+                if (tid < 8 * rows && q < count && mine < rank)
+                {
+                    float dot = 0f;
+                    for (int t = 0; t < slices; t++)
+                    {
+                        dot += partial[((tid / 8) * slices + t) * 8 + q]; // slice order: the same sum on every run and device
+                    }
+                    a.V[(long)listSlot[b + q] * a.VStride + mine] = listCoefficient[b + q] * dot;
+                }
+                Group.Barrier(); // the partial sums are rewritten by the next batch
+            }
+            Group.Barrier(); // the list is rewritten by the next chunk
         }
     }
 
-    private static long Row<TX, TW>(in ShrinkArgs<TX, TW> a, int p0, int q, int count)
+    /// <summary>The start of the x row of listed slot b + q (a missing one repeats the first; it is never loaded).</summary>
+    private static long XRow<TX, TW>(in ShrinkArgs<TX, TW> a, ArrayView<int> listSlot, int b, int q, int count)
         where TX : unmanaged
         where TW : unmanaged =>
-        (long)a.PairToken[p0 + (q < count ? q : 0)] * a.InputDim;
+        (long)(listSlot[b + (q < count ? q : 0)] / a.TopK) * a.InputDim;
 
-    private static void Store<TX, TW>(in ShrinkArgs<TX, TW> a, int p0, int q, int count, int row, float dot)
+    /// <summary>One row of A against up to eight tokens' rows of X over d_in (only the first <paramref name="count"/> loaded).</summary>
+    private static Sums8 Dots<TX, SX, TW, SW, TA>(in ShrinkArgs<TX, TW> a, long w, long x0, long x1, long x2, long x3, long x4, long x5, long x6, long x7,
+        int count, long first, long step, long end)
         where TX : unmanaged
+        where SX : struct, IStorage<TX>
         where TW : unmanaged
+        where SW : struct, IStorage<TW>
+        where TA : struct, IRowAccess
     {
-        if (q < count)
+        SW sw = default;
+        Sums8 s = default;
+        long i = first;
+        for (; i + step < end; i += 2 * step)
         {
-            a.V[(long)(p0 + q) * a.VStride + row] = a.PairCoefficient[p0 + q] * dot;
+            // Two independent vectors of the row in flight per lane, then their tokens.
+            Float8 v = sw.Load8(a.A, w + i), u = sw.Load8(a.A, w + i + step);
+            s.S0 += v.Dot(X<TX, SX, TW, TA>(a, x0, i)) + u.Dot(X<TX, SX, TW, TA>(a, x0, i + step));
+            if (count > 1) s.S1 += v.Dot(X<TX, SX, TW, TA>(a, x1, i)) + u.Dot(X<TX, SX, TW, TA>(a, x1, i + step));
+            if (count > 2) s.S2 += v.Dot(X<TX, SX, TW, TA>(a, x2, i)) + u.Dot(X<TX, SX, TW, TA>(a, x2, i + step));
+            if (count > 3) s.S3 += v.Dot(X<TX, SX, TW, TA>(a, x3, i)) + u.Dot(X<TX, SX, TW, TA>(a, x3, i + step));
+            if (count > 4) s.S4 += v.Dot(X<TX, SX, TW, TA>(a, x4, i)) + u.Dot(X<TX, SX, TW, TA>(a, x4, i + step));
+            if (count > 5) s.S5 += v.Dot(X<TX, SX, TW, TA>(a, x5, i)) + u.Dot(X<TX, SX, TW, TA>(a, x5, i + step));
+            if (count > 6) s.S6 += v.Dot(X<TX, SX, TW, TA>(a, x6, i)) + u.Dot(X<TX, SX, TW, TA>(a, x6, i + step));
+            if (count > 7) s.S7 += v.Dot(X<TX, SX, TW, TA>(a, x7, i)) + u.Dot(X<TX, SX, TW, TA>(a, x7, i + step));
         }
+        if (i < end)
+        {
+            Float8 v = sw.Load8(a.A, w + i);
+            s.S0 += v.Dot(X<TX, SX, TW, TA>(a, x0, i));
+            if (count > 1) s.S1 += v.Dot(X<TX, SX, TW, TA>(a, x1, i));
+            if (count > 2) s.S2 += v.Dot(X<TX, SX, TW, TA>(a, x2, i));
+            if (count > 3) s.S3 += v.Dot(X<TX, SX, TW, TA>(a, x3, i));
+            if (count > 4) s.S4 += v.Dot(X<TX, SX, TW, TA>(a, x4, i));
+            if (count > 5) s.S5 += v.Dot(X<TX, SX, TW, TA>(a, x5, i));
+            if (count > 6) s.S6 += v.Dot(X<TX, SX, TW, TA>(a, x6, i));
+            if (count > 7) s.S7 += v.Dot(X<TX, SX, TW, TA>(a, x7, i));
+        }
+        return s;
     }
+
+    private static Float8 X<TX, SX, TW, TA>(in ShrinkArgs<TX, TW> a, long row, long i)
+        where TX : unmanaged
+        where SX : struct, IStorage<TX>
+        where TW : unmanaged
+        where TA : struct, IRowAccess => default(TA).Load<TX, SX>(a.X, row, i, a.InputDim);
 }

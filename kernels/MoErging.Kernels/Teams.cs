@@ -35,6 +35,12 @@ internal interface ITeam
     /// <summary>Eight sums over the team at once; every lane gets them. <paramref name="scratch"/>: 8 × <see cref="GroupTeam.MaxWidth"/> floats.</summary>
     void Sum(ref Sums8 sums, ArrayView<float> scratch);
 
+    /// <summary>
+    /// Eight sums over the team written to <paramref name="destination"/>[0..7] by lanes of the team (visible to
+    /// the group after a barrier): cheaper than <see cref="Sum(ref Sums8, ArrayView{float})"/> where not every lane needs them.
+    /// </summary>
+    void SumInto(in Sums8 sums, ArrayView<float> scratch, ArrayView<float> destination);
+
     /// <summary>The minimum over the team; every lane gets it.</summary>
     ulong Min(ulong value, ArrayView<ulong> scratch);
 
@@ -93,6 +99,45 @@ internal readonly struct WarpTeam : ITeam
         sums.S5 = Sum(sums.S5, scratch);
         sums.S6 = Sum(sums.S6, scratch);
         sums.S7 = Sum(sums.S7, scratch);
+    }
+
+    /// <inheritdoc />
+    public void SumInto(in Sums8 sums, ArrayView<float> scratch, ArrayView<float> destination)
+    {
+        if (Warp.WarpSize != 32)
+        {
+            Sums8 all = sums;
+            Sum(ref all, scratch);
+            if (Warp.LaneIdx == 0)
+            {
+                destination[0] = all.S0; destination[1] = all.S1; destination[2] = all.S2; destination[3] = all.S3;
+                destination[4] = all.S4; destination[5] = all.S5; destination[6] = all.S6; destination[7] = all.S7;
+            }
+            return;
+        }
+        // A transposing butterfly: at offsets 16, 8 and 4 each lane keeps half of its values and adds its
+        // partner's half of the other (4 + 2 + 1 shuffles), then offsets 2 and 1 finish one value per lane:
+        // 9 shuffles instead of 40. Lane 4q' then holds sum q, q's bits being the lane's bits 4, 3 and 2.
+        int lane = Warp.LaneIdx;
+        bool high = (lane & 16) != 0;
+        float a0 = Half(sums.S0, sums.S4, high, 16), a1 = Half(sums.S1, sums.S5, high, 16);
+        float a2 = Half(sums.S2, sums.S6, high, 16), a3 = Half(sums.S3, sums.S7, high, 16);
+        high = (lane & 8) != 0;
+        float b0 = Half(a0, a2, high, 8), b1 = Half(a1, a3, high, 8);
+        float c = Half(b0, b1, (lane & 4) != 0, 4);
+        c += Warp.ShuffleXor(c, 2);
+        c += Warp.ShuffleXor(c, 1);
+        if ((lane & 3) == 0)
+        {
+            destination[((lane >> 4) & 1) * 4 + ((lane >> 3) & 1) * 2 + ((lane >> 2) & 1)] = c;
+        }
+    }
+
+    /// <summary>Keeps <paramref name="low"/> (or <paramref name="high"/> when <paramref name="upper"/>) and adds the partner lane's copy of it.</summary>
+    private static float Half(float low, float high, bool upper, int offset)
+    {
+        float kept = upper ? high : low, given = upper ? low : high;
+        return kept + Warp.ShuffleXor(given, offset);
     }
 
     /// <inheritdoc />
@@ -176,6 +221,18 @@ internal readonly struct GroupTeam : ITeam
     }
 
     /// <inheritdoc />
+    public void SumInto(in Sums8 sums, ArrayView<float> scratch, ArrayView<float> destination)
+    {
+        Sums8 all = sums;
+        Sum(ref all, scratch);
+        if (Group.IdxX == 0)
+        {
+            destination[0] = all.S0; destination[1] = all.S1; destination[2] = all.S2; destination[3] = all.S3;
+            destination[4] = all.S4; destination[5] = all.S5; destination[6] = all.S6; destination[7] = all.S7;
+        }
+    }
+
+    /// <inheritdoc />
     public ulong Min(ulong value, ArrayView<ulong> scratch) => Tree<ulong, Smaller>(value, scratch);
 
     /// <inheritdoc />
@@ -240,20 +297,55 @@ internal sealed class TeamShape
     /// <exception cref="NotSupportedException">The kernel runs fewer threads per group than one warp.</exception>
     public static TeamShape For(Accelerator accelerator, int maxTeamsPerGroup, int kernelLimit)
     {
-        if (UsesWarps(accelerator))
+        if (!UsesWarps(accelerator))
         {
-            int warp = accelerator.WarpSize;
-            if (kernelLimit < warp)
-            {
-                throw new NotSupportedException($"'{accelerator.Name}' runs a kernel with at most {kernelLimit} threads per group, less than its warp of {warp}");
-            }
-            return new TeamShape(true, warp, Math.Clamp(kernelLimit / warp, 1, maxTeamsPerGroup));
+            return new TeamShape(false, GroupWidth(kernelLimit), 1);
         }
+        if (kernelLimit < accelerator.WarpSize)
+        {
+            throw new NotSupportedException($"'{accelerator.Name}' runs a kernel with at most {kernelLimit} threads per group, less than its warp of {accelerator.WarpSize}");
+        }
+        return OfWarps(accelerator.WarpSize, maxTeamsPerGroup, kernelLimit);
+    }
+
+    /// <summary>The warp shape: up to <paramref name="maxTeamsPerGroup"/> warps of <paramref name="warpSize"/>, within the kernel's limit.</summary>
+    public static TeamShape OfWarps(int warpSize, int maxTeamsPerGroup, int kernelLimit) =>
+        new(true, warpSize, Math.Clamp(kernelLimit / warpSize, 1, maxTeamsPerGroup));
+
+    /// <summary>The width of a <see cref="GroupTeam"/> for a kernel that may run <paramref name="kernelLimit"/> threads per group.</summary>
+    public static int GroupWidth(int kernelLimit)
+    {
         int width = 1;
         while (width * 2 <= Math.Min(GroupTeam.MaxWidth, kernelLimit))
         {
             width *= 2;
         }
-        return new TeamShape(false, width, 1);
+        return width;
+    }
+}
+
+/// <summary>Group-wide integer scans through static shared memory (every thread of the group must call them).</summary>
+internal static class GroupScan
+{
+    /// <summary>
+    /// The exclusive prefix sum of one value per thread over the group, and the total (a Hillis–Steele
+    /// scan in shared memory; integers, so the order does not matter). <paramref name="scratch"/>: one int per thread.
+    /// </summary>
+    public static int ExclusiveSum(int value, ArrayView<int> scratch, out int total)
+    {
+        int tid = Group.IdxX;
+        scratch[tid] = value;
+        Group.Barrier();
+        for (int offset = 1; offset < Group.DimX; offset <<= 1)
+        {
+            int add = tid >= offset ? scratch[tid - offset] : 0;
+            Group.Barrier();
+            scratch[tid] += add;
+            Group.Barrier();
+        }
+        int inclusive = scratch[tid];
+        total = scratch[Group.DimX - 1];
+        Group.Barrier(); // every thread has read before the scratch is reused
+        return inclusive - value;
     }
 }

@@ -80,10 +80,10 @@ public abstract class ForwardTests(EngineFixture engines)
     public void ManyExpertsAndTokensSpanEveryWorkItemBoundary()
     {
         var data = new TestData();
-        // 37 experts (more than a warp's lanes) and 150 tokens cross the CPU scoring blocks (16 × 16); the
-        // assignment sends every token to expert 0, crossing the CPU shrink's 64-token blocks and the GPU
-        // shrink's 8-pair items, with rank 19 crossing both row blocks. The GPU simulator, which pays for
-        // every warp shuffle, runs 40 tokens: still five pair items and every GPU boundary.
+        // 37 experts (more than a warp's lanes) and 150 tokens cross the CPU scoring blocks (16 × 16) and the
+        // GPU scores' 4 × 4 tiles; the assignment sends every token to expert 0, crossing the CPU shrink's
+        // 64-token blocks and the GPU shrink's 8-token batches, with rank 19 crossing both row blocks. The
+        // GPU simulator, which pays for every warp shuffle, runs 40 tokens: still five batches and every GPU boundary.
         int tokens = Simulated ? 40 : 150;
         TestLibrary lib = data.Library(experts: 37, dIn: 45, dOut: 70, ranks: [19, 2, 7]);
         AdaptedModule module = lib.Module(Module);

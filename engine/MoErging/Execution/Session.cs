@@ -215,19 +215,13 @@ public sealed unsafe class Session : IDisposable
     public void Forward(AdaptedModule module, DeviceRoutingDecision decision, ArrayView<ushort> x, ArrayView<ushort> y) =>
         ForwardOnDevice(module, decision, x, y);
 
-    /// <summary>Routes device x into <paramref name="decision"/> and adds the mixture into device y (float32).</summary>
-    public void Forward(AdaptedModule module, LinearRouter router, ArrayView<float> x, DeviceRoutingDecision decision, ArrayView<float> y)
-    {
-        RouteOnDevice(module, router, x, decision);
-        ForwardOnDevice(module, decision, x, y);
-    }
+    /// <summary>Routes device x into <paramref name="decision"/> and adds the mixture into device y (float32), in one fused pipeline.</summary>
+    public void Forward(AdaptedModule module, LinearRouter router, ArrayView<float> x, DeviceRoutingDecision decision, ArrayView<float> y) =>
+        ForwardRoutedOnDevice(module, router, x, decision, y);
 
-    /// <summary>Routes device x into <paramref name="decision"/> and adds the mixture into device y (F16 bits).</summary>
-    public void Forward(AdaptedModule module, LinearRouter router, ArrayView<ushort> x, DeviceRoutingDecision decision, ArrayView<ushort> y)
-    {
-        RouteOnDevice(module, router, x, decision);
-        ForwardOnDevice(module, decision, x, y);
-    }
+    /// <summary>Routes device x into <paramref name="decision"/> and adds the mixture into device y (F16 bits), in one fused pipeline.</summary>
+    public void Forward(AdaptedModule module, LinearRouter router, ArrayView<ushort> x, DeviceRoutingDecision decision, ArrayView<ushort> y) =>
+        ForwardRoutedOnDevice(module, router, x, decision, y);
 
     /// <summary>Waits for the work this session queued on its GPU (no-op on the CPU).</summary>
     public void Synchronize() => _gpu?.Synchronize();
@@ -251,6 +245,16 @@ public sealed unsafe class Session : IDisposable
         int tokens = CheckRouter(module, router, checked((int)x.Length));
         using var _ = Enter();
         Gpu.Route(router, x, tokens, destination);
+    }
+
+    private void ForwardRoutedOnDevice<TX>(AdaptedModule module, LinearRouter router, ArrayView<TX> x, DeviceRoutingDecision decision, ArrayView<TX> y)
+        where TX : unmanaged
+    {
+        CheckOwner(decision);
+        int tokens = CheckRouter(module, router, checked((int)x.Length));
+        CheckOutput(module, tokens, checked((int)y.Length), overlap: false);
+        using var _ = Enter();
+        Gpu.Forward(module, router, x, tokens, decision, y);
     }
 
     /// <summary>A device decision lives in one session's buffers and is ordered by its stream: another session's is refused.</summary>

@@ -4,10 +4,8 @@ using Group = ILGPU.Group;
 using ILGPU;
 using ILGPU.Backends.EntryPoints;
 using ILGPU.Backends.OpenCL;
-using ILGPU.Backends.PTX;
 using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
-using ILGPU.Runtime.Cuda;
 using ILGPU.Runtime.OpenCL;
 using MoErging.Kernels;
 
@@ -42,16 +40,27 @@ public sealed partial class CompiledCodeTests
         Assert.False(FileScopeLocal().IsMatch(source), $"{kernel}: the OpenCL C declares a program-scope local variable");
     }
 
+    /// <summary>Every CUDA variant, compiled once for the tests below (the code <c>moerge</c>'s ptx command writes).</summary>
+    private static readonly Lazy<IReadOnlyList<CompiledKernel>> Ptx = new(() => KernelCode.Ptx());
+
     [Theory]
     [MemberData(nameof(WarpKernels))]
     public void CudaKernelsHaveNoDoublePrecisionInstruction(string kernel)
     {
-        using Context context = Context.Create(b => b.CPU().EnableAlgorithms().Optimize(OptimizationLevel.O2));
-        var backend = new PTXBackend(context, new CudaCapabilityContext(CudaArchitecture.SM_90), CudaArchitecture.SM_90, CudaInstructionSet.ISA_78, null);
-        var compiled = (PTXCompiledKernel)backend.Compile(EntryPointDescription.FromExplicitlyGroupedKernel(Method(kernel, warps: true)), KernelSpecialization.Empty);
-        string ptx = compiled.PTXAssembly;
+        string ptx = Ptx.Value.Single(k => k.Method == kernel).Code;
         Assert.Contains(".entry", ptx);
         Assert.False(ptx.Contains(".f64", StringComparison.Ordinal), $"{kernel}: the PTX has a double-precision instruction or register");
+    }
+
+    /// <summary>The bulk kernels read their rows with 128-bit loads (ILGPU emits them only where it knows the alignment).</summary>
+    [Fact]
+    public void BulkCudaKernelsUse128BitGlobalLoads()
+    {
+        foreach (CompiledKernel kernel in Ptx.Value.Where(k => k.Name != "gating_select"))
+        {
+            Assert.True(Vector128Load().IsMatch(kernel.Code), $"{kernel.Name} ({kernel.Method}): no ld.global.v4 in its PTX");
+        }
+        Assert.Equal(["expand", "gating_scores", "gating_select", "shrink"], Ptx.Value.Select(k => k.Name.Split('_')[0] == "gating" ? string.Join('_', k.Name.Split('_').Take(2)) : k.Name.Split('_')[0]).Distinct().Order());
     }
 
     /// <summary>
@@ -108,4 +117,40 @@ public sealed partial class CompiledCodeTests
 
     [GeneratedRegex(@"^local\s", RegexOptions.Multiline)]
     private static partial Regex FileScopeLocal();
+
+    [GeneratedRegex(@"\bld\.global(\.nc)?\.v4\.")]
+    private static partial Regex Vector128Load();
+}
+
+/// <summary>
+/// The launches a forward makes on a CUDA device, as planned by the functions the launchers size their grids with:
+/// at decode (W1, T = 64) a routed forward is at most three launches and a host-assigned one (W3) needs no gating;
+/// every bulk launch at W1 T = 64 and W2 T = 4,096 fills an H100's 132 SMs; routing alone is the scores and the selection.
+/// </summary>
+public sealed class LaunchPlanTests
+{
+    private static readonly LaunchShape Cuda = LaunchShape.Cuda();
+
+    [Fact]
+    public void DecodeIsThreeLaunchesAndAssignedExpertsTwo()
+    {
+        IReadOnlyList<PlannedLaunch> w1 = Cuda.Forward(64, 64, 2, 16, 4096, routed: true);
+        Assert.Equal(["gating_scores", "shrink", "expand"], w1.Select(l => l.Kernel));
+        IReadOnlyList<PlannedLaunch> w3 = Cuda.Forward(64, 64, 1, 16, 4096, routed: false);
+        Assert.Equal(["shrink", "expand"], w3.Select(l => l.Kernel));
+        Assert.Equal(["gating_scores", "gating_select"], Cuda.Route(64, 64, 2).Select(l => l.Kernel));
+        // Past the fused selection's budget the selection is a launch of its own, before the shrink.
+        Assert.Equal(["gating_scores", "gating_select", "shrink", "expand"], Cuda.Forward(4096, 64, 2, 16, 4096, routed: true).Select(l => l.Kernel));
+    }
+
+    [Theory]
+    [InlineData(64)]
+    [InlineData(4096)]
+    public void EveryBulkLaunchFillsAnH100(int tokens)
+    {
+        foreach (PlannedLaunch launch in Cuda.Forward(tokens, 64, 2, 16, 4096, routed: true).Where(l => l.Bulk))
+        {
+            Assert.True(launch.Groups >= 132, $"T = {tokens}: {launch.Kernel} launches {launch.Groups} groups");
+        }
+    }
 }

@@ -33,6 +33,8 @@ public sealed class SharedDevices : IDisposable
     private static readonly Lazy<GpuDevice?>[] Devices =
         Enum.GetValues<TestDevice>().Select(d => new Lazy<GpuDevice?>(() => Open(d, out Reasons[(int)d]))).ToArray();
 
+    public SharedDevices() => KernelAssertions.Install();
+
     /// <summary>The OpenCL device (as <see cref="MoErging.Kernels.Devices.Find"/> takes it) each driver's tests use.</summary>
     public static string? Selector(TestDevice device) => device switch
     {
@@ -101,6 +103,56 @@ public sealed class SharedDevices : IDisposable
                 }
                 return open;
         }
+    }
+}
+
+/// <summary>
+/// What the simulator's kernels asserted. On ILGPU's CPU accelerator a view's <c>AsAligned</c> checks the real
+/// address (x86 itself would not notice a misaligned vector load, a GPU faults) and an index checks its bounds,
+/// both through <see cref="System.Diagnostics.Trace.Assert(bool, string)"/>; a failure there would end the
+/// process from a worker thread, so this listener records it instead, and the kernel tests assert that
+/// nothing was recorded during their launches.
+/// </summary>
+public sealed class KernelAssertions : System.Diagnostics.TraceListener
+{
+    private static readonly System.Collections.Concurrent.ConcurrentQueue<string> Failures = new();
+    private static int _installed;
+
+    public static void Install()
+    {
+        if (Interlocked.Exchange(ref _installed, 1) == 0)
+        {
+            System.Diagnostics.Trace.Listeners.Clear();
+            System.Diagnostics.Trace.Listeners.Add(new KernelAssertions());
+        }
+    }
+
+    /// <summary>The failures recorded since the last call, emptied.</summary>
+    public static string[] Take()
+    {
+        var taken = new List<string>();
+        while (Failures.TryDequeue(out string? failure))
+        {
+            taken.Add(failure);
+        }
+        return [.. taken];
+    }
+
+    /// <summary>Fails, listing them, if any kernel assertion failed since the last check.</summary>
+    public static void AssertNone(string where)
+    {
+        string[] failures = Take();
+        Assert.True(failures.Length == 0, $"{where}: kernel assertions failed: {string.Join("; ", failures.Distinct())}");
+    }
+
+    public override void Fail(string? message, string? detailMessage) => Failures.Enqueue(message ?? "(no message)");
+
+    public override void Write(string? message)
+    {
+    }
+
+    public override void WriteLine(string? message)
+    {
     }
 }
 

@@ -6,7 +6,8 @@ namespace MoErging.Tests.Kernels;
 
 /// <summary>
 /// One module's experts and a batch of slots laid out for the kernels from the test's own raw factors
-/// (not through the engine's upload), with every output buffer poisoned before the launches.
+/// (not through the engine's upload): rows padded with zeros to whole 16-byte vectors, as the kernels
+/// require. V is poisoned before the launches, so a value the shrink should write and did not shows up.
 /// </summary>
 public sealed class KernelPipeline : IDisposable
 {
@@ -27,6 +28,8 @@ public sealed class KernelPipeline : IDisposable
         InputDim = first.InputDim;
         OutputDim = first.OutputDim;
         MaxRank = experts.Max(f => f?.Rank ?? 0);
+        APitch = (InputDim + 7) / 8 * 8;
+        BPitch = (OutputDim + 7) / 8 * 8;
         Accelerator accelerator = device.Accelerator;
         _stream = accelerator.CreateStream();
 
@@ -46,35 +49,28 @@ public sealed class KernelPipeline : IDisposable
             bOffset[e] = bT.Count;
             rank[e] = f.Rank;
             scaling[e] = f.Scaling;
-            a.AddRange(f.A);
             for (int k = 0; k < f.Rank; k++)
             {
-                for (int o = 0; o < f.OutputDim; o++)
+                a.AddRange(f.A.AsSpan(k * InputDim, InputDim));
+                a.AddRange(new float[APitch - InputDim]);
+                for (int o = 0; o < BPitch; o++)
                 {
-                    bT.Add(f.B[o * f.Rank + k]); // Bᵀ, as the kernels read it
+                    bT.Add(o < OutputDim ? f.B[o * f.Rank + k] : 0f); // Bᵀ, as the kernels read it
                 }
             }
         }
-        AWeights = halfWeights ? DeviceIo.FromHalfBits(DeviceIo.ToHalfBits([.. a])) : [.. a];
-        BTransposedWeights = halfWeights ? DeviceIo.FromHalfBits(DeviceIo.ToHalfBits([.. bT])) : [.. bT];
+        float[] aRounded = halfWeights ? DeviceIo.FromHalfBits(DeviceIo.ToHalfBits([.. a])) : [.. a];
+        float[] bRounded = halfWeights ? DeviceIo.FromHalfBits(DeviceIo.ToHalfBits([.. bT])) : [.. bT];
+        PaddedA = aRounded;
+        PaddedBTransposed = bRounded;
+        AOffsets = aOffset;
         AOffset = Own(DeviceIo.Upload(accelerator, aOffset));
         BOffset = Own(DeviceIo.Upload(accelerator, bOffset));
         Rank = Own(DeviceIo.Upload(accelerator, rank));
         Scaling = Own(DeviceIo.Upload(accelerator, scaling));
         IdsBuffer = Own(DeviceIo.Upload(accelerator, ids));
         WeightsBuffer = Own(DeviceIo.Upload(accelerator, weights));
-        int slots = ids.Length;
-        RowsPerItem = device.Kernels.Shrink.RowsPerItem;
-        long items = DispatchKernel.MaxItems(slots, experts.Length, MaxRank, RowsPerItem);
-        SlotPair = Own(DeviceIo.Poisoned(accelerator, slots, int.MinValue));
-        PairToken = Own(DeviceIo.Poisoned(accelerator, slots, int.MinValue));
-        PairCoefficient = Own(DeviceIo.Poisoned(accelerator, slots, float.NaN));
-        ItemExpert = Own(DeviceIo.Poisoned(accelerator, items, int.MinValue));
-        ItemRow = Own(DeviceIo.Poisoned(accelerator, items, int.MinValue));
-        ItemPairStart = Own(DeviceIo.Poisoned(accelerator, items, int.MinValue));
-        ItemPairEnd = Own(DeviceIo.Poisoned(accelerator, items, int.MinValue));
-        ItemCount = Own(DeviceIo.Poisoned(accelerator, 1, int.MinValue));
-        V = Own(DeviceIo.Poisoned(accelerator, (long)slots * Math.Max(1, MaxRank), float.NaN));
+        V = Own(DeviceIo.Poisoned(accelerator, (long)ids.Length * Math.Max(1, MaxRank), float.NaN));
     }
 
     public RawFactors?[] Experts { get; }
@@ -87,7 +83,7 @@ public sealed class KernelPipeline : IDisposable
 
     public bool HalfWeights { get; }
 
-    /// <summary>Dispatch and expand in parameter-mixing mode.</summary>
+    /// <summary>Shrink and expand in parameter-mixing mode.</summary>
     public bool ParameterMixing { get; }
 
     public int InputDim { get; }
@@ -96,12 +92,17 @@ public sealed class KernelPipeline : IDisposable
 
     public int MaxRank { get; }
 
-    public int RowsPerItem { get; }
+    public int APitch { get; }
 
-    /// <summary>The factors as the kernels see them (F16-rounded when <see cref="HalfWeights"/>).</summary>
-    public float[] AWeights { get; }
+    public int BPitch { get; }
 
-    public float[] BTransposedWeights { get; }
+    /// <summary>A as the kernels see it: padded rows, F16-rounded when <see cref="HalfWeights"/>.</summary>
+    public float[] PaddedA { get; }
+
+    /// <summary>Bᵀ as the kernels see it.</summary>
+    public float[] PaddedBTransposed { get; }
+
+    public long[] AOffsets { get; }
 
     public MemoryBuffer1D<long, Stride1D.Dense> AOffset { get; }
 
@@ -115,81 +116,49 @@ public sealed class KernelPipeline : IDisposable
 
     public MemoryBuffer1D<float, Stride1D.Dense> WeightsBuffer { get; }
 
-    public MemoryBuffer1D<int, Stride1D.Dense> SlotPair { get; }
-
-    public MemoryBuffer1D<int, Stride1D.Dense> PairToken { get; }
-
-    public MemoryBuffer1D<float, Stride1D.Dense> PairCoefficient { get; }
-
-    public MemoryBuffer1D<int, Stride1D.Dense> ItemExpert { get; }
-
-    public MemoryBuffer1D<int, Stride1D.Dense> ItemRow { get; }
-
-    public MemoryBuffer1D<int, Stride1D.Dense> ItemPairStart { get; }
-
-    public MemoryBuffer1D<int, Stride1D.Dense> ItemPairEnd { get; }
-
-    public MemoryBuffer1D<int, Stride1D.Dense> ItemCount { get; }
-
     public MemoryBuffer1D<float, Stride1D.Dense> V { get; }
 
-    public void Dispatch()
-    {
-        _device.Kernels.Dispatch.Launch(_stream, new DispatchArgs
-        {
-            Ids = IdsBuffer.View,
-            Weights = WeightsBuffer.View,
-            Slots = Ids.Length,
-            TopK = TopK,
-            Experts = Experts.Length,
-            Rank = Rank.View,
-            Scaling = Scaling.View,
-            ParameterMixing = ParameterMixing ? 1 : 0,
-            RowsPerItem = RowsPerItem,
-            SlotPair = SlotPair.View,
-            PairToken = PairToken.View,
-            PairCoefficient = PairCoefficient.View,
-            ItemExpert = ItemExpert.View,
-            ItemRow = ItemRow.View,
-            ItemPairStart = ItemPairStart.View,
-            ItemPairEnd = ItemPairEnd.View,
-            ItemCount = ItemCount.View,
-        });
-        _stream.Synchronize();
-    }
-
-    /// <summary>Dispatch then shrink; X in F32 or F16 bits.</summary>
-    public void Shrink<TX>(TX[] x) where TX : unmanaged
+    /// <summary>The shrink alone, from the given decision; X in F32 or F16 bits, starting <paramref name="offset"/> elements into its buffer.</summary>
+    public void Shrink<TX>(TX[] x, int offset = 0, bool forceVector = false) where TX : unmanaged
     {
         if (HalfWeights)
         {
-            Shrink<TX, ushort>(x, DeviceIo.ToHalfBits(AWeights));
+            Shrink<TX, ushort>(x, DeviceIo.ToHalfBits(PaddedA), offset, forceVector);
         }
         else
         {
-            Shrink<TX, float>(x, AWeights);
+            Shrink<TX, float>(x, PaddedA, offset, forceVector);
         }
     }
 
-    /// <summary>Dispatch, shrink, expand into y (in place); activations in F32 or F16 bits.</summary>
+    /// <summary>The shrink choosing each token's experts from expert-major scores; it writes the decision into <see cref="IdsBuffer"/> and <see cref="WeightsBuffer"/>.</summary>
+    public void ShrinkChoosing(float[] x, ArrayView<float> scores, int experts)
+    {
+        using var xBuffer = DeviceIo.Upload(_device.Accelerator, x);
+        using var aBuffer = DeviceIo.Upload(_device.Accelerator, PaddedA);
+        LaunchShrink(xBuffer.View.BaseView, aBuffer.View.BaseView, forceVector: false, scores, experts);
+        _stream.Synchronize();
+    }
+
+    /// <summary>Shrink then expand into y (in place); activations in F32 or F16 bits.</summary>
     public void Forward<TX>(TX[] x, TX[] y) where TX : unmanaged
     {
         if (HalfWeights)
         {
-            Forward<TX, ushort>(x, y, DeviceIo.ToHalfBits(AWeights), DeviceIo.ToHalfBits(BTransposedWeights));
+            Forward<TX, ushort>(x, y, DeviceIo.ToHalfBits(PaddedA), DeviceIo.ToHalfBits(PaddedBTransposed));
         }
         else
         {
-            Forward<TX, float>(x, y, AWeights, BTransposedWeights);
+            Forward<TX, float>(x, y, PaddedA, PaddedBTransposed);
         }
     }
 
-    private void Shrink<TX, TW>(TX[] x, TW[] a) where TX : unmanaged where TW : unmanaged
+    private void Shrink<TX, TW>(TX[] x, TW[] a, int offset, bool forceVector) where TX : unmanaged where TW : unmanaged
     {
-        using var xBuffer = DeviceIo.Upload(_device.Accelerator, x);
+        using var xBuffer = DeviceIo.Upload(_device.Accelerator, new TX[offset].Concat(x).ToArray());
         using var aBuffer = DeviceIo.Upload(_device.Accelerator, a);
-        Dispatch();
-        LaunchShrink<TX, TW>(xBuffer.View, aBuffer.View);
+        ArrayView<TX> xv = xBuffer.View.SubView(offset, x.Length);
+        LaunchShrink(xv, aBuffer.View.BaseView, forceVector);
         _stream.Synchronize();
     }
 
@@ -199,46 +168,54 @@ public sealed class KernelPipeline : IDisposable
         using var yBuffer = DeviceIo.Upload(_device.Accelerator, y);
         using var aBuffer = DeviceIo.Upload(_device.Accelerator, a);
         using var bBuffer = DeviceIo.Upload(_device.Accelerator, bT);
-        Dispatch();
-        LaunchShrink<TX, TW>(xBuffer.View, aBuffer.View);
+        LaunchShrink(xBuffer.View.BaseView, aBuffer.View.BaseView, forceVector: false);
+        ArrayView<TX> yv = yBuffer.View.SubView(0, y.Length);
         _device.Kernels.Expand.Launch(_stream, new ExpandArgs<TX, TW>
         {
-            Y = yBuffer.View,
+            Y = yv,
             Tokens = Ids.Length / TopK,
             OutputDim = OutputDim,
+            YVector = VectorRows.Aligned(yv, OutputDim, _device.Accelerator) ? 1 : 0,
             TopK = TopK,
             Ids = IdsBuffer.View,
-            SlotPair = SlotPair.View,
-            ParameterMixing = ParameterMixing ? 1 : 0,
             Weights = WeightsBuffer.View,
+            ParameterMixing = ParameterMixing ? 1 : 0,
+            VStride = Math.Max(1, MaxRank),
             Scaling = Scaling.View,
             BTransposed = bBuffer.View,
+            BPitch = BPitch,
             BOffset = BOffset.View,
             Rank = Rank.View,
             V = V.View,
-            VStride = Math.Max(1, MaxRank),
         });
         _stream.Synchronize();
-        yBuffer.View.SubView(0, y.Length).CopyToCPU(y);
+        yv.CopyToCPU(y);
     }
 
-    private void LaunchShrink<TX, TW>(ArrayView<TX> x, ArrayView<TW> a) where TX : unmanaged where TW : unmanaged =>
+    private void LaunchShrink<TX, TW>(ArrayView<TX> x, ArrayView<TW> a, bool forceVector, ArrayView<float> scores = default, int experts = 0)
+        where TX : unmanaged
+        where TW : unmanaged =>
         _device.Kernels.Shrink.Launch(_stream, new ShrinkArgs<TX, TW>
         {
             X = x,
+            Tokens = Ids.Length / TopK,
             InputDim = InputDim,
+            XVector = forceVector || VectorRows.Aligned(x, InputDim, _device.Accelerator) ? 1 : 0,
+            TopK = TopK,
+            Experts = scores.IsValid ? experts : Experts.Length,
+            Select = scores.IsValid ? 1 : 0,
+            Scores = scores.IsValid ? scores : WeightsBuffer.View,
+            Ids = IdsBuffer.View,
+            Weights = WeightsBuffer.View,
             A = a,
+            APitch = APitch,
+            ParameterMixing = ParameterMixing ? 1 : 0,
             AOffset = AOffset.View,
             Rank = Rank.View,
-            ItemExpert = ItemExpert.View,
-            ItemRow = ItemRow.View,
-            ItemPairStart = ItemPairStart.View,
-            ItemPairEnd = ItemPairEnd.View,
-            ItemCount = ItemCount.View,
-            PairToken = PairToken.View,
-            PairCoefficient = PairCoefficient.View,
-            V = V.View,
+            Scaling = Scaling.View,
+            RowGroups = ShrinkKernel.RowGroups(MaxRank, _device.Kernels.Shrink.RowsPerGroup),
             VStride = Math.Max(1, MaxRank),
+            V = V.View,
         });
 
     public T[] Read<T>(MemoryBuffer1D<T, Stride1D.Dense> buffer, long length) where T : unmanaged

@@ -7,9 +7,11 @@ using MoErging.Routing;
 namespace MoErging.Execution.Gpu;
 
 /// <summary>
-/// One module's experts on the device: every expert's A and Bᵀ back to back (mixed ranks, no padding),
-/// in F32 or F16 storage, with per-expert offsets, ranks (0 where an expert does not adapt the module)
-/// and scalings. Uploaded once per engine and module, on the stream of the session that first needs it.
+/// One module's experts on the device: every expert's A and Bᵀ back to back (mixed ranks, no padding
+/// between experts), in F32 or F16 storage, each row padded with zeros to a whole number of 16-byte
+/// vectors (<see cref="VectorRows.Pitch"/>) so the kernels read them with vector loads, with per-expert
+/// offsets, ranks (0 where an expert does not adapt the module) and scalings. Uploaded once per engine
+/// and module, on the stream of the session that first needs it.
 /// </summary>
 internal sealed class DeviceModule : IDisposable
 {
@@ -27,6 +29,8 @@ internal sealed class DeviceModule : IDisposable
         var bOffset = new long[experts];
         var rank = new int[experts];
         var scaling = new float[experts];
+        APitch = VectorRows.Pitch(module.InputDim);
+        BPitch = VectorRows.Pitch(module.OutputDim);
         long aLength = 0, bLength = 0;
         for (int e = 0; e < experts; e++)
         {
@@ -36,18 +40,20 @@ internal sealed class DeviceModule : IDisposable
                 bOffset[e] = bLength;
                 rank[e] = f.Rank;
                 scaling[e] = f.Scaling;
-                aLength += f.A.Length;
-                bLength += f.BTransposed.Length;
+                aLength += (long)f.Rank * APitch;
+                bLength += (long)f.Rank * BPitch;
             }
         }
         HalfWeights = halfWeights;
         MaxRank = module.MaxRank;
         try
         {
-            _a = halfWeights ? Upload<ushort>(accelerator, stream, module, aLength, f => f.A) : Upload<float>(accelerator, stream, module, aLength, f => f.A);
+            _a = halfWeights
+                ? Upload<ushort>(accelerator, stream, module, aLength, module.InputDim, APitch, f => f.A)
+                : Upload<float>(accelerator, stream, module, aLength, module.InputDim, APitch, f => f.A);
             _bTransposed = halfWeights
-                ? Upload<ushort>(accelerator, stream, module, bLength, f => f.BTransposed)
-                : Upload<float>(accelerator, stream, module, bLength, f => f.BTransposed);
+                ? Upload<ushort>(accelerator, stream, module, bLength, module.OutputDim, BPitch, f => f.BTransposed)
+                : Upload<float>(accelerator, stream, module, bLength, module.OutputDim, BPitch, f => f.BTransposed);
             _aOffset = DeviceCopy.Of(accelerator, stream, aOffset);
             _bOffset = DeviceCopy.Of(accelerator, stream, bOffset);
             _rank = DeviceCopy.Of(accelerator, stream, rank);
@@ -63,6 +69,12 @@ internal sealed class DeviceModule : IDisposable
     public bool HalfWeights { get; }
 
     public int MaxRank { get; }
+
+    /// <summary>Row pitch of A: d_in rounded up to whole vectors.</summary>
+    public int APitch { get; }
+
+    /// <summary>Row pitch of Bᵀ: d_out rounded up to whole vectors.</summary>
+    public int BPitch { get; }
 
     public ArrayView<TW> A<TW>() where TW : unmanaged => _a.AsArrayView<TW>(0, _a.LengthInBytes / _a.ElementSize);
 
@@ -89,11 +101,12 @@ internal sealed class DeviceModule : IDisposable
 
     private delegate ReadOnlySpan<float> Factor(LoraFactors factors);
 
-    /// <summary>Concatenates one factor of every expert, converted to the storage type, into one device buffer.</summary>
-    private static MemoryBuffer1D<T, Stride1D.Dense> Upload<T>(Accelerator accelerator, AcceleratorStream stream, AdaptedModule module, long length, Factor factor)
+    /// <summary>Concatenates one factor of every expert, converted to the storage type and its rows padded to <paramref name="pitch"/>, into one device buffer.</summary>
+    private static MemoryBuffer1D<T, Stride1D.Dense> Upload<T>(Accelerator accelerator, AcceleratorStream stream, AdaptedModule module, long length,
+        int rowLength, int pitch, Factor factor)
         where T : unmanaged
     {
-        var host = new T[length];
+        var host = new T[length]; // zero: the padding past each row
         long at = 0;
         for (int e = 0; e < module.ExpertCount; e++)
         {
@@ -102,26 +115,29 @@ internal sealed class DeviceModule : IDisposable
                 continue;
             }
             ReadOnlySpan<float> values = factor(f);
-            Span<T> target = host.AsSpan((int)at, values.Length);
-            if (typeof(T) == typeof(float))
+            for (int row = 0; row < f.Rank; row++, at += pitch)
             {
-                values.CopyTo(System.Runtime.InteropServices.MemoryMarshal.Cast<T, float>(target));
-            }
-            else
-            {
-                Span<ushort> bits = System.Runtime.InteropServices.MemoryMarshal.Cast<T, ushort>(target);
-                for (int i = 0; i < values.Length; i++)
+                ReadOnlySpan<float> source = values.Slice(row * rowLength, rowLength);
+                Span<T> target = host.AsSpan((int)at, rowLength);
+                if (typeof(T) == typeof(float))
                 {
-                    bits[i] = HalfBits.FromSingle(values[i]);
+                    source.CopyTo(System.Runtime.InteropServices.MemoryMarshal.Cast<T, float>(target));
+                }
+                else
+                {
+                    Span<ushort> bits = System.Runtime.InteropServices.MemoryMarshal.Cast<T, ushort>(target);
+                    for (int i = 0; i < rowLength; i++)
+                    {
+                        bits[i] = HalfBits.FromSingle(source[i]);
+                    }
                 }
             }
-            at += values.Length;
         }
         return DeviceCopy.Of(accelerator, stream, host);
     }
 }
 
-/// <summary>A linear router's prototypes and bias on the device, uploaded once per engine and router.</summary>
+/// <summary>A linear router's prototypes (rows padded with zeros to whole vectors) and bias on the device, uploaded once per engine and router.</summary>
 internal sealed class DeviceRouter : IDisposable
 {
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _prototypes;
@@ -129,9 +145,27 @@ internal sealed class DeviceRouter : IDisposable
 
     public DeviceRouter(Accelerator accelerator, AcceleratorStream stream, LinearRouter router)
     {
-        _prototypes = DeviceCopy.Of(accelerator, stream, router.Prototypes.ToArray());
-        _bias = DeviceCopy.Of(accelerator, stream, router.Bias.IsEmpty ? new float[1] : router.Bias.ToArray());
+        int n = router.InputDim;
+        Pitch = VectorRows.Pitch(n);
+        var padded = new float[(long)router.ExpertCount * Pitch];
+        for (int e = 0; e < router.ExpertCount; e++)
+        {
+            router.Prototypes.Slice(e * n, n).CopyTo(padded.AsSpan(e * Pitch, n));
+        }
+        _prototypes = DeviceCopy.Of(accelerator, stream, padded);
+        try
+        {
+            _bias = DeviceCopy.Of(accelerator, stream, router.Bias.IsEmpty ? new float[1] : router.Bias.ToArray());
+        }
+        catch
+        {
+            _prototypes.Dispose();
+            throw;
+        }
     }
+
+    /// <summary>Row pitch of the prototypes.</summary>
+    public int Pitch { get; }
 
     public ArrayView<float> Prototypes => _prototypes.View;
 

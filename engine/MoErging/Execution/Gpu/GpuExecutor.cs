@@ -7,10 +7,12 @@ using MoErging.Routing;
 namespace MoErging.Execution.Gpu;
 
 /// <summary>
-/// One session's GPU work: its own stream and workspaces. A routed forward is four launches on the
-/// stream with no host round trip between them (gating, dispatch, shrink, expand); the span API stages
-/// activations through page-locked buffers and synchronises once at the end. Workspaces grow to the
-/// largest batch seen and are then reused. Activations are float (F32) or ushort (F16 bits).
+/// One session's GPU work: its own stream and workspaces. A routed forward is three or four launches on
+/// the stream with no host round trip between them (the gating's scores, its selection unless the shrink
+/// runs it, the shrink, the expand: see <see cref="LaunchShape"/>), a forward with a given decision two;
+/// the span API stages activations through page-locked buffers and synchronises once at the end.
+/// Workspaces grow to the largest batch seen and are then reused. Activations are float (F32) or ushort
+/// (F16 bits); rows take vector loads where their views are aligned (<see cref="VectorRows.Aligned"/>).
 /// </summary>
 internal sealed class GpuExecutor : IDisposable
 {
@@ -20,9 +22,9 @@ internal sealed class GpuExecutor : IDisposable
     private readonly AcceleratorStream _stream;
     private readonly List<IDisposable> _owned = [];
 
-    private readonly DeviceBuffer<float> _xF32, _yF32, _weights, _pairCoefficient, _v;
+    private readonly DeviceBuffer<float> _xF32, _yF32, _weights, _scores, _v;
     private readonly DeviceBuffer<ushort> _xF16, _yF16;
-    private readonly DeviceBuffer<int> _ids, _slotPair, _pairToken, _itemExpert, _itemRow, _itemPairStart, _itemPairEnd, _itemCount;
+    private readonly DeviceBuffer<int> _ids;
     private readonly Staging<float> _stageXF32, _stageYF32, _stageWeights;
     private readonly Staging<ushort> _stageXF16, _stageYF16;
     private readonly Staging<int> _stageIds;
@@ -37,18 +39,11 @@ internal sealed class GpuExecutor : IDisposable
         _xF32 = Own(new DeviceBuffer<float>(_accelerator, _stream));
         _yF32 = Own(new DeviceBuffer<float>(_accelerator, _stream));
         _weights = Own(new DeviceBuffer<float>(_accelerator, _stream));
-        _pairCoefficient = Own(new DeviceBuffer<float>(_accelerator, _stream));
+        _scores = Own(new DeviceBuffer<float>(_accelerator, _stream));
         _v = Own(new DeviceBuffer<float>(_accelerator, _stream));
         _xF16 = Own(new DeviceBuffer<ushort>(_accelerator, _stream));
         _yF16 = Own(new DeviceBuffer<ushort>(_accelerator, _stream));
         _ids = Own(new DeviceBuffer<int>(_accelerator, _stream));
-        _slotPair = Own(new DeviceBuffer<int>(_accelerator, _stream));
-        _pairToken = Own(new DeviceBuffer<int>(_accelerator, _stream));
-        _itemExpert = Own(new DeviceBuffer<int>(_accelerator, _stream));
-        _itemRow = Own(new DeviceBuffer<int>(_accelerator, _stream));
-        _itemPairStart = Own(new DeviceBuffer<int>(_accelerator, _stream));
-        _itemPairEnd = Own(new DeviceBuffer<int>(_accelerator, _stream));
-        _itemCount = Own(new DeviceBuffer<int>(_accelerator, _stream));
         _stageXF32 = Own(new Staging<float>(_accelerator, _stream));
         _stageYF32 = Own(new Staging<float>(_accelerator, _stream));
         _stageWeights = Own(new Staging<float>(_accelerator, _stream));
@@ -66,7 +61,6 @@ internal sealed class GpuExecutor : IDisposable
     /// <summary>Routes host rows with a linear router on the device and fills the host decision.</summary>
     public void Route<TX>(LinearRouter router, ReadOnlySpan<TX> x, int tokens, RoutingDecision destination) where TX : unmanaged
     {
-        GatingKernel.EnsureFits(router.ExpertCount); // before anything changes
         destination.Reset(tokens, router.TopK, router.ExpertCount);
         if (tokens == 0)
         {
@@ -74,8 +68,9 @@ internal sealed class GpuExecutor : IDisposable
         }
         ArrayView<TX> xd = X<TX>(x.Length);
         StageX<TX>().Upload(x, xd);
-        Gate(router, xd, tokens);
-        ReadDecision(tokens * router.TopK);
+        int slots = tokens * router.TopK;
+        Gate(router, xd, tokens, _ids.View(slots), _weights.View(slots));
+        ReadDecision(slots);
         _stream.Synchronize();
         FillDecision(destination, tokens * router.TopK);
     }
@@ -90,10 +85,6 @@ internal sealed class GpuExecutor : IDisposable
         Aggregation aggregation)
         where TX : unmanaged
     {
-        if (router is LinearRouter)
-        {
-            GatingKernel.EnsureFits(router.ExpertCount);
-        }
         if (router is FixedRouter fixedWeights)
         {
             Cpu.CpuExecutor.Route(fixedWeights, tokens, decision);
@@ -108,10 +99,11 @@ internal sealed class GpuExecutor : IDisposable
         Staging<TX> stageY = StageY<TX>();
         StageX<TX>().Upload(x, xd);
         int topK;
+        ArrayView<float> scores = default;
         if (router is LinearRouter linear)
         {
-            Gate(linear, xd, tokens);
             topK = linear.TopK;
+            scores = GateForForward(linear, xd, tokens, _ids.View(tokens * topK), _weights.View(tokens * topK));
         }
         else
         {
@@ -119,7 +111,7 @@ internal sealed class GpuExecutor : IDisposable
             topK = decision.TopK;
         }
         stageY.Upload(y, yd);
-        Mix(module, xd, yd, tokens, topK, _ids.View(tokens * topK), _weights.View(tokens * topK), aggregation);
+        Mix(module, xd, yd, tokens, topK, _ids.View(tokens * topK), _weights.View(tokens * topK), aggregation, scores);
         if (router is LinearRouter)
         {
             ReadDecision(tokens * topK);
@@ -139,11 +131,22 @@ internal sealed class GpuExecutor : IDisposable
     /// <summary>Routes device rows into the device decision (no synchronisation).</summary>
     public void Route<TX>(LinearRouter router, ArrayView<TX> x, int tokens, DeviceRoutingDecision destination) where TX : unmanaged
     {
-        GatingKernel.EnsureFits(router.ExpertCount);
         destination.Resize(tokens, router.TopK, router.ExpertCount);
         if (tokens > 0)
         {
             Gate(router, x, tokens, destination.Ids, destination.Weights);
+        }
+    }
+
+    /// <summary>Routes device rows into the device decision and adds the mixture into device y, fused as the span path (no synchronisation).</summary>
+    public void Forward<TX>(AdaptedModule module, LinearRouter router, ArrayView<TX> x, int tokens, DeviceRoutingDecision decision, ArrayView<TX> y)
+        where TX : unmanaged
+    {
+        decision.Resize(tokens, router.TopK, router.ExpertCount);
+        if (tokens > 0)
+        {
+            ArrayView<float> scores = GateForForward(router, x, tokens, decision.Ids, decision.Weights);
+            Mix(module, x, y, tokens, router.TopK, decision.Ids, decision.Weights, Aggregation.Output, scores);
         }
     }
 
@@ -152,7 +155,7 @@ internal sealed class GpuExecutor : IDisposable
     {
         if (decision.TokenCount > 0)
         {
-            Mix(module, x, y, decision.TokenCount, decision.TopK, decision.Ids, decision.Weights, Aggregation.Output);
+            Mix(module, x, y, decision.TokenCount, decision.TopK, decision.Ids, decision.Weights, Aggregation.Output, default);
         }
     }
 
@@ -160,113 +163,126 @@ internal sealed class GpuExecutor : IDisposable
 
     // ---------------------------------------------------------------- the pipeline
 
-    private void Gate<TX>(LinearRouter router, ArrayView<TX> x, int tokens) where TX : unmanaged
+    /// <summary>Scores and selection into the given decision views.</summary>
+    private void Gate<TX>(LinearRouter router, ArrayView<TX> x, int tokens, ArrayView<int> ids, ArrayView<float> weights) where TX : unmanaged =>
+        Select(Score(router, x, tokens), tokens, router.ExpertCount, router.TopK, ids, weights);
+
+    /// <summary>
+    /// A forward's gating: the scores, then the selection into the decision views, or nothing more when the
+    /// shrink selects (decode sizes, <see cref="GatingKernel.SelectsInShrink"/>): then the scores are returned
+    /// for it, else an invalid view.
+    /// </summary>
+    private ArrayView<float> GateForForward<TX>(LinearRouter router, ArrayView<TX> x, int tokens, ArrayView<int> ids, ArrayView<float> weights)
+        where TX : unmanaged
     {
-        int slots = tokens * router.TopK;
-        Gate(router, x, tokens, _ids.View(slots), _weights.View(slots));
+        ArrayView<float> scores = Score(router, x, tokens);
+        if (GatingKernel.SelectsInShrink(tokens, router.ExpertCount, router.TopK))
+        {
+            return scores;
+        }
+        Select(scores, tokens, router.ExpertCount, router.TopK, ids, weights);
+        return default;
     }
 
-    private void Gate<TX>(LinearRouter router, ArrayView<TX> x, int tokens, ArrayView<int> ids, ArrayView<float> weights) where TX : unmanaged
+    /// <summary>Launches the scores; returns them, expert-major.</summary>
+    private ArrayView<float> Score<TX>(LinearRouter router, ArrayView<TX> x, int tokens) where TX : unmanaged
     {
         DeviceRouter uploaded = _backend.Upload(router, _stream);
-        _kernels.Gating.Launch(_stream, new GatingArgs<TX>
+        ArrayView<float> scores = _scores.View((long)router.ExpertCount * tokens);
+        _kernels.Gating.LaunchScores(_stream, new ScoresArgs<TX>
         {
             X = x,
             Tokens = tokens,
             InputDim = router.InputDim,
-            Prototypes = uploaded.Prototypes,
-            Bias = uploaded.Bias,
-            HasBias = router.Bias.IsEmpty ? 0 : 1,
+            XVector = VectorRows.Aligned(x, router.InputDim, _accelerator) ? 1 : 0,
             Experts = router.ExpertCount,
+            Prototypes = uploaded.Prototypes,
+            PrototypePitch = uploaded.Pitch,
             Normalization = (int)router.Normalization,
+            Epsilon = router.Normalization == InputNormalization.LayerNorm ? LinearRouter.LayerNormEpsilon : LinearRouter.L2Epsilon,
             Absolute = router.ScoreFunction == ScoreFunction.AbsoluteValue ? 1 : 0,
             InverseTemperature = 1f / router.Options.Temperature,
-            TopK = router.TopK,
+            HasBias = router.Bias.IsEmpty ? 0 : 1,
+            Bias = uploaded.Bias,
+            Scores = scores,
+        });
+        return scores;
+    }
+
+    private void Select(ArrayView<float> scores, int tokens, int experts, int topK, ArrayView<int> ids, ArrayView<float> weights) =>
+        _kernels.Gating.LaunchSelect(_stream, new SelectArgs
+        {
+            Scores = scores,
+            Tokens = tokens,
+            Experts = experts,
+            TopK = topK,
             Ids = ids,
             Weights = weights,
         });
-    }
 
+    /// <summary>Shrink and expand; with <paramref name="scores"/> (a valid view) the shrink selects each token's experts and writes the decision.</summary>
     private void Mix<TX>(AdaptedModule module, ArrayView<TX> x, ArrayView<TX> y, int tokens, int topK, ArrayView<int> ids, ArrayView<float> weights,
-        Aggregation aggregation)
+        Aggregation aggregation, ArrayView<float> scores)
         where TX : unmanaged
     {
         DeviceModule uploaded = _backend.Upload(module, _stream);
         int parameter = aggregation == Aggregation.Parameter ? 1 : 0;
         if (uploaded.HalfWeights)
         {
-            Mix<TX, ushort>(module, uploaded, x, y, tokens, topK, ids, weights, parameter);
+            Mix<TX, ushort>(module, uploaded, x, y, tokens, topK, ids, weights, parameter, scores);
         }
         else
         {
-            Mix<TX, float>(module, uploaded, x, y, tokens, topK, ids, weights, parameter);
+            Mix<TX, float>(module, uploaded, x, y, tokens, topK, ids, weights, parameter, scores);
         }
     }
 
     private void Mix<TX, TW>(AdaptedModule module, DeviceModule uploaded, ArrayView<TX> x, ArrayView<TX> y, int tokens, int topK,
-        ArrayView<int> ids, ArrayView<float> weights, int parameterMixing)
+        ArrayView<int> ids, ArrayView<float> weights, int parameterMixing, ArrayView<float> scores)
         where TX : unmanaged
         where TW : unmanaged
     {
         int slots = tokens * topK, vStride = Math.Max(1, uploaded.MaxRank);
-        long items = DispatchKernel.MaxItems(slots, module.ExpertCount, uploaded.MaxRank, _kernels.Shrink.RowsPerItem);
-        ArrayView<int> slotPair = _slotPair.View(slots), pairToken = _pairToken.View(slots);
-        ArrayView<float> pairCoefficient = _pairCoefficient.View(slots), v = _v.View((long)slots * vStride);
-        ArrayView<int> itemExpert = _itemExpert.View(items), itemRow = _itemRow.View(items);
-        ArrayView<int> itemPairStart = _itemPairStart.View(items), itemPairEnd = _itemPairEnd.View(items), itemCount = _itemCount.View(1);
-        _kernels.Dispatch.Launch(_stream, new DispatchArgs
-        {
-            Ids = ids,
-            Weights = weights,
-            Slots = slots,
-            TopK = topK,
-            Experts = module.ExpertCount,
-            Rank = uploaded.Rank,
-            Scaling = uploaded.Scaling,
-            ParameterMixing = parameterMixing,
-            RowsPerItem = _kernels.Shrink.RowsPerItem,
-            SlotPair = slotPair,
-            PairToken = pairToken,
-            PairCoefficient = pairCoefficient,
-            ItemExpert = itemExpert,
-            ItemRow = itemRow,
-            ItemPairStart = itemPairStart,
-            ItemPairEnd = itemPairEnd,
-            ItemCount = itemCount,
-        });
+        ArrayView<float> v = _v.View((long)slots * vStride);
         _kernels.Shrink.Launch(_stream, new ShrinkArgs<TX, TW>
         {
             X = x,
+            Tokens = tokens,
             InputDim = module.InputDim,
+            XVector = VectorRows.Aligned(x, module.InputDim, _accelerator) ? 1 : 0,
+            TopK = topK,
+            Experts = module.ExpertCount,
+            Select = scores.IsValid ? 1 : 0,
+            Scores = scores.IsValid ? scores : _scores.View(1), // never read then, but every view a kernel takes is a real buffer
+            Ids = ids,
+            Weights = weights,
             A = uploaded.A<TW>(),
+            APitch = uploaded.APitch,
+            ParameterMixing = parameterMixing,
             AOffset = uploaded.AOffset,
             Rank = uploaded.Rank,
-            ItemExpert = itemExpert,
-            ItemRow = itemRow,
-            ItemPairStart = itemPairStart,
-            ItemPairEnd = itemPairEnd,
-            ItemCount = itemCount,
-            PairToken = pairToken,
-            PairCoefficient = pairCoefficient,
-            V = v,
+            Scaling = uploaded.Scaling,
+            RowGroups = ShrinkKernel.RowGroups(uploaded.MaxRank, _kernels.Shrink.RowsPerGroup),
             VStride = vStride,
+            V = v,
         });
         _kernels.Expand.Launch(_stream, new ExpandArgs<TX, TW>
         {
             Y = y,
             Tokens = tokens,
             OutputDim = module.OutputDim,
+            YVector = VectorRows.Aligned(y, module.OutputDim, _accelerator) ? 1 : 0,
             TopK = topK,
             Ids = ids,
-            SlotPair = slotPair,
-            ParameterMixing = parameterMixing,
             Weights = weights,
+            ParameterMixing = parameterMixing,
+            VStride = vStride,
             Scaling = uploaded.Scaling,
             BTransposed = uploaded.BTransposed<TW>(),
+            BPitch = uploaded.BPitch,
             BOffset = uploaded.BOffset,
             Rank = uploaded.Rank,
             V = v,
-            VStride = vStride,
         });
     }
 
