@@ -35,9 +35,7 @@ internal static class GpuBenchmark
         bool small = args.Contains("--small");
         int iterations = int.Parse(Option(args, "--iterations") ?? (small ? "5" : "200"), CultureInfo.InvariantCulture);
         string? output = Option(args, "--out");
-        int dim = small ? 256 : 4096, experts = small ? 8 : 64, rank = 16;
-        int[] decode = small ? [1, 4] : [1, 16, 64];
-        int[] prefill = small ? [16] : [1024, 4096];
+        int dim = small ? Workload.SmallDim : Workload.Dim, experts = small ? Workload.SmallExperts : Workload.Experts;
 
         using Engine engine = Engine.Create(new EngineOptions { Backend = backend, Device = Option(args, "--device"), WeightPrecision = WeightPrecision.Float16 });
         Accelerator accelerator = engine.Accelerator!;
@@ -49,20 +47,15 @@ internal static class GpuBenchmark
         double copy = CopyBandwidth(accelerator, small ? 16L << 20 : 1L << 30, Math.Max(5, iterations / 10));
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"device-to-device copy: {copy:F0} GB/s (bytes read + written)"));
 
-        SyntheticExperts synthetic = SyntheticExperts.Create(experts, dim, rank, [ModuleName], seed: 11);
+        SyntheticExperts synthetic = SyntheticExperts.Create(experts, dim, Workload.Rank, [ModuleName], seed: 11);
         AdaptedModule module = synthetic.Library.Module(ModuleName);
         var arrow = new ArrowRouter(module, new RoutingOptions(2));
         using Session session = engine.CreateSession();
         var rows = new List<Row>();
-        foreach (int t in decode)
+        foreach (Workload w in Workload.Standard(small))
         {
-            rows.Add(Measure("W1 decode", t, session, synthetic, module, arrow, iterations, copy));
+            rows.Add(Measure(w.Label, w.Tokens, session, synthetic, module, w.Routed ? arrow : null, w.Name == "W2" ? Math.Max(5, iterations / 4) : iterations, copy));
         }
-        foreach (int t in prefill)
-        {
-            rows.Add(Measure("W2 prefill", t, session, synthetic, module, arrow, Math.Max(5, iterations / 4), copy));
-        }
-        rows.Add(Measure("W3 multi-tenant", Math.Min(64, experts), session, synthetic, module, null, iterations, copy));
 
         string table = Table(rows, engine.BackendReason, copy, iterations, engine.RunsGpuKernelsOnTheCpu);
         Console.WriteLine();
