@@ -73,7 +73,22 @@ internal static class KernelLoader
         {
             Kernel loaded = accelerator.LoadKernel(kernel.Method);
             maxGroupSize = accelerator is CLAccelerator ? accelerator.EstimateGroupSize(loaded) : accelerator.MaxNumThreadsPerGroup;
-            return loaded.CreateLauncherDelegate<Action<AcceleratorStream, KernelConfig, TArgs>>();
+            var launch = loaded.CreateLauncherDelegate<Action<AcceleratorStream, KernelConfig, TArgs>>();
+            if (accelerator is not CLAccelerator)
+            {
+                return launch;
+            }
+            // An OpenCL kernel object holds its arguments between clSetKernelArg and the enqueue, and is not
+            // thread-safe: two sessions launching it at once could swap arguments. The sessions of a device share
+            // its kernels, so each launch takes the kernel's lock (held only while enqueueing, never while it runs).
+            var gate = new object();
+            return (stream, config, args) =>
+            {
+                lock (gate)
+                {
+                    launch(stream, config, args);
+                }
+            };
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {

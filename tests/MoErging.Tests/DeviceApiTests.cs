@@ -285,3 +285,60 @@ public sealed class DeviceApiTestsOnPocl(PoclEngine engines) : DeviceApiTests(en
 
 [Trait("Backend", "Cuda")]
 public sealed class DeviceApiTestsOnCuda(CudaEngine engines) : DeviceApiTests(engines), IClassFixture<CudaEngine>;
+
+/// <summary>
+/// Sessions on one device share its compiled kernels; on OpenCL a kernel object holds its arguments between
+/// setting them and the enqueue, so concurrent launches must not interleave there. Two sessions on two threads
+/// run the same kernels on different inputs many times, and each result must equal, bit for bit, what the
+/// same call gives alone (the kernels are deterministic).
+/// </summary>
+public abstract class ConcurrentSessionTests(EngineFixture engines)
+{
+    private const string Module = "base_model.model.layers.0.mlp.down_proj";
+
+    [Fact]
+    public void ConcurrentSessionsGetTheirOwnResults()
+    {
+        var data = new TestData();
+        TestLibrary lib = data.Library(experts: 6, dIn: 24, dOut: 40, ranks: [4, 8, 2]);
+        AdaptedModule module = lib.Module(Module);
+        var router = new ArrowRouter(module, new RoutingOptions(2));
+        const int tokens = 5, rounds = 40;
+        float[][] x = [data.Normal(tokens * 24), data.Normal(tokens * 24)];
+        float[][] yBase = [data.Normal(tokens * 40), data.Normal(tokens * 40)];
+        var expected = new float[2][];
+        using (Session alone = engines.CreateSession(1))
+        {
+            for (int s = 0; s < 2; s++)
+            {
+                expected[s] = (float[])yBase[s].Clone();
+                alone.Forward(module, router, x[s], new RoutingDecision(), expected[s]);
+            }
+        }
+        var failures = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        Parallel.For(0, 2, new ParallelOptions { MaxDegreeOfParallelism = 2 }, s =>
+        {
+            using Session session = engines.CreateSession(1);
+            var decision = new RoutingDecision();
+            for (int round = 0; round < rounds; round++)
+            {
+                float[] y = (float[])yBase[s].Clone();
+                session.Forward(module, router, x[s], decision, y);
+                if (!y.AsSpan().SequenceEqual(expected[s]))
+                {
+                    failures.Enqueue($"session {s}, round {round}");
+                }
+            }
+        });
+        Assert.True(failures.IsEmpty, $"{data}: results differ from the same call alone in {failures.Count} calls, first {string.Join("; ", failures.Take(3))}");
+    }
+}
+
+[Trait("Backend", "OpenCL")]
+public sealed class ConcurrentSessionTestsOnRusticl(RusticlEngine engines) : ConcurrentSessionTests(engines), IClassFixture<RusticlEngine>;
+
+[Trait("Backend", "OpenCL")]
+public sealed class ConcurrentSessionTestsOnPocl(PoclEngine engines) : ConcurrentSessionTests(engines), IClassFixture<PoclEngine>;
+
+[Trait("Backend", "Cuda")]
+public sealed class ConcurrentSessionTestsOnCuda(CudaEngine engines) : ConcurrentSessionTests(engines), IClassFixture<CudaEngine>;

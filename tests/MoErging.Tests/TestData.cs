@@ -18,12 +18,15 @@ public sealed record TestLibrary(ExpertLibrary Library, Dictionary<string, RawFa
         }).ToArray();
 }
 
-/// <summary>Fresh random inputs for every run; the seed is in every failure message.</summary>
+/// <summary>
+/// Fresh random inputs for every run; the seed is in every failure message, and MOERGING_TEST_SEED=N replays it
+/// (every test then draws that seed).
+/// </summary>
 public sealed class TestData
 {
     public TestData(int? seed = null)
     {
-        Seed = seed ?? Random.Shared.Next();
+        Seed = seed ?? (int.TryParse(Environment.GetEnvironmentVariable("MOERGING_TEST_SEED"), out int replay) ? replay : Random.Shared.Next());
         Rng = new Random(Seed);
     }
 
