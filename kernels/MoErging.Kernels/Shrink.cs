@@ -81,7 +81,7 @@ public struct ShrinkArgs<TX, TW>
 /// a group owns a few rank rows of one expert (two with four warps), scans the slots a chunk at a time for those
 /// that chose its expert (a group scan places them in a shared list, so no dispatch launch and no atomics), and
 /// computes their dot products up to eight tokens at a time against its rows: two teams split each row's d_in
-/// (lanes striding it two 16-byte vectors at a time, so a warp's chain of dependent loads is d_in / 512 long at
+/// (lanes striding it two 16-byte vectors at a time, so a warp's chain of dependent loads is d_in / 1024 long at
 /// warp 32), each token's partial sums reduce within the team and then across the pair in a fixed order, so a
 /// value does not depend on which tokens shared its batch. Only the real number of tokens is loaded. V is
 /// indexed by slot, so the expand finds a slot's vector directly. A row of A streams once per eight tokens.
@@ -109,7 +109,7 @@ public sealed class ShrinkKernel
     private readonly Action<AcceleratorStream, KernelConfig, ShrinkArgs<ushort, float>> _f16f32;
     private readonly Action<AcceleratorStream, KernelConfig, ShrinkArgs<ushort, ushort>> _f16f16;
 
-    /// <summary>Compiles the four storage variants for an accelerator, with up to four teams (rank rows) per group.</summary>
+    /// <summary>Compiles the four storage variants for an accelerator, with up to four teams per group (two rank rows, two teams each).</summary>
     internal ShrinkKernel(Accelerator accelerator, bool warps)
     {
         var (f32f32, f32f16, f16f32, f16f16) = Variants(warps);
