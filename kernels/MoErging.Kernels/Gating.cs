@@ -309,13 +309,11 @@ public sealed class GatingKernel
 
     private static long Row(int first, int q, int count, long pitch) => (first + q < count ? first + q : first) * pitch;
 
+    /// <summary>An x slice for the normalisation passes (not the hot loop): the access is chosen per load there.</summary>
     private static Float8 LoadX<TX, SX>(in ScoresArgs<TX> a, long row, long i)
         where TX : unmanaged
-        where SX : struct, IStorage<TX>
-    {
-        SX sx = default;
-        return a.XVector != 0 ? sx.Load8(a.X, row + i) : sx.Load8Within(a.X, row + i, row + a.InputDim);
-    }
+        where SX : struct, IStorage<TX> =>
+        a.XVector != 0 ? default(VectorAccess).Load<TX, SX>(a.X, row, i, a.InputDim) : default(BoundedAccess).Load<TX, SX>(a.X, row, i, a.InputDim);
 
     private static float Total(in Float8 v) => v.F0 + v.F1 + v.F2 + v.F3 + v.F4 + v.F5 + v.F6 + v.F7;
 

@@ -92,17 +92,7 @@ public readonly struct F32 : IStorage<float>
     }
 
     /// <inheritdoc />
-    public Float8 Load8Within(ArrayView<float> view, long index, long end) => new()
-    {
-        F0 = index < end ? view[index] : 0f,
-        F1 = index + 1 < end ? view[index + 1] : 0f,
-        F2 = index + 2 < end ? view[index + 2] : 0f,
-        F3 = index + 3 < end ? view[index + 3] : 0f,
-        F4 = index + 4 < end ? view[index + 4] : 0f,
-        F5 = index + 5 < end ? view[index + 5] : 0f,
-        F6 = index + 6 < end ? view[index + 6] : 0f,
-        F7 = index + 7 < end ? view[index + 7] : 0f,
-    };
+    public Float8 Load8Within(ArrayView<float> view, long index, long end) => BoundedVectors.Load8Within<float, F32>(view, index, end);
 
     /// <inheritdoc />
     public void Store8(ArrayView<float> view, long index, in Float8 values)
@@ -113,17 +103,7 @@ public readonly struct F32 : IStorage<float>
     }
 
     /// <inheritdoc />
-    public void Store8Within(ArrayView<float> view, long index, long end, in Float8 values)
-    {
-        if (index < end) view[index] = values.F0;
-        if (index + 1 < end) view[index + 1] = values.F1;
-        if (index + 2 < end) view[index + 2] = values.F2;
-        if (index + 3 < end) view[index + 3] = values.F3;
-        if (index + 4 < end) view[index + 4] = values.F4;
-        if (index + 5 < end) view[index + 5] = values.F5;
-        if (index + 6 < end) view[index + 6] = values.F6;
-        if (index + 7 < end) view[index + 7] = values.F7;
-    }
+    public void Store8Within(ArrayView<float> view, long index, long end, in Float8 values) => BoundedVectors.Store8Within<float, F32>(view, index, end, values);
 }
 
 /// <summary>
@@ -143,13 +123,13 @@ public readonly struct F16 : IStorage<ushort>
     public Float8 Load8(ArrayView<ushort> view, long index) => HalfVectors.Load8<F16>(view, index);
 
     /// <inheritdoc />
-    public Float8 Load8Within(ArrayView<ushort> view, long index, long end) => HalfVectors.Load8Within<F16>(view, index, end);
+    public Float8 Load8Within(ArrayView<ushort> view, long index, long end) => BoundedVectors.Load8Within<ushort, F16>(view, index, end);
 
     /// <inheritdoc />
     public void Store8(ArrayView<ushort> view, long index, in Float8 values) => HalfVectors.Store8<F16>(view, index, values);
 
     /// <inheritdoc />
-    public void Store8Within(ArrayView<ushort> view, long index, long end, in Float8 values) => HalfVectors.Store8Within<F16>(view, index, end, values);
+    public void Store8Within(ArrayView<ushort> view, long index, long end, in Float8 values) => BoundedVectors.Store8Within<ushort, F16>(view, index, end, values);
 }
 
 /// <summary>
@@ -172,32 +152,21 @@ public readonly struct F16Cuda : IStorage<ushort>
     public Float8 Load8(ArrayView<ushort> view, long index) => HalfVectors.Load8<F16Cuda>(view, index);
 
     /// <inheritdoc />
-    public Float8 Load8Within(ArrayView<ushort> view, long index, long end) => HalfVectors.Load8Within<F16Cuda>(view, index, end);
+    public Float8 Load8Within(ArrayView<ushort> view, long index, long end) => BoundedVectors.Load8Within<ushort, F16Cuda>(view, index, end);
 
     /// <inheritdoc />
     public void Store8(ArrayView<ushort> view, long index, in Float8 values) => HalfVectors.Store8<F16Cuda>(view, index, values);
 
     /// <inheritdoc />
-    public void Store8Within(ArrayView<ushort> view, long index, long end, in Float8 values) => HalfVectors.Store8Within<F16Cuda>(view, index, end, values);
+    public void Store8Within(ArrayView<ushort> view, long index, long end, in Float8 values) => BoundedVectors.Store8Within<ushort, F16Cuda>(view, index, end, values);
 }
 
-/// <summary>Eight halves at a time, through either conversion.</summary>
-internal static class HalfVectors
+/// <summary>The bounded element-by-element forms of every storage: each element read or written only below the end.</summary>
+internal static class BoundedVectors
 {
-    public static Float8 Load8<TS>(ArrayView<ushort> view, long index) where TS : struct, IStorage<ushort>
-    {
-        TS s = default;
-        Bits16 b = view.SubView(index, 8).AsAligned(16).Cast<Bits16>()[0];
-        return new Float8
-        {
-            F0 = s.Load((ushort)b.X), F1 = s.Load((ushort)(b.X >> 16)),
-            F2 = s.Load((ushort)b.Y), F3 = s.Load((ushort)(b.Y >> 16)),
-            F4 = s.Load((ushort)b.Z), F5 = s.Load((ushort)(b.Z >> 16)),
-            F6 = s.Load((ushort)b.W), F7 = s.Load((ushort)(b.W >> 16)),
-        };
-    }
-
-    public static Float8 Load8Within<TS>(ArrayView<ushort> view, long index, long end) where TS : struct, IStorage<ushort>
+    public static Float8 Load8Within<T, TS>(ArrayView<T> view, long index, long end)
+        where T : unmanaged
+        where TS : struct, IStorage<T>
     {
         TS s = default;
         return new Float8
@@ -213,16 +182,9 @@ internal static class HalfVectors
         };
     }
 
-    public static void Store8<TS>(ArrayView<ushort> view, long index, in Float8 values) where TS : struct, IStorage<ushort> =>
-        view.SubView(index, 8).AsAligned(16).Cast<Bits16>()[0] = new Bits16
-        {
-            X = Pack<TS>(values.F0, values.F1),
-            Y = Pack<TS>(values.F2, values.F3),
-            Z = Pack<TS>(values.F4, values.F5),
-            W = Pack<TS>(values.F6, values.F7),
-        };
-
-    public static void Store8Within<TS>(ArrayView<ushort> view, long index, long end, in Float8 values) where TS : struct, IStorage<ushort>
+    public static void Store8Within<T, TS>(ArrayView<T> view, long index, long end, in Float8 values)
+        where T : unmanaged
+        where TS : struct, IStorage<T>
     {
         TS s = default;
         if (index < end) view[index] = s.Store(values.F0);
@@ -234,6 +196,32 @@ internal static class HalfVectors
         if (index + 6 < end) view[index + 6] = s.Store(values.F6);
         if (index + 7 < end) view[index + 7] = s.Store(values.F7);
     }
+}
+
+/// <summary>Eight halves at a time with 16-byte loads and stores, through either conversion.</summary>
+internal static class HalfVectors
+{
+    public static Float8 Load8<TS>(ArrayView<ushort> view, long index) where TS : struct, IStorage<ushort>
+    {
+        TS s = default;
+        Bits16 b = view.SubView(index, 8).AsAligned(16).Cast<Bits16>()[0];
+        return new Float8
+        {
+            F0 = s.Load((ushort)b.X), F1 = s.Load((ushort)(b.X >> 16)),
+            F2 = s.Load((ushort)b.Y), F3 = s.Load((ushort)(b.Y >> 16)),
+            F4 = s.Load((ushort)b.Z), F5 = s.Load((ushort)(b.Z >> 16)),
+            F6 = s.Load((ushort)b.W), F7 = s.Load((ushort)(b.W >> 16)),
+        };
+    }
+
+    public static void Store8<TS>(ArrayView<ushort> view, long index, in Float8 values) where TS : struct, IStorage<ushort> =>
+        view.SubView(index, 8).AsAligned(16).Cast<Bits16>()[0] = new Bits16
+        {
+            X = Pack<TS>(values.F0, values.F1),
+            Y = Pack<TS>(values.F2, values.F3),
+            Z = Pack<TS>(values.F4, values.F5),
+            W = Pack<TS>(values.F6, values.F7),
+        };
 
     private static uint Pack<TS>(float low, float high) where TS : struct, IStorage<ushort>
     {
