@@ -62,17 +62,12 @@ public sealed class SafeTensorsFile : IDisposable
 
     /// <summary>Opens and validates a file. Throws <see cref="InvalidDataException"/> naming the file and the rule broken.</summary>
     /// <exception cref="FileNotFoundException">No such file, or the path is a directory.</exception>
+    /// <exception cref="InvalidDataException">Also for a FIFO, socket, device or link loop: only regular files are read.</exception>
     public static SafeTensorsFile Open(string path)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         RequireLittleEndian();
-        if (Directory.Exists(path))
-        {
-            // Opening a directory fails with "access denied", which would send the user looking at permissions.
-            throw new FileNotFoundException($"{path}: is a directory, not a safetensors file", path);
-        }
-        SafeFileHandle handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read);
-        return new SafeTensorsFile(path, new FileSource(handle));
+        return new SafeTensorsFile(path, new FileSource(InputFiles.Open(path, "a safetensors file")));
     }
 
     /// <summary>Validates an in-memory image of a file; <paramref name="label"/> names it in messages.</summary>
