@@ -9,12 +9,13 @@ namespace MoErging.Formats;
 /// </summary>
 public sealed class PeftLoraConfig
 {
-    private static readonly TimeSpan PatternTimeout = TimeSpan.FromSeconds(1);
-
-    private readonly (string Key, Regex Pattern, int Value)[] _rankPattern;
-    private readonly (string Key, Regex Pattern, double Value)[] _alphaPattern;
+    private readonly PatternKeys<int> _rankPattern;
+    private readonly PatternKeys<double> _alphaPattern;
     private readonly Regex? _targetRegex;
     private readonly Regex? _excludeRegex;
+    private readonly HashSet<string>? _targetNames;
+    private readonly HashSet<string>? _excludeNames;
+    private readonly Regex[] _layerRegexes;
 
     /// <summary>Creates a config; the defaults are PEFT's.</summary>
     public PeftLoraConfig(int r = 8, double loraAlpha = 8, bool useRsLora = false,
@@ -54,15 +55,51 @@ public sealed class PeftLoraConfig
                 throw new ArgumentOutOfRangeException(nameof(alphaPattern), value, $"alpha_pattern['{key}'] must be finite");
             }
         }
-        _rankPattern = [.. RankPattern.Select(p => (p.Key, PatternKeyRegex(p.Key), p.Value))];
-        _alphaPattern = [.. AlphaPattern.Select(p => (p.Key, PatternKeyRegex(p.Key), p.Value))];
+        // Compiled once here; every lookup is then a few hash probes or a linear-time match.
+        _rankPattern = new PatternKeys<int>(RankPattern, "rank_pattern");
+        _alphaPattern = new PatternKeys<double>(AlphaPattern, "alpha_pattern");
         _targetRegex = targetModulesRegex is null or "all-linear" ? null : FullMatchRegex(targetModulesRegex, "target_modules");
         _excludeRegex = excludeModulesRegex is null ? null : FullMatchRegex(excludeModulesRegex, "exclude_modules");
+        _targetNames = targetModules is null ? null : new HashSet<string>(targetModules, StringComparer.Ordinal);
+        _excludeNames = excludeModules is null ? null : new HashSet<string>(excludeModules, StringComparer.Ordinal);
         foreach (string pattern in layersPattern ?? [])
         {
             _ = FullMatchRegex(pattern, "layers_pattern");
         }
+        // PEFT: without layers_pattern any "<list>.<index>." counts (the last one in the name); with it, the first pattern that matches.
+        IEnumerable<string> layerLists = LayersPattern is { Count: > 0 } ? LayersPattern.Select(Regex.Escape) : ["[^.]*"];
+        _layerRegexes = [.. layerLists.Select(p => ConfigRegex.Create($@"^.*\.{p}\.(\d+)\.", $"layers_pattern '{p}'"))];
     }
+
+    /// <summary><c>task_type</c> (<c>CAUSAL_LM</c>, <c>SEQ_CLS</c>, ...), or null when absent.</summary>
+    public string? TaskType { get; init; }
+
+    /// <summary><c>base_model_name_or_path</c>: the model the adapter was trained on (a hub id or a local path), or null.</summary>
+    public string? BaseModelName { get; init; }
+
+    /// <summary><c>modules_to_save</c>: modules trained and saved whole beside the LoRA factors (null when absent).</summary>
+    public IReadOnlyList<string>? ModulesToSave { get; init; }
+
+    /// <summary>PEFT's <c>arrow_config</c>: the routing defaults the adapter's author chose for Arrow, or null.</summary>
+    public PeftArrowConfig? ArrowConfig { get; init; }
+
+    /// <summary>
+    /// The modules PEFT saves whole for this config: <see cref="ModulesToSave"/> plus the heads PEFT adds itself for
+    /// classification tasks (<c>classifier</c> and <c>score</c> for SEQ_CLS and TOKEN_CLS, <c>qa_outputs</c> for QUESTION_ANS).
+    /// </summary>
+    public IReadOnlyList<string> SavedModuleNames =>
+        [.. (ModulesToSave ?? []).Concat(TaskType switch
+        {
+            "SEQ_CLS" or "TOKEN_CLS" => ["classifier", "score"],
+            "QUESTION_ANS" => ["qa_outputs"],
+            _ => [],
+        }).Distinct(StringComparer.Ordinal)];
+
+    /// <summary>
+    /// Whether a module's tensors are saved whole under <c>modules_to_save</c>: PEFT's own test, a plain suffix match
+    /// (so <c>classifier</c> also covers DistilBERT's <c>pre_classifier</c>, as PEFT wraps it too).
+    /// </summary>
+    public bool Saves(string moduleName) => SavedModuleNames.Any(m => moduleName.EndsWith(m, StringComparison.Ordinal));
 
     /// <summary><c>r</c>: the default rank.</summary>
     public int R { get; }
@@ -102,10 +139,10 @@ public sealed class PeftLoraConfig
 
     /// <summary>The rank PEFT gives this module: the first matching <c>rank_pattern</c> key, else <c>r</c>.</summary>
     /// <param name="moduleName">The module's name in the base model (without PEFT's <c>base_model.model.</c> prefix).</param>
-    public int RankFor(string moduleName) => Lookup(_rankPattern, moduleName, R);
+    public int RankFor(string moduleName) => _rankPattern.Lookup(moduleName, R);
 
     /// <summary>The alpha PEFT gives this module: the first matching <c>alpha_pattern</c> key, else <c>lora_alpha</c>.</summary>
-    public double AlphaFor(string moduleName) => Lookup(_alphaPattern, moduleName, LoraAlpha);
+    public double AlphaFor(string moduleName) => _alphaPattern.Lookup(moduleName, LoraAlpha);
 
     /// <summary>The scaling s of this module: alpha / r, or alpha / sqrt(r) with rsLoRA, in float64 as PEFT computes it, rounded once.</summary>
     public float ScalingFor(string moduleName)
@@ -116,46 +153,63 @@ public sealed class PeftLoraConfig
     }
 
     /// <summary>Whether PEFT would adapt this module under <c>target_modules</c>, <c>exclude_modules</c> and <c>layers_to_transform</c>.</summary>
-    public bool Targets(string moduleName)
+    public bool Targets(string moduleName) => WhyNotTargeted(moduleName) is null;
+
+    /// <summary>Null when PEFT would adapt this module; otherwise which field leaves it out, in words.</summary>
+    public string? WhyNotTargeted(string moduleName)
     {
-        if (_excludeRegex is not null && IsMatch(_excludeRegex, moduleName))
+        ArgumentNullException.ThrowIfNull(moduleName);
+        if (_excludeRegex is not null && ConfigRegex.IsMatch(_excludeRegex, moduleName))
         {
-            return false;
+            return "it matches exclude_modules";
         }
-        if (ExcludeModules is not null && ExcludeModules.Any(x => x == moduleName || moduleName.EndsWith("." + x, StringComparison.Ordinal)))
+        if (_excludeNames is not null && NamedOrSuffix(_excludeNames, moduleName))
         {
-            return false;
+            return "it is listed in exclude_modules";
         }
         if (TargetModulesRegex is not null)
         {
-            return _targetRegex is null || IsMatch(_targetRegex, moduleName);
+            return _targetRegex is null || ConfigRegex.IsMatch(_targetRegex, moduleName) ? null : "it does not match the target_modules pattern";
         }
-        if (TargetModules is null)
+        if (_targetNames is null || _targetNames.Contains(moduleName))
         {
-            return true; // PEFT filled them in from the model type; any module the file holds was targeted.
+            return null; // no list: PEFT filled it in from the model type, so any module the file holds was targeted.
         }
-        if (TargetModules.Contains(moduleName))
+        if (!NamedOrSuffix(_targetNames, moduleName))
+        {
+            return "it is not covered by target_modules";
+        }
+        return LayersToTransform is null || LayerIndexIsTransformed(moduleName)
+            ? null
+            : $"its layer is not in layers_to_transform [{string.Join(", ", LayersToTransform)}]";
+    }
+
+    /// <summary>Whether the set holds the name or one of its dot-separated suffixes: one probe per dot, not one test per listed name.</summary>
+    private static bool NamedOrSuffix(HashSet<string> names, string moduleName)
+    {
+        if (names.Contains(moduleName))
         {
             return true;
         }
-        if (!TargetModules.Any(t => moduleName.EndsWith("." + t, StringComparison.Ordinal)))
+        var lookup = names.GetAlternateLookup<ReadOnlySpan<char>>();
+        for (int dot = moduleName.IndexOf('.'); dot >= 0; dot = moduleName.IndexOf('.', dot + 1))
         {
-            return false;
+            if (lookup.Contains(moduleName.AsSpan(dot + 1)))
+            {
+                return true;
+            }
         }
-        return LayersToTransform is null || LayerIndexIsTransformed(moduleName);
+        return false;
     }
 
     private bool LayerIndexIsTransformed(string moduleName)
     {
-        // PEFT: without layers_pattern any "<list>.<index>." counts (the last one in the name); with it,
-        // the first pattern that matches.
-        IEnumerable<string> patterns = LayersPattern is { Count: > 0 } ? LayersPattern.Select(Regex.Escape) : ["[^.]*"];
-        foreach (string pattern in patterns)
+        foreach (Regex pattern in _layerRegexes)
         {
             Match m;
             try
             {
-                m = Regex.Match(moduleName, $@"^.*\.{pattern}\.(\d+)\.", RegexOptions.None, PatternTimeout);
+                m = pattern.Match(moduleName);
             }
             catch (RegexMatchTimeoutException)
             {
@@ -222,18 +276,20 @@ public sealed class PeftLoraConfig
         {
             throw new NotSupportedException($"{label}: bias is '{bias}'; adapters that train the base model's biases are not supported");
         }
-        foreach (string feature in new[] { "layer_replication", "target_parameters", "trainable_token_indices", "alora_invocation_tokens", "use_qalora" })
+        foreach (string feature in new[] { "layer_replication", "target_parameters", "trainable_token_indices", "alora_invocation_tokens", "use_qalora", "use_bdlora" })
         {
             if (fields.IsSet(feature))
             {
-                throw new NotSupportedException($"{label}: {feature} is set; that LoRA feature is not supported");
+                throw new NotSupportedException($"{label}: {feature} is set; that LoRA feature changes the forward and is not supported");
             }
         }
+        CheckInitialization(fields, label);
         try
         {
             var (targetList, targetRegex) = fields.StringOrList("target_modules");
             var (excludeList, excludeRegex) = fields.StringOrList("exclude_modules");
             var (layersList, layersSingle) = fields.StringOrList("layers_pattern");
+            var (savedList, savedSingle) = fields.StringOrList("modules_to_save");
             return new PeftLoraConfig(
                 r: fields.Int("r") ?? 8,
                 loraAlpha: fields.Double("lora_alpha") ?? 8,
@@ -246,7 +302,13 @@ public sealed class PeftLoraConfig
                 layersToTransform: fields.IntOrList("layers_to_transform"),
                 layersPattern: layersList ?? (layersSingle is null ? null : [layersSingle]),
                 excludeModules: excludeList,
-                excludeModulesRegex: excludeRegex);
+                excludeModulesRegex: excludeRegex)
+            {
+                TaskType = fields.String("task_type"),
+                BaseModelName = fields.String("base_model_name_or_path"),
+                ModulesToSave = savedList ?? (savedSingle is null ? null : [savedSingle]),
+                ArrowConfig = fields.Arrow("arrow_config"),
+            };
         }
         catch (ArgumentException e)
         {
@@ -254,57 +316,40 @@ public sealed class PeftLoraConfig
         }
     }
 
-    /// <summary>Reads and parses a config file.</summary>
-    public static PeftLoraConfig Load(string path) => Parse(File.ReadAllText(path), path);
-
-    private static Regex PatternKeyRegex(string key)
+    /// <summary>
+    /// <c>init_lora_weights</c>: the initialisations that leave the base model as it was (true, false, gaussian,
+    /// orthogonal, eva) give adapters whose ΔW = s·B·A applies to the published base model. PiSSA, OLoRA and CorDA
+    /// subtract their initial B·A from the base weights, and LoftQ replaces them with a quantised copy: such an adapter
+    /// is relative to a modified base that only its trainer has, unless PEFT converted it (save_pretrained with
+    /// path_initial_model_for_weight_conversion writes init_lora_weights = true).
+    /// </summary>
+    private static void CheckInitialization(JsonFields fields, string label)
     {
-        try
+        string? init = fields.BoolOrString("init_lora_weights");
+        if (init is null or "true" or "false" or "gaussian" or "orthogonal" or "eva")
         {
-            // PEFT: re.match(rf"(.*\.)?({key})$", name): the key matches a whole dot-separated suffix.
-            return new Regex($@"^(.*\.)?({key})$", RegexOptions.None, PatternTimeout);
+            return;
         }
-        catch (ArgumentException e)
+        string method = init.StartsWith("pissa", StringComparison.Ordinal) ? "PiSSA"
+            : init == "olora" ? "OLoRA" : init == "corda" ? "CorDA" : init == "loftq" ? "LoftQ" : "";
+        if (method == "LoftQ")
         {
-            throw new ArgumentException($"pattern key '{key}' is not a valid regular expression ({e.Message})");
+            throw new NotSupportedException($"{label}: init_lora_weights is 'loftq'; LoftQ adapters apply to the quantised base model LoftQ made, not to the published one");
         }
+        if (method.Length > 0)
+        {
+            throw new NotSupportedException($"{label}: init_lora_weights is '{init}'; {method} subtracts its initial B·A from the base weights, so the adapter is relative to a modified base model. Convert it with PEFT's save_pretrained(path_initial_model_for_weight_conversion=...), which gives a plain LoRA adapter");
+        }
+        throw new NotSupportedException($"{label}: init_lora_weights is '{init}', which this engine does not know; only initialisations that leave the base model unchanged are supported (true, false, gaussian, orthogonal, eva)");
     }
 
-    private static Regex FullMatchRegex(string pattern, string field)
-    {
-        try
-        {
-            return new Regex($"^(?:{pattern})$", RegexOptions.None, PatternTimeout);
-        }
-        catch (ArgumentException e)
-        {
-            throw new ArgumentException($"{field} '{pattern}' is not a valid regular expression ({e.Message})");
-        }
-    }
+    /// <summary>The largest config file read: real ones are a few kilobytes, and a bound keeps a wrong path (a device) from filling memory.</summary>
+    public const int MaxConfigBytes = 16 << 20;
 
-    private static bool IsMatch(Regex regex, string name)
-    {
-        try
-        {
-            return regex.IsMatch(name);
-        }
-        catch (RegexMatchTimeoutException)
-        {
-            throw new InvalidDataException($"'{regex}' took too long to match '{name}'");
-        }
-    }
+    /// <summary>Reads and parses a config file: a regular file of strict UTF-8 without a byte-order mark, at most <see cref="MaxConfigBytes"/>.</summary>
+    public static PeftLoraConfig Load(string path) => Parse(InputFiles.ReadText(path, "a PEFT adapter config", MaxConfigBytes), path);
 
-    private static T Lookup<T>((string Key, Regex Pattern, T Value)[] patterns, string moduleName, T fallback)
-    {
-        foreach (var (_, pattern, value) in patterns)
-        {
-            if (IsMatch(pattern, moduleName))
-            {
-                return value;
-            }
-        }
-        return fallback;
-    }
+    private static Regex FullMatchRegex(string pattern, string field) => ConfigRegex.Create($"^(?:{pattern})$", $"{field} '{pattern}'");
 
     /// <summary>Typed access to the config's fields with messages that name the file and field.</summary>
     private readonly struct JsonFields(JsonElement root, string label)
@@ -332,6 +377,43 @@ public sealed class PeftLoraConfig
                 JsonValueKind.False => false,
                 _ => throw Wrong(name, "true or false"),
             };
+        }
+
+        /// <summary>A field that is true, false or a string, as text ("true", "false", or the string).</summary>
+        public string? BoolOrString(string name)
+        {
+            if (!root.TryGetProperty(name, out JsonElement v) || v.ValueKind == JsonValueKind.Null)
+            {
+                return null;
+            }
+            return v.ValueKind switch
+            {
+                JsonValueKind.True => "true",
+                JsonValueKind.False => "false",
+                JsonValueKind.String => v.GetString(),
+                _ => throw Wrong(name, "true, false or a string"),
+            };
+        }
+
+        /// <summary>PEFT's arrow_config object: top_k, router_temperature and use_gks, each optional.</summary>
+        public PeftArrowConfig? Arrow(string name)
+        {
+            if (Get(name, JsonValueKind.Object, "an object") is not JsonElement obj)
+            {
+                return null;
+            }
+            var arrow = new JsonFields(obj, $"{label}: {name}");
+            int? topK = arrow.Int("top_k");
+            double? temperature = arrow.Double("router_temperature");
+            if (topK < 1)
+            {
+                throw new InvalidDataException($"{label}: {name}.top_k must be at least 1, got {topK}");
+            }
+            if (temperature <= 0)
+            {
+                throw new InvalidDataException($"{label}: {name}.router_temperature must be positive, got {temperature}");
+            }
+            return new PeftArrowConfig(topK, (float?)temperature, arrow.Bool("use_gks"));
         }
 
         public int? Int(string name) => Get(name, JsonValueKind.Number, "an integer") is JsonElement v ? IntValue(v, name) : null;
@@ -410,3 +492,9 @@ public sealed class PeftLoraConfig
         private InvalidDataException Wrong(string what, string expected) => new($"{label}: {what} must be {expected}");
     }
 }
+
+/// <summary>PEFT's <c>arrow_config</c>: the Arrow routing its author chose (each field null when the config leaves it out).</summary>
+/// <param name="TopK"><c>top_k</c>: experts kept per token.</param>
+/// <param name="Temperature"><c>router_temperature</c>: the softmax temperature.</param>
+/// <param name="UseGks"><c>use_gks</c>: general knowledge subtraction before the prototypes are formed.</param>
+public sealed record PeftArrowConfig(int? TopK, float? Temperature, bool? UseGks);
