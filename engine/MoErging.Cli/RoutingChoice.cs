@@ -20,7 +20,7 @@ internal static class RoutingChoice
                           from each expert's centroids.safetensors), classifier (--classifier FILE from
                           'moerge train-router'), assigned (expert_ids and expert_weights from IN)
           --top-k         arrow, phatgoose, centroid, classifier: experts kept per token
-                          (defaults: arrow min(3, E), phatgoose min(2, E), centroid and classifier E: dense)
+                          (defaults: arrow min(3, E) or the experts' arrow_config, phatgoose min(2, E), centroid and classifier E: dense)
           --temperature   the same routers: softmax temperature (default 1)
           --weights       fixed: one weight per expert, comma-separated
           --classifier    classifier: the router file
@@ -162,7 +162,8 @@ internal static class RoutingChoice
                     Expert[] general = line.Many("general").Select(d => Expert.Load(d)).ToArray();
                     module = GeneralKnowledgeSubtraction.Apply(module.Library, general).Module(module.Name);
                 }
-                return (new ArrowRouter(module, Scored(Math.Min(3, experts))), module);
+                RoutingOptions arrow = ArrowRouter.DefaultOptionsFor(module.Library);
+                return (new ArrowRouter(module, new(line.Int("top-k", arrow.TopK, 1, experts), line.Float("temperature") ?? arrow.Temperature)), module);
             case "phatgoose":
                 return (PhatgooseRouter.Load(module, dirs, Scored(Math.Min(2, experts))), module);
             case "centroid":

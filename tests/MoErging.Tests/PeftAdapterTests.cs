@@ -274,9 +274,8 @@ public sealed class PeftAdapterTests
         { Prefix + "model.embed_tokens.lora_embedding_A", "embedding LoRA" },
         { Prefix + "model.embed_tokens.lora_embedding_B", "embedding LoRA" },
         { Q0 + ".lora_B.bias", "lora_bias" },
-        { Prefix + "score.weight", "modules_to_save" },
-        { Prefix + "lm_head.modules_to_save.weight", "modules_to_save" },
-        { Q0 + ".bias", "not a LoRA factor" },
+        { Prefix + "score.weight", "modules_to_save (none)" }, // a head, but this config is no classifier and lists none
+        { Q0 + ".bias", "neither a LoRA factor" },
     };
 
     [Theory]
@@ -357,11 +356,11 @@ public sealed class PeftAdapterTests
     }
 
     [Theory]
-    [InlineData("{\"r\":4,\"target_modules\":[\"q_proj\"]}", V0)]
-    [InlineData("{\"r\":4,\"target_modules\":[\"q_proj\",\"v_proj\"],\"exclude_modules\":[\"model.layers.0.self_attn.v_proj\"]}", V0)]
-    [InlineData("{\"r\":4,\"target_modules\":[\"q_proj\",\"v_proj\"],\"layers_to_transform\":[1]}", Q0)]
-    [InlineData("{\"r\":4,\"target_modules\":\".*\\\\.q_proj\"}", V0)]
-    public void ModuleNotCoveredByTargetModulesIsInvalidData(string config, string uncovered)
+    [InlineData("{\"r\":4,\"target_modules\":[\"q_proj\"]}", V0, "not covered by target_modules")]
+    [InlineData("{\"r\":4,\"target_modules\":[\"q_proj\",\"v_proj\"],\"exclude_modules\":[\"model.layers.0.self_attn.v_proj\"]}", V0, "listed in exclude_modules")]
+    [InlineData("{\"r\":4,\"target_modules\":[\"q_proj\",\"v_proj\"],\"layers_to_transform\":[1]}", Q0, "not in layers_to_transform [1]")]
+    [InlineData("{\"r\":4,\"target_modules\":\".*\\\\.q_proj\"}", V0, "does not match the target_modules pattern")]
+    public void ModuleNotCoveredByTargetModulesIsInvalidData(string config, string uncovered, string why)
     {
         var data = new TestData();
         using var tmp = new TempDir();
@@ -372,7 +371,8 @@ public sealed class PeftAdapterTests
         });
         var e = Assert.Throws<InvalidDataException>(() => PeftAdapter.Load(dir));
         Assert.Contains($"module '{uncovered}'", e.Message);
-        Assert.Contains("not covered by target_modules", e.Message);
+        Assert.Contains("PEFT would not adapt it", e.Message);
+        Assert.Contains(why, e.Message);
     }
 
     private static Expert MakeExpert(TestData data, string name, params (string Module, int R, int DIn, int DOut, float S)[] modules) =>

@@ -13,6 +13,16 @@ public sealed class ExpertLibrary
 
     /// <summary>Builds a library; throws naming the expert and module when shapes disagree.</summary>
     public ExpertLibrary(IEnumerable<Expert> experts)
+        : this(experts, requireSameBaseModel: false)
+    {
+    }
+
+    /// <summary>
+    /// Builds a library; throws naming the expert and module when shapes disagree. Experts whose configs name
+    /// different base models (see <see cref="BaseModels"/>) are an error with <paramref name="requireSameBaseModel"/>,
+    /// else a <see cref="Warnings">warning</see>: equal shapes do not make the same model (GPT-2 and DistilGPT-2 agree on every one).
+    /// </summary>
+    public ExpertLibrary(IEnumerable<Expert> experts, bool requireSameBaseModel)
     {
         ArgumentNullException.ThrowIfNull(experts);
         _experts = [.. experts];
@@ -26,9 +36,32 @@ public sealed class ExpertLibrary
             ArgumentNullException.ThrowIfNull(_experts[e], nameof(experts));
             if (!names.TryAdd(_experts[e].Name, e))
             {
-                throw new ArgumentException($"experts {names[_experts[e].Name]} and {e} are both named '{_experts[e].Name}'", nameof(experts));
+                int other = names[_experts[e].Name];
+                string where = _experts[e].Directory is string here && _experts[other].Directory is string there ? $" ({there} and {here})" : "";
+                throw new ArgumentException($"experts {other} and {e} are both named '{_experts[e].Name}'{where}; give them distinct names", nameof(experts));
             }
         }
+        var warnings = new List<string>();
+        if (BaseModels.Mismatch(_experts) is string mismatch)
+        {
+            if (requireSameBaseModel)
+            {
+                throw new ArgumentException(mismatch, nameof(experts));
+            }
+            warnings.Add(mismatch + " (the shapes agree, so they load, but the results mix models)");
+        }
+        var saving = _experts.Where(x => x.SavedTensors.Count > 0).ToArray();
+        if (saving.Length > 0)
+        {
+            string modules = string.Join(", ", saving.SelectMany(x => x.SavedTensors).Select(t => Formats.PeftAdapter.BaseName(t.Module)).Distinct().Order(StringComparer.Ordinal));
+            warnings.Add($"{saving.Length} of {_experts.Length} experts carry modules saved whole ({modules}: modules_to_save, such as a classification head); LoRA forwards do not apply them");
+        }
+        (ArrowConfig, string? disagreement) = AgreedArrowConfig(_experts);
+        if (disagreement is not null)
+        {
+            warnings.Add(disagreement);
+        }
+        Warnings = warnings;
 
         var moduleNames = _experts.SelectMany(x => x.Modules.Keys).Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal).ToArray();
         _modules = new AdaptedModule[moduleNames.Length];
@@ -62,6 +95,44 @@ public sealed class ExpertLibrary
         }
     }
 
+    /// <summary>
+    /// What a user should hear once about this library, each a line: experts trained on different base models,
+    /// modules saved whole that LoRA forwards do not apply, experts that disagree on their Arrow defaults.
+    /// </summary>
+    public IReadOnlyList<string> Warnings { get; }
+
+    /// <summary>
+    /// The Arrow defaults the experts' PEFT <c>arrow_config</c>s agree on: each field is set only when every expert's
+    /// config sets it to the same value (null when no field is agreed).
+    /// </summary>
+    public Formats.PeftArrowConfig? ArrowConfig { get; }
+
+    private static (Formats.PeftArrowConfig?, string?) AgreedArrowConfig(Expert[] experts)
+    {
+        var configs = experts.Select(x => x.Config?.ArrowConfig).ToArray();
+        if (configs.All(c => c is null))
+        {
+            return (null, null);
+        }
+        var disagreements = new List<string>();
+        T? Agreed<T>(string field, Func<Formats.PeftArrowConfig, T?> get) where T : struct
+        {
+            var values = configs.Select(c => c is null ? null : get(c)).ToArray();
+            var distinct = values.Where(v => v is not null).Distinct().ToArray();
+            if (distinct.Length > 1)
+            {
+                disagreements.Add($"{field} ({string.Join(", ", distinct)})");
+            }
+            return distinct.Length == 1 && values.All(v => v is not null) ? distinct[0] : null;
+        }
+        int? topK = Agreed("top_k", c => c.TopK);
+        float? temperature = Agreed("router_temperature", c => c.Temperature);
+        bool? useGks = Agreed("use_gks", c => c.UseGks);
+        string? message = disagreements.Count == 0 ? null
+            : $"the experts' arrow_config values disagree on {string.Join(" and ", disagreements)}; the engine's own Arrow defaults apply to those";
+        return (topK is null && temperature is null && useGks is null ? null : new Formats.PeftArrowConfig(topK, temperature, useGks), message);
+    }
+
     /// <summary>The experts, by expert id.</summary>
     public IReadOnlyList<Expert> Experts => _experts;
 
@@ -72,8 +143,9 @@ public sealed class ExpertLibrary
     public IReadOnlyList<AdaptedModule> Modules => _modules;
 
     /// <summary>
-    /// Loads PEFT LoRA adapter directories as experts numbered in the order given. All or nothing:
-    /// the first bad directory throws, and no partial library is returned.
+    /// Loads PEFT LoRA adapter directories as experts numbered in the order given, each named after its directory
+    /// (lengthened to tell same-named directories apart; see <see cref="Load(IEnumerable{string}, ExpertLibraryOptions)"/>).
+    /// All or nothing: the first bad directory throws, and no partial library is returned.
     /// </summary>
     /// <param name="directories">The adapter directories.</param>
     /// <param name="lazy">
@@ -82,10 +154,35 @@ public sealed class ExpertLibrary
     /// nothing: what an eager load would reject, a lazy one rejects here. A first use can fail only if a weights
     /// file changed or vanished after loading, with an error that says so. Eager (false) is the default.
     /// </param>
-    public static ExpertLibrary Load(IEnumerable<string> directories, bool lazy = false)
+    public static ExpertLibrary Load(IEnumerable<string> directories, bool lazy = false) =>
+        Load(directories, new ExpertLibraryOptions { Lazy = lazy });
+
+    /// <summary>
+    /// Loads PEFT LoRA adapter directories as experts numbered in the order given. All or nothing: the first bad
+    /// directory throws, and no partial library is returned. An expert without a name in
+    /// <see cref="ExpertLibraryOptions.Names"/> is named after its directory; directories of the same name
+    /// (<c>run1/adapter</c>, <c>run2/adapter</c>) get the shortest path suffix that tells them apart.
+    /// </summary>
+    /// <exception cref="ArgumentException">Two explicit names collide (both directories are named), the same directory is given twice without names, or the base models differ under <see cref="ExpertLibraryOptions.RequireSameBaseModel"/>.</exception>
+    public static ExpertLibrary Load(IEnumerable<string> directories, ExpertLibraryOptions options)
     {
         ArgumentNullException.ThrowIfNull(directories);
-        return new ExpertLibrary(directories.Select(d => Expert.Load(d, lazy)).ToArray());
+        ArgumentNullException.ThrowIfNull(options);
+        string[] dirs = [.. directories];
+        if (options.Names is { } given && given.Count != dirs.Length)
+        {
+            throw new ArgumentException($"{given.Count} names were given for {dirs.Length} directories; give one per directory (null for automatic)", nameof(options));
+        }
+        var experts = dirs.Select((d, i) => Expert.Load(d, options.Lazy, options.Names?[i])).ToArray();
+        string[] names = ExpertNames.Unique(experts, options.Names);
+        for (int e = 0; e < experts.Length; e++)
+        {
+            if (names[e] != experts[e].Name)
+            {
+                experts[e] = experts[e].Renamed(names[e]);
+            }
+        }
+        return new ExpertLibrary(experts, options.RequireSameBaseModel);
     }
 
     /// <summary>

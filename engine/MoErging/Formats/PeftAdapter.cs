@@ -28,9 +28,13 @@ public static class PeftAdapter
         module.StartsWith(ModelPrefix, StringComparison.Ordinal) ? module[ModelPrefix.Length..] : module;
 
     /// <summary>
-    /// Loads an adapter directory as an expert named after the directory. Shapes are checked against the
-    /// config (rank per module after <c>rank_pattern</c>); scaling follows <c>lora_alpha</c>,
-    /// <c>alpha_pattern</c> and <c>use_rslora</c>.
+    /// Loads an adapter directory as an expert, named <paramref name="name"/> or else after the directory. Shapes are
+    /// checked against the config (rank per module after <c>rank_pattern</c>); scaling follows <c>lora_alpha</c>,
+    /// <c>alpha_pattern</c> and <c>use_rslora</c>. Tensors of <c>modules_to_save</c> (a classification head; with a
+    /// classification <c>task_type</c> also <c>classifier</c> and <c>score</c>, which PEFT saves by itself) are kept
+    /// as <see cref="Expert.SavedTensors"/>, read on demand; so are tensors inside PEFT's wrapper of such a module
+    /// (<c>...modules_to_save.*</c>, <c>...original_module.*</c>), LoRA factors included, since a LoRA forward does not
+    /// run that module.
     /// </summary>
     /// <param name="directory">The adapter directory.</param>
     /// <param name="lazy">
@@ -38,27 +42,33 @@ public static class PeftAdapter
     /// (see <see cref="LoraFactors"/>): the file is read again then, after checking that its length, modification
     /// time and tensor entries are unchanged. No file stays open in between. Eager (false) is the default.
     /// </param>
-    /// <exception cref="DirectoryNotFoundException">The directory does not exist.</exception>
+    /// <param name="name">The expert's name; null names it after the directory.</param>
+    /// <exception cref="DirectoryNotFoundException">The directory does not exist, or is not a directory.</exception>
     /// <exception cref="FileNotFoundException">The config or weights file is missing.</exception>
     /// <exception cref="InvalidDataException">A malformed file, or shapes that disagree with the config.</exception>
-    /// <exception cref="NotSupportedException">DoRA, LoRA bias, embedding or convolution LoRA, modules_to_save, pickled weights, a factor over 2 GiB.</exception>
-    public static Expert Load(string directory, bool lazy = false)
+    /// <exception cref="NotSupportedException">DoRA, LoRA bias, embedding or convolution LoRA, trained biases, an initialisation that changed the base model, pickled weights, a factor over 2 GiB.</exception>
+    public static Expert Load(string directory, bool lazy = false, string? name = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(directory);
-        string full = Path.GetFullPath(directory);
-        if (!Directory.Exists(full))
+        if (name is not null)
         {
-            throw new DirectoryNotFoundException(File.Exists(full)
-                ? $"{directory}: is a file; an expert is a PEFT adapter directory"
-                : $"{directory}: no such directory");
+            CheckName(name);
+        }
+        string full = Path.GetFullPath(directory);
+        var (kind, what) = InputFiles.Classify(full);
+        if (kind != InputFiles.Kind.Directory)
+        {
+            throw new DirectoryNotFoundException(kind == InputFiles.Kind.Missing
+                ? $"{directory}: no such directory"
+                : $"{directory}: is {what}; an expert is a PEFT adapter directory");
         }
         string configPath = Path.Combine(full, ConfigFileName);
         string weightsPath = Path.Combine(full, WeightsFileName);
-        if (!File.Exists(configPath))
+        if (InputFiles.Classify(configPath).Kind == InputFiles.Kind.Missing)
         {
             throw new FileNotFoundException($"{directory}: no {ConfigFileName}", configPath);
         }
-        if (!File.Exists(weightsPath))
+        if (InputFiles.Classify(weightsPath).Kind == InputFiles.Kind.Missing)
         {
             if (File.Exists(Path.Combine(full, "adapter_model.bin")))
             {
@@ -67,19 +77,43 @@ public static class PeftAdapter
             throw new FileNotFoundException($"{directory}: no {WeightsFileName}", weightsPath);
         }
         PeftLoraConfig config = PeftLoraConfig.Load(configPath);
-        string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(full));
         using SafeTensorsFile file = SafeTensorsFile.Open(weightsPath);
-        return new Expert(name, ReadModules(config, configPath, file, lazy));
+        var (modules, saved) = ReadModules(config, configPath, file, lazy);
+        return new Expert(name ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(full)), modules, full, config, saved);
     }
 
-    private static List<KeyValuePair<string, LoraFactors>> ReadModules(PeftLoraConfig config, string configPath, SafeTensorsFile file, bool lazy)
+    /// <summary>An expert's name is printed and used as a key: non-empty, without control characters.</summary>
+    internal static void CheckName(string name)
+    {
+        if (name.Length == 0 || name.Any(char.IsControl))
+        {
+            throw new ArgumentException($"expert name '{name.ReplaceLineEndings(" ")}' must be non-empty and hold no control characters", nameof(name));
+        }
+    }
+
+    /// <summary>PEFT's wrapper of a <c>modules_to_save</c> module: what follows it belongs to the saved copy or the frozen original.</summary>
+    private static readonly string[] WrapperSegments = [".modules_to_save.", ".original_module."];
+
+    private static (List<KeyValuePair<string, LoraFactors>>, List<SavedTensor>) ReadModules(PeftLoraConfig config, string configPath, SafeTensorsFile file, bool lazy)
     {
         var aOf = new SortedDictionary<string, TensorInfo>(StringComparer.Ordinal);
         var bOf = new SortedDictionary<string, TensorInfo>(StringComparer.Ordinal);
+        var saved = new List<SavedTensor>();
+        string path = file.Label;
+        var stamp = file.Stamp!.Value;
         foreach (TensorInfo t in file.Tensors)
         {
             string key = t.Name;
-            if (key.EndsWith(ASuffix, StringComparison.Ordinal) && key.Length > ASuffix.Length)
+            if (key.Any(char.IsControl))
+            {
+                throw new InvalidDataException($"{file.Label}: tensor '{key.ReplaceLineEndings(" ")}' has a control character in its name");
+            }
+            int wrapper = WrapperSegments.Select(w => key.IndexOf(w, StringComparison.Ordinal)).Where(i => i > 0).DefaultIfEmpty(-1).Min();
+            if (wrapper > 0)
+            {
+                saved.Add(new SavedTensor(key[..wrapper], t, () => Reopen(path, stamp, $"saved tensor '{key}'", t)));
+            }
+            else if (key.EndsWith(ASuffix, StringComparison.Ordinal) && key.Length > ASuffix.Length)
             {
                 aOf.Add(key[..^ASuffix.Length], t);
             }
@@ -87,9 +121,18 @@ public static class PeftAdapter
             {
                 bOf.Add(key[..^BSuffix.Length], t);
             }
+            else if (LoraVariant(file.Label, key) is Exception variant)
+            {
+                throw variant;
+            }
+            else if (key.LastIndexOf('.') is int dot and > 0 && config.Saves(BaseName(key[..dot])))
+            {
+                saved.Add(new SavedTensor(key[..dot], t, () => Reopen(path, stamp, $"saved tensor '{key}'", t)));
+            }
             else
             {
-                throw Unsupported(file.Label, key);
+                string listed = config.SavedModuleNames.Count == 0 ? "none" : string.Join(", ", config.SavedModuleNames);
+                throw new NotSupportedException($"{file.Label}: tensor '{key}' is neither a LoRA factor nor part of a module in modules_to_save ({listed}); trained biases are not supported");
             }
         }
         if (aOf.Count == 0 && bOf.Count == 0)
@@ -110,7 +153,7 @@ public static class PeftAdapter
             }
             modules.Add(new(module, ReadFactors(config, configPath, file, module, a, b, lazy)));
         }
-        return modules;
+        return (modules, saved);
     }
 
     private static LoraFactors ReadFactors(PeftLoraConfig config, string configPath, SafeTensorsFile file, string module, TensorInfo a, TensorInfo b, bool lazy)
@@ -125,9 +168,9 @@ public static class PeftAdapter
             throw new InvalidDataException($"{where}: lora_A {a.ShapeText} and lora_B {b.ShapeText} must both be matrices");
         }
         string baseName = BaseName(module);
-        if (!config.Targets(baseName))
+        if (config.WhyNotTargeted(baseName) is string why)
         {
-            throw new InvalidDataException($"{where}: not covered by target_modules in {configPath}");
+            throw new InvalidDataException($"{where}: PEFT would not adapt it under {configPath}: {why}");
         }
         int rank = config.RankFor(baseName);
         long r = a.Shape[0], dIn = a.Shape[1], dOut = b.Shape[0];
@@ -174,7 +217,14 @@ public static class PeftAdapter
     private static (float[] A, float[] BTransposed) DecodeLater(string path, (long, DateTime) stamp, string module, TensorInfo a, TensorInfo b,
         int rank, int dIn, int dOut)
     {
-        string changed = $"{path}: changed since the adapter was loaded, so module '{module}' cannot be read; load the library again";
+        using SafeTensorsFile file = Reopen(path, stamp, $"module '{module}'", a, b);
+        return Decode(file, file.GetTensor(a.Name), file.GetTensor(b.Name), rank, dIn, dOut);
+    }
+
+    /// <summary>Opens a weights file again for a later read of <paramref name="what"/>, if it is still the file that was validated.</summary>
+    private static SafeTensorsFile Reopen(string path, (long, DateTime) stamp, string what, params TensorInfo[] entries)
+    {
+        string changed = $"{path}: changed since the adapter was loaded, so {what} cannot be read; load the library again";
         SafeTensorsFile file;
         try
         {
@@ -182,27 +232,25 @@ public static class PeftAdapter
         }
         catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
         {
-            throw new FileNotFoundException($"{path}: removed since the adapter was loaded, so module '{module}' cannot be read", path, e);
+            throw new FileNotFoundException($"{path}: removed since the adapter was loaded, so {what} cannot be read", path, e);
         }
         catch (InvalidDataException e)
         {
             throw new InvalidDataException($"{changed} ({e.Message})", e);
         }
-        using (file)
+        if (file.Stamp != stamp || !entries.All(x => file.TryGetTensor(x.Name, out TensorInfo? now) && SameEntry(x, now)))
         {
-            if (file.Stamp != stamp || !file.TryGetTensor(a.Name, out TensorInfo? aNow) || !file.TryGetTensor(b.Name, out TensorInfo? bNow)
-                || !SameEntry(a, aNow) || !SameEntry(b, bNow))
-            {
-                throw new InvalidDataException(changed);
-            }
-            return Decode(file, aNow, bNow, rank, dIn, dOut);
+            file.Dispose();
+            throw new InvalidDataException(changed);
         }
+        return file;
     }
 
     private static bool SameEntry(TensorInfo x, TensorInfo y) =>
         x.DType == y.DType && x.Begin == y.Begin && x.End == y.End && x.Shape.SequenceEqual(y.Shape);
 
-    private static Exception Unsupported(string label, string key)
+    /// <summary>The error for a tensor of a LoRA variant the engine does not implement, or null for any other tensor.</summary>
+    private static Exception? LoraVariant(string label, string key)
     {
         if (key.Contains(".lora_magnitude_vector", StringComparison.Ordinal))
         {
@@ -220,7 +268,7 @@ public static class PeftAdapter
         {
             return new InvalidDataException($"{label}: tensor '{key}' is not named '<module>.lora_A.weight' or '<module>.lora_B.weight' (PEFT's save_pretrained removes the adapter name)");
         }
-        return new NotSupportedException($"{label}: tensor '{key}' is not a LoRA factor (modules_to_save and trained biases are not supported)");
+        return null;
     }
 
     /// <summary>

@@ -10,17 +10,35 @@ namespace MoErging.Routing;
 /// then an SVD), not by power iteration. score_e = |x · p_e| (x not normalised); top-k; softmax of the
 /// kept scores / τ. Per module: each module has its own router.
 /// </summary>
+/// <remarks>
+/// An expert whose ΔW is zero at the module (an untrained module: PEFT initialises B to zero, and adapters that froze
+/// part of the model keep it so) has no direction; its prototype is the zero vector, so it scores 0, the least any
+/// expert can score. It contributes nothing, and it takes a slot only when fewer than k experts score above 0 (ties at 0
+/// follow the usual rule, lower id first).
+/// </remarks>
 public sealed class ArrowRouter : LinearRouter
 {
     /// <summary>PEFT's defaults: top-3, temperature 1.</summary>
     public static readonly RoutingOptions DefaultOptions = new(TopK: 3, Temperature: 1f);
 
     /// <summary>Builds the router for one module of a library.</summary>
-    /// <exception cref="ArgumentException">An expert does not adapt the module, its factors hold a NaN or infinity, or its ΔW is zero.</exception>
+    /// <exception cref="ArgumentException">An expert does not adapt the module, or its factors hold a NaN or infinity.</exception>
     public ArrowRouter(AdaptedModule module, RoutingOptions options)
         : base(ComputePrototypes(module), module.InputDim, options, InputNormalization.None, ScoreFunction.AbsoluteValue)
     {
         Module = module;
+    }
+
+    /// <summary>
+    /// The defaults for a library: the <c>top_k</c> and <c>router_temperature</c> its experts' PEFT <c>arrow_config</c>s
+    /// agree on (<see cref="ExpertLibrary.ArrowConfig"/>), else <see cref="DefaultOptions"/>; top-k at most E.
+    /// </summary>
+    public static RoutingOptions DefaultOptionsFor(ExpertLibrary library)
+    {
+        ArgumentNullException.ThrowIfNull(library);
+        return new RoutingOptions(
+            Math.Min(library.ArrowConfig?.TopK ?? DefaultOptions.TopK, library.ExpertCount),
+            library.ArrowConfig?.Temperature ?? DefaultOptions.Temperature);
     }
 
     /// <summary>The module whose experts this router chooses among.</summary>
@@ -49,11 +67,8 @@ public sealed class ArrowRouter : LinearRouter
                 return;
             }
             var vector = new double[n];
-            if (LowRank.TopRightSingularVector(f.A, f.BTransposed, f.Rank, f.InputDim, f.OutputDim, vector) == 0)
-            {
-                failures[e] = $"expert '{expert}' has ΔW = 0 for module '{module.Name}', so it has no Arrow prototype";
-                return;
-            }
+            // ΔW = 0 leaves the vector zero: the expert scores 0 (see the remarks).
+            LowRank.TopRightSingularVector(f.A, f.BTransposed, f.Rank, f.InputDim, f.OutputDim, vector);
             for (int i = 0; i < n; i++)
             {
                 prototypes[e * n + i] = (float)vector[i];
