@@ -73,6 +73,39 @@ public abstract class RouterTests(EngineFixture engines)
             }
         }
     }
+
+    [Fact]
+    public void NonFiniteRowsOrOverflowingScoresAreErrorsNamingTheToken()
+    {
+        var data = new TestData();
+        TestLibrary lib = data.Library(3, 16, 8, [2]);
+        AdaptedModule module = lib.Module(Module);
+        using Session session = engines.CreateSession(2);
+        var router = new ArrowRouter(module, new RoutingOptions(2));
+        float[] p0 = ArrowRouter.ComputePrototypes(module)[..16];
+        double largest = p0.Max(MathF.Abs);
+        foreach (string poison in new[] { "NaN", "infinity", "overflow" })
+        {
+            float[] x = data.Normal(Tokens * 16);
+            int bad = data.Rng.Next(Tokens);
+            Span<float> row = x.AsSpan(bad * 16, 16);
+            row[data.Rng.Next(16)] = poison == "NaN" ? float.NaN : float.NegativeInfinity;
+            if (poison == "overflow")
+            {
+                // Every entry finite, but along p_0 (a unit vector) the row's length, so its score, is beyond float32.
+                for (int i = 0; i < 16; i++)
+                {
+                    row[i] = (float)(0.999 * float.MaxValue / largest * p0[i]);
+                }
+                Assert.True(System.Numerics.Tensors.TensorPrimitives.IsFiniteAll(row));
+            }
+            float[] y = data.Normal(Tokens * 8), before = (float[])y.Clone();
+            var e = Assert.Throws<ArgumentException>(() => session.Forward(module, router, x, new RoutingDecision(), y));
+            Assert.Contains($"token {bad}: its router scores are not finite", e.Message);
+            Assert.Equal(before, y);
+            Assert.Contains($"token {bad}:", Assert.Throws<ArgumentException>(() => session.Route(module, router, x, new RoutingDecision())).Message);
+        }
+    }
 }
 
 public sealed class RouterTestsOnCpu(CpuEngines engines) : RouterTests(engines), IClassFixture<CpuEngines>;

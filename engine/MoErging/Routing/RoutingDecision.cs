@@ -108,6 +108,26 @@ public sealed class RoutingDecision
     }
 
     /// <summary>Writable slots of one token, for the routers.</summary>
+    /// <summary>
+    /// The error for a token whose router scores are not finite: a NaN or an infinity in its row of x, or a dot
+    /// product beyond float32's range. Every backend reports it so, rather than returning NaN weights and arbitrary ids.
+    /// </summary>
+    internal static ArgumentException NonFiniteScores(int token) =>
+        new($"token {token}: its router scores are not finite (its row of x holds a NaN or an infinity, or its scores overflow float32); nothing was written to y", "x");
+
+    /// <summary>Throws <see cref="NonFiniteScores"/> for the first token with a weight that is not finite (a device's selection turns such scores into NaN weights).</summary>
+    internal void RequireFiniteWeights()
+    {
+        ReadOnlySpan<float> weights = Weights;
+        for (int i = 0; i < weights.Length; i++)
+        {
+            if (!float.IsFinite(weights[i]))
+            {
+                throw NonFiniteScores(i / TopK);
+            }
+        }
+    }
+
     internal Span<int> MutableIds(int token) => _ids.AsSpan(token * TopK, TopK);
 
     /// <summary>Writable weights of one token, for the routers.</summary>

@@ -87,6 +87,10 @@ internal sealed unsafe class CpuExecutor
         }
         _select.Set(router, destination, tokens);
         _pool.Run(_select, (tokens + TokenBlock - 1) / TokenBlock);
+        if (_select.FirstNonFinite < tokens)
+        {
+            throw RoutingDecision.NonFiniteScores(_select.FirstNonFinite);
+        }
     }
 
     public static void Route(FixedRouter router, int tokens, RoutingDecision destination)
@@ -477,11 +481,17 @@ internal sealed unsafe class CpuExecutor
         private RoutingDecision? _decision;
         private int _tokens;
 
+        /// <summary>The first token whose scores were not finite (int.MaxValue when none), whichever worker found it.</summary>
+        public int FirstNonFinite => _firstNonFinite;
+
+        private int _firstNonFinite;
+
         public void Set(LinearRouter router, RoutingDecision decision, int tokens)
         {
             _router = router;
             _decision = decision;
             _tokens = tokens;
+            _firstNonFinite = int.MaxValue;
         }
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -501,10 +511,29 @@ internal sealed unsafe class CpuExecutor
                     float score = (absolute ? MathF.Abs(s[e]) : s[e]) * inverseTemperature;
                     s[e] = bias.IsEmpty ? score : score + bias[e];
                 }
+                if (!TensorPrimitives.IsFiniteAll(s))
+                {
+                    InterlockedMin(ref _firstNonFinite, t);
+                    continue;
+                }
                 Span<float> w = _decision!.MutableWeights(t);
                 SlotOrder.SelectTopK(s, _decision.MutableIds(t), w);
                 SlotOrder.Softmax(w);
             }
+        }
+    }
+
+    private static void InterlockedMin(ref int target, int value)
+    {
+        int seen = Volatile.Read(ref target);
+        while (value < seen)
+        {
+            int now = Interlocked.CompareExchange(ref target, value, seen);
+            if (now == seen)
+            {
+                return;
+            }
+            seen = now;
         }
     }
 

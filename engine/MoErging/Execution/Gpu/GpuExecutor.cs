@@ -73,6 +73,7 @@ internal sealed class GpuExecutor : IDisposable
         ReadDecision(slots);
         _stream.Synchronize();
         FillDecision(destination, tokens * router.TopK);
+        destination.RequireFiniteWeights();
     }
 
     /// <summary>
@@ -118,12 +119,13 @@ internal sealed class GpuExecutor : IDisposable
         }
         stageY.Download(yd);
         _stream.Synchronize();
-        stageY.Span(y.Length).CopyTo(y);
         if (router is LinearRouter)
         {
             decision.Reset(tokens, topK, module.ExpertCount);
             FillDecision(decision, tokens * topK);
+            decision.RequireFiniteWeights(); // before y is touched, so a refused call writes nothing to it
         }
+        stageY.Span(y.Length).CopyTo(y);
     }
 
     // ---------------------------------------------------------------- device API (asynchronous)
