@@ -17,7 +17,7 @@ internal static partial class Cli
     [
         ("demo", new("write a synthetic library of PEFT adapters, load it, route tokens with Arrow, and time the forward", (a, o, _) => DemoCommand.Run(a, o))),
         ("devices", new("list the CUDA and OpenCL devices, and whether the engine runs on each or why not", (a, o, _) => DevicesCommand.Run(a, o))),
-        ("inspect", new("list each expert's modules, ranks, alpha, scaling and dtype", (a, o, _) => InspectCommand.Run(a, o))),
+        ("inspect", new("list each expert's modules, ranks, alpha, scaling and dtype", InspectCommand.Run)),
         ("forward", new("route the rows of a safetensors input among experts and write y and the routing decision", (a, o, _) => ForwardCommand.Run(a, o))),
         ("route", new("route the rows of a safetensors input and report the routing (statistics, JSON, pictures)", (a, o, _) => RouteCommand.Run(a, o))),
         ("evaluate", new("compare every applicable router on a labelled routing set (or a synthetic one), side by side", (a, o, _) => EvaluateCommand.Run(a, o))),

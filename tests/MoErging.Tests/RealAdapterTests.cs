@@ -125,6 +125,37 @@ public sealed partial class RealAdapterTests
         Assert.Equal(f.B, b);
     }
 
+    [Fact]
+    public void InspectReportsEveryDirectoryItsSavedTensorsAndEachError()
+    {
+        var data = new TestData();
+        using var tmp = new TempDir();
+        string head = Adapter(tmp.Sub("cls/adapter"), Config(",\"task_type\":\"SEQ_CLS\""), w =>
+        {
+            AddFactors(w, data, Q0);
+            w.Add(Prefix + "score.weight", data.Normal(12), [2, 6]);
+        });
+        string bad = Adapter(tmp.Sub("bad"), "{\"r\":4,\"init_lora_weights\":\"pissa\"}", w => AddFactors(w, data, Q0));
+        string good = Adapter(tmp.Sub("good"), Config(), w => AddFactors(w, data, Q0));
+        var (code, output, error) = CliTests.Run(["inspect", $"sentiment={head}", bad, good, tmp.Sub("missing")]);
+        Assert.Equal(1, code);
+        Assert.Contains($"sentiment  ({head})  1 module", output);
+        Assert.Contains($"{Prefix}score.weight  F32  [2, 6]", output);
+        Assert.Contains($"good  ({good})", output);
+        Assert.Contains($"{bad}  error: ", output);
+        Assert.Contains("init_lora_weights is 'pissa'", error);
+        Assert.Contains($"{tmp.Sub("missing")}: no such directory", error);
+
+        (code, output, _) = CliTests.Run(["inspect", head, bad, "--json"]);
+        Assert.Equal(1, code);
+        using var json = System.Text.Json.JsonDocument.Parse(output);
+        var saved = json.RootElement[0].GetProperty("saved_tensors")[0];
+        Assert.Equal(Prefix + "score", saved.GetProperty("module").GetString());
+        Assert.Equal(2, saved.GetProperty("shape")[0].GetInt64());
+        Assert.Equal("SEQ_CLS", json.RootElement[0].GetProperty("task_type").GetString());
+        Assert.Contains("PiSSA", json.RootElement[1].GetProperty("error").GetString());
+    }
+
     // ------------------------------------------------------------------ names
 
     [Fact]

@@ -345,13 +345,19 @@ public static class PeftAdapter
                 Directory.Move(target, full);
             }
         }
-        catch
+        catch (Exception e)
         {
             File.Delete(weightsTemporary);
             File.Delete(configTemporary);
             if (fresh && Directory.Exists(target))
             {
                 Directory.Delete(target, recursive: true);
+            }
+            if (e is IOException or UnauthorizedAccessException)
+            {
+                // The user never named the temporary files: say which of their paths could not be written.
+                string message = e.Message.Replace(weightsTemporary, Path.Combine(full, WeightsFileName)).Replace(configTemporary, Path.Combine(full, ConfigFileName)).Replace(target, full);
+                throw new IOException($"{full}: the adapter could not be written ({message})", e);
             }
             throw;
         }
