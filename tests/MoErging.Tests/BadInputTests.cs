@@ -122,4 +122,20 @@ public sealed class BadInputTests
         Assert.Throws<ObjectDisposedException>(() => engine.CreateSession());
         Assert.Contains("CpuThreads", Assert.Throws<ArgumentOutOfRangeException>(() => Engine.Create(new EngineOptions { CpuThreads = -1 })).Message);
     }
+
+    [Fact]
+    public void CpuThreadsAreAtMostFourPerProcessor()
+    {
+        int bound = 4 * Environment.ProcessorCount;
+        using (Engine most = Engine.Create(new EngineOptions { Backend = Backend.Cpu, CpuThreads = bound }))
+        {
+            Assert.Equal(bound, most.CpuThreads);
+        }
+        // 20000 once aborted the process while its threads were being created; none is started now.
+        foreach (int threads in new[] { bound + 1, 20000, int.MaxValue, int.MinValue })
+        {
+            string message = Assert.Throws<ArgumentOutOfRangeException>(() => Engine.Create(new EngineOptions { Backend = Backend.Cpu, CpuThreads = threads })).Message;
+            Assert.Contains($"CpuThreads is {threads}; it must be 0 (every processor) to {bound} (4 × {Environment.ProcessorCount} processors)", message);
+        }
+    }
 }

@@ -51,12 +51,16 @@ public sealed class Engine : IDisposable
 
     /// <summary>Creates an engine on the requested backend (and device, when <see cref="EngineOptions.Device"/> names one).</summary>
     /// <exception cref="BackendUnavailableException">The backend or device asked for is not present or does not run the kernels; the message says why.</exception>
-    /// <exception cref="ArgumentOutOfRangeException">An unknown backend or precision, a negative thread count, or simulator warps outside 1 to 32.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">An unknown backend or precision, a thread count outside 0 to <see cref="EngineOptions.MaxCpuThreads"/>, or simulator warps outside 1 to 32.</exception>
     /// <exception cref="ArgumentException">A device named for a backend that takes none.</exception>
     public static Engine Create(EngineOptions? options = null)
     {
         options ??= new EngineOptions();
-        ArgumentOutOfRangeException.ThrowIfNegative(options.CpuThreads, nameof(options.CpuThreads));
+        if (options.CpuThreads < 0 || options.CpuThreads > EngineOptions.MaxCpuThreads)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options.CpuThreads),
+                $"CpuThreads is {options.CpuThreads}; it must be 0 (every processor) to {EngineOptions.MaxCpuThreads} (4 × {Environment.ProcessorCount} processors)");
+        }
         ArgumentOutOfRangeException.ThrowIfLessThan(options.SimulatorWarpsPerGroup, 1, nameof(options.SimulatorWarpsPerGroup));
         ArgumentOutOfRangeException.ThrowIfGreaterThan(options.SimulatorWarpsPerGroup, 32, nameof(options.SimulatorWarpsPerGroup));
         bool half = options.WeightPrecision switch

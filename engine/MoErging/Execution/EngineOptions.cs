@@ -6,8 +6,18 @@ public sealed record EngineOptions
     /// <summary>The backend to use; <see cref="Backend.Auto"/> picks the best one present.</summary>
     public Backend Backend { get; init; } = Backend.Auto;
 
-    /// <summary>CPU threads, the calling thread included; 0 uses every processor. CPU backend only.</summary>
+    /// <summary>
+    /// CPU threads, the calling thread included; 0 uses every processor. At most <see cref="MaxCpuThreads"/>
+    /// (4 × <see cref="Environment.ProcessorCount"/>); more, or a negative count, is refused by
+    /// <see cref="Engine.Create"/>. CPU backend only.
+    /// </summary>
     public int CpuThreads { get; init; }
+
+    /// <summary>
+    /// The most <see cref="CpuThreads"/> takes: 4 × <see cref="Environment.ProcessorCount"/>. Oversubscription beyond
+    /// that only slows a forward down, and a count in the thousands exhausts the process's threads.
+    /// </summary>
+    public static int MaxCpuThreads => 4 * Environment.ProcessorCount;
 
     /// <summary>How expert factors are stored on a GPU.</summary>
     public WeightPrecision WeightPrecision { get; init; } = WeightPrecision.Float32;
