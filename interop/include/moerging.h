@@ -126,7 +126,9 @@ typedef struct moe_router moe_router;
 typedef struct moe_engine_options {
     uint32_t struct_size;
     int32_t backend;        /* a moe_backend; default MOE_BACKEND_AUTO */
-    int32_t cpu_threads;    /* CPU threads a forward uses, the caller's included; 0 (default): all processors */
+    int32_t cpu_threads;    /* CPU threads a forward uses, the caller's included; 0 (default): all processors;
+                             * at most 4 x the processor count (.NET's Environment.ProcessorCount): more, or a
+                             * negative count, is MOE_ERROR_INVALID_ARGUMENT */
 } moe_engine_options;
 
 typedef struct moe_arrow_options {

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -379,6 +380,43 @@ static void test_options(void)
     float prototypes[EXPERTS * D_IN] = {0};
     CHECK_FAILS(moe_router_create_linear(prototypes, EXPERTS * D_IN, EXPERTS, D_IN, &linear, &r),
                 MOE_ERROR_INVALID_ARGUMENT, "moe_linear_router_options.struct_size");
+}
+
+/* cpu_threads is at most 4 x the processors .NET counts; 20000 once aborted the process while its threads started. */
+static void test_cpu_threads_bound(void)
+{
+    moe_engine_options options;
+    CHECK_OK(moe_engine_default_options(&options, sizeof options));
+    options.backend = MOE_BACKEND_CPU;
+    moe_engine* e = (moe_engine*)&e;
+    options.cpu_threads = 20000;
+    CHECK_FAILS(moe_engine_create(&options, &e), MOE_ERROR_INVALID_ARGUMENT, "CpuThreads is 20000");
+    CHECK(e == NULL, "the out-parameter was not cleared");
+
+    /* The message states the bound; the processors .NET counts are at most those this process may run on. */
+    const char* bound_text = strstr(moe_last_error(), "it must be 0 (every processor) to ");
+    int bound = 0, processors = 0;
+    CHECK(bound_text && sscanf(bound_text, "it must be 0 (every processor) to %d (4 %*s %d processors)", &bound,
+                               &processors) == 2,
+          "the message \"%s\" does not state the bound", moe_last_error());
+    cpu_set_t allowed;
+    CHECK(sched_getaffinity(0, sizeof allowed, &allowed) == 0, "sched_getaffinity: %s", strerror(errno));
+    CHECK(processors >= 1 && processors <= CPU_COUNT(&allowed) && bound == 4 * processors,
+          "the bound is %d for %d processors; this process may run on %d", bound, processors, CPU_COUNT(&allowed));
+    if (bound < 1) {
+        return;
+    }
+    options.cpu_threads = bound;
+    CHECK_OK(moe_engine_create(&options, &e));
+    CHECK_OK(moe_engine_free(e));
+    const int32_t refused[] = {bound + 1, INT32_MAX, INT32_MIN};
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        char fragment[64];
+        snprintf(fragment, sizeof fragment, "CpuThreads is %d; it must be 0 (every processor) to %d", (int)refused[i],
+                 bound);
+        options.cpu_threads = refused[i];
+        CHECK_FAILS(moe_engine_create(&options, &e), MOE_ERROR_INVALID_ARGUMENT, fragment);
+    }
 }
 
 static void test_library_queries(void)
@@ -1257,6 +1295,7 @@ static const test_case CASES[] = {
     {"abi_and_errors", test_abi_and_errors},
     {"runtime_missing", test_runtime_missing},
     {"options", test_options},
+    {"cpu_threads_bound", test_cpu_threads_bound},
     {"library_queries", test_library_queries},
     {"uniform_forward", test_uniform},
     {"fixed_forward", test_fixed},
