@@ -6,13 +6,16 @@
     router = moerging.Router.arrow(q_proj, top_k=2)
     y, expert_ids, expert_weights = moerging.forward(q_proj, router, x, base=y_base)
 
-Arrays are row-major float32 (other dtypes and layouts are converted): x is [T, d_in], base and y are
-[T, d_out], expert ids (int32, -1 for an empty slot) and weights are [T, k]. Failures raise a subclass of
-MoErgingError carrying the library's message. Libraries, modules and routers may be shared by threads; a
-Session belongs to one thread at a time (forward() without a session uses one per thread).
+Arrays are row-major float32 (other integer and float dtypes and layouts are converted; NaN and Inf pass
+through): x is [T, d_in], base and y are [T, d_out], expert ids (any integer dtype, values within int32, -1
+for an empty slot) and weights are [T, k]. Failures raise a subclass of MoErgingError carrying the library's
+message; a value of the wrong type (a float or bool for an integer, a string array for floats) raises
+TypeError before any call. Libraries, modules and routers may be shared by threads; a Session belongs to one
+thread at a time (forward() without a session uses one per thread).
 """
 
 import ctypes
+import operator
 import threading
 
 import numpy as np
@@ -53,6 +56,50 @@ def _index(name, choices, what):
         raise InvalidArgumentError(1, f"{what} must be one of {', '.join(choices)}, got {name!r}") from None
 
 
+# The C integer types that values are passed as, with their ranges. Here a value must be an integer that fits
+# its C type, since ctypes and numpy would wrap it silently (2**32 + 1 to 1, 0xFFFFFFFF to the empty slot -1); what it
+# means (top-k within E, ids below E, the thread bound) the library checks and reports.
+_INT32 = ("int32_t", -2**31, 2**31 - 1)
+_SIZE = ("size_t", 0, 2**(8 * ctypes.sizeof(ctypes.c_size_t)) - 1)
+
+
+def _integer(value, what, ctype=_INT32):
+    """value as a Python int within ctype; TypeError for anything but an integer (bools and floats included)."""
+    name, low, high = ctype
+    try:
+        if isinstance(value, (bool, np.bool_)):  # operator.index takes them as 0 and 1
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, got {type(value).__name__} {value!r}") from None
+    if not low <= value <= high:
+        raise InvalidArgumentError(1, f"{what} is {value}, outside the {name} range [{low}, {high}]")
+    return value
+
+
+def _int32_array(values, what):
+    """A C-contiguous int32 array of integer values; TypeError for another dtype, and the index of the first value
+    outside int32."""
+    array = np.asarray(values)
+    if array.size and array.dtype.kind not in "iu":  # bools, floats, strings, objects (integers beyond 64 bits)
+        raise TypeError(f"{what} must hold integers, got an array of {array.dtype}")
+    outside = (array < _INT32[1]) | (array > _INT32[2])
+    if outside.any():
+        at = np.unravel_index(np.argmax(outside), array.shape)
+        raise InvalidArgumentError(1, f"{what}[{', '.join(map(str, at))}] is {array[at]}, outside the int32_t range "
+                                      f"[{_INT32[1]}, {_INT32[2]}]")
+    return np.ascontiguousarray(array, dtype=np.int32)
+
+
+def _float32_array(values, what):
+    """A C-contiguous float32 array of integer or float values, NaN and Inf kept; TypeError for another dtype (numpy
+    would parse strings and drop imaginary parts)."""
+    array = np.asarray(values)
+    if array.size and array.dtype.kind not in "iuf":
+        raise TypeError(f"{what} must hold real numbers, got an array of {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
 def _floats(array):
     return array.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
 
@@ -80,15 +127,16 @@ def _paths(directories):
 
 def _routing_options(top_k, temperature):
     """moe_routing_options; top_k None is the router's own default."""
+    k = 0 if top_k is None else _integer(top_k, "top_k")
     options = RoutingOptions()
     check(lib.moe_routing_default_options(ctypes.byref(options), ctypes.sizeof(options)))
-    options.top_k, options.temperature = 0 if top_k is None else top_k, temperature
+    options.top_k, options.temperature = k, temperature
     return ctypes.byref(options)
 
 
 def _matrix(values, columns, what):
     """A C-contiguous float32 [rows, columns] array, converted if needed; a clear error for a wrong shape."""
-    array = np.ascontiguousarray(values, dtype=np.float32)
+    array = _float32_array(values, what)
     if array.ndim != 2 or array.shape[1] != columns:
         raise InvalidArgumentError(1, f"{what} must be a 2-D array with {columns} columns, got shape {array.shape}")
     return array
@@ -127,15 +175,18 @@ class _Handle:
 
 
 class Engine(_Handle):
-    """A backend ("auto", "cpu", "cuda", "opencl", "gpu-simulator") and its worker threads. Close it after its sessions."""
+    """A backend ("auto", "cpu", "cuda", "opencl", "gpu-simulator") and its worker threads. Close it after its sessions.
+
+    cpu_threads: the threads a CPU forward uses, the caller's included; 0 uses every processor. At most 4 x the
+    processor count (.NET's Environment.ProcessorCount); more, or a negative count, is an InvalidArgumentError."""
 
     _free = lib.moe_engine_free
 
     def __init__(self, backend="auto", cpu_threads=0):
+        backend, threads = _index(backend, BACKENDS, "backend"), _integer(cpu_threads, "cpu_threads")
         options = EngineOptions()
         check(lib.moe_engine_default_options(ctypes.byref(options), ctypes.sizeof(options)))
-        options.backend = _index(backend, BACKENDS, "backend")
-        options.cpu_threads = cpu_threads
+        options.backend, options.cpu_threads = backend, threads
         handle = ctypes.c_void_p()
         check(lib.moe_engine_create(ctypes.byref(options), ctypes.byref(handle)))
         super().__init__(handle.value)
@@ -181,10 +232,10 @@ class Session(_Handle):
         """Batched multi-tenant LoRA: the host gives each token k slots of (expert id, weight), [T, k] each
         (id -1: empty slot). Returns y = base + mixture [T, d_out]."""
         x = _matrix(x, module.input_dim, "x")
-        ids = np.ascontiguousarray(expert_ids, dtype=np.int32)
+        ids = _int32_array(expert_ids, "expert_ids")
         if ids.ndim != 2:
             raise InvalidArgumentError(1, f"expert_ids must be a 2-D array [T, k], got shape {ids.shape}")
-        weights = np.ascontiguousarray(expert_weights, dtype=np.float32)
+        weights = _float32_array(expert_weights, "expert_weights")
         if weights.shape != ids.shape:
             raise InvalidArgumentError(1, f"expert_weights has shape {weights.shape}, expert_ids {ids.shape}")
         y, base = _output(x.shape[0], module, base)
@@ -267,36 +318,39 @@ class Router(_Handle):
     @classmethod
     def uniform(cls, expert_count):
         """Dense: every expert with weight 1/E."""
-        return cls._create(lib.moe_router_create_uniform, expert_count)
+        return cls._create(lib.moe_router_create_uniform, _integer(expert_count, "expert_count", _SIZE))
 
     @classmethod
     def fixed(cls, weights):
         """Dense task-level weights, one per expert."""
-        w = np.ascontiguousarray(weights, dtype=np.float32).ravel()
+        w = _float32_array(weights, "weights").ravel()
         return cls._create(lib.moe_router_create_fixed, _floats(w), w.size)
 
     @classmethod
     def arrow(cls, module, top_k=3, temperature=1.0):
         """Arrow: |x . p_e| against each expert's top right singular vector at the module; top-k; softmax."""
+        k = _integer(top_k, "top_k")
         options = ArrowOptions()
         check(lib.moe_arrow_default_options(ctypes.byref(options), ctypes.sizeof(options)))
-        options.top_k, options.temperature = top_k, temperature
+        options.top_k, options.temperature = k, temperature
         return cls._create(lib.moe_router_create_arrow, module.handle, ctypes.byref(options))
 
     @classmethod
     def linear(cls, prototypes, top_k=1, temperature=1.0, normalization="none", score="identity", bias=None):
         """score_e = f(norm(x) . p_e) / temperature + bias_e over prototypes [E, d_in]; top-k; softmax.
         normalization: "none", "layer_norm" or "l2"; score: "identity" or "absolute"."""
-        p = np.ascontiguousarray(prototypes, dtype=np.float32)
+        p = _float32_array(prototypes, "prototypes")
         if p.ndim != 2:
             raise InvalidArgumentError(1, f"prototypes must be a 2-D array [E, d_in], got shape {p.shape}")
+        k = _integer(top_k, "top_k")
+        b = None if bias is None else _float32_array(bias, "bias").ravel()
+        normalization = _index(normalization, NORMALIZATIONS, "normalization")
+        score_function = _index(score, SCORE_FUNCTIONS, "score")
         options = LinearRouterOptions()
         check(lib.moe_linear_router_default_options(ctypes.byref(options), ctypes.sizeof(options)))
-        options.top_k, options.temperature = top_k, temperature
-        options.normalization = _index(normalization, NORMALIZATIONS, "normalization")
-        options.score_function = _index(score, SCORE_FUNCTIONS, "score")
-        if bias is not None:
-            b = np.ascontiguousarray(bias, dtype=np.float32).ravel()
+        options.top_k, options.temperature = k, temperature
+        options.normalization, options.score_function = normalization, score_function
+        if b is not None:
             options.bias, options.bias_count = _floats(b), b.size
         return cls._create(lib.moe_router_create_linear, _floats(p), p.size, p.shape[0], p.shape[1],
                            ctypes.byref(options))

@@ -8,6 +8,7 @@ experts are written here as PEFT adapter directories straight from the documente
 
 import json
 import os
+import re
 import shutil
 import struct
 import sys
@@ -15,6 +16,7 @@ import tempfile
 import threading
 import time
 import unittest
+import unittest.mock
 import xml.sax.saxutils
 
 import numpy as np
@@ -245,6 +247,110 @@ class EngineTests(unittest.TestCase):
         y = moerging.forward_assigned(self.up, ids, weights, x, base, session=self.session)
         assert_close(self, y, reference_forward(self.experts, "model.layers.0.mlp.up_proj", x, base, ids, weights),
                      base, k)
+        # Any integer dtype whose values fit int32 is taken as is, -1 still an empty slot.
+        for dtype in (np.int8, np.int16, np.int64, np.uint64):
+            given = ids if np.issubdtype(dtype, np.signedinteger) else np.maximum(ids, 0)
+            expected = self.session.forward_assigned(self.up, given.astype(np.int32), weights, x, base)
+            with self.subTest(dtype=dtype.__name__):
+                self.assertTrue(np.array_equal(self.session.forward_assigned(self.up, given.astype(dtype), weights, x,
+                                                                             base), expected))
+        self.assertTrue(np.array_equal(self.session.forward_assigned(self.up, ids.tolist(), weights.tolist(), x, base),
+                                       y))
+
+    def test_bad_values_are_refused_before_any_call(self):
+        """Values ctypes or numpy would cast to others (wrapped, truncated, parsed) raise TypeError or
+        InvalidArgumentError (a ValueError) naming the argument, and the index of the first bad element."""
+        x, weights = self.normal(1, D_IN), self.normal(1, 2)
+        classifier = os.path.join(self.root, "never-read.safetensors")
+        uniform = moerging.Router.uniform(EXPERTS)
+        int32 = "outside the int32_t range \\[-2147483648, 2147483647\\]"
+        cases = [  # (call, exception, message pattern)
+            (lambda: moerging.Engine("cpu", cpu_threads=2**40), moerging.InvalidArgumentError,
+             f"^cpu_threads is 1099511627776, {int32}$"),
+            (lambda: moerging.Engine("cpu", cpu_threads=1.9), TypeError,
+             "^cpu_threads must be an integer, got float 1.9$"),
+            (lambda: moerging.Engine("cpu", cpu_threads=True), TypeError,
+             "^cpu_threads must be an integer, got bool True$"),
+            (lambda: moerging.forward_assigned(self.up, [[0, 2**32 + 1]], weights, x, session=self.session),
+             moerging.InvalidArgumentError, f"^expert_ids\\[0, 1\\] is 4294967297, {int32}$"),
+            (lambda: moerging.forward_assigned(self.up, np.array([[1, 0xFFFFFFFF]], np.uint32), weights, x,
+                                               session=self.session),
+             moerging.InvalidArgumentError, f"^expert_ids\\[0, 1\\] is 4294967295, {int32}$"),
+            (lambda: moerging.forward_assigned(self.up, np.array([[-2**31 - 1, 0]]), weights, x, session=self.session),
+             moerging.InvalidArgumentError, f"^expert_ids\\[0, 0\\] is -2147483649, {int32}$"),
+            (lambda: moerging.forward_assigned(self.up, [[0, 1.9]], weights, x, session=self.session), TypeError,
+             "^expert_ids must hold integers, got an array of float64$"),
+            (lambda: moerging.forward_assigned(self.up, np.zeros((1, 2), np.float32), weights, x, session=self.session),
+             TypeError, "^expert_ids must hold integers, got an array of float32$"),
+            (lambda: moerging.forward_assigned(self.up, [[True, False]], weights, x, session=self.session), TypeError,
+             "^expert_ids must hold integers, got an array of bool$"),
+            (lambda: moerging.forward_assigned(self.up, [[0, 1]], [["0.5", "1"]], x, session=self.session), TypeError,
+             "^expert_weights must hold real numbers, got an array of <U3$"),
+            (lambda: self.session.forward(self.up, uniform, [[1j] * D_IN]), TypeError,
+             "^x must hold real numbers, got an array of complex128$"),
+            (lambda: moerging.Router.fixed([True] * EXPERTS), TypeError,
+             "^weights must hold real numbers, got an array of bool$"),
+            (lambda: moerging.Router.uniform(-1), moerging.InvalidArgumentError,
+             f"^expert_count is -1, outside the size_t range \\[0, {2**64 - 1}\\]$"),
+            (lambda: moerging.Router.uniform(float(EXPERTS)), TypeError,
+             "^expert_count must be an integer, got float 4.0$"),
+            (lambda: moerging.Router.arrow(self.up, top_k=2**32 + 1), moerging.InvalidArgumentError,
+             f"^top_k is 4294967297, {int32}$"),
+            (lambda: moerging.Router.arrow(self.up, top_k=np.bool_(True)), TypeError,
+             "^top_k must be an integer, got bool_"),
+            (lambda: moerging.Router.linear(self.normal(EXPERTS, D_IN), top_k=1.9), TypeError,
+             "^top_k must be an integer, got float 1.9$"),
+            (lambda: moerging.Router.linear(self.normal(EXPERTS, D_IN), bias=["a"] * EXPERTS), TypeError,
+             "^bias must hold real numbers, got an array of <U1$"),
+            (lambda: moerging.Router.phatgoose(self.up, top_k=0xFFFFFFFF), moerging.InvalidArgumentError,
+             f"^top_k is 4294967295, {int32}$"),
+            (lambda: moerging.Router.classifier(classifier, top_k=np.float64(2)), TypeError,
+             "^top_k must be an integer, got float64 2.0$"),
+        ]
+
+        class NoCalls:
+            def __getattr__(self, name):
+                def call(*arguments):
+                    raise AssertionError(f"{name} was called with a bad value")
+                return call
+
+        with unittest.mock.patch.object(moerging, "lib", NoCalls()):
+            for i, (call, error, pattern) in enumerate(cases):
+                with self.subTest(case=i, expected=pattern), self.assertRaisesRegex(error, pattern):
+                    call()
+        uniform.close()
+        # numpy integer scalars are integers; the library then checks what the value means.
+        with moerging.Router.arrow(self.up, top_k=np.int64(2)) as router:
+            self.assertEqual(router.top_k, 2)
+        with self.assertRaisesRegex(moerging.InvalidArgumentError, "top-k must be in \\[1, 4\\]"):
+            moerging.Router.arrow(self.up, top_k=-1)
+        # cpu_threads fits int32 but exceeds the engine's bound: 4 x the processors .NET counts, at most these.
+        bound_pattern = "^CpuThreads is {}; it must be 0 \\(every processor\\) to (\\d+) "
+        with self.assertRaisesRegex(moerging.InvalidArgumentError, bound_pattern.format(20000)) as caught:
+            moerging.Engine("cpu", cpu_threads=20000)
+        bound = int(re.match(bound_pattern.format(20000), str(caught.exception)).group(1))
+        self.assertTrue(0 < bound <= 4 * len(os.sched_getaffinity(0)) and bound % 4 == 0, f"the bound is {bound}")
+        moerging.Engine("cpu", cpu_threads=bound).close()
+        with self.assertRaisesRegex(moerging.InvalidArgumentError, bound_pattern.format(bound + 1)):
+            moerging.Engine("cpu", cpu_threads=bound + 1)
+
+    def test_non_finite_values_pass_through(self):
+        """NaN and Inf in x, base and weights reach the library unchanged: it decides what they mean."""
+        ids, weights = np.array([[0, 1], [2, -1], [3, 1]]), self.normal(3, 2)
+        x, base = self.normal(3, D_IN), self.normal(3, D_OUT)
+        x[0, 3], base[1, 2], base[2, 0] = np.nan, np.inf, -np.inf
+        y = moerging.forward_assigned(self.up, ids, weights, x, base, session=self.session)
+        reference = reference_forward(self.experts, "model.layers.0.mlp.up_proj", x, base, ids, weights)
+        for what, test in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
+            self.assertTrue(np.array_equal(test(y), test(reference)), f"{what} at {np.argwhere(test(y))}, expected at "
+                                                                      f"{np.argwhere(test(reference))}")
+        finite = np.isfinite(reference)
+        assert_close(self, y[finite], reference[finite], base[finite], 2)
+        # The library's own checks see the Inf and NaN weights.
+        with self.assertRaisesRegex(moerging.InvalidArgumentError, "^weight at token 0, slot 1 must be finite"):
+            moerging.forward_assigned(self.up, ids, [[1, np.inf], [1, 0], [1, 1]], x, session=self.session)
+        with self.assertRaisesRegex(moerging.InvalidArgumentError, "^weight of expert 2 must be finite"):
+            moerging.Router.fixed([1, 1, np.nan, 1])
 
     def test_threads(self):
         """Eight threads, each with its own session over the shared library and router, match one thread."""
