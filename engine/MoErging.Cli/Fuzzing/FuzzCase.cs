@@ -105,6 +105,10 @@ internal sealed record FuzzCase(long Index, byte[]? Config, byte[]? Weights, IRe
                 ["rank_pattern"] = rankPattern,
                 ["alpha_pattern"] = rng.Next(4) == 0 ? new JsonObject { [chosen[0]] = 2.5 } : new JsonObject(),
             };
+            if (rng.Next(4) == 0)
+            {
+                AddSavedModule(rng, writer, prefix, config);
+            }
             switch (rng.Next(3))
             {
                 case 0:
@@ -117,6 +121,36 @@ internal sealed record FuzzCase(long Index, byte[]? Config, byte[]? Weights, IRe
             using var stream = new MemoryStream();
             writer.WriteTo(stream);
             return new Adapter(config, stream.ToArray());
+        }
+
+        /// <summary>
+        /// A classification head as real adapters save it: plain keys under task_type SEQ_CLS or modules_to_save, or inside
+        /// PEFT's wrapper, sometimes with LoRA factors nested in the wrapper.
+        /// </summary>
+        private static void AddSavedModule(Random rng, SafeTensorsWriter writer, string prefix, JsonObject config)
+        {
+            string head = new[] { "classifier", "score", "pre_classifier" }[rng.Next(3)];
+            int classes = 1 + rng.Next(4), width = 1 + rng.Next(6);
+            switch (rng.Next(3))
+            {
+                case 0:
+                    config["task_type"] = "SEQ_CLS";
+                    break;
+                case 1:
+                    config["modules_to_save"] = new JsonArray(head);
+                    break;
+            }
+            string module = prefix + head + (rng.Next(3) == 0 ? ".modules_to_save.default" : "");
+            writer.Add(module + ".weight", Values(rng, classes * width), [classes, width]);
+            if (rng.Next(2) == 0)
+            {
+                writer.Add(module + ".bias", Values(rng, classes), [classes], TensorDType.BF16);
+            }
+            if (module.Contains(".modules_to_save.", StringComparison.Ordinal) && rng.Next(2) == 0)
+            {
+                writer.Add(module + ".dense.lora_A.weight", Values(rng, width), [1, width]);
+                writer.Add(module + ".dense.lora_B.weight", Values(rng, width), [width, 1]);
+            }
         }
 
         private static float[] Values(Random rng, int count) =>
@@ -330,13 +364,17 @@ internal sealed record FuzzCase(long Index, byte[]? Config, byte[]? Weights, IRe
         private string EditConfig(Random rng)
         {
             string[] fields = ["r", "lora_alpha", "use_rslora", "target_modules", "rank_pattern", "alpha_pattern", "peft_type", "use_dora",
-                "lora_bias", "bias", "layers_to_transform", "layers_pattern", "exclude_modules", "fan_in_fan_out", "layer_replication"];
+                "lora_bias", "bias", "layers_to_transform", "layers_pattern", "exclude_modules", "fan_in_fan_out", "layer_replication",
+                "task_type", "modules_to_save", "init_lora_weights", "arrow_config", "base_model_name_or_path", "use_bdlora"];
             string field = fields[rng.Next(fields.Length)];
             string[] values =
             [
                 "0", "-1", "1", "4", "2147483648", "1e30", "1e400", "2.5", "-0", "\"4\"", "null", "true", "false", "[]", "{}",
                 "\"(\"", "\"[\"", "\".*\"", "\"all-linear\"", "[\"q_proj\"]", "[1,2]", "[-1]", "{\"q_proj\":0}", "{\"(\":2}",
                 "{\"q_proj\":\"x\"}", "{\"v_proj\":1e39}", "\"IA3\"", "\"all\"", "\"LORA\"", new string('[', 20) + "1" + new string(']', 20),
+                "\"SEQ_CLS\"", "[\"classifier\"]", "[\"score\",\"lm_head\"]", "\"pissa\"", "\"pissa_niter_4\"", "\"eva\"", "\"olora\"", "\"loftq\"",
+                "{\"top_k\":0}", "{\"top_k\":2,\"router_temperature\":0.5,\"use_gks\":true}", "{\"router_temperature\":-1}", "{\"top_k\":\"2\"}",
+                "\"gpt2\"", "\"/local/model\"", "\"a/b/c\"",
             ];
             string text = values[rng.Next(values.Length)];
             _config[field] = JsonNode.Parse(text);
@@ -371,8 +409,11 @@ internal sealed record FuzzCase(long Index, byte[]? Config, byte[]? Weights, IRe
             Build();
             byte[] target = onConfig ? _configBytes! : _file!;
             string where = onConfig ? "config" : "weights";
-            switch (rng.Next(5))
+            switch (rng.Next(6))
             {
+                case 5:
+                    Set(onConfig, [.. Encoding.UTF8.GetPreamble(), .. target]);
+                    return $"byte-order mark put before the {where}";
                 case 0:
                 case 1:
                     int flips = 1 + rng.Next(8);

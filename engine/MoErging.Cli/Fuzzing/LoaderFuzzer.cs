@@ -164,6 +164,10 @@ internal sealed class LoaderFuzzer(int seed, string workDirectory)
             {
                 f.Load();
             }
+            foreach (SavedTensor t in expert.SavedTensors)
+            {
+                _ = t.ReadBytes();
+            }
             return expert;
         });
         foreach (Exception? e in new[] { eagerError, lazyError })
@@ -208,6 +212,10 @@ internal sealed class LoaderFuzzer(int seed, string workDirectory)
         if (!eager.Modules.Keys.Order(StringComparer.Ordinal).SequenceEqual(lazy.Modules.Keys.Order(StringComparer.Ordinal)))
         {
             return "module names";
+        }
+        if (!eager.SavedTensors.Select(t => (t.Name, t.Module, t.DType)).SequenceEqual(lazy.SavedTensors.Select(t => (t.Name, t.Module, t.DType))))
+        {
+            return "saved tensors";
         }
         foreach (var (name, x) in eager.Modules)
         {
