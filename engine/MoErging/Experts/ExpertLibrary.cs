@@ -19,7 +19,8 @@ public sealed class ExpertLibrary
 
     /// <summary>
     /// Builds a library; throws naming the expert and module when shapes disagree. Experts whose configs name
-    /// different base models (see <see cref="BaseModels"/>) are an error with <paramref name="requireSameBaseModel"/>,
+    /// different base models (<c>base_model_name_or_path</c>: hub ids compared without case, a bare legacy id the same
+    /// as the one organisation's id ending in it, local paths unknown) are an error with <paramref name="requireSameBaseModel"/>,
     /// else a <see cref="Warnings">warning</see>: equal shapes do not make the same model (GPT-2 and DistilGPT-2 agree on every one).
     /// </summary>
     public ExpertLibrary(IEnumerable<Expert> experts, bool requireSameBaseModel)
@@ -60,6 +61,10 @@ public sealed class ExpertLibrary
         if (disagreement is not null)
         {
             warnings.Add(disagreement);
+        }
+        if (ArrowConfig?.UseGks == true)
+        {
+            warnings.Add("the experts' arrow_config sets use_gks, but general knowledge subtraction needs the general experts, which the configs do not give: apply GeneralKnowledgeSubtraction with them (--general DIR... on the command line)");
         }
         Warnings = warnings;
 
