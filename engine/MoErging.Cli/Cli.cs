@@ -72,7 +72,7 @@ internal static partial class Cli
         }
         catch (Exception e)
         {
-            stderr.WriteLine($"moerge: error: {OneLine(Plain(e))}");
+            stderr.WriteLine($"moerge: error: {OneLine(Paths.Describe(e, rest) ?? Plain(e))}");
             if (verbose)
             {
                 stderr.WriteLine(e);
