@@ -82,6 +82,10 @@ internal sealed class CommandLine
                         inline = it.Current;
                         more = it.MoveNext();
                     }
+                    if (inline.Length == 0)
+                    {
+                        throw new UsageException($"--{name} needs a value, got an empty string");
+                    }
                     line._values[name] = [inline];
                     break;
                 default:
@@ -98,6 +102,10 @@ internal sealed class CommandLine
                     if (values.Count == 0)
                     {
                         throw new UsageException($"--{name} needs at least one value");
+                    }
+                    if (values.IndexOf("") is int empty and >= 0)
+                    {
+                        throw new UsageException($"--{name}: item {empty + 1} is an empty string");
                     }
                     line._values[name] = values;
                     break;

@@ -15,7 +15,7 @@ internal static class MergeCommand
         usage: moerge merge --experts DIR... --weights w1,w2,... --method METHOD --output OUT
                             [--density D] [--rank K] [--seed S] [--space delta|factors] [--sign total|frequency]
                             [--dtype f32|f16|bf16] [--base BASE.safetensors [--module NAME] [--fan-in-fan-out]]
-                            [--progress]
+                            [--force] [--progress]
 
         Merges the experts, module by module, with one weight per expert (c_i = w_i · s_i below, s_i the
         expert's scaling), and writes the result as a PEFT adapter directory OUT (lora_alpha = r, scaling 1).
@@ -39,6 +39,8 @@ internal static class MergeCommand
           --dtype     storage of the merged factors: f32 (default), f16 or bf16
           --base      a safetensors file of base weights: OUT is then that file with W + ΔW for every merged
                       module (or only --module NAME); --fan-in-fan-out for Conv1D bases ([d_in, d_out] weights)
+          --force     replace an adapter (or with --base a file) already at OUT; OUT may never be one of the
+                      merge's own inputs (an expert directory or BASE, symlinks resolved)
           --progress  draw the progress bar on stderr even when stderr is not a terminal
         """;
 
@@ -57,6 +59,7 @@ internal static class MergeCommand
         ["base"] = OptionKind.Single,
         ["module"] = OptionKind.Single,
         ["fan-in-fan-out"] = OptionKind.Flag,
+        ["force"] = OptionKind.Flag,
         ["progress"] = OptionKind.Flag,
         ["help"] = OptionKind.Flag,
     };
@@ -150,6 +153,8 @@ internal static class MergeCommand
             throw new UsageException(e.Message);
         }
 
+        CheckOutput(output, dirs, baseFile, line.Flag("force"));
+
         ExpertLibrary library = ExpertLibrary.Load(dirs);
         string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(output)));
         Expert merged;
@@ -177,6 +182,45 @@ internal static class MergeCommand
             stdout.WriteLine($"merged {library.ExpertCount} experts by {how}; added ΔW to {changed.Count} base weights of {baseFile}: wrote {output}");
         }
         return 0;
+    }
+
+    /// <summary>
+    /// Refuses an output that is one of the inputs (it would be replaced while the merge reads it, and lost) and,
+    /// without --force, one that would replace an existing adapter or file.
+    /// </summary>
+    private static void CheckOutput(string output, IReadOnlyList<string> dirs, string? baseFile, bool force)
+    {
+        string target = Paths.Resolve(output);
+        for (int i = 0; i < dirs.Count; i++)
+        {
+            if (Paths.Comparer.Equals(Paths.Resolve(dirs[i]), target))
+            {
+                throw new IOException($"--output {output} is expert {i + 1} of --experts ({dirs[i]}); a merge cannot write onto its own input, even with --force");
+            }
+        }
+        if (baseFile is not null && Paths.Comparer.Equals(Paths.Resolve(baseFile), target))
+        {
+            throw new IOException($"--output {output} is the --base file ({baseFile}); a merge cannot write onto its own input, even with --force");
+        }
+        if (baseFile is null)
+        {
+            if (File.Exists(target))
+            {
+                throw new IOException($"--output {output} is a file; the merged adapter is written as a directory");
+            }
+            if (!force && (File.Exists(Path.Combine(target, PeftAdapter.ConfigFileName)) || File.Exists(Path.Combine(target, PeftAdapter.WeightsFileName))))
+            {
+                throw new IOException($"--output {output} already holds an adapter; give --force to replace it");
+            }
+        }
+        else if (Directory.Exists(target))
+        {
+            throw new IOException($"--output {output} is a directory; with --base the output is a safetensors file");
+        }
+        else if (!force && File.Exists(target))
+        {
+            throw new IOException($"--output {output} already exists; give --force to replace it");
+        }
     }
 
     private static string Details(MergeOptions o)

@@ -3,13 +3,51 @@ using System.Text.RegularExpressions;
 namespace MoErging.Cli;
 
 /// <summary>
-/// Paths the user gives: file-system errors said as one line that names the user's path and the problem
-/// instead of .NET's text about a full or temporary path.
+/// Paths the user gives: the file they really name (symlinks resolved), and file-system errors said as one line
+/// that names the user's path and the problem instead of .NET's text about a full or temporary path.
 /// </summary>
 internal static partial class Paths
 {
-    /// <summary>Whether two full paths name the same file: case matters only where file systems usually keep it.</summary>
+    private const int MaxLinks = 40; // Linux's own limit on links followed in one lookup
+
+    /// <summary>Whether two resolved paths name the same file: case matters only where file systems usually keep it.</summary>
     public static readonly StringComparer Comparer = OperatingSystem.IsWindows() || OperatingSystem.IsMacOS() ? StringComparer.OrdinalIgnoreCase : StringComparer.Ordinal;
+
+    /// <summary>
+    /// The absolute path with every symlink on it resolved, so that a link to a file and the file compare equal;
+    /// the part of the path that does not exist yet is kept as written.
+    /// </summary>
+    /// <exception cref="IOException">A symlink loop; the message names <paramref name="path"/>.</exception>
+    public static string Resolve(string path)
+    {
+        string full = Path.GetFullPath(path);
+        int links = 0;
+        while (true)
+        {
+            string root = Path.GetPathRoot(full)!, current = root;
+            string[] parts = full[root.Length..].Split(Path.DirectorySeparatorChar, StringSplitOptions.RemoveEmptyEntries);
+            int i = 0;
+            for (; i < parts.Length; i++)
+            {
+                current = Path.Combine(current, parts[i]);
+                if (new FileInfo(current).LinkTarget is string target)
+                {
+                    if (++links > MaxLinks)
+                    {
+                        throw new IOException($"{path}: too many levels of symbolic links");
+                    }
+                    // The link's target is relative to the link's directory; its own components may be links again.
+                    current = Path.GetFullPath(target, Path.GetDirectoryName(current)!);
+                    break;
+                }
+            }
+            if (i == parts.Length)
+            {
+                return Path.TrimEndingDirectorySeparator(current);
+            }
+            full = Path.Join(current, string.Join(Path.DirectorySeparatorChar, parts[(i + 1)..]));
+        }
+    }
 
     /// <summary>
     /// "PATH: problem" for a file-system error whose message is .NET's own text about a path (full, or a

@@ -28,12 +28,105 @@ public sealed class HostileCliTests
         return new Setup(data, dir, lib, lib.WriteTo(dir.Path));
     }
 
+    /// <summary>Every file under the directory with its bytes (links not followed), to show that a failed command changed nothing.</summary>
+    private static Dictionary<string, byte[]> Snapshot(string root) =>
+        Directory.EnumerateFiles(root, "*", new EnumerationOptions { RecurseSubdirectories = true, AttributesToSkip = FileAttributes.ReparsePoint })
+            .ToDictionary(f => f, File.ReadAllBytes);
+
+    private static void AssertUnchanged(Dictionary<string, byte[]> before, string root)
+    {
+        Dictionary<string, byte[]> after = Snapshot(root);
+        Assert.Equal(before.Keys.Order(), after.Keys.Order());
+        foreach (var (path, bytes) in before)
+        {
+            Assert.True(bytes.AsSpan().SequenceEqual(after[path]), $"{path} changed");
+        }
+    }
+
     /// <summary>The error printed as one line (plus, for usage errors, the hint line).</summary>
     private static string OneError(string error, int code)
     {
         string[] lines = error.TrimEnd('\n', '\r').Split('\n');
         Assert.Equal(code == 2 ? 2 : 1, lines.Length);
         return lines[0];
+    }
+
+    // ------------------------------------------------------------------ 1. merge --output
+
+    [Fact]
+    public void MergeRefusesItsOwnInputsAndAnExistingAdapterWithoutForce()
+    {
+        using Setup s = Prepare();
+        string[] merge = ["merge", "--experts", s.Dirs[0], s.Dirs[1], "--weights", "1,0.5", "--method", "cat"];
+        string link = s.Dir.Sub("link-to-e1"), above = s.Dir.Sub("link-to-root");
+        Directory.CreateSymbolicLink(link, s.Dirs[1]);
+        Directory.CreateSymbolicLink(above, s.Dir.Path);
+        Dictionary<string, byte[]> before = Snapshot(s.Dir.Path);
+
+        foreach (string[] force in new[] { Array.Empty<string>(), ["--force"] })
+        {
+            var (code, _, error) = Run([.. merge, "--output", s.Dirs[0], .. force]);
+            Assert.Equal(1, code);
+            Assert.Contains($"--output {s.Dirs[0]} is expert 1 of --experts ({s.Dirs[0]}); a merge cannot write onto its own input", OneError(error, code));
+
+            (code, _, error) = Run([.. merge, "--output", link, .. force]);
+            Assert.Equal(1, code);
+            Assert.Contains($"--output {link} is expert 2 of --experts ({s.Dirs[1]})", OneError(error, code));
+
+            // A path that reaches an input through a link to a directory above it is the input too.
+            (code, _, error) = Run([.. merge, "--output", Path.Combine(above, "e0"), .. force]);
+            Assert.Equal(1, code);
+            Assert.Contains("is expert 1 of --experts", error);
+        }
+
+        // Another expert's directory is an existing adapter: replaced only with --force.
+        var (refused, _, why) = Run([.. merge, "--output", s.Dirs[2]]);
+        Assert.Equal(1, refused);
+        Assert.Contains($"--output {s.Dirs[2]} already holds an adapter; give --force to replace it", OneError(why, refused));
+        AssertUnchanged(before, s.Dir.Path);
+
+        var (code2, _, error2) = Run([.. merge, "--output", s.Dir.Sub("fresh")]);
+        Assert.True(code2 == 0, error2);
+        (code2, _, error2) = Run([.. merge, "--output", s.Dirs[2], "--force"]);
+        Assert.True(code2 == 0, error2);
+        // The replaced adapter is the merge itself: byte for byte what the fresh directory got.
+        foreach (string file in new[] { PeftAdapter.WeightsFileName, PeftAdapter.ConfigFileName })
+        {
+            Assert.Equal(File.ReadAllBytes(Path.Combine(s.Dir.Sub("fresh"), file)), File.ReadAllBytes(Path.Combine(s.Dirs[2], file)));
+        }
+        Assert.Equal(before[Path.Combine(s.Dirs[0], PeftAdapter.WeightsFileName)], File.ReadAllBytes(Path.Combine(s.Dirs[0], PeftAdapter.WeightsFileName)));
+    }
+
+    [Fact]
+    public void MergeOntoTheBaseOrAnExistingFileOrAnEmptyPathIsRefused()
+    {
+        using Setup s = Prepare();
+        string baseFile = s.Dir.Sub("base.safetensors");
+        new SafeTensorsWriter().Add(PeftAdapter.BaseName(Module) + ".weight", s.Data.Normal(OutputDim * InputDim), [OutputDim, InputDim]).WriteTo(baseFile);
+        string[] merge = ["merge", "--experts", s.Dirs[0], s.Dirs[1], "--weights", "1,1", "--method", "linear", "--base", baseFile];
+        Dictionary<string, byte[]> before = Snapshot(s.Dir.Path);
+
+        var (code, _, error) = Run([.. merge, "--output", baseFile, "--force"]);
+        Assert.Equal(1, code);
+        Assert.Contains($"--output {baseFile} is the --base file ({baseFile}); a merge cannot write onto its own input, even with --force", OneError(error, code));
+
+        File.WriteAllText(s.Dir.Sub("taken.safetensors"), "keep");
+        (code, _, error) = Run([.. merge, "--output", s.Dir.Sub("taken.safetensors")]);
+        Assert.Equal(1, code);
+        Assert.Contains("already exists; give --force to replace it", OneError(error, code));
+        Assert.Equal("keep", File.ReadAllText(s.Dir.Sub("taken.safetensors")));
+        File.Delete(s.Dir.Sub("taken.safetensors"));
+        AssertUnchanged(before, s.Dir.Path);
+
+        foreach (string[] output in new[] { new[] { "--output", "" }, ["--output="] })
+        {
+            (code, _, error) = Run([.. merge[..^2], .. output]);
+            Assert.Equal(2, code);
+            Assert.Equal("moerge: --output needs a value, got an empty string", OneError(error, code));
+        }
+        (code, _, error) = Run(["merge", "--experts", s.Dirs[0], "", "--weights", "1,1", "--method", "linear", "--output", s.Dir.Sub("m")]);
+        Assert.Equal(2, code);
+        Assert.Contains("--experts: item 2 is an empty string", error);
     }
 
     // ------------------------------------------------------------------ 7. messages
@@ -54,6 +147,10 @@ public sealed class HostileCliTests
         (code, _, error) = Run(["forward", .. common, $"--input={s.Dir.Sub("absent.safetensors")}", "--output", s.Dir.Sub("o.safetensors")]);
         Assert.Equal(1, code);
         Assert.Equal($"moerge: error: {s.Dir.Sub("absent.safetensors")}: does not exist", OneError(error, code));
+
+        (code, _, error) = Run(["merge", "--experts", s.Dirs[0], loop, "--weights", "1,1", "--method", "linear", "--output", s.Dir.Sub("m")]);
+        Assert.Equal(1, code);
+        Assert.Equal($"moerge: error: {loop}: too many levels of symbolic links", OneError(error, code));
 
         // A writer's temporary file is never the path named: the output is.
         Directory.CreateDirectory(s.Dir.Sub("taken"));
