@@ -133,18 +133,7 @@ internal static class EvaluateCommand
         string data = line.Required("data");
         ExpertLibrary library = ExpertLibrary.Load(dirs);
         AdaptedModule module = library.Module(line.Required("module"));
-        RoutingDataset set = RoutingDataset.Load(data);
-        if (set.InputDim != module.InputDim)
-        {
-            throw new InvalidDataException($"{data}: rows of {set.InputDim} values, but module '{module.Name}' has d_in = {module.InputDim}");
-        }
-        for (int t = 0; t < set.RowCount; t++)
-        {
-            if (set.Experts[t] >= library.ExpertCount)
-            {
-                throw new InvalidDataException($"{data}: row {t} is labelled expert {set.Experts[t]}, but there are {library.ExpertCount} experts");
-            }
-        }
+        RoutingDataset set = RoutingChoice.LoadSet(data, module);
         int experts = library.ExpertCount;
         List<Candidate> candidates =
         [

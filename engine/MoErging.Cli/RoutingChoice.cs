@@ -191,6 +191,29 @@ internal static class RoutingChoice
         return new ClassifierRouter(classifier.Prototypes, classifier.Bias, classifier.InputDim, options, classifier.ExpertNames);
     }
 
+    /// <summary>Loads a labelled routing set for <paramref name="module"/>, checking it has rows, their width and that every label names an expert.</summary>
+    public static RoutingDataset LoadSet(string path, AdaptedModule module)
+    {
+        RoutingDataset set = RoutingDataset.Load(path);
+        if (set.RowCount == 0)
+        {
+            throw new InvalidDataException($"{path}: the routing set is empty (x has no rows)");
+        }
+        if (set.InputDim != module.InputDim)
+        {
+            throw new InvalidDataException($"{path}: rows of {set.InputDim} values, but module '{module.Name}' has d_in = {module.InputDim}");
+        }
+        int experts = module.ExpertCount;
+        for (int t = 0; t < set.RowCount; t++)
+        {
+            if (set.Experts[t] >= experts)
+            {
+                throw new InvalidDataException($"{path}: row {t} is labelled expert {set.Experts[t]}, but there are {experts} experts");
+            }
+        }
+        return set;
+    }
+
     /// <summary>Reads x <c>[T, d_in]</c> from an input file and, when present, base <c>[T, d_out]</c> (zeros otherwise).</summary>
     public static (float[] X, float[] Base, int Tokens) ReadInput(SafeTensorsFile file, AdaptedModule module)
     {

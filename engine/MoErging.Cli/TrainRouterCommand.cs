@@ -54,18 +54,7 @@ internal static class TrainRouterCommand
 
         ExpertLibrary library = ExpertLibrary.Load(dirs);
         AdaptedModule module = library.Module(moduleName);
-        RoutingDataset set = RoutingDataset.Load(data);
-        if (set.InputDim != module.InputDim)
-        {
-            throw new InvalidDataException($"{data}: rows of {set.InputDim} values, but module '{module.Name}' has d_in = {module.InputDim}");
-        }
-        for (int t = 0; t < set.RowCount; t++)
-        {
-            if (set.Experts[t] >= library.ExpertCount)
-            {
-                throw new InvalidDataException($"{data}: row {t} is labelled expert {set.Experts[t]}, but there are {library.ExpertCount} experts");
-            }
-        }
+        RoutingDataset set = RoutingChoice.LoadSet(data, module);
         ClassifierRouter router = ClassifierRouter.Train(set.Rows, set.Experts, set.InputDim, library.ExpertCount,
             new ClassifierTrainingOptions(iterations, l2), expertNames: [.. library.Experts.Select(e => e.Name)]);
         router.Save(output);

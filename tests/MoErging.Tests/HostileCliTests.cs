@@ -1,3 +1,4 @@
+using System.Globalization;
 using MoErging.Experts;
 using MoErging.Formats;
 using MoErging.Routing;
@@ -127,6 +128,48 @@ public sealed class HostileCliTests
         (code, _, error) = Run(["merge", "--experts", s.Dirs[0], "", "--weights", "1,1", "--method", "linear", "--output", s.Dir.Sub("m")]);
         Assert.Equal(2, code);
         Assert.Contains("--experts: item 2 is an empty string", error);
+    }
+
+    // ------------------------------------------------------------------ 2. evaluate on a bad set
+
+    [Theory]
+    [InlineData(float.NaN)]
+    [InlineData(float.PositiveInfinity)]
+    [InlineData(float.NegativeInfinity)]
+    public void EvaluateNamesTheFileAndRowOfANonFiniteValue(float bad)
+    {
+        using Setup s = Prepare();
+        const int rows = 6;
+        float[] x = s.Data.Normal(rows * InputDim);
+        int row = s.Data.Rng.Next(rows), column = s.Data.Rng.Next(InputDim);
+        x[row * InputDim + column] = bad;
+        string set = s.Dir.Sub("set.safetensors");
+        new SafeTensorsWriter().Add("x", x, [rows, InputDim]).Add("expert", [0, 1, 2, 0, 1, 2], [rows]).WriteTo(set);
+
+        var (code, stdout, error) = Run(["evaluate", "--experts", .. s.Dirs, "--module", "down_proj", "--data", set, "--backend", "cpu"]);
+        Assert.Equal(1, code);
+        Assert.Equal("", stdout);
+        string expected = string.Create(CultureInfo.InvariantCulture, $"{set}: row {row} holds {bad} at column {column}; every value of a routing set must be finite");
+        Assert.Equal($"moerge: error: {expected}", OneError(error, code));
+
+        // The managed set refuses it the same way.
+        var thrown = Assert.Throws<ArgumentException>(() => new RoutingDataset(x, InputDim, [0, 1, 2, 0, 1, 2], [0, 0, 0, 0, 0, 0], ["t"]));
+        Assert.Contains($"row {row} holds", thrown.Message);
+    }
+
+    [Fact]
+    public void EvaluateAndTrainRouterRefuseAnEmptySet()
+    {
+        using Setup s = Prepare();
+        string set = s.Dir.Sub("empty.safetensors");
+        new SafeTensorsWriter().Add("x", Array.Empty<float>(), [0, InputDim]).Add("expert", Array.Empty<int>(), [0]).WriteTo(set);
+        var (code, _, error) = Run(["evaluate", "--experts", .. s.Dirs, "--module", "down_proj", "--data", set, "--backend", "cpu"]);
+        Assert.Equal(1, code);
+        Assert.Equal($"moerge: error: {set}: the routing set is empty (x has no rows)", OneError(error, code));
+        (code, _, error) = Run(["train-router", "--experts", .. s.Dirs, "--module", "down_proj", "--data", set, "--output", s.Dir.Sub("r.safetensors")]);
+        Assert.Equal(1, code);
+        Assert.Contains("the routing set is empty", error);
+        Assert.False(File.Exists(s.Dir.Sub("r.safetensors")));
     }
 
     // ------------------------------------------------------------------ 7. messages

@@ -20,8 +20,8 @@ public sealed class RoutingDataset
     private readonly int[] _tasks;
     private readonly string[] _taskNames;
 
-    /// <summary>Creates a set, checking its shapes and labels.</summary>
-    /// <param name="rows">Hidden states, row-major <c>[N, inputDim]</c>.</param>
+    /// <summary>Creates a set, checking its shapes, its labels and that every value is finite.</summary>
+    /// <param name="rows">Hidden states, row-major <c>[N, inputDim]</c>, finite (a NaN row would score NaN for every router).</param>
     /// <param name="inputDim">d_in.</param>
     /// <param name="experts">The true expert of each row (not negative).</param>
     /// <param name="tasks">The task of each row, an index into <paramref name="taskNames"/>.</param>
@@ -33,6 +33,13 @@ public sealed class RoutingDataset
         if (rows.Length % inputDim != 0 || rows.Length / inputDim != experts.Length || tasks.Length != experts.Length)
         {
             throw new ArgumentException($"{rows.Length} values, {experts.Length} expert labels and {tasks.Length} task labels are not N rows of d_in = {inputDim} with one label of each per row", nameof(rows));
+        }
+        for (int i = 0; i < rows.Length; i++)
+        {
+            if (!float.IsFinite(rows[i]))
+            {
+                throw new ArgumentException($"row {i / inputDim} holds {rows[i]} at column {i % inputDim}; every value of a routing set must be finite", nameof(rows));
+            }
         }
         for (int t = 0; t < experts.Length; t++)
         {
@@ -71,7 +78,7 @@ public sealed class RoutingDataset
     public IReadOnlyList<string> TaskNames => _taskNames;
 
     /// <summary>Reads a set from safetensors.</summary>
-    /// <exception cref="InvalidDataException">A missing tensor, shapes that disagree, or a bad label; the message names the file.</exception>
+    /// <exception cref="InvalidDataException">A missing tensor, shapes that disagree, a bad label or a non-finite value; the message names the file.</exception>
     public static RoutingDataset Load(string path)
     {
         using SafeTensorsFile file = SafeTensorsFile.Open(path);
