@@ -19,7 +19,7 @@ internal static class CentroidsCommand
         [N, d_in], N ≥ 1 (F32, F16 or BF16). Each expert's
         centroid per module is the mean of its rows; it is written to DIR/centroids.safetensors as
         <full module name>.centroid [d_in], keeping the centroids of other modules already there.
-        Everything is read and checked before any file is written.
+        Everything is read and checked before any file is written, and every expert's file is replaced or none is.
 
           --module   only these modules (default: every module the data files name)
         """;
@@ -102,16 +102,28 @@ internal static class CentroidsCommand
             }
         }
 
+        // Every expert's file, or none: a failure at one expert leaves all of them as they were.
+        var outputs = new OutputFiles();
+        var paths = new string[dirs.Count];
         for (int e = 0; e < dirs.Count; e++)
         {
-            string path = Path.Combine(dirs[e], CentroidRouter.CentroidFileName);
-            var all = new Dictionary<string, float[]>(Existing(path), StringComparer.Ordinal);
+            paths[e] = Path.Combine(dirs[e], CentroidRouter.CentroidFileName);
+            var all = new Dictionary<string, float[]>(Existing(paths[e]), StringComparer.Ordinal);
             foreach (var (module, centroid) in centroids[e])
             {
                 all[module] = centroid;
             }
-            CentroidRouter.SaveCentroids(dirs[e], all);
-            stdout.WriteLine($"{library.Experts[e].Name}: {centroids[e].Count} module{(centroids[e].Count == 1 ? "" : "s")} from up to {samples[e]} samples → {path}");
+            var writer = new SafeTensorsWriter();
+            foreach (var (module, centroid) in all)
+            {
+                writer.Add(module + CentroidRouter.CentroidSuffix, centroid, [centroid.Length]);
+            }
+            outputs.Add(paths[e], writer.WriteTo);
+        }
+        outputs.Commit();
+        for (int e = 0; e < dirs.Count; e++)
+        {
+            stdout.WriteLine($"{library.Experts[e].Name}: {centroids[e].Count} module{(centroids[e].Count == 1 ? "" : "s")} from up to {samples[e]} samples → {paths[e]}");
         }
         return 0;
     }

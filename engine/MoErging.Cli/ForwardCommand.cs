@@ -89,7 +89,7 @@ internal static class ForwardCommand
         writer.Add("y", y, [tokens, module.OutputDim]);
         writer.Add("expert_ids", decision.ExpertIds, [tokens, decision.TopK]);
         writer.Add("expert_weights", decision.Weights, [tokens, decision.TopK]);
-        writer.WriteTo(output);
+        new OutputFiles().Add(output, writer.WriteTo).Commit();
         stdout.WriteLine($"{tokens} tokens through '{module.Name}' ({module.InputDim} → {module.OutputDim}) with {kind} routing ({granularity.Kind.ToString().ToLowerInvariant()} level, {aggregation.ToString().ToLowerInvariant()} mixing) over {library.ExpertCount} experts on {engine.Backend}: wrote {output}");
         return 0;
     }

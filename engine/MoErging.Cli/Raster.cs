@@ -161,25 +161,6 @@ internal sealed class Raster
         }
     }
 
-    /// <summary>Writes the picture as a PNG file (atomically: a temporary file, then a rename).</summary>
-    public void SavePng(string path)
-    {
-        string temporary = path + $".{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
-        try
-        {
-            using (var stream = new FileStream(temporary, FileMode.CreateNew, FileAccess.Write))
-            {
-                WritePng(stream);
-            }
-            File.Move(temporary, path, overwrite: true);
-        }
-        catch
-        {
-            File.Delete(temporary);
-            throw;
-        }
-    }
-
     /// <summary>PNG: the signature, IHDR (8-bit RGB), one IDAT of zlib-compressed scanlines (filter 0), IEND.</summary>
     public void WritePng(Stream stream)
     {

@@ -81,14 +81,16 @@ internal static class RouteCommand
 
         string[] names = [.. library.Experts.Select(e => e.Name)];
         RoutingStatistics statistics = RoutingStatistics.Of(decision);
+        var outputs = new OutputFiles();
         if (line.Single("output") is string output)
         {
-            new SafeTensorsWriter()
+            outputs.Add(output, new SafeTensorsWriter()
                 .Add("expert_ids", decision.ExpertIds, [tokens, decision.TopK])
                 .Add("expert_weights", decision.Weights, [tokens, decision.TopK])
-                .WriteTo(output);
+                .WriteTo);
         }
-        string[] written = line.Single("report") is string report ? RoutingReport.Write(report, decision, names) : [];
+        string[] written = line.Single("report") is string report ? RoutingReport.AddTo(outputs, report, decision, names) : [];
+        outputs.Commit();
         if (line.Flag("json"))
         {
             stdout.WriteLine(RoutingReport.Json(statistics, names));

@@ -18,15 +18,16 @@ internal static class RoutingReport
     private static readonly Rgb[] Stops = [new(68, 1, 84), new(59, 82, 139), new(33, 145, 140), new(94, 201, 98), new(253, 231, 37)];
     private static readonly Rgb LoadColour = new(59, 82, 139), TopOneColour = new(253, 160, 37);
 
-    /// <summary>Writes the three files into <paramref name="directory"/> (created if needed); returns their paths.</summary>
-    public static string[] Write(string directory, RoutingDecision decision, IReadOnlyList<string> expertNames)
+    /// <summary>Adds the three files in <paramref name="directory"/> (made if needed) to a command's outputs; returns their paths.</summary>
+    public static string[] AddTo(OutputFiles outputs, string directory, RoutingDecision decision, IReadOnlyList<string> expertNames)
     {
         RoutingStatistics statistics = RoutingStatistics.Of(decision);
-        Directory.CreateDirectory(directory);
         string heatmap = Path.Combine(directory, "heatmap.png"), load = Path.Combine(directory, "load.png"), json = Path.Combine(directory, "statistics.json");
-        Heatmap(decision).SavePng(heatmap);
-        LoadChart(statistics).SavePng(load);
-        File.WriteAllText(json, Json(statistics, expertNames) + "\n");
+        byte[] text = System.Text.Encoding.UTF8.GetBytes(Json(statistics, expertNames) + "\n");
+        outputs.Directory(directory)
+            .Add(heatmap, Heatmap(decision).WritePng)
+            .Add(load, LoadChart(statistics).WritePng)
+            .Add(json, stream => stream.Write(text));
         return [heatmap, load, json];
     }
 

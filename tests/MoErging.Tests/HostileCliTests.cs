@@ -1,4 +1,5 @@
 using System.Globalization;
+using MoErging.Cli;
 using MoErging.Experts;
 using MoErging.Formats;
 using MoErging.Routing;
@@ -19,6 +20,14 @@ public sealed class HostileCliTests
     private sealed record Setup(TestData Data, TempDir Dir, TestLibrary Lib, string[] Dirs) : IDisposable
     {
         public void Dispose() => Dir.Dispose();
+
+        /// <summary>An input file of x [tokens, d_in] (tokens may be 0).</summary>
+        public string Input(int tokens)
+        {
+            string path = Dir.Sub($"in-{tokens}.safetensors");
+            new SafeTensorsWriter().Add("x", Data.Normal(tokens * InputDim), [tokens, InputDim]).WriteTo(path);
+            return path;
+        }
     }
 
     private static Setup Prepare()
@@ -170,6 +179,94 @@ public sealed class HostileCliTests
         Assert.Equal(1, code);
         Assert.Contains("the routing set is empty", error);
         Assert.False(File.Exists(s.Dir.Sub("r.safetensors")));
+    }
+
+    // ------------------------------------------------------------------ 3. all or nothing
+
+    [Fact]
+    public void CentroidsWriteEveryExpertsFileOrNone()
+    {
+        // Root ignores a read-only directory, so the last expert's target is made unwritable another way: a directory.
+        using Setup s = Prepare();
+        var files = new string[Experts];
+        for (int e = 0; e < Experts; e++)
+        {
+            files[e] = s.Dir.Sub($"samples-{e}.safetensors");
+            new SafeTensorsWriter().Add("down_proj", s.Data.Normal(4 * InputDim), [4, InputDim]).WriteTo(files[e]);
+        }
+        CentroidRouter.SaveCentroids(s.Dirs[0], new Dictionary<string, float[]> { [Module] = new float[InputDim] });
+        string blocked = Path.Combine(s.Dirs[2], CentroidRouter.CentroidFileName);
+        Directory.CreateDirectory(blocked);
+        Dictionary<string, byte[]> before = Snapshot(s.Dir.Path);
+
+        var (code, stdout, error) = Run(["centroids", "--experts", .. s.Dirs, "--data", .. files]);
+        Assert.Equal(1, code);
+        Assert.Equal("", stdout);
+        Assert.Equal($"moerge: error: {blocked}: is a directory", OneError(error, code));
+        AssertUnchanged(before, s.Dir.Path); // expert 0's old file kept, no file for expert 1, no temporaries
+
+        Directory.Delete(blocked);
+        (code, _, error) = Run(["centroids", "--experts", .. s.Dirs, "--data", .. files]);
+        Assert.True(code == 0, error);
+        Assert.All(s.Dirs, d => Assert.True(File.Exists(Path.Combine(d, CentroidRouter.CentroidFileName))));
+    }
+
+    [Fact]
+    public void RouteWritesItsDecisionAndReportOrNone()
+    {
+        using Setup s = Prepare();
+        string input = s.Input(5), decision = s.Dir.Sub("decision.safetensors"), report = s.Dir.Sub("report");
+        string[] route = ["route", "--experts", .. s.Dirs, "--module", "down_proj", "--input", input, "--router", "arrow", "--backend", "cpu",
+            "--output", decision, "--report", report];
+        File.WriteAllText(decision, "old decision");
+        Directory.CreateDirectory(Path.Combine(report, "statistics.json")); // fails the last of the four files
+        Dictionary<string, byte[]> before = Snapshot(s.Dir.Path);
+
+        var (code, _, error) = Run(route);
+        Assert.Equal(1, code);
+        Assert.Equal($"moerge: error: {Path.Combine(report, "statistics.json")}: is a directory", OneError(error, code));
+        AssertUnchanged(before, s.Dir.Path);
+
+        // A report directory that is a file; a report directory that did not exist is removed again on failure.
+        Directory.Delete(report, recursive: true);
+        File.WriteAllText(report, "a file");
+        (code, _, error) = Run(route);
+        Assert.Equal(1, code);
+        Assert.Equal($"moerge: error: {report}: is a file, not a directory", OneError(error, code));
+        File.Delete(report);
+        string missing = s.Dir.Sub("nowhere/decision.safetensors"), nested = s.Dir.Sub("new/report");
+        (code, _, error) = Run([.. route[..^4], "--output", missing, "--report", nested]);
+        Assert.Equal(1, code);
+        Assert.Contains($"{missing}: the directory {s.Dir.Sub("nowhere")} does not exist", error);
+        Assert.False(Directory.Exists(s.Dir.Sub("new")), "the report directory made for the failed command is removed");
+        Assert.Equal("old decision", File.ReadAllText(decision));
+
+        (code, _, error) = Run(route);
+        Assert.True(code == 0, error);
+        Assert.True(File.Exists(Path.Combine(report, "heatmap.png")));
+        using SafeTensorsFile written = SafeTensorsFile.Open(decision);
+        Assert.Equal([5L, 3], written.GetTensor("expert_ids").Shape.ToArray());
+        Assert.Empty(Directory.EnumerateFiles(s.Dir.Path, "*.tmp*", SearchOption.AllDirectories));
+    }
+
+    [Fact]
+    public void OutputFilesPutBackWhatARenameFailureWouldLose()
+    {
+        // A file that turns into a directory after the checks (another process) fails the second rename; the
+        // first file, already replaced, gets its old bytes back and no temporary or backup is left.
+        using var dir = new TempDir();
+        string first = dir.Sub("first"), second = dir.Sub("second"), third = dir.Sub("third");
+        File.WriteAllText(first, "old");
+        OutputFiles files = new OutputFiles()
+            .Add(first, stream => stream.Write("new"u8))
+            .Add(second, stream => stream.Write("2"u8))
+            .Add(third, _ => Directory.CreateDirectory(second));
+        var thrown = Assert.Throws<IOException>(files.Commit);
+        Assert.StartsWith($"{second}: ", thrown.Message);
+        Assert.DoesNotContain(".tmp", thrown.Message);
+        Assert.Equal("old", File.ReadAllText(first));
+        Assert.False(File.Exists(third));
+        Assert.Equal([first], Directory.EnumerateFiles(dir.Path));
     }
 
     // ------------------------------------------------------------------ 7. messages
