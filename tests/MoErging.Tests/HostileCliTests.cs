@@ -1,5 +1,6 @@
 using System.Globalization;
 using MoErging.Cli;
+using MoErging.Execution;
 using MoErging.Experts;
 using MoErging.Formats;
 using MoErging.Routing;
@@ -267,6 +268,53 @@ public sealed class HostileCliTests
         Assert.Equal("old", File.ReadAllText(first));
         Assert.False(File.Exists(third));
         Assert.Equal([first], Directory.EnumerateFiles(dir.Path));
+    }
+
+    // ------------------------------------------------------------------ 4. T = 0
+
+    [Theory]
+    [InlineData("forward")]
+    [InlineData("route")]
+    public void AnEmptyBatchAtTaskGranularityGivesEmptyOutputs(string command)
+    {
+        using Setup s = Prepare();
+        string output = s.Dir.Sub("out.safetensors");
+        var (code, _, error) = Run([command, "--experts", .. s.Dirs, "--module", "down_proj", "--input", s.Input(0), "--router", "arrow", "--top-k", "2",
+            "--granularity", "task", "--output", output, "--backend", "cpu"]);
+        Assert.True(code == 0, error);
+        using SafeTensorsFile file = SafeTensorsFile.Open(output);
+        Assert.Equal([0L, 2], file.GetTensor("expert_ids").Shape.ToArray());
+        Assert.Equal([0L, 2], file.GetTensor("expert_weights").Shape.ToArray());
+        if (command == "forward")
+        {
+            Assert.Equal([0L, OutputDim], file.GetTensor("y").Shape.ToArray());
+        }
+    }
+
+    [Fact]
+    public void SessionRoutesAndForwardsAnEmptyBatchAtEveryGranularity()
+    {
+        using Setup s = Prepare();
+        AdaptedModule module = s.Lib.Module(Module);
+        using Engine engine = Engine.Create(new EngineOptions { Backend = Backend.Cpu, CpuThreads = 2 });
+        using Session session = engine.CreateSession();
+        Router[] routers = [new ArrowRouter(module, new RoutingOptions(2)), new FixedRouter([0.5f, 0.25f, 0.25f])];
+        RoutingGranularity[] granularities = [RoutingGranularity.Token, RoutingGranularity.Task, RoutingGranularity.Example([])];
+        foreach (Router router in routers)
+        {
+            foreach (RoutingGranularity granularity in granularities)
+            {
+                // A decision that held tokens before must come back empty.
+                var decision = new RoutingDecision();
+                session.Route(module, router, s.Data.Normal(4 * InputDim), decision);
+                session.Route(module, router, granularity, ReadOnlySpan<float>.Empty, decision);
+                Assert.Equal(0, decision.TokenCount);
+                session.Forward(module, router, granularity, Aggregation.Output, ReadOnlySpan<float>.Empty, decision, Span<float>.Empty);
+                Assert.Equal(0, decision.TokenCount);
+                session.Forward(module, router, granularity, Aggregation.Parameter, ReadOnlySpan<Half>.Empty, decision, Span<Half>.Empty);
+                Assert.Equal(0, decision.TokenCount);
+            }
+        }
     }
 
     // ------------------------------------------------------------------ 7. messages

@@ -295,7 +295,9 @@ public sealed unsafe class Session : IDisposable
     {
         ReadOnlySpan<float> rows = x;
         RoutingDecision target = destination;
-        if (granularity.Kind != Granularity.Token)
+        // An empty batch has no row to pool: routing its zero tokens directly gives the empty decision.
+        bool grouped = granularity.Kind != Granularity.Token && tokens > 0;
+        if (grouped)
         {
             int n = module.InputDim;
             Span<float> pooled = Grow(ref _pooled, groups * n);
@@ -318,7 +320,7 @@ public sealed unsafe class Session : IDisposable
                 RouteOnCpu(router, px, rows.Length / module.InputDim, target);
             }
         }
-        if (granularity.Kind != Granularity.Token)
+        if (grouped)
         {
             granularity.Broadcast(_groupDecision, destination, tokens);
         }
