@@ -66,7 +66,7 @@ internal static partial class Cli
         }
         catch (UsageException e)
         {
-            stderr.WriteLine($"moerge: {e.Message}");
+            stderr.WriteLine($"moerge: {OneLine(Plain(e))}");
             stderr.WriteLine(command is not null ? $"run 'moerge {name} --help' for its options" : "run 'moerge --help' for the commands");
             return 2;
         }
@@ -108,7 +108,8 @@ internal static partial class Cli
     /// <summary>
     /// The message without the parameter name ArgumentException appends (" (Parameter 'name')", also where a
     /// message was wrapped into another), which means nothing on the command line, and with
-    /// ArgumentOutOfRangeException's "Actual value was v." as " (got v)". A null argument's message is only
+    /// ArgumentOutOfRangeException's "Actual value was v." as " (got v)"; also for usage errors, which may carry
+    /// such a message from the options' own check. A null argument's message is only
     /// "Value cannot be null" without the name, so it stays whole.
     /// </summary>
     private static string Plain(Exception e) =>

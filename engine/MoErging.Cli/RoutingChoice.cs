@@ -67,9 +67,16 @@ internal static class RoutingChoice
                 throw new UsageException($"--{option} applies only to --router {string.Join(", ", owners)}");
             }
         }
-        if (line.Float("temperature") is float temperature && !(float.IsFinite(temperature) && temperature > 0))
+        if (line.Float("temperature") is float temperature)
         {
-            throw new UsageException($"--temperature must be a positive number, got '{line.Single("temperature")}'");
+            try
+            {
+                RoutingOptions.ValidateTemperature(temperature);
+            }
+            catch (ArgumentOutOfRangeException e)
+            {
+                throw new UsageException($"--temperature {line.Single("temperature")}: {e.Message}");
+            }
         }
         if (router == "classifier" && !line.Has("classifier"))
         {

@@ -317,6 +317,45 @@ public sealed class HostileCliTests
         }
     }
 
+    // ------------------------------------------------------------------ 5. temperature
+
+    [Fact]
+    public void TheSmallestTemperatureIsTheFirstWhoseReciprocalIsFinite()
+    {
+        float min = RoutingOptions.MinTemperature;
+        Assert.True(float.IsFinite(1f / min), $"1/{min} overflows");
+        Assert.True(float.IsPositiveInfinity(1f / float.BitDecrement(min)));
+        // The reference in float64: 1/τ rounds to +∞ in float32 from 2^128 - 2^103 (half an ulp above float.MaxValue) on.
+        Assert.True(1.0 / min < Math.Pow(2, 128) - Math.Pow(2, 103));
+        Assert.True(1.0 / float.BitDecrement(min) >= Math.Pow(2, 128) - Math.Pow(2, 103));
+
+        using Setup s = Prepare();
+        AdaptedModule module = s.Lib.Module(Module);
+        _ = new ArrowRouter(module, new RoutingOptions(2, min));
+        foreach (float tiny in new[] { float.BitDecrement(min), 1e-45f, float.Epsilon })
+        {
+            var thrown = Assert.Throws<ArgumentOutOfRangeException>(() => new ArrowRouter(module, new RoutingOptions(2, tiny)));
+            Assert.Contains($"temperature is too small: 1/temperature overflows float32; the smallest allowed is {min.ToString("R", CultureInfo.InvariantCulture)}", thrown.Message);
+            Assert.Throws<ArgumentOutOfRangeException>(() => RoutingOptions.ValidateTemperature(tiny));
+        }
+    }
+
+    [Theory]
+    [InlineData("forward")]
+    [InlineData("route")]
+    public void ATemperatureWhoseReciprocalOverflowsIsAUsageError(string command)
+    {
+        using Setup s = Prepare();
+        string output = s.Dir.Sub("out.safetensors");
+        var (code, stdout, error) = Run([command, "--experts", .. s.Dirs, "--module", "down_proj", "--input", s.Input(3), "--router", "arrow",
+            "--temperature", "1e-45", "--output", output]);
+        Assert.Equal(2, code);
+        Assert.Equal("", stdout);
+        Assert.StartsWith("moerge: --temperature 1e-45: temperature is too small", OneError(error, code));
+        Assert.Contains(RoutingOptions.MinTemperature.ToString("R", CultureInfo.InvariantCulture), error);
+        Assert.False(File.Exists(output));
+    }
+
     // ------------------------------------------------------------------ 7. messages
 
     [Fact]

@@ -209,7 +209,7 @@ public sealed class RoutingCliTests
 
         (code, _, error) = Run(["forward", .. common, "--router", "arrow", "--temperature", "0"]);
         Assert.Equal(2, code);
-        Assert.Contains("--temperature must be a positive number, got '0'", error);
+        Assert.Contains("--temperature 0: temperature must be positive and finite", error);
 
         (code, _, error) = Run(["forward", .. common, "--router", "arrow", "--granularity", "example"]);
         Assert.Equal(2, code);
