@@ -24,7 +24,9 @@ internal static class DemoCommand
         Writes E synthetic LoRA experts (each adapting q_proj and v_proj of layer 0, d_in = d_out = D,
         rank R) as PEFT adapter directories, loads them back, routes T tokens with Arrow top-K at q_proj,
         reuses the decision at v_proj, and times both forwards (on a GPU with x and y on the device,
-        against its device-to-device copy; on the CPU against the machine's copy bandwidth).
+        against its device-to-device copy; on the CPU against the machine's copy bandwidth). A size the machine
+        cannot hold (the memory the GC may use, the free disk where the adapters go) is refused before anything is
+        allocated or written, with the estimate.
 
           --out          where to write the adapters (default: a temporary folder, removed afterwards)
           --experts      E (default 64)        --tokens   T (default 64)     --dim   D (default 4096)
@@ -49,6 +51,8 @@ internal static class DemoCommand
         ["threads"] = OptionKind.Single,
         ["help"] = OptionKind.Flag,
     });
+
+    private const int CopyBytes = 128 << 20; // each buffer of the copy-bandwidth measurement, well past any cache
 
     private static readonly string[] Modules =
     [
@@ -75,6 +79,7 @@ internal static class DemoCommand
         EngineOptions engineOptions = EngineChoice.Options(line, threads);
         string? outDir = line.Single("out");
         string root = outDir ?? Path.Combine(Path.GetTempPath(), $"moerge-demo-{Environment.ProcessId}-{Guid.NewGuid():N}"[..32]);
+        CheckSize(root, experts, tokens, dim, rank);
 
         var c = CultureInfo.InvariantCulture;
         stdout.WriteLine(string.Create(c, $"moerge demo: {experts} experts (d = {dim}, r = {rank}, {Modules.Length} modules each), {tokens} tokens, Arrow top-{topK}, seed {seed}"));
@@ -180,6 +185,38 @@ internal static class DemoCommand
         return 0;
     }
 
+    /// <summary>
+    /// Refuses, before anything is allocated or written, a demo the machine cannot hold: the memory it needs
+    /// against what the GC may use, and its adapter files against the free space where they go.
+    /// </summary>
+    private static void CheckSize(string root, int experts, int tokens, int dim, int rank)
+    {
+        long library = (long)experts * Modules.Length * 2 * rank * dim * sizeof(float);
+        // The library twice (made, then loaded back from its files), one expert's tensors staged while its file is
+        // written, the Arrow prototypes and task directions, x with both outputs, and the copy measurement's buffers.
+        long memory = 2 * library + library / experts + 2L * experts * dim * sizeof(float) + 3L * tokens * dim * sizeof(float) + 2L * CopyBytes;
+        long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        string what = string.Create(CultureInfo.InvariantCulture,
+            $"{experts} experts × {Modules.Length} modules × 2 factors × rank {rank} × d {dim} × 4 bytes = {library / 1e9:F1} GB");
+        if (memory > available)
+        {
+            throw new UsageException(string.Create(CultureInfo.InvariantCulture,
+                $"the demo needs about {memory / 1e9:F1} GB of memory ({what}, held twice, plus tokens and outputs) but {available / 1e9:F1} GB is available; give fewer --experts or a smaller --dim, --rank or --tokens"));
+        }
+        string existing = Path.GetFullPath(root);
+        while (!Directory.Exists(existing))
+        {
+            existing = Path.GetDirectoryName(existing)!;
+        }
+        long disk = library + experts * 4096L; // each adapter's config and safetensors header fit in a few kB
+        long free = new DriveInfo(existing).AvailableFreeSpace;
+        if (disk > free)
+        {
+            throw new UsageException(string.Create(CultureInfo.InvariantCulture,
+                $"the demo's adapters need about {disk / 1e9:F1} GB of disk ({what}) but {existing} has {free / 1e9:F1} GB free; give --out on a larger disk, or fewer --experts or a smaller --dim or --rank"));
+        }
+    }
+
     private static void ReportRouting(ExpertLibrary library, RoutingDecision decision, int[] tasks, AdaptedModule module, TextWriter stdout)
     {
         var c = CultureInfo.InvariantCulture;
@@ -243,9 +280,8 @@ internal static class DemoCommand
     /// <summary>Best of five device-to-device copies of 128 MB, counting bytes read plus written.</summary>
     private static double DeviceCopyBandwidth(Accelerator accelerator)
     {
-        const long bytes = 128 << 20;
-        using var source = accelerator.Allocate1D<byte>(bytes);
-        using var destination = accelerator.Allocate1D<byte>(bytes);
+        using var source = accelerator.Allocate1D<byte>(CopyBytes);
+        using var destination = accelerator.Allocate1D<byte>(CopyBytes);
         source.MemSetToZero();
         accelerator.Synchronize();
         double best = double.MaxValue;
@@ -256,16 +292,15 @@ internal static class DemoCommand
             accelerator.Synchronize();
             best = Math.Min(best, Stopwatch.GetElapsedTime(start).TotalSeconds);
         }
-        return 2.0 * bytes / best / 1e9;
+        return 2.0 * CopyBytes / best / 1e9;
     }
 
     /// <summary>Best of five parallel copies of 128 MB (well past any cache), counting bytes read plus written.</summary>
     private static double CopyBandwidth(int threads)
     {
-        const int bytes = 128 << 20;
-        byte[] source = GC.AllocateUninitializedArray<byte>(bytes), destination = GC.AllocateUninitializedArray<byte>(bytes);
+        byte[] source = GC.AllocateUninitializedArray<byte>(CopyBytes), destination = GC.AllocateUninitializedArray<byte>(CopyBytes);
         new Random(0).NextBytes(source);
-        int parts = Math.Max(1, threads), chunk = bytes / parts;
+        int parts = Math.Max(1, threads), chunk = CopyBytes / parts;
         double best = double.MaxValue;
         for (int run = 0; run < 5; run++)
         {

@@ -356,6 +356,24 @@ public sealed class HostileCliTests
         Assert.False(File.Exists(output));
     }
 
+    // ------------------------------------------------------------------ 6. demo size
+
+    [Fact]
+    public void DemoRefusesWhatTheMachineCannotHoldBeforeAllocating()
+    {
+        // 4096 experts × 2 modules × 2 factors × rank 1024 × d 65536 × 4 bytes: 4.4 TB, held twice.
+        long library = 4096L * 2 * 2 * 1024 * 65536 * 4;
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        var (code, stdout, error) = Run("demo", "--experts", "4096", "--dim", "65536", "--rank", "1024", "--backend", "cpu");
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.Equal(2, code);
+        Assert.Equal("", stdout);
+        string line = OneError(error, code);
+        Assert.Contains(string.Create(CultureInfo.InvariantCulture, $"= {library / 1e9:F1} GB"), line);
+        Assert.Contains(string.Create(CultureInfo.InvariantCulture, $"but {GC.GetGCMemoryInfo().TotalAvailableMemoryBytes / 1e9:F1} GB is available"), line);
+        Assert.True(allocated < 16 << 20, $"{allocated} bytes allocated before refusing");
+    }
+
     // ------------------------------------------------------------------ 7. messages
 
     [Fact]
