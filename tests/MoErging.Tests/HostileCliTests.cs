@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Text.Json;
 using MoErging.Cli;
 using MoErging.Execution;
 using MoErging.Experts;
@@ -22,11 +23,12 @@ public sealed class HostileCliTests
     {
         public void Dispose() => Dir.Dispose();
 
-        /// <summary>An input file of x [tokens, d_in] (tokens may be 0).</summary>
-        public string Input(int tokens)
+        /// <summary>An input file of x [tokens, d_in] (tokens may be 0), optionally with every value set to <paramref name="fill"/>.</summary>
+        public string Input(int tokens, float? fill = null)
         {
-            string path = Dir.Sub($"in-{tokens}.safetensors");
-            new SafeTensorsWriter().Add("x", Data.Normal(tokens * InputDim), [tokens, InputDim]).WriteTo(path);
+            float[] x = fill is float f ? Enumerable.Repeat(f, tokens * InputDim).ToArray() : Data.Normal(tokens * InputDim);
+            string path = Dir.Sub($"in-{tokens}-{fill?.ToString(CultureInfo.InvariantCulture) ?? "normal"}.safetensors");
+            new SafeTensorsWriter().Add("x", x, [tokens, InputDim]).WriteTo(path);
             return path;
         }
     }
@@ -375,6 +377,25 @@ public sealed class HostileCliTests
     }
 
     // ------------------------------------------------------------------ 7. messages
+
+    [Fact]
+    public void NonFiniteStatisticsAreJsonNull()
+    {
+        // NaN rows (which the forward passes through, as NaN in y) score NaN, and the softmax of NaN scores is NaN.
+        using Setup s = Prepare();
+        string report = s.Dir.Sub("report");
+        var (code, stdout, error) = Run(["route", "--experts", .. s.Dirs, "--module", "down_proj", "--input", s.Input(4, float.NaN), "--router", "arrow",
+            "--json", "--report", report, "--backend", "cpu"]);
+        Assert.True(code == 0, error);
+        foreach (string json in new[] { stdout, File.ReadAllText(Path.Combine(report, "statistics.json")) })
+        {
+            using JsonDocument document = JsonDocument.Parse(json);
+            Assert.Equal(JsonValueKind.Null, document.RootElement.GetProperty("mean_top1_weight").ValueKind);
+            Assert.Contains(document.RootElement.GetProperty("per_expert").EnumerateArray(), e => e.GetProperty("weight").ValueKind == JsonValueKind.Null);
+            Assert.Equal(4, document.RootElement.GetProperty("tokens").GetInt32());
+        }
+        Assert.Contains("written as null", Run("route", "--help").Out);
+    }
 
     [Fact]
     public void FileSystemErrorsNameTheUsersPathInOneLine()
