@@ -11,7 +11,7 @@ namespace MoErging.Cli;
 internal static class CentroidsCommand
 {
     private const string Help = """
-        usage: moerge centroids --experts DIR... --data FILE... | --data DATADIR [--module NAME...]
+        usage: moerge centroids --experts [NAME=]DIR... --data FILE... | --data DATADIR [--module NAME...]
 
         --data gives one safetensors file per expert, in the order of --experts, or one directory holding
         <expert name>.safetensors for every expert. An expert's file holds its sample hidden states: per
@@ -22,17 +22,18 @@ internal static class CentroidsCommand
         Everything is read and checked before any file is written, and every expert's file is replaced or none is.
 
           --module   only these modules (default: every module the data files name)
-        """;
+        """ + "\n" + ExpertsOption.Help;
 
     private static readonly Dictionary<string, OptionKind> Options = new()
     {
         ["experts"] = OptionKind.Many,
+        ["strict"] = OptionKind.Flag,
         ["data"] = OptionKind.Many,
         ["module"] = OptionKind.Many,
         ["help"] = OptionKind.Flag,
     };
 
-    public static int Run(string[] args, TextWriter stdout)
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         if (Cli.Help(args, Help, stdout))
         {
@@ -40,7 +41,7 @@ internal static class CentroidsCommand
         }
         CommandLine line = CommandLine.Parse(args, Options);
         line.NoPositionals();
-        IReadOnlyList<string> dirs = line.Many("experts"), data = line.Many("data");
+        IReadOnlyList<string> dirs = ExpertsOption.Parse(line.Many("experts")).Directories, data = line.Many("data");
         if (dirs.Count == 0 || data.Count == 0)
         {
             throw new UsageException("--experts and --data are required");
@@ -51,7 +52,7 @@ internal static class CentroidsCommand
         {
             throw new UsageException($"--data needs one file per expert ({dirs.Count}) or one directory, got {data.Count} paths");
         }
-        ExpertLibrary library = ExpertLibrary.Load(dirs);
+        ExpertLibrary library = ExpertsOption.Load(line, stderr).Library;
         if (oneDirectory)
         {
             data = library.Experts.Select(e => Path.Combine(data[0], e.Name + ".safetensors")).ToArray();

@@ -14,7 +14,7 @@ namespace MoErging.Cli;
 internal static class EvaluateCommand
 {
     private const string Help = $"""
-        usage: moerge evaluate --experts DIR... --module NAME --data SET.safetensors [--classifier FILE] [--backend B]
+        usage: moerge evaluate --experts [NAME=]DIR... --module NAME --data SET.safetensors [--classifier FILE] [--backend B]
                moerge evaluate --synthetic [--experts E] [--dim D] [--rank R] [--rows N] [--held-out H]
                                [--strength S] [--seed S] [--backend B]
                (either form also takes [--device D] [--weight-precision f32|f16])
@@ -33,11 +33,13 @@ internal static class EvaluateCommand
         their nearest expert. Rows are S (default 3) along the task direction plus unit Gaussian noise.
 
         {EngineChoice.Help}
+        {ExpertsOption.Help}
         """;
 
     private static readonly Dictionary<string, OptionKind> Options = EngineChoice.With(new()
     {
         ["experts"] = OptionKind.Many,
+        ["strict"] = OptionKind.Flag,
         ["module"] = OptionKind.Single,
         ["data"] = OptionKind.Single,
         ["classifier"] = OptionKind.Single,
@@ -55,7 +57,7 @@ internal static class EvaluateCommand
 
     private sealed record Candidate(string Name, Router? Router, string? Skipped);
 
-    public static int Run(string[] args, TextWriter stdout)
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         if (Cli.Help(args, Help, stdout))
         {
@@ -72,7 +74,7 @@ internal static class EvaluateCommand
                 throw new UsageException(synthetic ? $"--{option} does not apply to --synthetic" : $"--{option} applies only to --synthetic");
             }
         }
-        var (module, set, candidates, description) = synthetic ? Synthetic(line) : FromFiles(line);
+        var (module, set, candidates, description) = synthetic ? Synthetic(line) : FromFiles(line, stderr);
 
         using Engine engine = Engine.Create(engineOptions);
         using Session session = engine.CreateSession();
@@ -123,15 +125,15 @@ internal static class EvaluateCommand
         return (module, test, candidates, description);
     }
 
-    private static (AdaptedModule, RoutingDataset, List<Candidate>, string) FromFiles(CommandLine line)
+    private static (AdaptedModule, RoutingDataset, List<Candidate>, string) FromFiles(CommandLine line, TextWriter stderr)
     {
-        IReadOnlyList<string> dirs = line.Many("experts");
+        IReadOnlyList<string> dirs = ExpertsOption.Parse(line.Many("experts")).Directories;
         if (dirs.Count == 0)
         {
             throw new UsageException("give --experts DIR... --module NAME --data SET, or --synthetic");
         }
         string data = line.Required("data");
-        ExpertLibrary library = ExpertLibrary.Load(dirs);
+        ExpertLibrary library = ExpertsOption.Load(line, stderr).Library;
         AdaptedModule module = library.Module(line.Required("module"));
         RoutingDataset set = RoutingChoice.LoadSet(data, module);
         int experts = library.ExpertCount;

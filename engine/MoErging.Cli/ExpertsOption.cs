@@ -9,9 +9,10 @@ namespace MoErging.Cli;
 internal static class ExpertsOption
 {
     public const string Help = """
-          --experts [NAME=]DIR...  PEFT LoRA adapter directories, in expert order; NAME=DIR names an expert (by
-                          default its directory's name, lengthened by parents to tell same-named ones apart)
-          --strict        refuse experts whose configs name different base models (a warning otherwise)
+          --experts [NAME=]DIR...
+                              PEFT LoRA adapter directories, in expert order; NAME=DIR names an expert (by
+                              default its directory's name, lengthened by parents to tell same-named ones apart)
+          --strict            refuse experts whose configs name different base models (a warning otherwise)
         """;
 
     /// <summary>Adds --experts and --strict to a command's options.</summary>

@@ -12,7 +12,7 @@ namespace MoErging.Cli;
 internal static class ForwardCommand
 {
     private const string Help = $"""
-        usage: moerge forward --experts DIR... --module NAME --input IN.safetensors --output OUT.safetensors
+        usage: moerge forward --experts [NAME=]DIR... --module NAME --input IN.safetensors --output OUT.safetensors
                               --router uniform|fixed|arrow|phatgoose|centroid|classifier|assigned [--top-k K]
                               [--temperature T] [--weights w1,w2,...] [--classifier FILE] [--general DIR...]
                               [--granularity token|example|task] [--sequence-lengths n1,n2,...] [--pool mean|last]
@@ -29,18 +29,20 @@ internal static class ForwardCommand
         {RoutingChoice.Help}
         {RoutingChoice.AggregationHelp}
         {EngineChoice.Help}
+        {ExpertsOption.Help}
         """;
 
     private static readonly Dictionary<string, OptionKind> Options = EngineChoice.With(RoutingChoice.OptionsWith(new()
     {
         ["experts"] = OptionKind.Many,
+        ["strict"] = OptionKind.Flag,
         ["module"] = OptionKind.Single,
         ["input"] = OptionKind.Single,
         ["output"] = OptionKind.Single,
         ["help"] = OptionKind.Flag,
     }));
 
-    public static int Run(string[] args, TextWriter stdout)
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         if (Cli.Help(args, Help, stdout))
         {
@@ -48,7 +50,7 @@ internal static class ForwardCommand
         }
         CommandLine line = CommandLine.Parse(args, Options);
         line.NoPositionals();
-        IReadOnlyList<string> dirs = line.Many("experts");
+        IReadOnlyList<string> dirs = ExpertsOption.Parse(line.Many("experts")).Directories;
         if (dirs.Count == 0)
         {
             throw new UsageException("--experts is required");
@@ -59,7 +61,7 @@ internal static class ForwardCommand
         Aggregation aggregation = RoutingChoice.Aggregation(line);
         EngineOptions engineOptions = EngineChoice.Options(line);
 
-        ExpertLibrary library = ExpertLibrary.Load(dirs);
+        ExpertLibrary library = ExpertsOption.Load(line, stderr).Library;
         var (router, module) = RoutingChoice.Build(line, kind, dirs, library.Module(moduleName));
 
         float[] x, y;

@@ -12,7 +12,7 @@ namespace MoErging.Cli;
 internal static class MergeCommand
 {
     private const string Help = """
-        usage: moerge merge --experts DIR... --weights w1,w2,... --method METHOD --output OUT
+        usage: moerge merge --experts [NAME=]DIR... --weights w1,w2,... --method METHOD --output OUT
                             [--density D] [--rank K] [--seed S] [--space delta|factors] [--sign total|frequency]
                             [--dtype f32|f16|bf16] [--base BASE.safetensors [--module NAME] [--fan-in-fan-out]]
                             [--force] [--progress]
@@ -42,11 +42,12 @@ internal static class MergeCommand
           --force     replace an adapter (or with --base a file) already at OUT; OUT may never be one of the
                       merge's own inputs (an expert directory or BASE, symlinks resolved)
           --progress  draw the progress bar on stderr even when stderr is not a terminal
-        """;
+        """ + "\n" + ExpertsOption.Help;
 
     private static readonly Dictionary<string, OptionKind> Options = new()
     {
         ["experts"] = OptionKind.Many,
+        ["strict"] = OptionKind.Flag,
         ["weights"] = OptionKind.Single,
         ["method"] = OptionKind.Single,
         ["output"] = OptionKind.Single,
@@ -83,7 +84,7 @@ internal static class MergeCommand
         }
         CommandLine line = CommandLine.Parse(args, Options);
         line.NoPositionals();
-        IReadOnlyList<string> dirs = line.Many("experts");
+        IReadOnlyList<string> dirs = ExpertsOption.Parse(line.Many("experts")).Directories;
         if (dirs.Count == 0)
         {
             throw new UsageException("--experts is required");
@@ -155,7 +156,7 @@ internal static class MergeCommand
 
         CheckOutput(output, dirs, baseFile, line.Flag("force"));
 
-        ExpertLibrary library = ExpertLibrary.Load(dirs);
+        ExpertLibrary library = ExpertsOption.Load(line, stderr).Library;
         string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(output)));
         Expert merged;
         try

@@ -13,7 +13,7 @@ namespace MoErging.Cli;
 internal static class RouteCommand
 {
     private const string Help = $"""
-        usage: moerge route --experts DIR... --module NAME --input IN.safetensors
+        usage: moerge route --experts [NAME=]DIR... --module NAME --input IN.safetensors
                             --router uniform|fixed|arrow|phatgoose|centroid|classifier|assigned [router options]
                             [--granularity token|example|task] [--sequence-lengths n1,n2,...] [--pool mean|last]
                             [--output OUT.safetensors] [--report DIR] [--json] [--backend B] [--device D]
@@ -29,11 +29,13 @@ internal static class RouteCommand
           --json          print the statistics as JSON (here and in statistics.json, a NaN or infinite value,
                           from NaN or infinite weights, is written as null)
         {EngineChoice.Help}
+        {ExpertsOption.Help}
         """;
 
     private static readonly Dictionary<string, OptionKind> Options = Without(EngineChoice.With(RoutingChoice.OptionsWith(new()
     {
         ["experts"] = OptionKind.Many,
+        ["strict"] = OptionKind.Flag,
         ["module"] = OptionKind.Single,
         ["input"] = OptionKind.Single,
         ["output"] = OptionKind.Single,
@@ -42,7 +44,7 @@ internal static class RouteCommand
         ["help"] = OptionKind.Flag,
     })), "aggregation");
 
-    public static int Run(string[] args, TextWriter stdout)
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         if (Cli.Help(args, Help, stdout))
         {
@@ -50,7 +52,7 @@ internal static class RouteCommand
         }
         CommandLine line = CommandLine.Parse(args, Options);
         line.NoPositionals();
-        IReadOnlyList<string> dirs = line.Many("experts");
+        IReadOnlyList<string> dirs = ExpertsOption.Parse(line.Many("experts")).Directories;
         if (dirs.Count == 0)
         {
             throw new UsageException("--experts is required");
@@ -60,7 +62,7 @@ internal static class RouteCommand
         RoutingGranularity granularity = RoutingChoice.Granularity(line);
         EngineOptions engineOptions = EngineChoice.Options(line);
 
-        ExpertLibrary library = ExpertLibrary.Load(dirs);
+        ExpertLibrary library = ExpertsOption.Load(line, stderr).Library;
         var (router, module) = RoutingChoice.Build(line, kind, dirs, library.Module(moduleName));
         var decision = new RoutingDecision();
         float[] x;

@@ -8,7 +8,7 @@ namespace MoErging.Cli;
 internal static class TrainRouterCommand
 {
     private const string Help = """
-        usage: moerge train-router --experts DIR... --module NAME --data SET.safetensors --output ROUTER.safetensors
+        usage: moerge train-router --experts [NAME=]DIR... --module NAME --data SET.safetensors --output ROUTER.safetensors
                                    [--iterations N] [--l2 L]
 
         Trains softmax(W x + b) over the experts by softmax regression (full-batch gradient descent with a
@@ -18,11 +18,12 @@ internal static class TrainRouterCommand
 
           --iterations   most gradient steps (default 300)
           --l2           weight of the L2 penalty on standardised inputs (default 0.001)
-        """;
+        """ + "\n" + ExpertsOption.Help;
 
     private static readonly Dictionary<string, OptionKind> Options = new()
     {
         ["experts"] = OptionKind.Many,
+        ["strict"] = OptionKind.Flag,
         ["module"] = OptionKind.Single,
         ["data"] = OptionKind.Single,
         ["output"] = OptionKind.Single,
@@ -31,7 +32,7 @@ internal static class TrainRouterCommand
         ["help"] = OptionKind.Flag,
     };
 
-    public static int Run(string[] args, TextWriter stdout)
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         if (Cli.Help(args, Help, stdout))
         {
@@ -39,7 +40,7 @@ internal static class TrainRouterCommand
         }
         CommandLine line = CommandLine.Parse(args, Options);
         line.NoPositionals();
-        IReadOnlyList<string> dirs = line.Many("experts");
+        IReadOnlyList<string> dirs = ExpertsOption.Parse(line.Many("experts")).Directories;
         if (dirs.Count == 0)
         {
             throw new UsageException("--experts is required");
@@ -52,7 +53,7 @@ internal static class TrainRouterCommand
             throw new UsageException($"--l2 must be a number ≥ 0, got {l2.ToString(CultureInfo.InvariantCulture)}");
         }
 
-        ExpertLibrary library = ExpertLibrary.Load(dirs);
+        ExpertLibrary library = ExpertsOption.Load(line, stderr).Library;
         AdaptedModule module = library.Module(moduleName);
         RoutingDataset set = RoutingChoice.LoadSet(data, module);
         ClassifierRouter router = ClassifierRouter.Train(set.Rows, set.Experts, set.InputDim, library.ExpertCount,

@@ -221,6 +221,32 @@ public sealed partial class RealAdapterTests
         Assert.Contains("different base models", strict.Message);
     }
 
+    [Fact]
+    public void CommandsTakeNamedExpertsWarnAboutBaseModelsAndRefuseThemUnderStrict()
+    {
+        var data = new TestData();
+        using var tmp = new TempDir();
+        string gpt2 = Adapter(tmp.Sub("run1/adapter"), Config(",\"base_model_name_or_path\":\"gpt2\""), w => AddFactors(w, data, Q0));
+        string distil = Adapter(tmp.Sub("run2/adapter"), Config(",\"base_model_name_or_path\":\"distilgpt2\""), w => AddFactors(w, data, Q0));
+        var writer = new SafeTensorsWriter();
+        writer.Add("x", data.Normal(3 * 6), [3, 6]);
+        writer.WriteTo(tmp.Sub("in.safetensors"));
+        string[] route = ["route", "--module", "q_proj", "--input", tmp.Sub("in.safetensors"), "--router", "arrow", "--json"];
+
+        var (code, output, error) = CliTests.Run([.. route, "--experts", $"small={gpt2}", distil]);
+        Assert.True(code == 0, error);
+        Assert.Contains("moerge: warning: the experts were trained on different base models: gpt2 (expert 'small'); distilgpt2 (expert 'adapter')", error);
+        Assert.Contains("\"small\"", output);
+
+        (code, _, error) = CliTests.Run([.. route, "--experts", gpt2, distil]);
+        Assert.True(code == 0, error);
+        Assert.Contains("(expert 'run1/adapter'); distilgpt2 (expert 'run2/adapter')", error);
+
+        (code, _, error) = CliTests.Run([.. route, "--experts", gpt2, distil, "--strict"]);
+        Assert.Equal(1, code);
+        Assert.StartsWith("moerge: error: the experts were trained on different base models", error);
+    }
+
     // ------------------------------------------------------------------ untrained modules
 
     [Fact]
