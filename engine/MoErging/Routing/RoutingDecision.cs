@@ -113,7 +113,7 @@ public sealed class RoutingDecision
     /// product beyond float32's range. Every backend reports it so, rather than returning NaN weights and arbitrary ids.
     /// </summary>
     internal static ArgumentException NonFiniteScores(int token) =>
-        new($"token {token}: its router scores are not finite (its row of x holds a NaN or an infinity, or its scores overflow float32); nothing was written to y", "x");
+        new($"token {token}: its router scores are not finite (its row of x holds a NaN or an infinity, or its scores divided by the temperature overflow float32); nothing was written to y", "x");
 
     /// <summary>Throws <see cref="NonFiniteScores"/> for the first token with a weight that is not finite (a device's selection turns such scores into NaN weights).</summary>
     internal void RequireFiniteWeights()
