@@ -21,13 +21,20 @@ public static unsafe class Exports
     /// <summary>The managed backend of each moe_backend value, by number.</summary>
     private static readonly Backend[] Backends = [Backend.Auto, Backend.Cpu, Backend.Cuda, Backend.OpenCL, Backend.GpuSimulator];
 
+    /// <summary>
+    /// Writes one warning line to the host's stderr. C stdio does the writing: Console.Error would hold a duplicate
+    /// of descriptor 2 taken on first use, and so miss a host's later redirection of it.
+    /// </summary>
+    private static delegate* unmanaged<byte*, nuint, void> _writeWarning;
+
     /// <summary>Called once by libmoerging.so before any other entry point.</summary>
     [UnmanagedCallersOnly]
-    public static int Initialize(delegate* unmanaged<byte*, nuint, void> setError, int abiVersion)
+    public static int Initialize(delegate* unmanaged<byte*, nuint, void> setError, delegate* unmanaged<byte*, nuint, void> writeWarning, int abiVersion)
     {
         try
         {
             Errors.Initialize(setError);
+            _writeWarning = writeWarning;
             if (abiVersion != AbiVersion)
             {
                 throw new NotSupportedException($"libmoerging.so speaks ABI {abiVersion} but MoErging.Interop.dll speaks ABI {AbiVersion}; use the two from one build");
@@ -154,18 +161,27 @@ public static unsafe class Exports
     }
 
     [UnmanagedCallersOnly]
-    public static int LibraryLoad(byte** directories, nuint count, nint* library)
+    public static int LibraryLoad(byte** directories, nuint count, NativeLibraryOptions* options, nint* library)
     {
         try
         {
             ClearOut(library, "library");
-            ExpertLibrary loaded = ExpertLibrary.Load(Strings(directories, count, "directories"));
+            ExpertLibrary loaded = ExpertLibrary.Load(Strings(directories, count, "directories"), new ExpertLibraryOptions
+            {
+                Lazy = options->Lazy != 0,
+                Names = options->Names == null ? null : OptionalStrings(options->Names, count, "names"),
+                RequireSameBaseModel = options->Strict != 0,
+            });
             var modules = new nint[loaded.Modules.Count];
             for (int m = 0; m < modules.Length; m++)
             {
                 modules[m] = Handles.Add(loaded.Modules[m]);
             }
             *library = Handles.Add(new LibraryHandle(loaded, modules));
+            if (options->Quiet == 0)
+            {
+                WriteWarnings(loaded.Warnings);
+            }
             return 0;
         }
         catch (Exception e)
@@ -627,6 +643,32 @@ public static unsafe class Exports
         return strings;
     }
 
+    /// <summary>count strings, where a NULL entry stays null.</summary>
+    private static string?[] OptionalStrings(byte** list, nuint count, string name)
+    {
+        ReadOnlySpan<nint> pointers = Input((nint*)list, count, name);
+        var strings = new string?[pointers.Length];
+        for (int i = 0; i < strings.Length; i++)
+        {
+            strings[i] = pointers[i] == 0 ? null : Marshal.PtrToStringUTF8(pointers[i]);
+        }
+        return strings;
+    }
+
+    /// <summary>A library's warnings on stderr, a line each (libmoerging.so adds the prefix moerging.h promises).</summary>
+    private static void WriteWarnings(IReadOnlyList<string> warnings)
+    {
+        foreach (string warning in warnings)
+        {
+            // A path with a line break must not start a line without the prefix.
+            byte[] utf8 = Encoding.UTF8.GetBytes(warning.ReplaceLineEndings(" "));
+            fixed (byte* p = utf8)
+            {
+                _writeWarning(p, (nuint)utf8.Length);
+            }
+        }
+    }
+
     private static void ClearOut(nint* handle, string name)
     {
         if (handle == null)
@@ -664,6 +706,17 @@ public struct NativeEngineOptions
     public uint StructSize;
     public int Backend;
     public int CpuThreads;
+}
+
+/// <summary>moe_library_options.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct NativeLibraryOptions
+{
+    public uint StructSize;
+    public byte** Names;
+    public int Strict;
+    public int Lazy;
+    public int Quiet;
 }
 
 /// <summary>moe_arrow_options.</summary>

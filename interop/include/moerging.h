@@ -131,6 +131,20 @@ typedef struct moe_engine_options {
                              * negative count, is MOE_ERROR_INVALID_ARGUMENT */
 } moe_engine_options;
 
+typedef struct moe_library_options {
+    uint32_t struct_size;
+    const char* const* names; /* NULL (default): every expert named after its directory; else `count` entries
+                               * (count as given to the load), each the expert's UTF-8 name or NULL to name it
+                               * after its directory */
+    int32_t strict;         /* nonzero: experts whose adapter_config.json name different base models (hub ids in
+                             * base_model_name_or_path; local paths are not compared) are refused with
+                             * MOE_ERROR_INVALID_ARGUMENT instead of a warning; default 0 */
+    int32_t lazy;           /* nonzero: validate everything now but read each module's factors on first use, so
+                             * memory goes only to the experts that forwards and routers touch (that first use
+                             * fails, naming the file, if the file changed or vanished since); default 0 */
+    int32_t quiet;          /* nonzero: write no warnings to stderr; default 0 */
+} moe_library_options;
+
 typedef struct moe_arrow_options {
     uint32_t struct_size;
     int32_t top_k;          /* experts kept per token, in [1, E]; default 3 (PEFT's) */
@@ -170,6 +184,7 @@ MOE_API const char* moe_last_error(void);
  * MOE_ERROR_INVALID_ARGUMENT if options is NULL, or size is smaller than the struct's first version or larger
  * than 1024 bytes (a struct_size outside those bounds is likewise rejected by the calls that take options). */
 MOE_API moe_status moe_engine_default_options(moe_engine_options* options, size_t size);
+MOE_API moe_status moe_library_default_options(moe_library_options* options, size_t size);
 MOE_API moe_status moe_arrow_default_options(moe_arrow_options* options, size_t size);
 MOE_API moe_status moe_linear_router_default_options(moe_linear_router_options* options, size_t size);
 MOE_API moe_status moe_routing_default_options(moe_routing_options* options, size_t size);
@@ -197,13 +212,24 @@ MOE_API moe_status moe_session_free(moe_session* session);
 
 /* Loads count PEFT LoRA adapter directories (UTF-8 paths) as experts 0 .. count-1, in that order. All or
  * nothing: MOE_ERROR_NOT_FOUND for a missing directory or file, MOE_ERROR_FORMAT for a malformed one,
- * MOE_ERROR_NOT_SUPPORTED for a LoRA variant the engine lacks; the message names the file. */
+ * MOE_ERROR_NOT_SUPPORTED for a LoRA variant the engine lacks; the message names the file.
+ * An expert without a name in options->names is named after its directory; directories of the same name
+ * (run1/adapter, run2/adapter) are told apart by the shortest path suffix that does. Two experts of the same
+ * name, or the same directory twice without names, are MOE_ERROR_INVALID_ARGUMENT naming both directories.
+ * What the caller should hear once about a library that loads is written to stderr, one line each starting
+ * "moerging: warning: ": experts trained on different base models (unless options->strict refuses them),
+ * modules saved whole (modules_to_save, such as a classification head) that LoRA forwards do not apply, and
+ * experts whose arrow_config values disagree. options->quiet silences them. options may be NULL (defaults). */
+MOE_API moe_status moe_library_load_with_options(const char* const* directories, size_t count,
+                                                 const moe_library_options* options, moe_library** library);
+
+/* moe_library_load_with_options with options NULL: the defaults. */
 MOE_API moe_status moe_library_load(const char* const* directories, size_t count, moe_library** library);
 
 /* Number of experts (E) and of adapted modules; either pointer may be NULL. */
 MOE_API moe_status moe_library_info(const moe_library* library, size_t* expert_count, size_t* module_count);
 
-/* The name of expert `expert` (its directory's name). */
+/* The name of expert `expert`: the one given at load, else its directory's name (see moe_library_load_with_options). */
 MOE_API moe_status moe_library_expert_name(const moe_library* library, size_t expert, char* buffer,
                                            size_t capacity, size_t* length);
 

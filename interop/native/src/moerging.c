@@ -62,16 +62,22 @@ static void receive_error(const uint8_t* message, size_t length)
     store_error((const char*)message, length);
 }
 
+/* Managed code writes a loaded library's warnings through this: stdio follows the host's redirection of stderr. */
+static void write_warning(const uint8_t* message, size_t length)
+{
+    fprintf(stderr, "moerging: warning: %.*s\n", length > INT_MAX ? INT_MAX : (int)length, (const char*)message);
+}
+
 /* ---- The managed entry points ---- */
 
 #define MANAGED_EXPORTS(X)                                                                                    \
-    X(Initialize, (void (*)(const uint8_t*, size_t), int32_t))                                              \
+    X(Initialize, (void (*)(const uint8_t*, size_t), void (*)(const uint8_t*, size_t), int32_t))            \
     X(EngineCreate, (const moe_engine_options*, moe_engine**))                                              \
     X(EngineInfo, (const moe_engine*, int32_t*, char*, size_t, size_t*))                                    \
     X(EngineFree, (moe_engine*))                                                                            \
     X(SessionCreate, (moe_engine*, moe_session**))                                                          \
     X(SessionFree, (moe_session*))                                                                          \
-    X(LibraryLoad, (const char* const*, size_t, moe_library**))                                             \
+    X(LibraryLoad, (const char* const*, size_t, const moe_library_options*, moe_library**))                 \
     X(LibraryInfo, (const moe_library*, size_t*, size_t*))                                                  \
     X(LibraryExpertName, (const moe_library*, size_t, char*, size_t, size_t*))                              \
     X(LibraryModule, (const moe_library*, size_t, moe_module**))                                            \
@@ -231,7 +237,7 @@ static void start_runtime(void)
             return;
         }
     }
-    if (managed.Initialize(receive_error, MOE_ABI_VERSION) != MOE_OK) {
+    if (managed.Initialize(receive_error, write_warning, MOE_ABI_VERSION) != MOE_OK) {
         start_failed("the .NET runtime started, but %s refused to initialise: %s", MANAGED_ASSEMBLY, tls_error);
         return;
     }
@@ -340,12 +346,14 @@ static moe_status adopt_options(const void* given, void* full, size_t known, siz
 }
 
 static const moe_engine_options engine_defaults = {sizeof(moe_engine_options), MOE_BACKEND_AUTO, 0};
+static const moe_library_options library_defaults = {sizeof(moe_library_options), NULL, 0, 0, 0};
 static const moe_arrow_options arrow_defaults = {sizeof(moe_arrow_options), 3, 1.0f};
 static const moe_linear_router_options linear_defaults = {
     sizeof(moe_linear_router_options), 1, 1.0f, MOE_NORMALIZATION_NONE, MOE_SCORE_IDENTITY, NULL, 0};
 static const moe_routing_options routing_defaults = {sizeof(moe_routing_options), 0, 1.0f};
 
 #define ENGINE_OPTIONS_FIRST FIRST_VERSION_SIZE(moe_engine_options, cpu_threads)
+#define LIBRARY_OPTIONS_FIRST FIRST_VERSION_SIZE(moe_library_options, quiet)
 #define ARROW_OPTIONS_FIRST FIRST_VERSION_SIZE(moe_arrow_options, temperature)
 #define LINEAR_OPTIONS_FIRST FIRST_VERSION_SIZE(moe_linear_router_options, bias_count)
 #define ROUTING_OPTIONS_FIRST FIRST_VERSION_SIZE(moe_routing_options, temperature)
@@ -354,6 +362,12 @@ moe_status moe_engine_default_options(moe_engine_options* options, size_t size)
 {
     return fill_defaults(options, size, &engine_defaults, sizeof engine_defaults, ENGINE_OPTIONS_FIRST,
                          "moe_engine_options");
+}
+
+moe_status moe_library_default_options(moe_library_options* options, size_t size)
+{
+    return fill_defaults(options, size, &library_defaults, sizeof library_defaults, LIBRARY_OPTIONS_FIRST,
+                         "moe_library_options");
 }
 
 moe_status moe_arrow_default_options(moe_arrow_options* options, size_t size)
@@ -422,9 +436,20 @@ moe_status moe_session_free(moe_session* session)
 
 moe_status moe_library_load(const char* const* directories, size_t count, moe_library** library)
 {
+    return moe_library_load_with_options(directories, count, NULL, library);
+}
+
+moe_status moe_library_load_with_options(const char* const* directories, size_t count,
+                                         const moe_library_options* options, moe_library** library)
+{
     CLEAR_OUT(library);
+    moe_library_options full = library_defaults;
+    moe_status status = adopt_options(options, &full, sizeof full, LIBRARY_OPTIONS_FIRST, "moe_library_options");
+    if (status != MOE_OK) {
+        return status;
+    }
     REQUIRE_RUNTIME();
-    return (moe_status)managed.LibraryLoad(directories, count, library);
+    return (moe_status)managed.LibraryLoad(directories, count, &full, library);
 }
 
 moe_status moe_library_info(const moe_library* library, size_t* expert_count, size_t* module_count)

@@ -100,11 +100,11 @@ int fixture_write_safetensors(const char* path, int count, const char* const* na
     return (fclose(file) == 0 && ok) ? 0 : -1;
 }
 
-static int write_expert(const fixture_library* library, int e)
+int fixture_write_adapter(const fixture_library* library, int e, const char* directory, const char* config_fields)
 {
     const fixture_expert* expert = &library->experts[e];
-    char path[PATH_MAX + 64], config[1024], targets[256] = "";
-    if (mkdir(library->paths[e], 0700) != 0) {
+    char path[PATH_MAX + 64], config[2048], targets[256] = "";
+    if (mkdir(directory, 0700) != 0) {
         return -1;
     }
     /* target_modules: the modules' last name components, once each. */
@@ -121,9 +121,10 @@ static int write_expert(const fixture_library* library, int e)
     snprintf(config, sizeof config,
              "{\n  \"peft_type\": \"LORA\",\n  \"task_type\": \"CAUSAL_LM\",\n  \"r\": %d,\n  \"lora_alpha\": %.17g,\n"
              "  \"use_rslora\": %s,\n  \"use_dora\": false,\n  \"fan_in_fan_out\": false,\n  \"bias\": \"none\",\n"
-             "  \"lora_dropout\": 0.0,\n  \"target_modules\": [%s]\n}\n",
-             expert->rank, expert->alpha, expert->use_rslora ? "true" : "false", targets);
-    snprintf(path, sizeof path, "%s/adapter_config.json", library->paths[e]);
+             "  \"lora_dropout\": 0.0,\n  \"target_modules\": [%s]%s%s\n}\n",
+             expert->rank, expert->alpha, expert->use_rslora ? "true" : "false", targets,
+             config_fields ? ",\n  " : "", config_fields ? config_fields : "");
+    snprintf(path, sizeof path, "%s/adapter_config.json", directory);
     if (fixture_write_text(path, config) != 0) {
         return -1;
     }
@@ -147,7 +148,7 @@ static int write_expert(const fixture_library* library, int e)
         shapes[2 * m + 1][0] = module->output_dim;
         shapes[2 * m + 1][1] = expert->rank;
     }
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", library->paths[e]);
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", directory);
     return fixture_write_safetensors(path, 2 * library->module_count, name_list, data, ranks,
                                      (const int64_t(*)[2])shapes);
 }
@@ -196,23 +197,28 @@ int fixture_create(fixture_library* library, int experts, const fixture_module* 
             return -1;
         }
         sprintf(library->paths[e], "%s/%s", library->root, expert->name);
-        if (write_expert(library, e) != 0) {
+        if (fixture_write_adapter(library, e, library->paths[e], NULL) != 0) {
             return -1;
         }
     }
     return 0;
 }
 
-void fixture_destroy(fixture_library* library)
+void fixture_remove_adapter(const char* directory)
 {
     char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/adapter_config.json", directory);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", directory);
+    unlink(path);
+    rmdir(directory);
+}
+
+void fixture_destroy(fixture_library* library)
+{
     for (int e = 0; e < library->expert_count; e++) {
         if (library->paths && library->paths[e]) {
-            snprintf(path, sizeof path, "%s/adapter_config.json", library->paths[e]);
-            unlink(path);
-            snprintf(path, sizeof path, "%s/adapter_model.safetensors", library->paths[e]);
-            unlink(path);
-            rmdir(library->paths[e]);
+            fixture_remove_adapter(library->paths[e]);
             free(library->paths[e]);
         }
         if (library->experts) {

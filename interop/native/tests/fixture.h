@@ -57,6 +57,14 @@ int fixture_create(fixture_library* library, int experts, const fixture_module* 
 /* Removes the directories and frees the memory. */
 void fixture_destroy(fixture_library* library);
 
+/* Writes expert `expert` of the library again as a new adapter directory (its parent must exist), with
+ * config_fields (NULL, or JSON members such as "\"base_model_name_or_path\": \"gpt2\"") added to its
+ * adapter_config.json. Returns 0 or -1 with errno. */
+int fixture_write_adapter(const fixture_library* library, int expert, const char* directory, const char* config_fields);
+
+/* Removes an adapter directory written by fixture_write_adapter. */
+void fixture_remove_adapter(const char* directory);
+
 /* Writes a safetensors file of F32 tensors; shapes[i] has ranks[i] dimensions. Returns 0 or -1. */
 int fixture_write_safetensors(const char* path, int count, const char* const* names, const float* const* data,
                               const int* ranks, const int64_t (*shapes)[2]);

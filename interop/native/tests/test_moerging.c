@@ -303,6 +303,11 @@ static void test_options(void)
     moe_arrow_options arrow;
     CHECK_OK(moe_arrow_default_options(&arrow, sizeof arrow));
     CHECK(arrow.top_k == 3 && arrow.temperature == 1.0f, "Arrow defaults are PEFT's (top-3, temperature 1)");
+    moe_library_options library_options;
+    CHECK_OK(moe_library_default_options(&library_options, sizeof library_options));
+    CHECK(library_options.struct_size == sizeof library_options && library_options.names == NULL &&
+              library_options.strict == 0 && library_options.lazy == 0 && library_options.quiet == 0,
+          "library defaults");
     moe_linear_router_options linear;
     CHECK_OK(moe_linear_router_default_options(&linear, sizeof linear));
     CHECK(linear.top_k == 1 && linear.temperature == 1.0f && linear.bias == NULL && linear.bias_count == 0,
@@ -371,6 +376,12 @@ static void test_options(void)
     options.backend = MOE_BACKEND_AUTO;
     options.cpu_threads = -1;
     CHECK_FAILS(moe_engine_create(&options, &e), MOE_ERROR_INVALID_ARGUMENT, "CpuThreads");
+
+    moe_library* l = (moe_library*)&l;
+    library_options.struct_size = 8;
+    CHECK_FAILS(moe_library_load_with_options((const char* const*)fixture.paths, 1, &library_options, &l),
+                MOE_ERROR_INVALID_ARGUMENT, "moe_library_options.struct_size is 8");
+    CHECK(l == NULL, "the out-parameter was not cleared");
 
     moe_router* r = (moe_router*)&r;
     arrow.struct_size = 0;
@@ -552,6 +563,178 @@ static void test_fixed(void)
     CHECK_OK(moe_router_create_fixed(weights, EXPERTS, &router));
     run_routed(v0, V0, router, 6, check_dense, weights, "fixed");
     CHECK_OK(moe_router_free(router));
+}
+
+/* ---- Library options: names, base models, warnings, lazy loading ---- */
+
+/* Expert e written again at <fixture root>/<relative>, with config_fields added to its adapter_config.json. */
+static const char* write_adapter(int e, const char* relative, const char* config_fields, char* path, size_t capacity)
+{
+    snprintf(path, capacity, "%s/%s", fixture.root, relative);
+    CHECK(fixture_write_adapter(&fixture, e, path, config_fields) == 0, "could not write %s: %s", path,
+          strerror(errno));
+    return path;
+}
+
+/* Loads with stderr sent to a file and returns what was written there (malloc'd). options NULL: through
+ * moe_library_load. */
+static char* load_capturing_stderr(const char* const* directories, size_t count, const moe_library_options* options,
+                                   moe_library** loaded, moe_status* status)
+{
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/stderr-XXXXXX", fixture.root);
+    int file = mkstemp(path);
+    fflush(stderr);
+    int saved = file < 0 ? -1 : dup(STDERR_FILENO);
+    if (saved < 0 || dup2(file, STDERR_FILENO) < 0) {
+        fail(__FILE__, __LINE__, "could not redirect stderr to %s: %s", path, strerror(errno));
+        *loaded = NULL;
+        *status = MOE_ERROR_INTERNAL;
+        return strdup("");
+    }
+    *status = options ? moe_library_load_with_options(directories, count, options, loaded)
+                      : moe_library_load(directories, count, loaded);
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    off_t size = lseek(file, 0, SEEK_END);
+    char* text = calloc((size_t)size + 1, 1);
+    CHECK(pread(file, text, (size_t)size, 0) == size, "could not read back %s", path);
+    close(file);
+    unlink(path);
+    return text;
+}
+
+/* Loads directories with names (options NULL: moe_library_load) and checks the experts' names. */
+static void check_expert_names(const char* const* directories, size_t count, const moe_library_options* options,
+                               const char* const* expected)
+{
+    moe_library* l = NULL;
+    CHECK_OK(options ? moe_library_load_with_options(directories, count, options, &l)
+                     : moe_library_load(directories, count, &l));
+    for (size_t e = 0; l && e < count; e++) {
+        char name[PATH_MAX];
+        size_t length = 0;
+        CHECK_OK(moe_library_expert_name(l, e, name, sizeof name, &length));
+        CHECK(strcmp(name, expected[e]) == 0 && length == strlen(expected[e]), "expert %zu is named \"%s\", not \"%s\"",
+              e, name, expected[e]);
+    }
+    CHECK_OK(moe_library_free(l));
+}
+
+static void test_library_names(void)
+{
+    char run1[PATH_MAX + 32], run2[PATH_MAX + 32], a[PATH_MAX + 64], b[PATH_MAX + 64];
+    snprintf(run1, sizeof run1, "%s/run1", fixture.root);
+    snprintf(run2, sizeof run2, "%s/run2", fixture.root);
+    CHECK(mkdir(run1, 0700) == 0 && mkdir(run2, 0700) == 0, "could not create run1 and run2: %s", strerror(errno));
+    const char* paths[] = {write_adapter(0, "run1/adapter", NULL, a, sizeof a),
+                           write_adapter(1, "run2/adapter", NULL, b, sizeof b)};
+
+    /* Same-named directories take their parents' names; given names are kept as they are. */
+    check_expert_names(paths, 2, NULL, (const char* const[]){"run1/adapter", "run2/adapter"});
+    moe_library_options options;
+    CHECK_OK(moe_library_default_options(&options, sizeof options));
+    check_expert_names(paths, 2, &options, (const char* const[]){"run1/adapter", "run2/adapter"});
+    options.names = (const char* const[]){NULL, NULL};
+    check_expert_names(paths, 2, &options, (const char* const[]){"run1/adapter", "run2/adapter"});
+    options.names = (const char* const[]){"math", NULL};
+    check_expert_names(paths, 2, &options, (const char* const[]){"math", "adapter"});
+    const char* twice[] = {a, a};
+    options.names = (const char* const[]){"x", "y"};
+    check_expert_names(twice, 2, &options, (const char* const[]){"x", "y"});
+
+    moe_library* l = (moe_library*)&l;
+    options.names = (const char* const[]){"same", "same"};
+    CHECK_FAILS(moe_library_load_with_options(paths, 2, &options, &l), MOE_ERROR_INVALID_ARGUMENT,
+                "experts 0 and 1 are both named 'same'");
+    CHECK(strstr(moe_last_error(), "/run1/adapter") && strstr(moe_last_error(), "/run2/adapter"),
+          "the message \"%s\" does not name both directories", moe_last_error());
+    CHECK(l == NULL, "the out-parameter was not cleared");
+    CHECK_FAILS(moe_library_load(twice, 2, &l), MOE_ERROR_INVALID_ARGUMENT, "cannot be told apart");
+    options.names = (const char* const[]){NULL, "bad\nname"};
+    CHECK_FAILS(moe_library_load_with_options(paths, 2, &options, &l), MOE_ERROR_INVALID_ARGUMENT,
+                "control characters");
+
+    fixture_remove_adapter(a);
+    fixture_remove_adapter(b);
+    rmdir(run1);
+    rmdir(run2);
+}
+
+/* Experts of different base models: a warning on stderr by default, refused when strict. */
+static void test_library_base_models(void)
+{
+    char a[PATH_MAX + 64], b[PATH_MAX + 64];
+    const char* paths[] = {
+        write_adapter(0, "gpt2-tuned", "\"base_model_name_or_path\": \"gpt2\"", a, sizeof a),
+        write_adapter(1, "distil-tuned", "\"base_model_name_or_path\": \"distilgpt2\"", b, sizeof b),
+    };
+    const char* models = "different base models: gpt2 (expert 'gpt2-tuned'); distilgpt2 (expert 'distil-tuned')";
+    const char* prefix = "moerging: warning: ";
+    moe_library_options options;
+    CHECK_OK(moe_library_default_options(&options, sizeof options));
+    moe_library* l = NULL;
+    moe_status status;
+
+    /* Default options and moe_library_load alike: loaded, with one prefixed warning line. */
+    for (int through_options = 0; through_options < 2; through_options++) {
+        char* written = load_capturing_stderr(paths, 2, through_options ? &options : NULL, &l, &status);
+        CHECK(status == MOE_OK, "the load returned %s: %s", moe_status_name(status), moe_last_error());
+        CHECK(strncmp(written, prefix, strlen(prefix)) == 0 && strstr(written, models) &&
+                  strchr(written, '\n') == written + strlen(written) - 1,
+              "stderr holds \"%s\", not one line \"%s...%s...\"", written, prefix, models);
+        free(written);
+        CHECK_OK(moe_library_free(l));
+    }
+
+    options.quiet = 1;
+    char* written = load_capturing_stderr(paths, 2, &options, &l, &status);
+    CHECK(status == MOE_OK && strcmp(written, "") == 0, "a quiet load returned %s and wrote \"%s\"",
+          moe_status_name(status), written);
+    free(written);
+    CHECK_OK(moe_library_free(l));
+
+    options.quiet = 0;
+    options.strict = 1;
+    l = (moe_library*)&l;
+    written = load_capturing_stderr(paths, 2, &options, &l, &status);
+    expect_failure(status, MOE_ERROR_INVALID_ARGUMENT, models, "a strict load", __FILE__, __LINE__);
+    CHECK(l == NULL, "the out-parameter was not cleared");
+    CHECK(strcmp(written, "") == 0, "a refused load wrote \"%s\"", written);
+    free(written);
+
+    /* The fixture's experts name no base model: nothing to compare, so strict loads them with the gpt2 one. */
+    const char* unknown_and_gpt2[] = {fixture.paths[2], a};
+    written = load_capturing_stderr(unknown_and_gpt2, 2, &options, &l, &status);
+    CHECK(status == MOE_OK && strcmp(written, "") == 0, "a strict load of one known base model returned %s (%s) and "
+          "wrote \"%s\"", moe_status_name(status), moe_last_error(), written);
+    free(written);
+    CHECK_OK(moe_library_free(l));
+
+    fixture_remove_adapter(a);
+    fixture_remove_adapter(b);
+}
+
+/* A lazy library forwards as the reference does: its factors are read on first use. */
+static void test_library_lazy(void)
+{
+    moe_library_options options;
+    CHECK_OK(moe_library_default_options(&options, sizeof options));
+    options.lazy = 1;
+    moe_library* lazy = NULL;
+    moe_module* module = NULL;
+    moe_router* router = NULL;
+    CHECK_OK(moe_library_load_with_options((const char* const*)fixture.paths, EXPERTS, &options, &lazy));
+    CHECK_OK(moe_library_find_module(lazy, "model.layers.0.self_attn.v_proj", &module));
+    CHECK_OK(moe_router_create_uniform(EXPERTS, &router));
+    float weights[EXPERTS];
+    for (int e = 0; e < EXPERTS; e++) {
+        weights[e] = 1.0f / EXPERTS;
+    }
+    run_routed(module, V0, router, 5, check_dense, weights, "lazy uniform");
+    CHECK_OK(moe_router_free(router));
+    CHECK_OK(moe_library_free(lazy));
 }
 
 /* Score-based routers: scores computed here in float64 from the prototypes. */
@@ -1299,6 +1482,9 @@ static const test_case CASES[] = {
     {"library_queries", test_library_queries},
     {"uniform_forward", test_uniform},
     {"fixed_forward", test_fixed},
+    {"library_names", test_library_names},
+    {"library_base_models", test_library_base_models},
+    {"library_lazy", test_library_lazy},
     {"arrow_forward", test_arrow},
     {"linear_forward", test_linear},
     {"assigned_forward", test_assigned},
