@@ -375,7 +375,11 @@ public static unsafe class Exports
         {
             ClearOut(router, "router");
             AdaptedModule m = Handles.Get<AdaptedModule>(module, "module");
-            *router = Handles.Add(new ArrowRouter(m, new RoutingOptions(options->TopK, options->Temperature)));
+            // Zero fields take the library's defaults: its experts' arrow_config where they agree, else PEFT's.
+            RoutingOptions defaults = ArrowRouter.DefaultOptionsFor(m.Library);
+            var routing = new RoutingOptions(options->TopK == 0 ? defaults.TopK : options->TopK,
+                options->Temperature == 0 ? defaults.Temperature : options->Temperature);
+            *router = Handles.Add(new ArrowRouter(m, routing));
             return 0;
         }
         catch (Exception e)
@@ -719,7 +723,7 @@ public unsafe struct NativeLibraryOptions
     public int Quiet;
 }
 
-/// <summary>moe_arrow_options.</summary>
+/// <summary>moe_arrow_options; a zero field stands for the library's default.</summary>
 [StructLayout(LayoutKind.Sequential)]
 public struct NativeArrowOptions
 {

@@ -145,10 +145,14 @@ typedef struct moe_library_options {
     int32_t quiet;          /* nonzero: write no warnings to stderr; default 0 */
 } moe_library_options;
 
+/* Arrow's top-k and temperature. Zero fields take the library's defaults: its experts' PEFT arrow_config
+ * values when every expert's config gives the same one, else PEFT's own. */
 typedef struct moe_arrow_options {
     uint32_t struct_size;
-    int32_t top_k;          /* experts kept per token, in [1, E]; default 3 (PEFT's) */
-    float temperature;      /* softmax temperature, positive; default 1 */
+    int32_t top_k;          /* experts kept per token, in [1, E]; 0 (default): the experts' arrow_config top_k
+                             * when they agree, else 3 (PEFT's), either lowered to E if larger */
+    float temperature;      /* softmax temperature, positive; 0 (default): the experts' arrow_config
+                             * router_temperature when they agree, else 1 */
 } moe_arrow_options;
 
 typedef struct moe_linear_router_options {
@@ -262,7 +266,7 @@ MOE_API moe_status moe_router_create_fixed(const float* weights, size_t count, m
 
 /* Arrow (zero-shot): prototypes are the unit top right singular vectors of each expert's B A at the module;
  * score_e = |x . p_e| / temperature; keep top_k; softmax over the kept scores. Every expert must adapt the
- * module. options may be NULL (top-3, temperature 1). */
+ * module. options may be NULL (the library's defaults; see moe_arrow_options). */
 MOE_API moe_status moe_router_create_arrow(const moe_module* module, const moe_arrow_options* options,
                                            moe_router** router);
 

@@ -302,7 +302,7 @@ static void test_options(void)
           "engine defaults");
     moe_arrow_options arrow;
     CHECK_OK(moe_arrow_default_options(&arrow, sizeof arrow));
-    CHECK(arrow.top_k == 3 && arrow.temperature == 1.0f, "Arrow defaults are PEFT's (top-3, temperature 1)");
+    CHECK(arrow.top_k == 0 && arrow.temperature == 0.0f, "Arrow defaults are 0: the library's own");
     moe_library_options library_options;
     CHECK_OK(moe_library_default_options(&library_options, sizeof library_options));
     CHECK(library_options.struct_size == sizeof library_options && library_options.names == NULL &&
@@ -803,6 +803,66 @@ static void test_arrow(void)
     CHECK_OK(moe_router_free(router));
 }
 
+/* An Arrow router from options (NULL: none) must keep expected_k experts with the given temperature. */
+static void check_arrow(moe_module* module, const moe_arrow_options* options, const double* prototypes,
+                        size_t expected_k, double temperature, const char* what)
+{
+    moe_router* router = NULL;
+    size_t k = 0;
+    CHECK_OK(moe_router_create_arrow(module, options, &router));
+    CHECK_OK(moe_router_info(router, NULL, &k));
+    CHECK(k == expected_k, "%s: k = %zu, expected %zu", what, k, expected_k);
+    if (prototypes) {
+        linear_reference ref = {prototypes, MOE_NORMALIZATION_NONE, MOE_SCORE_ABSOLUTE, temperature, NULL, what};
+        run_routed(module, Q0, router, 6, check_linear, &ref, what);
+    }
+    CHECK_OK(moe_router_free(router));
+}
+
+/* top_k and temperature 0 (the defaults) take the experts' arrow_config values, else top-3 (at most E) and 1. */
+static void test_arrow_library_defaults(void)
+{
+    double prototypes[EXPERTS * D_IN];
+    for (int e = 0; e < EXPERTS; e++) {
+        CHECK(top_right_singular_vector(&fixture.experts[e], Q0, D_IN, D_OUT, prototypes + e * D_IN),
+              "the reference singular vector of expert %d did not converge", e);
+    }
+    char dirs[EXPERTS][PATH_MAX + 64];
+    const char* paths[EXPERTS];
+    for (int e = 0; e < EXPERTS; e++) {
+        char relative[32];
+        snprintf(relative, sizeof relative, "arrow-%d", e);
+        paths[e] = write_adapter(e, relative, "\"arrow_config\": {\"top_k\": 2, \"router_temperature\": 0.625}",
+                                 dirs[e], sizeof dirs[e]);
+    }
+    moe_library* configured = NULL;
+    moe_module* module = NULL;
+    CHECK_OK(moe_library_load(paths, EXPERTS, &configured));
+    CHECK_OK(moe_library_find_module(configured, "layers.0.self_attn.q_proj", &module));
+    moe_arrow_options options;
+    CHECK_OK(moe_arrow_default_options(&options, sizeof options));
+    check_arrow(module, NULL, prototypes, 2, 0.625, "arrow_config, options NULL");
+    check_arrow(module, &options, prototypes, 2, 0.625, "arrow_config, default options");
+    options.top_k = 4;
+    check_arrow(module, &options, prototypes, 4, 0.625, "arrow_config, top_k 4");
+    options.top_k = 0;
+    options.temperature = 1.5f;
+    check_arrow(module, &options, prototypes, 2, 1.5, "arrow_config, temperature 1.5");
+    CHECK_OK(moe_library_free(configured));
+    for (int e = 0; e < EXPERTS; e++) {
+        fixture_remove_adapter(dirs[e]);
+    }
+
+    /* Without arrow_config: PEFT's top-3 and temperature 1, the top-k lowered to E when there are fewer experts. */
+    CHECK_OK(moe_arrow_default_options(&options, sizeof options));
+    check_arrow(q0, &options, prototypes, 3, 1.0, "no arrow_config");
+    moe_library* pair = NULL;
+    CHECK_OK(moe_library_load((const char* const*)fixture.paths, 2, &pair));
+    CHECK_OK(moe_library_find_module(pair, "layers.0.self_attn.q_proj", &module));
+    check_arrow(module, NULL, NULL, 2, 1.0, "no arrow_config, 2 experts");
+    CHECK_OK(moe_library_free(pair));
+}
+
 static void test_linear(void)
 {
     for (int normalization = 0; normalization < 3; normalization++) {
@@ -1264,12 +1324,12 @@ static void test_bad_sizes(void)
     moe_router* r = NULL;
     moe_arrow_options arrow_options;
     CHECK_OK(moe_arrow_default_options(&arrow_options, sizeof arrow_options));
-    arrow_options.top_k = 0;
+    arrow_options.top_k = -1;
     CHECK_FAILS(moe_router_create_arrow(q0, &arrow_options, &r), MOE_ERROR_INVALID_ARGUMENT, "top-k must be in [1, 5]");
     arrow_options.top_k = EXPERTS + 1;
     CHECK_FAILS(moe_router_create_arrow(q0, &arrow_options, &r), MOE_ERROR_INVALID_ARGUMENT, "top-k must be in [1, 5]");
     arrow_options.top_k = 2;
-    arrow_options.temperature = 0;
+    arrow_options.temperature = -1;
     CHECK_FAILS(moe_router_create_arrow(q0, &arrow_options, &r), MOE_ERROR_INVALID_ARGUMENT,
                 "temperature must be positive");
     arrow_options.temperature = NAN;
@@ -1486,6 +1546,7 @@ static const test_case CASES[] = {
     {"library_base_models", test_library_base_models},
     {"library_lazy", test_library_lazy},
     {"arrow_forward", test_arrow},
+    {"arrow_library_defaults", test_arrow_library_defaults},
     {"linear_forward", test_linear},
     {"assigned_forward", test_assigned},
     {"phatgoose_forward", test_phatgoose},
