@@ -27,6 +27,7 @@ from ._native import (
     FormatError,
     InternalError,
     InvalidArgumentError,
+    LibraryOptions,
     LinearRouterOptions,
     MoErgingError,
     NotFoundError,
@@ -77,6 +78,13 @@ def _integer(value, what, ctype=_INT32):
     return value
 
 
+def _flag(value, what):
+    """value as 0 or 1; TypeError for anything but a bool (an int or a string is more likely a misplaced argument)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{what} must be a bool, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
 def _int32_array(values, what):
     """A C-contiguous int32 array of integer values; TypeError for another dtype, and the index of the first value
     outside int32."""
@@ -123,6 +131,28 @@ def _paths(directories):
     """A C array of UTF-8 paths."""
     encoded = [p if isinstance(p, bytes) else str(p).encode("utf-8") for p in directories]
     return (ctypes.c_char_p * len(encoded))(*encoded), len(encoded)
+
+
+def _names(names, count):
+    """A C array of count UTF-8 expert names, a None entry (named after its directory) kept as NULL; the library
+    reads count entries, so fewer would be read past."""
+    try:
+        if isinstance(names, (str, bytes)):  # list() would split it into characters
+            raise TypeError
+        names = list(names)
+    except TypeError:
+        raise TypeError(f"names must be a list of names, got {type(names).__name__} {names!r}") from None
+    if len(names) != count:
+        raise InvalidArgumentError(1, f"{len(names)} names were given for {count} directories; give one per "
+                                      f"directory (None for automatic)")
+    encoded = []
+    for i, name in enumerate(names):
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"names[{i}] must be a string or None, got {type(name).__name__} {name!r}")
+        if name is not None and "\0" in name:  # C would read the name only up to it
+            raise InvalidArgumentError(1, f"names[{i}] is {name!r}, which holds a NUL character")
+        encoded.append(None if name is None else name.encode("utf-8"))
+    return (ctypes.c_char_p * count)(*encoded)
 
 
 def _routing_options(top_k, temperature):
@@ -245,14 +275,31 @@ class Session(_Handle):
 
 
 class Library(_Handle):
-    """Experts loaded from PEFT LoRA adapter directories, numbered in the order given."""
+    """Experts loaded from PEFT LoRA adapter directories, numbered in the order given.
+
+    directories: a list of directories, or a dict {name: directory} naming each expert (in the dict's order).
+    names: one name per directory, or None for one named after its directory (same-named directories take their
+    parents' names: "run1/adapter", "run2/adapter"). strict: refuse experts whose configs name different base
+    models (InvalidArgumentError) instead of warning. What the library has to say about the experts (different
+    base models, modules saved whole that LoRA forwards do not apply, disagreeing arrow_config values) is written
+    once to the process's stderr (file descriptor 2, not sys.stderr), each line starting "moerging: warning: "."""
 
     _free = lib.moe_library_free
 
-    def __init__(self, directories):
+    def __init__(self, directories, names=None, strict=False):
+        if isinstance(directories, dict):
+            if names is not None:
+                raise TypeError("names cannot be given with a dict of directories: its keys are the names")
+            names, directories = list(directories), list(directories.values())
         self.directories = list(directories)  # the routers built from the experts' files read them again
+        strict = _flag(strict, "strict")
+        encoded = None if names is None else _names(names, len(self.directories))
+        options = LibraryOptions()
+        check(lib.moe_library_default_options(ctypes.byref(options), ctypes.sizeof(options)))
+        options.names, options.strict = encoded, strict
         handle = ctypes.c_void_p()
-        check(lib.moe_library_load(*_paths(self.directories), ctypes.byref(handle)))
+        check(lib.moe_library_load_with_options(*_paths(self.directories), ctypes.byref(options),
+                                                ctypes.byref(handle)))
         super().__init__(handle.value)
 
     def _counts(self):
@@ -266,6 +313,7 @@ class Library(_Handle):
 
     @property
     def expert_names(self):
+        """The experts' names: those given, else their directories' (see Library)."""
         return [string(lib.moe_library_expert_name, self.handle, e) for e in range(self.expert_count)]
 
     @property
@@ -327,12 +375,16 @@ class Router(_Handle):
         return cls._create(lib.moe_router_create_fixed, _floats(w), w.size)
 
     @classmethod
-    def arrow(cls, module, top_k=3, temperature=1.0):
-        """Arrow: |x . p_e| against each expert's top right singular vector at the module; top-k; softmax."""
-        k = _integer(top_k, "top_k")
+    def arrow(cls, module, top_k=None, temperature=None):
+        """Arrow: |x . p_e| against each expert's top right singular vector at the module; top-k; softmax.
+        top_k and temperature None take the library's defaults: its experts' arrow_config values when they agree,
+        else top-3 (at most E) and temperature 1."""
+        k = 0 if top_k is None else _integer(top_k, "top_k")
         options = ArrowOptions()
         check(lib.moe_arrow_default_options(ctypes.byref(options), ctypes.sizeof(options)))
-        options.top_k, options.temperature = k, temperature
+        options.top_k = k  # 0, like the default temperature, is the library's default
+        if temperature is not None:
+            options.temperature = temperature
         return cls._create(lib.moe_router_create_arrow, module.handle, ctypes.byref(options))
 
     @classmethod

@@ -58,6 +58,11 @@ class EngineOptions(ctypes.Structure):
     _fields_ = [("struct_size", c_uint32), ("backend", c_int32), ("cpu_threads", c_int32)]
 
 
+class LibraryOptions(ctypes.Structure):
+    _fields_ = [("struct_size", c_uint32), ("names", POINTER(c_char_p)), ("strict", c_int32), ("lazy", c_int32),
+                ("quiet", c_int32)]
+
+
 class ArrowOptions(ctypes.Structure):
     _fields_ = [("struct_size", c_uint32), ("top_k", c_int32), ("temperature", c_float)]
 
@@ -107,6 +112,7 @@ _SIGNATURES = {
     "moe_abi_version": (c_uint32, []),
     "moe_last_error": (c_char_p, []),
     "moe_engine_default_options": (c_int32, [POINTER(EngineOptions), c_size_t]),
+    "moe_library_default_options": (c_int32, [POINTER(LibraryOptions), c_size_t]),
     "moe_arrow_default_options": (c_int32, [POINTER(ArrowOptions), c_size_t]),
     "moe_linear_router_default_options": (c_int32, [POINTER(LinearRouterOptions), c_size_t]),
     "moe_routing_default_options": (c_int32, [POINTER(RoutingOptions), c_size_t]),
@@ -115,7 +121,7 @@ _SIGNATURES = {
     "moe_engine_free": (c_int32, [_handle]),
     "moe_session_create": (c_int32, [_handle, _out]),
     "moe_session_free": (c_int32, [_handle]),
-    "moe_library_load": (c_int32, [POINTER(c_char_p), c_size_t, _out]),
+    "moe_library_load_with_options": (c_int32, [POINTER(c_char_p), c_size_t, POINTER(LibraryOptions), _out]),
     "moe_library_info": (c_int32, [_handle, _size_out, _size_out]),
     "moe_library_expert_name": (c_int32, [_handle, c_size_t, POINTER(c_char), c_size_t, _size_out]),
     "moe_library_module": (c_int32, [_handle, c_size_t, _out]),

@@ -42,10 +42,11 @@ def write_safetensors(path, tensors):
         f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
 
 
-def write_adapter(directory, rank, alpha, rslora, factors):
+def write_adapter(directory, rank, alpha, rslora, factors, **config_fields):
     os.makedirs(directory)
     config = {"peft_type": "LORA", "r": rank, "lora_alpha": alpha, "use_rslora": rslora,
-              "target_modules": sorted({m.rsplit(".", 1)[1] for m in factors}), "bias": "none", "use_dora": False}
+              "target_modules": sorted({m.rsplit(".", 1)[1] for m in factors}), "bias": "none", "use_dora": False,
+              **config_fields}
     with open(os.path.join(directory, "adapter_config.json"), "w") as f:
         json.dump(config, f)
     tensors = {}
@@ -53,6 +54,28 @@ def write_adapter(directory, rank, alpha, rslora, factors):
         tensors[f"base_model.model.{module}.lora_A.weight"] = a
         tensors[f"base_model.model.{module}.lora_B.weight"] = b
     write_safetensors(os.path.join(directory, "adapter_model.safetensors"), tensors)
+
+
+def capture_stderr(call):
+    """call() with file descriptor 2 sent to a file (the library writes there, not to sys.stderr); returns its
+    result and what was written."""
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as file:
+        saved = os.dup(2)
+        os.dup2(file.fileno(), 2)
+        try:
+            result = call()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        file.seek(0)
+        return result, file.read().decode("utf-8")
+
+
+def arrow_prototypes(experts, module):
+    """Each expert's unit top right singular vector of B A at the module, float64."""
+    return np.array([np.linalg.svd(e["factors"][module][1].astype(np.float64)
+                                   @ e["factors"][module][0].astype(np.float64))[2][0] for e in experts])
 
 
 def reference_forward(experts, module, x, base, ids, weights):
@@ -114,7 +137,7 @@ class EngineTests(unittest.TestCase):
                 factors[module] = (a, b, alpha / (np.sqrt(rank) if rslora else rank))
             path = os.path.join(cls.root, f"expert-{e}")
             write_adapter(path, rank, alpha, rslora, {m: f[:2] for m, f in factors.items()})
-            cls.experts.append({"rank": rank, "factors": factors})
+            cls.experts.append({"rank": rank, "alpha": alpha, "rslora": rslora, "factors": factors})
             cls.paths.append(path)
         cls.engine = moerging.Engine("cpu", cpu_threads=2)
         cls.session = cls.engine.session()
@@ -132,6 +155,14 @@ class EngineTests(unittest.TestCase):
     def normal(self, *shape):
         return self.rng.normal(size=shape).astype(np.float32)
 
+    def copy_expert(self, e, relative, **config_fields):
+        """Expert e written again at root/relative, with config_fields added to its adapter_config.json."""
+        expert, path = self.experts[e], os.path.join(self.root, relative)
+        write_adapter(path, expert["rank"], expert["alpha"], expert["rslora"],
+                      {m: f[:2] for m, f in expert["factors"].items()}, **config_fields)
+        self.addCleanup(shutil.rmtree, os.path.join(self.root, relative.split("/")[0]))
+        return path
+
     def test_library(self):
         self.assertEqual(self.library.expert_count, EXPERTS)
         self.assertEqual(self.library.expert_names, [f"expert-{e}" for e in range(EXPERTS)])
@@ -141,6 +172,69 @@ class EngineTests(unittest.TestCase):
         self.assertEqual(self.up.max_rank, max(e["rank"] for e in self.experts))
         self.assertEqual(self.engine.backend, "cpu")
         self.assertTrue(self.engine.backend_reason)
+
+    def test_library_names(self):
+        first, second = self.copy_expert(0, "run1/adapter"), self.copy_expert(1, "run2/adapter")
+        automatic = ["run1/adapter", "run2/adapter"]
+        for names, expected in ((None, automatic), ([None, None], automatic), (["math", None], ["math", "adapter"]),
+                                (("x", "y"), ["x", "y"])):
+            with self.subTest(names=names), moerging.Library([first, second], names=names) as library:
+                self.assertEqual(library.expert_names, expected)
+        with moerging.Library([first, first], names=["x", "y"]) as library:
+            self.assertEqual(library.expert_names, ["x", "y"])
+
+        # A dict names the experts in its order: "code" is expert 0, and its factors are the second directory's.
+        with moerging.Library({"code": second, "math": first}) as library:
+            self.assertEqual(library.expert_names, ["code", "math"])
+            self.assertEqual(library.directories, [second, first])
+            module = library.module("up_proj")
+            x, ids, weights = self.normal(3, D_IN), np.zeros((3, 1), np.int32), np.ones((3, 1), np.float32)
+            y = self.session.forward_assigned(module, ids, weights, x)
+            assert_close(self, y, reference_forward([self.experts[1]], "model.layers.0.mlp.up_proj", x, None, ids,
+                                                    weights), None, 1)
+
+        with self.assertRaisesRegex(moerging.InvalidArgumentError, "experts 0 and 1 are both named 'same'") as caught:
+            moerging.Library([first, second], names=["same", "same"])
+        self.assertIn(first, str(caught.exception))
+        self.assertIn(second, str(caught.exception))
+        with self.assertRaisesRegex(moerging.InvalidArgumentError, "cannot be told apart"):
+            moerging.Library([first, first])
+
+    def test_library_base_models(self):
+        """Experts of different base models load with a warning on stderr, or are refused with strict."""
+        paths = [self.copy_expert(0, "gpt2-tuned", base_model_name_or_path="gpt2"),
+                 self.copy_expert(1, "distil-tuned", base_model_name_or_path="distilgpt2")]
+        models = "different base models: gpt2 (expert 'gpt2-tuned'); distilgpt2 (expert 'distil-tuned')"
+        library, written = capture_stderr(lambda: moerging.Library(paths))
+        library.close()
+        self.assertRegex(written, f"^moerging: warning: [^\n]*{re.escape(models)}[^\n]*\n$")
+        with self.assertRaisesRegex(moerging.InvalidArgumentError, re.escape(models)):
+            capture_stderr(lambda: moerging.Library(paths, strict=True))
+        # The fixture's experts name no base model, so there is nothing to compare them with.
+        library, written = capture_stderr(lambda: moerging.Library([self.paths[0], paths[0]], strict=np.bool_(True)))
+        library.close()
+        self.assertEqual(written, "")
+
+    def test_arrow_defaults_from_arrow_config(self):
+        """Router.arrow without top_k or temperature takes the experts' arrow_config values, else top-3 and 1."""
+        module = "model.layers.0.mlp.up_proj"
+        paths = [self.copy_expert(e, f"arrow-{e}", arrow_config={"top_k": 2, "router_temperature": 0.625})
+                 for e in range(EXPERTS)]
+        prototypes = arrow_prototypes(self.experts, module)
+        with moerging.Library(paths) as library:
+            up = library.module("up_proj")
+            for options, k, temperature in (({}, 2, 0.625), ({"top_k": 3}, 3, 0.625), ({"temperature": 1.5}, 2, 1.5),
+                                            ({"top_k": None, "temperature": None}, 2, 0.625)):
+                with self.subTest(**options), moerging.Router.arrow(up, **options) as router:
+                    self.assertEqual(router.top_k, k)
+                    x = self.normal(7, D_IN)
+                    y, ids, w = self.session.forward(up, router, x)
+                    reference_weights = check_routing(self, np.abs(x.astype(np.float64) @ prototypes.T) / temperature,
+                                                      ids, w)
+                    assert_close(self, y, reference_forward(self.experts, module, x, None, ids, reference_weights),
+                                 None, k)
+        with moerging.Router.arrow(self.up) as router:
+            self.assertEqual(router.top_k, 3)
 
     def test_uniform_and_fixed(self):
         weights = self.normal(EXPERTS)
@@ -159,8 +253,7 @@ class EngineTests(unittest.TestCase):
 
     def test_arrow(self):
         module = "model.layers.0.mlp.up_proj"
-        prototypes = np.array([np.linalg.svd(e["factors"][module][1].astype(np.float64)
-                                             @ e["factors"][module][0].astype(np.float64))[2][0] for e in self.experts])
+        prototypes = arrow_prototypes(self.experts, module)
         temperature = float(self.rng.uniform(0.5, 1.5))
         with moerging.Router.arrow(self.up, top_k=2, temperature=temperature) as router:
             self.assertEqual((router.expert_count, router.top_k), (EXPERTS, 2))
@@ -306,6 +399,19 @@ class EngineTests(unittest.TestCase):
              f"^top_k is 4294967295, {int32}$"),
             (lambda: moerging.Router.classifier(classifier, top_k=np.float64(2)), TypeError,
              "^top_k must be an integer, got float64 2.0$"),
+            (lambda: moerging.Library(self.paths, names="math"), TypeError,
+             "^names must be a list of names, got str 'math'$"),
+            (lambda: moerging.Library(self.paths, names=3), TypeError, "^names must be a list of names, got int 3$"),
+            (lambda: moerging.Library(self.paths, names=[None, 7, None, None]), TypeError,
+             "^names\\[1\\] must be a string or None, got int 7$"),
+            (lambda: moerging.Library(self.paths, names=["math"]), moerging.InvalidArgumentError,
+             f"^1 names were given for {EXPERTS} directories"),
+            (lambda: moerging.Library(self.paths, names=["a\0b", None, None, None]), moerging.InvalidArgumentError,
+             "^names\\[0\\] is 'a\\\\x00b', which holds a NUL character$"),
+            (lambda: moerging.Library({"math": self.paths[0]}, names=["code"]), TypeError,
+             "^names cannot be given with a dict of directories"),
+            (lambda: moerging.Library(self.paths, strict=1), TypeError, "^strict must be a bool, got int 1$"),
+            (lambda: moerging.Library(self.paths, strict="no"), TypeError, "^strict must be a bool, got str 'no'$"),
         ]
 
         class NoCalls:
