@@ -26,8 +26,7 @@ internal static class RouteCommand
         {RoutingChoice.Help}
           --output        write expert_ids [T, k] I32 and expert_weights [T, k] F32
           --report        write heatmap.png (tokens × experts, |weight|), load.png and statistics.json into DIR
-          --json          print the statistics as JSON (here and in statistics.json, a NaN or infinite value,
-                          from NaN or infinite weights, is written as null)
+          --json          print the statistics as JSON
         {EngineChoice.Help}
         {ExpertsOption.Help}
         """;

@@ -252,7 +252,7 @@ public sealed class CliTests
         // The same directory twice: one line, without the API's parameter name.
         (c, _, e) = Run(["merge", "--experts", dirs[0], dirs[0], "--weights", "1,1", "--method", "cat", "--output", dir.Sub("out")]);
         Assert.Equal(1, c);
-        Assert.Equal($"moerge: error: experts 0 and 1 cannot be told apart by their paths ('{Path.GetFullPath(dirs[0])}' and '{Path.GetFullPath(dirs[0])}'); give them names (NAME=DIR on the command line)", e.TrimEnd());
+        Assert.Equal($"moerge: error: experts 0 and 1 cannot be told apart by their paths ('{Path.GetFullPath(dirs[0])}' and '{Path.GetFullPath(dirs[0])}'); give each a name of its own", e.TrimEnd());
         Assert.False(Directory.Exists(dir.Sub("out")), "nothing is written when the merge fails");
     }
 

@@ -180,7 +180,7 @@ public sealed partial class RealAdapterTests
 
         var twice = Assert.Throws<ArgumentException>(() => ExpertLibrary.Load([dirs[0], dirs[0]]));
         Assert.Contains("cannot be told apart", twice.Message);
-        Assert.Contains("NAME=DIR", twice.Message);
+        Assert.Contains("give each a name of its own", twice.Message);
         Assert.Equal(["x", "y"], ExpertLibrary.Load([dirs[0], dirs[0]], new ExpertLibraryOptions { Names = ["x", "y"] }).Experts.Select(e => e.Name));
 
         var collide = Assert.Throws<ArgumentException>(() => ExpertLibrary.Load(dirs[..2], new ExpertLibraryOptions { Names = ["same", "same"] }));

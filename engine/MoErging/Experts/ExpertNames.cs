@@ -39,7 +39,7 @@ internal static class ExpertNames
                 {
                     int other = Enumerable.Range(0, names.Length).First(j => j != e && names[j] == names[e]);
                     throw new ArgumentException(
-                        $"experts {Math.Min(e, other)} and {Math.Max(e, other)} cannot be told apart by their paths ('{experts[other].Directory ?? names[other]}' and '{experts[e].Directory}'); give them names (NAME=DIR on the command line)");
+                        $"experts {Math.Min(e, other)} and {Math.Max(e, other)} cannot be told apart by their paths ('{experts[other].Directory ?? names[other]}' and '{experts[e].Directory}'); give each a name of its own");
                 }
                 depth[e]++;
                 names[e] = string.Join('/', segments[e][^depth[e]..]);

@@ -98,10 +98,7 @@ public sealed class RoutingStatistics
             tokens == 0 ? 0 : entropy / tokens, tokens == 0 ? 0 : topOneWeight / tokens);
     }
 
-    /// <summary>
-    /// Writes the statistics as one JSON object, with expert names when given (E of them). A NaN or infinite value
-    /// (from NaN or infinite weights) is written as null: JSON has no such numbers.
-    /// </summary>
+    /// <summary>Writes the statistics as one JSON object, with expert names when given (E of them).</summary>
     public void WriteJson(Utf8JsonWriter writer, IReadOnlyList<string>? expertNames = null)
     {
         ArgumentNullException.ThrowIfNull(writer);
@@ -114,9 +111,9 @@ public sealed class RoutingStatistics
         writer.WriteNumber("top_k", TopK);
         writer.WriteNumber("experts", ExpertCount);
         writer.WriteNumber("unused_experts", UnusedExperts);
-        Number(writer, "mean_entropy", MeanEntropy);
-        Number(writer, "max_entropy", MaxEntropy);
-        Number(writer, "mean_top1_weight", MeanTopOneWeight);
+        writer.WriteNumber("mean_entropy", MeanEntropy);
+        writer.WriteNumber("max_entropy", MaxEntropy);
+        writer.WriteNumber("mean_top1_weight", MeanTopOneWeight);
         writer.WriteStartArray("per_expert");
         for (int e = 0; e < ExpertCount; e++)
         {
@@ -127,24 +124,12 @@ public sealed class RoutingStatistics
                 writer.WriteString("name", expertNames[e]);
             }
             writer.WriteNumber("load", _load[e]);
-            Number(writer, "weight", _weight[e]);
+            writer.WriteNumber("weight", _weight[e]);
             writer.WriteNumber("top1", _topOne[e]);
             writer.WriteNumber("top1_share", TokenCount == 0 ? 0 : (double)_topOne[e] / TokenCount);
             writer.WriteEndObject();
         }
         writer.WriteEndArray();
         writer.WriteEndObject();
-    }
-
-    private static void Number(Utf8JsonWriter writer, string name, double value)
-    {
-        if (double.IsFinite(value))
-        {
-            writer.WriteNumber(name, value);
-        }
-        else
-        {
-            writer.WriteNull(name);
-        }
     }
 }
