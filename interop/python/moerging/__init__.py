@@ -15,6 +15,7 @@ thread at a time (forward() without a session uses one per thread).
 """
 
 import ctypes
+import os
 import operator
 import threading
 
@@ -128,9 +129,25 @@ def _output(tokens, module, base):
 
 
 def _paths(directories):
-    """A C array of UTF-8 paths."""
-    encoded = [p if isinstance(p, bytes) else str(p).encode("utf-8") for p in directories]
+    """A C array of UTF-8 paths (str, bytes or os.PathLike each)."""
+    if isinstance(directories, (str, bytes, os.PathLike)):  # iterating would split it into characters
+        raise TypeError(f"directories must be a list of paths, got the single path {directories!r}")
+    encoded = []
+    for i, path in enumerate(directories):
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            raise TypeError(f"directories[{i}] must be a path, got {type(path).__name__} {path!r}")
+        raw = os.fsencode(path)
+        if b"\0" in raw:  # C would read the path only up to it
+            raise InvalidArgumentError(1, f"directories[{i}] is {path!r}, which holds a NUL character")
+        encoded.append(raw)
     return (ctypes.c_char_p * len(encoded))(*encoded), len(encoded)
+
+
+def _real(value, what):
+    """A float for a C float or double argument; bools and strings are refused rather than read as numbers."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{what} must be a real number, got {type(value).__name__} {value!r}")
+    return float(value)
 
 
 def _names(names, count):
@@ -157,10 +174,10 @@ def _names(names, count):
 
 def _routing_options(top_k, temperature):
     """moe_routing_options; top_k None is the router's own default."""
-    k = 0 if top_k is None else _integer(top_k, "top_k")
+    k, t = 0 if top_k is None else _integer(top_k, "top_k"), _real(temperature, "temperature")
     options = RoutingOptions()
     check(lib.moe_routing_default_options(ctypes.byref(options), ctypes.sizeof(options)))
-    options.top_k, options.temperature = k, temperature
+    options.top_k, options.temperature = k, t
     return ctypes.byref(options)
 
 
@@ -291,6 +308,7 @@ class Library(_Handle):
             if names is not None:
                 raise TypeError("names cannot be given with a dict of directories: its keys are the names")
             names, directories = list(directories), list(directories.values())
+        paths = _paths(directories)
         self.directories = list(directories)  # the routers built from the experts' files read them again
         strict = _flag(strict, "strict")
         encoded = None if names is None else _names(names, len(self.directories))
@@ -298,7 +316,7 @@ class Library(_Handle):
         check(lib.moe_library_default_options(ctypes.byref(options), ctypes.sizeof(options)))
         options.names, options.strict = encoded, strict
         handle = ctypes.c_void_p()
-        check(lib.moe_library_load_with_options(*_paths(self.directories), ctypes.byref(options),
+        check(lib.moe_library_load_with_options(*paths, ctypes.byref(options),
                                                 ctypes.byref(handle)))
         super().__init__(handle.value)
 
@@ -380,11 +398,12 @@ class Router(_Handle):
         top_k and temperature None take the library's defaults: its experts' arrow_config values when they agree,
         else top-3 (at most E) and temperature 1."""
         k = 0 if top_k is None else _integer(top_k, "top_k")
+        t = None if temperature is None else _real(temperature, "temperature")
         options = ArrowOptions()
         check(lib.moe_arrow_default_options(ctypes.byref(options), ctypes.sizeof(options)))
         options.top_k = k  # 0, like the default temperature, is the library's default
-        if temperature is not None:
-            options.temperature = temperature
+        if t is not None:
+            options.temperature = t
         return cls._create(lib.moe_router_create_arrow, module.handle, ctypes.byref(options))
 
     @classmethod
@@ -394,13 +413,13 @@ class Router(_Handle):
         p = _float32_array(prototypes, "prototypes")
         if p.ndim != 2:
             raise InvalidArgumentError(1, f"prototypes must be a 2-D array [E, d_in], got shape {p.shape}")
-        k = _integer(top_k, "top_k")
+        k, t = _integer(top_k, "top_k"), _real(temperature, "temperature")
         b = None if bias is None else _float32_array(bias, "bias").ravel()
         normalization = _index(normalization, NORMALIZATIONS, "normalization")
         score_function = _index(score, SCORE_FUNCTIONS, "score")
         options = LinearRouterOptions()
         check(lib.moe_linear_router_default_options(ctypes.byref(options), ctypes.sizeof(options)))
-        options.top_k, options.temperature = k, temperature
+        options.top_k, options.temperature = k, t
         options.normalization, options.score_function = normalization, score_function
         if b is not None:
             options.bias, options.bias_count = _floats(b), b.size
