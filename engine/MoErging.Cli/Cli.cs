@@ -1,3 +1,4 @@
+using System.Reflection;
 using System.Text.RegularExpressions;
 using MoErging.Execution;
 
@@ -43,6 +44,7 @@ internal static partial class Cli
 
                 global options:
                   --verbose   print stack traces with errors
+                  --version   print the version
                 """;
         }
     }
@@ -55,6 +57,11 @@ internal static partial class Cli
         {
             (rest.Length == 0 ? stderr : stdout).WriteLine(Usage);
             return rest.Length == 0 ? 2 : 0;
+        }
+        if (rest[0] == "--version")
+        {
+            stdout.WriteLine($"moerge {Version}");
+            return 0;
         }
         string name = rest[0];
         Command? command = Commands.FirstOrDefault(c => c.Name == name).Command;
@@ -80,6 +87,10 @@ internal static partial class Cli
             return 1;
         }
     }
+
+    /// <summary>The engine's version (Directory.Build.props), without the commit a source-linked build appends after '+'.</summary>
+    public static string Version =>
+        typeof(Engine).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion.Split('+')[0] ?? "unknown";
 
     /// <summary>Whether the arguments ask for help; prints it if so.</summary>
     public static bool Help(string[] args, string text, TextWriter stdout)

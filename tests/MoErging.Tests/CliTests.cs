@@ -20,6 +20,16 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void VersionIsTheOneSetForEveryAssembly()
+    {
+        var (code, output, _) = Run("--version");
+        Assert.Equal(0, code);
+        string expected = typeof(MoErging.Execution.Engine).Assembly.GetName().Version!.ToString(3);
+        Assert.Equal($"moerge {expected}", output.TrimEnd());
+        Assert.Equal(typeof(MoErging.Execution.Engine).Assembly.GetName().Version, typeof(Cli.Cli).Assembly.GetName().Version);
+    }
+
+    [Fact]
     public void InspectListsModulesAsTextAndJson()
     {
         using var dir = new TempDir();
