@@ -365,7 +365,8 @@ public sealed class GatingKernel
     /// Token <paramref name="t"/>'s top k from expert-major scores: k passes, each taking the smallest key
     /// above the last one taken (keys are distinct, so none repeats), then softmax weights over the kept
     /// scores. When <paramref name="write"/>, the ids and weights go to the token's slots. Returns the slot
-    /// that holds <paramref name="expert"/> (or -1) and its weight.
+    /// that holds <paramref name="expert"/> (or -1) and its weight. A token with any score that is not finite,
+    /// chosen or not, gets NaN weights: the one signal the host checks to refuse it, as the CPU backend does.
     /// </summary>
     internal static int Choose(ArrayView<float> scores, int tokens, int experts, int topK, int t, int expert, bool write,
         ArrayView<int> ids, ArrayView<float> weights, out float weight)
@@ -374,6 +375,7 @@ public sealed class GatingKernel
         ulong taken = 0;
         float top = 0f, total = 0f, mine = 0f;
         int found = -1;
+        bool finite = true;
         for (int s = 0; s < topK; s++)
         {
             ulong best = SlotKeys.Empty;
@@ -384,6 +386,9 @@ public sealed class GatingKernel
                 long at = (long)e * tokens + t;
                 float v0 = scores[at], v1 = scores[at + tokens], v2 = scores[at + 2 * tokens], v3 = scores[at + 3 * tokens];
                 float v4 = scores[at + 4 * tokens], v5 = scores[at + 5 * tokens], v6 = scores[at + 6 * tokens], v7 = scores[at + 7 * tokens];
+                // Every pass tests again: cheaper than a branch on the pass, and the loads are the cost here.
+                finite &= float.IsFinite(v0) & float.IsFinite(v1) & float.IsFinite(v2) & float.IsFinite(v3)
+                    & float.IsFinite(v4) & float.IsFinite(v5) & float.IsFinite(v6) & float.IsFinite(v7);
                 best = Better(SlotKeys.Key(v0, e), best, s, taken);
                 best = Better(SlotKeys.Key(v1, e + 1), best, s, taken);
                 best = Better(SlotKeys.Key(v2, e + 2), best, s, taken);
@@ -395,7 +400,9 @@ public sealed class GatingKernel
             }
             for (; e < experts; e++)
             {
-                best = Better(SlotKeys.Key(scores[(long)e * tokens + t], e), best, s, taken);
+                float v = scores[(long)e * tokens + t];
+                finite &= float.IsFinite(v);
+                best = Better(SlotKeys.Key(v, e), best, s, taken);
             }
             taken = best;
             float score = SlotKeys.Value(best);
@@ -413,6 +420,7 @@ public sealed class GatingKernel
                 weights[slots + s] = score;
             }
         }
+        top = finite ? top : float.NaN;
         if (write)
         {
             for (int s = 0; s < topK; s++)

@@ -105,6 +105,16 @@ public abstract class RouterTests(EngineFixture engines)
             Assert.Equal(before, y);
             Assert.Contains($"token {bad}:", Assert.Throws<ArgumentException>(() => session.Route(module, router, x, new RoutingDecision())).Message);
         }
+
+        // A score of -inf is never chosen, and would get weight 0 if it were: the token is refused all the same.
+        float[] prototypes = data.Normal(3 * 16);
+        prototypes.AsSpan(2 * 16, 16).Fill(-3e38f);
+        var linear = new LinearRouter(prototypes, 16, new RoutingOptions(2));
+        float[] rows = new float[Tokens * 16];
+        int token = data.Rng.Next(Tokens);
+        rows.AsSpan(token * 16, 16).Fill(1f);
+        var refused = Assert.Throws<ArgumentException>(() => session.Forward(module, linear, rows, new RoutingDecision(), new float[Tokens * 8]));
+        Assert.StartsWith($"token {token}: its router scores are not finite", refused.Message);
     }
 }
 
