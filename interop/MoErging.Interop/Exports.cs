@@ -16,7 +16,7 @@ namespace MoErging.Interop;
 public static unsafe class Exports
 {
     /// <summary>MOE_ABI_VERSION of the header this assembly implements.</summary>
-    public const int AbiVersion = 1;
+    public const int AbiVersion = 2;
 
     /// <summary>The managed backend of each moe_backend value, by number.</summary>
     private static readonly Backend[] Backends = [Backend.Auto, Backend.Cpu, Backend.Cuda, Backend.OpenCL, Backend.GpuSimulator];

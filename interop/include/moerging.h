@@ -81,7 +81,7 @@ extern "C" {
 
 /* The ABI this header describes. It changes only when a change breaks existing callers; functions and
  * option fields are added without changing it. */
-#define MOE_ABI_VERSION 1
+#define MOE_ABI_VERSION 2
 
 typedef enum moe_status {
     MOE_OK = 0,

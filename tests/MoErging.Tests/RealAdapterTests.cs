@@ -93,6 +93,33 @@ public sealed partial class RealAdapterTests
     }
 
     [Fact]
+    public void HeadsWithSubmodulesAndSavedEmbeddingLayersAreKeptWhole()
+    {
+        var data = new TestData();
+        using var tmp = new TempDir();
+        // RoBERTa's head as save_pretrained writes it (the wrapper segments removed): modules inside 'classifier'.
+        string roberta = Adapter(tmp.Sub("roberta"), Config(",\"task_type\":\"SEQ_CLS\""), w =>
+        {
+            AddFactors(w, data, Q0);
+            w.Add(Prefix + "classifier.dense.weight", data.Normal(36), [6, 6]);
+            w.Add(Prefix + "classifier.dense.bias", data.Normal(6), [6]);
+            w.Add(Prefix + "classifier.out_proj.weight", data.Normal(12), [2, 6]);
+        });
+        Expert head = Expert.Load(roberta);
+        Assert.Equal(3, head.SavedTensors.Count);
+        Assert.All(head.SavedTensors, t => Assert.Equal(Prefix + "classifier", t.Module));
+
+        // A resized vocabulary: PEFT saves the embedding layers although modules_to_save lists none.
+        string resized = Adapter(tmp.Sub("resized"), Config(",\"task_type\":\"CAUSAL_LM\""), w =>
+        {
+            AddFactors(w, data, Q0);
+            w.Add(Prefix + "model.embed_tokens.weight", data.Normal(60), [10, 6]);
+            w.Add(Prefix + "lm_head.weight", data.Normal(60), [10, 6]);
+        });
+        Assert.Equal([Prefix + "lm_head", Prefix + "model.embed_tokens"], Expert.Load(resized).SavedTensors.Select(t => t.Module).Order(StringComparer.Ordinal));
+    }
+
+    [Fact]
     public void TensorsOfNoSavedModuleAreStillErrorsThatSayWhy()
     {
         var data = new TestData();
@@ -103,7 +130,7 @@ public sealed partial class RealAdapterTests
             w.Add(Prefix + "score.weight", data.Normal(12), [2, 6]);
         });
         var e = Assert.Throws<NotSupportedException>(() => Expert.Load(dir));
-        Assert.Contains($"'{Prefix}score.weight' is neither a LoRA factor nor part of a module in modules_to_save (lm_head)", e.Message);
+        Assert.Contains($"'{Prefix}score.weight' is neither a LoRA factor nor part of a module in modules_to_save (lm_head) or an embedding layer PEFT saves (embed_tokens, lm_head)", e.Message);
     }
 
     // ------------------------------------------------------------------ Conv1D (GPT-2)
@@ -339,6 +366,7 @@ public sealed partial class RealAdapterTests
         string plain = Adapter(tmp.Sub("plain"), Config(), w => AddFactors(w, data, Q0));
         Assert.Equal(new RoutingOptions(1, 1f), ArrowRouter.DefaultOptionsFor(ExpertLibrary.Load([plain])));
         Assert.Contains("top_k must be at least 1", Assert.Throws<InvalidDataException>(() => PeftLoraConfig.Parse("{\"arrow_config\":{\"top_k\":0}}", "cfg")).Message);
+        Assert.Contains("cfg: arrow_config.router_temperature must be at least", Assert.Throws<InvalidDataException>(() => PeftLoraConfig.Parse("{\"arrow_config\":{\"router_temperature\":1e-40}}", "cfg")).Message);
     }
 
     // ------------------------------------------------------------------ files that are not regular files

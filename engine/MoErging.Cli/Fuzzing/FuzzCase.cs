@@ -140,11 +140,16 @@ internal sealed record FuzzCase(long Index, byte[]? Config, byte[]? Weights, IRe
                     config["modules_to_save"] = new JsonArray(head);
                     break;
             }
-            string module = prefix + head + (rng.Next(3) == 0 ? ".modules_to_save.default" : "");
+            // The wrapper as trained, or save_pretrained's layout with submodules (RoBERTa's classifier.dense), or plain.
+            string module = prefix + head + rng.Next(3) switch { 0 => ".modules_to_save.default", 1 => ".dense", _ => "" };
             writer.Add(module + ".weight", Values(rng, classes * width), [classes, width]);
             if (rng.Next(2) == 0)
             {
                 writer.Add(module + ".bias", Values(rng, classes), [classes], TensorDType.BF16);
+            }
+            if (rng.Next(4) == 0)
+            {
+                writer.Add(prefix + "lm_head.weight", Values(rng, classes * width), [classes, width]); // beside a resized vocabulary
             }
             if (module.Contains(".modules_to_save.", StringComparison.Ordinal) && rng.Next(2) == 0)
             {

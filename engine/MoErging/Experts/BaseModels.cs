@@ -8,7 +8,7 @@ namespace MoErging.Experts;
 /// </summary>
 internal static class BaseModels
 {
-    /// <summary>The hub id in lower case, or null for an absent name or a local path.</summary>
+    /// <summary>The hub id in lower case, or null for an absent name or a local path (one that looks like a path, or exists as a directory).</summary>
     public static string? HubId(string? name)
     {
         if (string.IsNullOrWhiteSpace(name))
@@ -17,7 +17,7 @@ internal static class BaseModels
         }
         string id = name.Trim();
         bool local = id.StartsWith('/') || id.StartsWith('.') || id.StartsWith('~') || id.Contains('\\') || id.EndsWith('/')
-            || id.Count(c => c == '/') > 1 || Path.IsPathRooted(id);
+            || id.Count(c => c == '/') > 1 || Path.IsPathRooted(id) || Directory.Exists(id); // "checkpoints/base" beside the host
         return local ? null : id.ToLowerInvariant();
     }
 

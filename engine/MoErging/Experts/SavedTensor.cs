@@ -37,8 +37,12 @@ public sealed class SavedTensor
     /// <summary>The raw little-endian bytes, read from the file now.</summary>
     public byte[] ReadBytes()
     {
+        if (_entry.ByteCount > Array.MaxLength)
+        {
+            throw new NotSupportedException($"saved tensor '{Name}' ({_entry.ByteCount} bytes) is larger than one array can hold");
+        }
         using SafeTensorsFile file = _reopen();
-        var bytes = new byte[checked((int)_entry.ByteCount)];
+        var bytes = new byte[_entry.ByteCount];
         file.ReadBytes(file.GetTensor(Name), bytes);
         return bytes;
     }

@@ -91,6 +91,29 @@ public static class PeftAdapter
         }
     }
 
+    /// <summary>The layers PEFT saves whole beside a resized vocabulary (save_embedding_layers), whatever modules_to_save says.</summary>
+    private static readonly string[] EmbeddingLayers = ["embed_tokens", "lm_head"];
+
+    /// <summary>
+    /// The module a tensor belongs to when PEFT saved that module whole, else null: the outermost module on the key's
+    /// path that modules_to_save names (PEFT wraps that one and saves every tensor inside it, so a RoBERTa head saves
+    /// <c>classifier.dense.weight</c> and <c>classifier.out_proj.bias</c>), or an embedding layer.
+    /// </summary>
+    private static string? SavedModule(PeftLoraConfig config, string key)
+    {
+        int start = key.StartsWith(ModelPrefix, StringComparison.Ordinal) ? ModelPrefix.Length : 0;
+        for (int dot = key.IndexOf('.', start); dot > 0; dot = key.IndexOf('.', dot + 1))
+        {
+            string module = key[..dot], baseName = BaseName(module);
+            string last = baseName[(baseName.LastIndexOf('.') + 1)..];
+            if (config.Saves(baseName) || EmbeddingLayers.Contains(last))
+            {
+                return module;
+            }
+        }
+        return null;
+    }
+
     /// <summary>PEFT's wrapper of a <c>modules_to_save</c> module: what follows it belongs to the saved copy or the frozen original.</summary>
     private static readonly string[] WrapperSegments = [".modules_to_save.", ".original_module."];
 
@@ -125,14 +148,14 @@ public static class PeftAdapter
             {
                 throw variant;
             }
-            else if (key.LastIndexOf('.') is int dot and > 0 && config.Saves(BaseName(key[..dot])))
+            else if (SavedModule(config, key) is string module)
             {
-                saved.Add(new SavedTensor(key[..dot], t, () => Reopen(path, stamp, $"saved tensor '{key}'", t)));
+                saved.Add(new SavedTensor(module, t, () => Reopen(path, stamp, $"saved tensor '{key}'", t)));
             }
             else
             {
                 string listed = config.SavedModuleNames.Count == 0 ? "none" : string.Join(", ", config.SavedModuleNames);
-                throw new NotSupportedException($"{file.Label}: tensor '{key}' is neither a LoRA factor nor part of a module in modules_to_save ({listed}); trained biases are not supported");
+                throw new NotSupportedException($"{file.Label}: tensor '{key}' is neither a LoRA factor nor part of a module in modules_to_save ({listed}) or an embedding layer PEFT saves ({string.Join(", ", EmbeddingLayers)}); trained biases are not supported");
             }
         }
         if (aOf.Count == 0 && bOf.Count == 0)

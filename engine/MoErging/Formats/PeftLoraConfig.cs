@@ -409,9 +409,9 @@ public sealed class PeftLoraConfig
             {
                 throw new InvalidDataException($"{label}: {name}.top_k must be at least 1, got {topK}");
             }
-            if (temperature <= 0)
+            if (temperature < Routing.RoutingOptions.MinTemperature)
             {
-                throw new InvalidDataException($"{label}: {name}.router_temperature must be positive, got {temperature}");
+                throw new InvalidDataException($"{label}: {name}.router_temperature must be at least {Routing.RoutingOptions.MinTemperature} (1 / temperature must be finite), got {temperature}");
             }
             return new PeftArrowConfig(topK, (float?)temperature, arrow.Bool("use_gks"));
         }

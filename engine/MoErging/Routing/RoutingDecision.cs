@@ -107,7 +107,6 @@ public sealed class RoutingDecision
         ExpertCount = expertCount;
     }
 
-    /// <summary>Writable slots of one token, for the routers.</summary>
     /// <summary>
     /// The error for a token whose router scores are not finite: a NaN or an infinity in its row of x, or a dot
     /// product beyond float32's range. Every backend reports it so, rather than returning NaN weights and arbitrary ids.
@@ -128,6 +127,7 @@ public sealed class RoutingDecision
         }
     }
 
+    /// <summary>Writable slots of one token, for the routers.</summary>
     internal Span<int> MutableIds(int token) => _ids.AsSpan(token * TopK, TopK);
 
     /// <summary>Writable weights of one token, for the routers.</summary>

@@ -128,10 +128,15 @@ def _output(tokens, module, base):
     return np.empty_like(base), _floats(base)
 
 
-def _paths(directories):
-    """A C array of UTF-8 paths (str, bytes or os.PathLike each)."""
-    if isinstance(directories, (str, bytes, os.PathLike)):  # iterating would split it into characters
+def _path_list(directories):
+    """The directories as a list (an iterator is read once); a single path is refused, not split into characters."""
+    if isinstance(directories, (str, bytes, os.PathLike)):
         raise TypeError(f"directories must be a list of paths, got the single path {directories!r}")
+    return list(directories)
+
+
+def _paths(directories):
+    """A C array of UTF-8 paths (str, bytes or os.PathLike each) from a list."""
     encoded = []
     for i, path in enumerate(directories):
         if not isinstance(path, (str, bytes, os.PathLike)):
@@ -308,8 +313,8 @@ class Library(_Handle):
             if names is not None:
                 raise TypeError("names cannot be given with a dict of directories: its keys are the names")
             names, directories = list(directories), list(directories.values())
-        paths = _paths(directories)
-        self.directories = list(directories)  # the routers built from the experts' files read them again
+        self.directories = _path_list(directories)  # the routers built from the experts' files read them again
+        paths = _paths(self.directories)
         strict = _flag(strict, "strict")
         encoded = None if names is None else _names(names, len(self.directories))
         options = LibraryOptions()

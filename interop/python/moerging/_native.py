@@ -4,7 +4,7 @@ import ctypes
 import os
 from ctypes import POINTER, c_char, c_char_p, c_float, c_int32, c_size_t, c_uint32, c_void_p
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 
 class MoErgingError(Exception):

@@ -182,6 +182,8 @@ class EngineTests(unittest.TestCase):
                 self.assertEqual(library.expert_names, expected)
         with moerging.Library([first, first], names=["x", "y"]) as library:
             self.assertEqual(library.expert_names, ["x", "y"])
+        with moerging.Library((d for d in [first, second]), names=["a", "b"]) as library:  # an iterator, read once
+            self.assertEqual((library.expert_names, library.directories), (["a", "b"], [first, second]))
 
         # A dict names the experts in its order: "code" is expert 0, and its factors are the second directory's.
         with moerging.Library({"code": second, "math": first}) as library:
