@@ -45,6 +45,40 @@ public static class Devices
         return open is not null;
     }
 
+    /// <summary>
+    /// Whether this machine may have a GPU the engine can use, answered without starting ILGPU: true when a CUDA
+    /// driver is installed or an OpenCL driver reports a GPU device (or cannot be asked), false with the reason.
+    /// The automatic backend choice asks this first, so a machine with no GPU opens its CPU engine at once.
+    /// </summary>
+    public static bool MayHaveGpu(out string reason)
+    {
+        reason = "";
+        if (DriverLibraries.HasCuda())
+        {
+            return true;
+        }
+        List<(string Name, DeviceKind Kind)>? openCL = DriverLibraries.HasOpenCL() ? OpenCLProbe.Devices() : [];
+        if (openCL is null || openCL.Any(d => d.Kind == DeviceKind.Gpu))
+        {
+            return true;
+        }
+        string noOpenCL = !DriverLibraries.HasOpenCL() ? NoOpenCLLoader
+            : openCL.Count == 0 ? NoOpenCLDevice
+            : NoUsableOpenCLGpu(openCL.Select(d => NotAGpu(d.Name, d.Kind)));
+        reason = $"{NoCudaDriver}; {noOpenCL}";
+        return false;
+    }
+
+    /// <summary>Why a listed device that is not a GPU is passed over by the automatic choice.</summary>
+    public static string NotAGpu(string name, DeviceKind kind) => kind == DeviceKind.Cpu ? $"{name} runs on the CPU" : $"{name} is not a GPU";
+
+    /// <summary>That OpenCL has devices but none the automatic choice takes, with why each was passed over.</summary>
+    public static string NoUsableOpenCLGpu(IEnumerable<string> skipped) => $"no usable OpenCL GPU ({string.Join("; ", skipped)})";
+
+    private const string NoCudaDriver = $"no CUDA driver found (looked for {DriverLibraries.CudaLookedFor})";
+    private const string NoOpenCLLoader = $"no OpenCL ICD loader found (looked for {DriverLibraries.OpenCLLookedFor})";
+    private const string NoOpenCLDevice = "the OpenCL ICD loader reports no platform with a device (is a driver installed? rusticl needs RUSTICL_ENABLE)";
+
     /// <summary>Opens the first usable device of an API (for OpenCL, GPUs before other devices), or returns null with the reason.</summary>
     public static GpuDevice? TryOpen(GpuApi api, out string reason) => TryOpen(api, null, out reason);
 
@@ -306,7 +340,7 @@ public static class Devices
             string? noCuda = null, noOpenCL = null;
             if (!DriverLibraries.HasCuda())
             {
-                noCuda = $"no CUDA driver found (looked for {DriverLibraries.CudaLookedFor})";
+                noCuda = NoCudaDriver;
             }
             else
             {
@@ -331,7 +365,7 @@ public static class Devices
             }
             if (!DriverLibraries.HasOpenCL())
             {
-                noOpenCL = $"no OpenCL ICD loader found (looked for {DriverLibraries.OpenCLLookedFor})";
+                noOpenCL = NoOpenCLLoader;
             }
             else
             {
@@ -344,10 +378,10 @@ public static class Devices
                         devices.Add(new DeviceInfo
                         {
                             Index = devices.Count, Api = GpuApi.OpenCL, Platform = cl[i].PlatformName, Vendor = cl[i].VendorName, Name = cl[i].Name,
-                            Kind = Kind(cl[i].DeviceType), MemoryBytes = cl[i].MemorySize, Ordinal = i,
+                            Kind = OpenCLProbe.Kind((ulong)cl[i].DeviceType), MemoryBytes = cl[i].MemorySize, Ordinal = i,
                         });
                     }
-                    noOpenCL = cl.Count == 0 ? "the OpenCL ICD loader reports no platform with a device (is a driver installed? rusticl needs RUSTICL_ENABLE)" : null;
+                    noOpenCL = cl.Count == 0 ? NoOpenCLDevice : null;
                 }
                 catch (Exception e) when (e is not OutOfMemoryException)
                 {
@@ -356,11 +390,6 @@ public static class Devices
             }
             return new DeviceList(devices, noCuda, noOpenCL);
         }
-
-        private static DeviceKind Kind(CLDeviceType type) =>
-            type.HasFlag(CLDeviceType.CL_DEVICE_TYPE_GPU) ? DeviceKind.Gpu
-            : type.HasFlag(CLDeviceType.CL_DEVICE_TYPE_CPU) ? DeviceKind.Cpu
-            : DeviceKind.Other;
     }
 }
 

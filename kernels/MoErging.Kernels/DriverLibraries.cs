@@ -41,6 +41,12 @@ internal static class DriverLibraries
     /// <summary>True when an OpenCL ICD loader loads (always true on Windows, where ILGPU finds OpenCL.dll itself).</summary>
     public static bool HasOpenCL() => RuntimeInformation.IsOSPlatform(OSPlatform.Windows) || CanLoad(OpenCLNames);
 
+    /// <summary>Loads the OpenCL ICD loader (the caller frees the handle), or returns zero when there is none.</summary>
+    public static IntPtr LoadOpenCL() =>
+        RuntimeInformation.IsOSPlatform(OSPlatform.Windows)
+            ? NativeLibrary.TryLoad("OpenCL", out IntPtr handle) ? handle : IntPtr.Zero
+            : LoadAny(OpenCLNames);
+
     /// <summary>Installs the resolver on ILGPU's assembly; call before ILGPU touches a driver.</summary>
     public static void Install()
     {
@@ -74,10 +80,11 @@ internal static class DriverLibraries
             "OpenCL" => OpenCLNames,
             _ => null,
         };
-        if (names is null)
-        {
-            return IntPtr.Zero;
-        }
+        return names is null ? IntPtr.Zero : LoadAny(names);
+    }
+
+    private static IntPtr LoadAny(string[] names)
+    {
         foreach (string name in names)
         {
             if (NativeLibrary.TryLoad(name, out IntPtr handle))
@@ -90,15 +97,13 @@ internal static class DriverLibraries
 
     private static bool CanLoad(string[] names)
     {
-        foreach (string name in names)
+        IntPtr handle = LoadAny(names);
+        if (handle == IntPtr.Zero)
         {
-            if (NativeLibrary.TryLoad(name, out IntPtr handle))
-            {
-                NativeLibrary.Free(handle);
-                return true;
-            }
+            return false;
         }
-        return false;
+        NativeLibrary.Free(handle);
+        return true;
     }
 
     private static bool IsWsl() =>

@@ -265,6 +265,33 @@ public sealed class BackendSelectionTests
     }
 
     [Fact]
+    public void AutoAsksTheDriversDirectlyAndAgreesWithIlgpusListing()
+    {
+        // The direct query decides whether Auto starts ILGPU at all: it must see every device ILGPU's listing sees.
+        List<(string Name, DeviceKind Kind)> listed = Devices.List().Where(d => d.Api == GpuApi.OpenCL).Select(d => (d.Name, d.Kind)).ToList();
+        List<(string Name, DeviceKind Kind)>? probed = OpenCLProbe.Devices();
+        if (DriverLibraries.HasOpenCL())
+        {
+            Assert.NotNull(probed);
+            Assert.Equal(listed, probed);
+        }
+        else
+        {
+            Assert.Null(probed);
+        }
+
+        bool mayHaveGpu = Devices.MayHaveGpu(out string reason);
+        Assert.Equal(DriverLibraries.HasCuda() || listed.Any(d => d.Kind == DeviceKind.Gpu), mayHaveGpu);
+        if (!mayHaveGpu)
+        {
+            string noOpenCL = listed.Count > 0 ? Devices.NoUsableOpenCLGpu(listed.Select(d => Devices.NotAGpu(d.Name, d.Kind))) : Devices.Missing(GpuApi.OpenCL)!;
+            Assert.Equal($"{Devices.Missing(GpuApi.Cuda)}; {noOpenCL}", reason); // what the full listing would have said
+            using Engine engine = Engine.Create();
+            Assert.Equal($"cpu: {reason}", engine.BackendReason);
+        }
+    }
+
+    [Fact]
     public void DeviceCallsOnTheCpuBackendSayTheyNeedAGpu()
     {
         using Engine engine = Engine.Create(new EngineOptions { Backend = Backend.Cpu });

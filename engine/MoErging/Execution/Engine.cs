@@ -105,6 +105,10 @@ public sealed class Engine : IDisposable
     /// <summary>CUDA, then an OpenCL GPU, then the CPU backend, which beats any OpenCL driver that runs on the CPU.</summary>
     private static Engine OpenBest(EngineOptions options, bool half)
     {
+        if (!Devices.MayHaveGpu(out string noGpu))
+        {
+            return OpenCpu(options, $"cpu: {noGpu}");
+        }
         GpuDevice? cuda = Devices.TryOpen(GpuApi.Cuda, out string noCuda);
         if (cuda is not null)
         {
@@ -115,7 +119,7 @@ public sealed class Engine : IDisposable
         {
             if (device.Kind != DeviceKind.Gpu)
             {
-                skipped.Add(device.Kind == DeviceKind.Cpu ? $"{device.Name} runs on the CPU" : $"{device.Name} is not a GPU");
+                skipped.Add(Devices.NotAGpu(device.Name, device.Kind));
                 continue;
             }
             GpuDevice? openCL = Devices.TryOpen(device, out string reason);
@@ -125,7 +129,7 @@ public sealed class Engine : IDisposable
             }
             skipped.Add(reason);
         }
-        string noOpenCL = skipped.Count > 0 ? $"no usable OpenCL GPU ({string.Join("; ", skipped)})" : Devices.Missing(GpuApi.OpenCL) ?? "no OpenCL GPU";
+        string noOpenCL = skipped.Count > 0 ? Devices.NoUsableOpenCLGpu(skipped) : Devices.Missing(GpuApi.OpenCL) ?? "no OpenCL GPU";
         return OpenCpu(options, $"cpu: {noCuda}; {noOpenCL}");
     }
 
