@@ -1,7 +1,8 @@
 """Tests of the moerging Python package (and so of libmoerging.so) against numpy float64 references.
 
 Fresh random experts and inputs every run (the seed is printed; MOERGING_TEST_SEED repeats a run). The
-experts are written here as PEFT adapter directories straight from the documented formats. Run:
+experts are written here as PEFT adapter directories straight from the documented formats. The wheel builder's
+tests (test_wheel.py) run here too. Run:
 
     MOERGING_LIBRARY=.../libmoerging.so PYTHONPATH=interop/python python3 test_moerging.py [--junit FILE]
 """
@@ -11,6 +12,7 @@ import os
 import re
 import shutil
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -22,6 +24,7 @@ import xml.sax.saxutils
 import numpy as np
 
 import moerging
+import test_wheel
 
 SEED = int(os.environ.get("MOERGING_TEST_SEED", str(time.time_ns() % 2**32)))
 EXPERTS, D_IN, D_OUT, D_OUT_V = 4, 12, 10, 6
@@ -352,6 +355,194 @@ class EngineTests(unittest.TestCase):
         self.assertTrue(np.array_equal(self.session.forward_assigned(self.up, ids.tolist(), weights.tolist(), x, base),
                                        y))
 
+    def test_forward_into_given_arrays(self):
+        """out=, expert_ids_out= and expert_weights_out= receive bit for bit what the allocating call returns, and
+        are the arrays returned; out may be base itself, for y += mixture in place."""
+        module = "model.layers.0.mlp.up_proj"
+        scores = lambda x: np.abs(x.astype(np.float64) @ arrow_prototypes(self.experts, module).T)  # noqa: E731
+        tokens = 6
+        with moerging.Router.arrow(self.up, top_k=2, temperature=1.0) as router:
+            x, base = self.normal(tokens, D_IN), self.normal(tokens, D_OUT)
+            for given_base in (None, base):
+                with self.subTest(base=given_base is not None):
+                    expected = self.session.forward(self.up, router, x, given_base)
+                    # What the arrays held is overwritten (base None: zeroed first, as a new y is).
+                    y, ids = np.full((tokens, D_OUT), np.nan, np.float32), np.full((tokens, 2), 99, np.int32)
+                    weights = np.full((tokens, 2), np.nan, np.float32)
+                    got = self.session.forward(self.up, router, x, given_base, out=y, expert_ids_out=ids,
+                                               expert_weights_out=weights)
+                    for returned, given, allocated in zip(got, (y, ids, weights), expected):
+                        self.assertIs(returned, given)
+                        self.assertEqual(returned.tobytes(), allocated.tobytes())
+                    reference_weights = check_routing(self, scores(x), ids, weights)
+                    assert_close(self, y, reference_forward(self.experts, module, x, given_base, ids,
+                                                            reference_weights), given_base, 2)
+                    # Any one of them alone; the others are new arrays, equal too.
+                    for i, name in enumerate(("out", "expert_ids_out", "expert_weights_out")):
+                        given = np.empty_like(expected[i])
+                        got = moerging.forward(self.up, router, x, given_base, session=self.session, **{name: given})
+                        self.assertIs(got[i], given)
+                        self.assertEqual([g.tobytes() for g in got], [e.tobytes() for e in expected], name)
+
+            # In place: base is out. Twice adds the mixture twice.
+            expected = self.session.forward(self.up, router, x, base)
+            y = base.copy()
+            got = self.session.forward(self.up, router, x, y, out=y)
+            self.assertIs(got[0], y)
+            self.assertEqual(y.tobytes(), expected[0].tobytes())
+            moerging.forward(self.up, router, x, y, out=y, session=self.session)
+            update = reference_forward(self.experts, module, x, None, expected[1], expected[2])
+            assert_close(self, y, base.astype(np.float64) + 2 * update, base, 4)
+
+        ids = self.rng.integers(-1, EXPERTS, (tokens, 3)).astype(np.int32)
+        weights = self.normal(tokens, 3)
+        for given_base in (None, base):
+            expected = moerging.forward_assigned(self.up, ids, weights, x, given_base, session=self.session)
+            y = np.full((tokens, D_OUT), np.nan, np.float32)
+            self.assertIs(self.session.forward_assigned(self.up, ids, weights, x, given_base, out=y), y)
+            self.assertEqual(y.tobytes(), expected.tobytes())
+            assert_close(self, y, reference_forward(self.experts, module, x, given_base, ids, weights), given_base, 3)
+        y = base.copy()
+        self.assertIs(moerging.forward_assigned(self.up, ids, weights, x, y, session=self.session, out=y), y)
+        self.assertEqual(y.tobytes(), expected.tobytes())
+
+    def test_given_arrays_are_checked(self):
+        """An out= array the result cannot go into as it is raises InvalidArgumentError (a ValueError) naming it,
+        and the call writes nothing."""
+        tokens = 3
+        x, base = self.normal(tokens, D_IN), self.normal(tokens, D_OUT)
+        unaligned = np.frombuffer(bytearray(tokens * D_OUT * 4 + 1), np.float32, tokens * D_OUT, 1).reshape(tokens,
+                                                                                                             D_OUT)
+        read_only = np.zeros((tokens, D_OUT), np.float32)
+        read_only.setflags(write=False)
+        decision = np.zeros(2 * tokens * 2, np.float32)
+        shape = f"\\({tokens}, {D_OUT}\\)"
+        out_cases = [
+            ([[0.0] * D_OUT] * tokens, "^out must be a numpy array, got list$"),
+            (np.zeros((tokens, D_OUT)), "^out must have dtype float32, got float64$"),
+            (np.zeros((tokens, D_OUT), ">f4"), "^out must have dtype float32, got >f4$"),
+            (np.zeros((tokens, D_OUT + 1), np.float32), f"^out must have shape {shape}, got \\({tokens}, 11\\)$"),
+            (np.zeros(tokens * D_OUT, np.float32), f"^out must have shape {shape}, got \\({tokens * D_OUT},\\)$"),
+            (np.zeros((tokens, 2 * D_OUT), np.float32)[:, ::2], "^out must be C-contiguous$"),
+            (np.zeros((tokens, D_OUT), np.float32, order="F"), "^out must be C-contiguous$"),
+            (read_only, "^out is read-only$"),
+            (unaligned, "^out is not aligned to its 4-byte elements$"),
+        ]
+        with moerging.Router.arrow(self.up, top_k=2) as router:
+            for out, pattern in out_cases:
+                for call in (lambda: self.session.forward(self.up, router, x, out=out),
+                             lambda: moerging.forward(self.up, router, x, base, session=self.session, out=out),
+                             lambda: moerging.forward_assigned(self.up, [[0]] * tokens, [[1]] * tokens, x,
+                                                               session=self.session, out=out)):
+                    with self.subTest(pattern=pattern), self.assertRaisesRegex(moerging.InvalidArgumentError, pattern):
+                        call()
+
+            y = np.full((tokens, D_OUT), 7, np.float32)
+            slots = [
+                ({"expert_ids_out": np.zeros((tokens, 2), np.int64)}, "^expert_ids_out must have dtype int32, got int64$"),
+                ({"expert_ids_out": np.zeros((tokens, 3), np.int32)},
+                 f"^expert_ids_out must have shape \\({tokens}, 2\\), got \\({tokens}, 3\\)$"),
+                ({"expert_weights_out": np.zeros((tokens, 2), np.float64)},
+                 "^expert_weights_out must have dtype float32, got float64$"),
+                ({"expert_weights_out": np.zeros((2, tokens), np.float32).T}, "^expert_weights_out must be C-contiguous$"),
+                ({"expert_weights_out": y.ravel()[:2 * tokens].reshape(tokens, 2)},
+                 "^expert_weights_out overlaps out; it must be a separate array$"),
+                ({"expert_ids_out": y.ravel()[-2 * tokens:].view(np.int32).reshape(tokens, 2)},
+                 "^expert_ids_out overlaps out"),
+                ({"expert_weights_out": x.ravel()[3:3 + 2 * tokens].reshape(tokens, 2)}, "^expert_weights_out overlaps x"),
+                ({"expert_ids_out": base.ravel()[:2 * tokens].view(np.int32).reshape(tokens, 2)},
+                 "^expert_ids_out overlaps base"),
+                ({"expert_ids_out": decision[:2 * tokens].view(np.int32).reshape(tokens, 2),
+                  "expert_weights_out": decision[tokens:3 * tokens].reshape(tokens, 2)},
+                 "^expert_ids_out overlaps expert_weights_out"),
+            ]
+            x_before, base_before = x.copy(), base.copy()
+            for given, pattern in slots:
+                # With base None too, where out would be zeroed: the checks come first.
+                for given_base in (base, None) if "overlaps base" not in pattern else (base,):
+                    with self.subTest(pattern=pattern, base=given_base is not None), \
+                            self.assertRaisesRegex(moerging.InvalidArgumentError, pattern):
+                        self.session.forward(self.up, router, x, given_base, out=y, **given)
+            self.assertTrue(np.all(y == 7), "a refused call wrote into out")
+            self.assertEqual((x.tobytes(), base.tobytes()), (x_before.tobytes(), base_before.tobytes()))
+
+            # Overlaps of y with x or base are the library's to refuse (it may add in place when base is y itself).
+            both = np.zeros((tokens, D_IN + D_OUT), np.float32).ravel()
+            with self.assertRaisesRegex(moerging.InvalidArgumentError, "x and y overlap"):
+                self.session.forward(self.up, router, both[:tokens * D_IN].reshape(tokens, D_IN),
+                                     out=both[tokens * D_IN - 2:-2].reshape(tokens, D_OUT))
+            with self.assertRaisesRegex(moerging.InvalidArgumentError, "base partly overlaps y"):
+                self.session.forward(self.up, router, x, both[:tokens * D_OUT].reshape(tokens, D_OUT),
+                                     out=both[1:tokens * D_OUT + 1].reshape(tokens, D_OUT))
+
+    def test_forward_makes_one_call(self):
+        """A forward asks the library nothing but the forward itself: the router's E and k are read at creation
+        (routers are immutable)."""
+        class Recording:
+            def __init__(self, library):
+                self.library, self.calls = library, []
+
+            def __getattr__(self, name):
+                self.calls.append(name)
+                return getattr(self.library, name)
+
+        x = self.normal(2, D_IN)
+        with moerging.Router.arrow(self.up, top_k=2) as router:
+            recording = Recording(moerging.lib)
+            with unittest.mock.patch.object(moerging, "lib", recording):
+                self.session.forward(self.up, router, x)
+                self.session.forward(self.up, router, x, out=np.empty((2, D_OUT), np.float32))
+                self.session.forward_assigned(self.up, [[0], [1]], [[1], [1]], x)
+                self.assertEqual((router.top_k, router.expert_count), (2, EXPERTS))
+            self.assertEqual(recording.calls, ["moe_forward", "moe_forward", "moe_forward_assigned"])
+        with self.assertRaisesRegex(moerging.InvalidArgumentError, "this Router is closed"):
+            router.expert_count
+        with self.assertRaisesRegex(moerging.InvalidArgumentError, "this Router is closed"):
+            self.session.forward(self.up, router, x)
+
+    def test_version(self):
+        """__version__ is Directory.Build.props's (read from the source tree here); native_version() is the library's
+        moe_version(), or None for a library older than that function."""
+        self.assertEqual(moerging.__version__, test_wheel.props_version())
+        try:
+            moerging.lib.moe_version
+        except AttributeError:
+            self.assertIsNone(moerging.native_version())
+        else:  # a build suffix (+commit) may follow the version
+            self.assertEqual(moerging.native_version().split("+")[0], moerging.__version__)
+
+    def test_library_path(self):
+        """$MOERGING_LIBRARY first, then the library a wheel bundles, else an error that names both ways."""
+        bundled = os.path.join(self.root, "_lib", "libmoerging.so.2")
+        os.makedirs(os.path.dirname(bundled))
+        with open(bundled, "wb"):
+            pass
+        self.addCleanup(shutil.rmtree, os.path.dirname(bundled))
+        library_path = moerging._native.library_path
+        self.assertEqual(library_path({"MOERGING_LIBRARY": "/opt/libmoerging.so"}, bundled), "/opt/libmoerging.so")
+        self.assertEqual(library_path({}, bundled), bundled)
+        self.assertEqual(library_path({"MOERGING_LIBRARY": ""}, bundled), bundled)
+        missing = os.path.join(self.root, "nowhere", "libmoerging.so.2")
+        with self.assertRaises(ImportError) as caught:
+            library_path({"PATH": "/bin"}, missing)
+        for part in ("MOERGING_LIBRARY is not set", missing, "pip install artifacts/python/moerging-*.whl",
+                     "artifacts/native/libmoerging.so"):
+            self.assertIn(part, str(caught.exception))
+
+        # The import itself, in the source tree (which bundles no library).
+        environment = {k: v for k, v in os.environ.items() if k != "MOERGING_LIBRARY"}
+        environment["PYTHONPATH"] = os.path.dirname(os.path.dirname(moerging.__file__))
+        for name, value, expected in (("MOERGING_LIBRARY", None, "ImportError: the moerging package has no libmoerging "
+                                                                 "to load: MOERGING_LIBRARY is not set"),
+                                      ("MOERGING_LIBRARY", missing, f"ImportError: {re.escape(missing)} "
+                                                                    f"\\(MOERGING_LIBRARY\\) could not be loaded: ")):
+            if value is not None:
+                environment[name] = value
+            done = subprocess.run([sys.executable, "-c", "import moerging"], env=environment, capture_output=True,
+                                  text=True)
+            self.assertNotEqual(done.returncode, 0)
+            self.assertRegex(done.stderr, expected)
+
     def test_bad_values_are_refused_before_any_call(self):
         """Values ctypes or numpy would cast to others (wrapped, truncated, parsed) raise TypeError or
         InvalidArgumentError (a ValueError) naming the argument, and the index of the first bad element."""
@@ -567,6 +758,7 @@ def main():
     junit = sys.argv[sys.argv.index("--junit") + 1] if "--junit" in sys.argv else None
     print(f"seed {SEED} (set MOERGING_TEST_SEED to repeat)")
     suite = unittest.defaultTestLoader.loadTestsFromTestCase(EngineTests)
+    suite.addTests(unittest.defaultTestLoader.loadTestsFromTestCase(test_wheel.WheelTests))  # the wheel builder
     ids = [test.id() for test in suite]
     result = unittest.TextTestRunner(verbosity=2, resultclass=RecordingResult).run(suite)
     traces = {}
