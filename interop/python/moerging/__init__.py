@@ -112,8 +112,9 @@ def _int32_array(values: ArrayLike, what: str) -> Int32Array:
     array = np.asarray(values)
     if array.size and array.dtype.kind not in "iu":  # bools, floats, strings, objects (integers beyond 64 bits)
         raise TypeError(f"{what} must hold integers, got an array of {array.dtype}")
-    outside = (array < _INT32[1]) | (array > _INT32[2])
-    if outside.any():
+    fits = array.dtype.kind == "i" and array.dtype.itemsize <= 4 or array.dtype.kind == "u" and array.dtype.itemsize < 4
+    outside = None if fits else (array < _INT32[1]) | (array > _INT32[2])  # (the search costs microseconds)
+    if outside is not None and outside.any():
         at = np.unravel_index(np.argmax(outside), array.shape)
         raise InvalidArgumentError(1, f"{what}[{', '.join(map(str, at))}] is {array[at]}, outside the int32_t range "
                                       f"[{_INT32[1]}, {_INT32[2]}]")
