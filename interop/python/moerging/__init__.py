@@ -85,6 +85,9 @@ _INT32 = ("int32_t", -2**31, 2**31 - 1)
 _SIZE = ("size_t", 0, 2**(8 * ctypes.sizeof(ctypes.c_size_t)) - 1)
 
 
+_FLOAT32, _INT32_DTYPE = np.dtype(np.float32), np.dtype(np.int32)  # compared against faster than the types
+
+
 def _integer(value: Any, what: str, ctype: Tuple[str, int, int] = _INT32) -> int:
     """value as a Python int within ctype; TypeError for anything but an integer (bools and floats included)."""
     name, low, high = ctype
@@ -124,6 +127,8 @@ def _int32_array(values: ArrayLike, what: str) -> Int32Array:
 def _float32_array(values: ArrayLike, what: str) -> Float32Array:
     """A C-contiguous float32 array of integer or float values, NaN and Inf kept; TypeError for another dtype (numpy
     would parse strings and drop imaginary parts)."""
+    if type(values) is np.ndarray and values.dtype == _FLOAT32 and values.ndim and values.flags.c_contiguous:
+        return values  # as the library reads it already: the common case, kept quick
     array = np.asarray(values)
     if array.size and array.dtype.kind not in "iuf":
         raise TypeError(f"{what} must hold real numbers, got an array of {array.dtype}")
@@ -137,9 +142,6 @@ def _address(array: NDArray[Any]) -> int:
     except (TypeError, ValueError):  # read-only, or empty
         address: int = array.ctypes.data
         return address
-
-
-_FLOAT32, _INT32_DTYPE = np.dtype(np.float32), np.dtype(np.int32)  # compared against faster than the types
 
 
 def _given(array: Any, shape: Tuple[int, int], dtype: np.dtype[Any], what: str) -> Any:
