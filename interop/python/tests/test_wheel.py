@@ -54,8 +54,8 @@ class WheelTests(unittest.TestCase):
     def setUp(self):
         self.root = tempfile.mkdtemp(prefix="moerging-wheel-")
         self.addCleanup(shutil.rmtree, self.root)
-        self.library = elf(62, b"the library " + os.urandom(64))
-        self.managed = elf(62, b"the managed side " + os.urandom(64))
+        self.library = elf(62, b"the library " + hashlib.sha512(b"library").digest())
+        self.managed = elf(62, b"the managed side " + hashlib.sha512(b"managed").digest())
 
     def native(self, name="native", library=None, managed=None, files=()):
         """A fake native directory: libmoerging.so.2 (with a libmoerging.so link) and MoErging.Interop.so, or
