@@ -170,14 +170,18 @@ Task("Peers")
         new DotNetRunSettings { Configuration = configuration });
 });
 
+// Every packable project of the solution: MoErging, MoErging.Kernels and the moerge tool (MoErging.Cli), each with its
+// .snupkg. The folder is emptied first, so it holds exactly what a consumer needs of this version.
 Task("Pack")
     .IsDependentOn("Build")
     .Does(() =>
 {
-    DotNetPack("./engine/MoErging/MoErging.csproj", new DotNetPackSettings
+    CleanDirectory(artifacts.Combine("packages"));
+    DotNetPack("./Engine.sln", new DotNetPackSettings
     {
         Configuration = configuration,
         NoBuild = true,
+        NoLogo = true,
         OutputDirectory = artifacts.Combine("packages"),
     });
 });
