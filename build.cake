@@ -1,5 +1,6 @@
-// The whole entry point: dotnet tool restore && dotnet cake --target=<Build|Native|Test|Bench|Peers|Pack>
+// The whole entry point: dotnet tool restore && dotnet cake --target=<Build|Native|Test|Bench|Peers|Pack|PackageTests>
 // Test is the default. It writes artifacts/test-summary.txt ("N passed, N failed"), which .ci/run prints last.
+#load "./tests/packages/packages.cake"
 using System.Xml.Linq;
 
 var target = Argument("target", "Test");
@@ -9,6 +10,8 @@ var results = artifacts.Combine("test-results");
 // libmoerging.so with the managed side published next to it, where the library looks for it.
 var native = artifacts.Combine("native");
 var nativeBuild = artifacts.Combine("native-build");
+var packages = artifacts.Combine("packages");
+var packagesReport = results.CombineWithFilePath("packages.xml");
 
 void Run(string tool, ProcessArgumentBuilder arguments)
 {
@@ -50,9 +53,30 @@ Task("Native")
     Information($"libmoerging.so and its managed side are in {native}");
 });
 
+// The Test target's totals. AddJUnit counts a JUnit report (its root's tests, failures and errors; one test case per
+// case) and returns how many of its cases failed, or null when there is no report, for the caller to count as it knows.
+sealed class TestTotals
+{
+    public int Passed { get; private set; }
+    public int Failed { get; private set; }
+    public int Skipped { get; private set; }
+
+    public void Add(int passed = 0, int failed = 0, int skipped = 0) => (Passed, Failed, Skipped) = (Passed + passed, Failed + failed, Skipped + skipped);
+
+    public int? AddJUnit(FilePath report)
+    {
+        if (!System.IO.File.Exists(report.FullPath)) return null;
+        var suite = XDocument.Load(report.FullPath).Root;
+        int cases = (int)suite.Attribute("tests"), failures = (int)suite.Attribute("failures") + (int)suite.Attribute("errors");
+        Add(passed: cases - failures, failed: failures);
+        return failures;
+    }
+}
+
 Task("Test")
     .IsDependentOn("Build")
     .IsDependentOn("Native")
+    .IsDependentOn("Pack")
     .Does(() =>
 {
     EnsureDirectoryExists(results);
@@ -74,19 +98,18 @@ Task("Test")
         EnvironmentVariables = environment,
     });
 
-    int passed = 0, failed = 0, skipped = 0;
+    var totals = new TestTotals();
     if (FileExists(xml))
     {
         foreach (var assembly in XDocument.Load(xml.FullPath).Descendants("assembly"))
         {
-            passed += (int)assembly.Attribute("passed");
-            failed += (int)assembly.Attribute("failed") + (int)assembly.Attribute("errors");
-            skipped += (int)assembly.Attribute("skipped");
+            totals.Add((int)assembly.Attribute("passed"), (int)assembly.Attribute("failed") + (int)assembly.Attribute("errors"),
+                (int)assembly.Attribute("skipped"));
         }
     }
-    if (exit != 0 && failed == 0)
+    if (exit != 0 && totals.Failed == 0)
     {
-        failed = 1; // the runner itself failed: count it, never report a clean run
+        totals.Add(failed: 1); // the runner itself failed: count it, never report a clean run
     }
 
     // CTest runs the C API test program and the Python package's tests; each writes <name>.xml (JUnit, one
@@ -104,31 +127,30 @@ Task("Test")
     var programs = FileExists(ctestXml) ? XDocument.Load(ctestXml.FullPath).Descendants("testcase").ToList() : new List<XElement>();
     if (programs.Count == 0)
     {
-        failed += 1;
+        totals.Add(failed: 1);
     }
     foreach (var program in programs)
     {
         string name = (string)program.Attribute("name");
         bool programFailed = (string)program.Attribute("status") != "run";
-        var report = results.CombineWithFilePath($"{name}.xml");
-        int casesFailed = 0;
-        if (FileExists(report))
-        {
-            var suite = XDocument.Load(report.FullPath).Root;
-            int cases = (int)suite.Attribute("tests");
-            casesFailed = (int)suite.Attribute("failures") + (int)suite.Attribute("errors");
-            passed += cases - casesFailed;
-            failed += casesFailed;
-        }
+        int casesFailed = totals.AddJUnit(results.CombineWithFilePath($"{name}.xml")) ?? 0;
         if (programFailed && casesFailed == 0)
         {
-            failed += 1;
+            totals.Add(failed: 1);
         }
     }
-    string summary = $"{passed} passed, {failed} failed";
+
+    // The package checks (tests/packages), on what the Pack target just wrote.
+    RunPackageChecks(MakeAbsolute(Directory(".")), packages, packagesReport);
+    if (totals.AddJUnit(packagesReport) is null)
+    {
+        totals.Add(failed: 1); // the checks never wrote their report
+    }
+
+    string summary = $"{totals.Passed} passed, {totals.Failed} failed";
     System.IO.File.WriteAllText(summaryFile.FullPath, summary + "\n");
-    Information($"{summary} ({skipped} skipped)");
-    if (failed > 0)
+    Information($"{summary} ({totals.Skipped} skipped)");
+    if (totals.Failed > 0)
     {
         throw new Exception($"tests failed: {summary}");
     }
@@ -176,14 +198,33 @@ Task("Pack")
     .IsDependentOn("Build")
     .Does(() =>
 {
-    CleanDirectory(artifacts.Combine("packages"));
+    CleanDirectory(packages);
     DotNetPack("./Engine.sln", new DotNetPackSettings
     {
         Configuration = configuration,
         NoBuild = true,
         NoLogo = true,
-        OutputDirectory = artifacts.Combine("packages"),
+        OutputDirectory = packages,
     });
+});
+
+// The package checks alone (tests/packages/packages.cake): install and use what Pack wrote, as a consumer would.
+Task("PackageTests")
+    .IsDependentOn("Pack")
+    .Does(() =>
+{
+    if (FileExists(packagesReport)) DeleteFile(packagesReport);
+    RunPackageChecks(MakeAbsolute(Directory(".")), packages, packagesReport);
+    var totals = new TestTotals();
+    if (totals.AddJUnit(packagesReport) is null)
+    {
+        totals.Add(failed: 1);
+    }
+    Information($"package checks: {totals.Passed} passed, {totals.Failed} failed ({packagesReport})");
+    if (totals.Failed > 0)
+    {
+        throw new Exception($"package checks failed: {totals.Passed} passed, {totals.Failed} failed");
+    }
 });
 
 RunTarget(target);
