@@ -273,11 +273,11 @@ void RunPackageChecks(DirectoryPath repository, DirectoryPath packages, FilePath
     }
     finally
     {
-        System.IO.Directory.Delete(temp, recursive: true);
         EnsureDirectoryExists(report.GetDirectory());
         int failures = cases.Count(c => c.Element("failure") is not null);
         new XDocument(new XElement("testsuite", new XAttribute("name", "packages"), new XAttribute("tests", cases.Count),
             new XAttribute("failures", failures), new XAttribute("errors", 0), new XAttribute("skipped", 0), cases)).Save(report.FullPath);
+        System.IO.Directory.Delete(temp, recursive: true);
     }
 }
 
