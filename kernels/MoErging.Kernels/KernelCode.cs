@@ -48,7 +48,8 @@ public static class KernelCode
             null => method.Name.ToLowerInvariant(),
         };
         IEnumerable<string> storage = method.IsGenericMethod
-            ? method.GetGenericArguments().Where(t => t.GetInterfaces().Any(i => i.IsGenericType && i.GetGenericTypeDefinition() == typeof(IStorage<>)))
+            // Storages hold float or ushort elements; asking for those two keeps this free of interface reflection, which trimming cannot see.
+            ? method.GetGenericArguments().Where(t => t.IsAssignableTo(typeof(IStorage<float>)) || t.IsAssignableTo(typeof(IStorage<ushort>)))
                 .Select(t => t == typeof(F32) ? "f32" : "f16")
             : [];
         return string.Join("_", [family, .. storage]);

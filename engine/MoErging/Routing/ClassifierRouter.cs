@@ -75,7 +75,7 @@ public sealed class ClassifierRouter : LinearRouter
         writer.Metadata[KindKey] = Kind;
         if (ExpertNames is not null)
         {
-            writer.Metadata[ExpertsKey] = JsonSerializer.Serialize(ExpertNames);
+            writer.Metadata[ExpertsKey] = JsonSerializer.Serialize([.. ExpertNames], NameListJson.Default.StringArray);
         }
         writer.Add(WeightTensor, Prototypes, [ExpertCount, InputDim]);
         writer.Add(BiasTensor, Bias, [ExpertCount]);
@@ -102,7 +102,7 @@ public sealed class ClassifierRouter : LinearRouter
         {
             try
             {
-                names = JsonSerializer.Deserialize<string[]>(json);
+                names = JsonSerializer.Deserialize(json, NameListJson.Default.StringArray);
             }
             catch (JsonException e)
             {

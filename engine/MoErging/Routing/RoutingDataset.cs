@@ -117,7 +117,7 @@ public sealed class RoutingDataset
     public void Save(string path)
     {
         var writer = new SafeTensorsWriter();
-        writer.Metadata[TasksKey] = JsonSerializer.Serialize(_taskNames);
+        writer.Metadata[TasksKey] = JsonSerializer.Serialize(_taskNames, NameListJson.Default.StringArray);
         writer.Add(RowsTensor, _rows, [RowCount, InputDim]);
         writer.Add(ExpertTensor, _experts, [RowCount]);
         writer.Add(TaskTensor, _tasks, [RowCount]);
@@ -128,7 +128,7 @@ public sealed class RoutingDataset
     {
         try
         {
-            return JsonSerializer.Deserialize<string[]>(json) ?? throw new InvalidDataException($"{label}: metadata '{TasksKey}' is null");
+            return JsonSerializer.Deserialize(json, NameListJson.Default.StringArray) ?? throw new InvalidDataException($"{label}: metadata '{TasksKey}' is null");
         }
         catch (JsonException e)
         {
