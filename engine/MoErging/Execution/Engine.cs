@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using ILGPU.Runtime;
 using MoErging.Execution.Cpu;
 using MoErging.Execution.Gpu;
@@ -79,16 +80,28 @@ public sealed class Engine : IDisposable
             case Backend.Cpu:
                 return OpenCpu(options, "cpu: asked for");
             case Backend.GpuSimulator:
+                if (!RuntimeFeature.IsDynamicCodeSupported)
+                {
+                    throw CpuOnly(options.Backend.ToString());
+                }
                 GpuDevice simulator = Devices.OpenSimulator(options.SimulatorWarpsPerGroup);
                 return OpenGpu(simulator, half, $"asked for; {simulator.Info.Name}");
             case Backend.Cuda:
             case Backend.OpenCL:
+                if (!RuntimeFeature.IsDynamicCodeSupported)
+                {
+                    throw CpuOnly(options.Backend.ToString());
+                }
                 GpuApi api = options.Backend == Backend.Cuda ? GpuApi.Cuda : GpuApi.OpenCL;
                 GpuDevice? asked = Devices.TryOpen(api, options.Device, out reason, out Exception? failure);
                 return asked is null
                     ? throw new BackendUnavailableException($"{options.Backend} is not available: {reason}", failure)
                     : OpenGpu(asked, half, $"asked for; {reason}");
             case Backend.Auto:
+                if (!RuntimeFeature.IsDynamicCodeSupported)
+                {
+                    return options.Device is null ? OpenCpu(options, $"cpu: {CpuOnlyReason}") : throw CpuOnly($"device '{options.Device}'");
+                }
                 if (options.Device is not null)
                 {
                     DeviceInfo named = Devices.Find(options.Device, null, out reason)
@@ -101,6 +114,17 @@ public sealed class Engine : IDisposable
                 throw new ArgumentOutOfRangeException(nameof(options), options.Backend, "unknown backend");
         }
     }
+
+    /// <summary>
+    /// Why code compiled ahead of time (NativeAOT, where <see cref="RuntimeFeature.IsDynamicCodeSupported"/> is false)
+    /// has no GPU backend: ILGPU compiles the kernels at run time. Each GPU path tests that property itself, so the
+    /// AOT compiler sees the constant and leaves ILGPU's code generation out.
+    /// </summary>
+    internal const string CpuOnlyReason = "this build of the engine is compiled ahead of time (NativeAOT) and is CPU-only, since the GPU backends "
+        + "compile their kernels at run time; for GPUs use the hosted libmoerging.so (artifacts/native, 'dotnet cake --target=Native'), "
+        + "which runs on the .NET runtime";
+
+    private static BackendUnavailableException CpuOnly(string what) => new($"{what} is not available: {CpuOnlyReason}");
 
     /// <summary>CUDA, then an OpenCL GPU, then the CPU backend, which beats any OpenCL driver that runs on the CPU.</summary>
     private static Engine OpenBest(EngineOptions options, bool half)
