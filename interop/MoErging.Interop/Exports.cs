@@ -15,6 +15,13 @@ namespace MoErging.Interop;
 /// </summary>
 public static unsafe class Exports
 {
+    /// <summary>
+    /// What each entry point's exported name starts with (moerging_managed_Initialize, ...): the NativeAOT library
+    /// MoErging.Interop.so exports them under these names for libmoerging.so's dlsym; the hosted build finds the
+    /// same methods by their method names through hostfxr.
+    /// </summary>
+    public const string EntryPointPrefix = "moerging_managed_";
+
     /// <summary>MOE_ABI_VERSION of the header this assembly implements.</summary>
     public const int AbiVersion = 2;
 
@@ -28,7 +35,7 @@ public static unsafe class Exports
     private static delegate* unmanaged<byte*, nuint, void> _writeWarning;
 
     /// <summary>Called once by libmoerging.so before any other entry point.</summary>
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(Initialize))]
     public static int Initialize(delegate* unmanaged<byte*, nuint, void> setError, delegate* unmanaged<byte*, nuint, void> writeWarning, int abiVersion)
     {
         try
@@ -47,7 +54,7 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(EngineCreate))]
     public static int EngineCreate(NativeEngineOptions* options, nint* engine)
     {
         try
@@ -72,7 +79,7 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(EngineInfo))]
     public static int EngineInfo(nint engine, int* backend, byte* reason, nuint capacity, nuint* length)
     {
         try
@@ -92,7 +99,7 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(EngineFree))]
     public static int EngineFree(nint engine)
     {
         try
@@ -115,7 +122,7 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(SessionCreate))]
     public static int SessionCreate(nint engine, nint* session)
     {
         try
@@ -137,7 +144,7 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(SessionFree))]
     public static int SessionFree(nint session)
     {
         try
@@ -160,7 +167,7 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(LibraryLoad))]
     public static int LibraryLoad(byte** directories, nuint count, NativeLibraryOptions* options, nint* library)
     {
         try
@@ -190,7 +197,7 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(LibraryInfo))]
     public static int LibraryInfo(nint library, nuint* expertCount, nuint* moduleCount)
     {
         try
@@ -212,7 +219,7 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(LibraryExpertName))]
     public static int LibraryExpertName(nint library, nuint expert, byte* buffer, nuint capacity, nuint* length)
     {
         try
@@ -231,7 +238,7 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(LibraryModule))]
     public static int LibraryModule(nint library, nuint index, nint* module)
     {
         try
@@ -251,7 +258,7 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(LibraryFindModule))]
     public static int LibraryFindModule(nint library, byte* name, nint* module)
     {
         try
@@ -267,7 +274,7 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(LibraryFree))]
     public static int LibraryFree(nint library)
     {
         try
@@ -285,7 +292,7 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(ModuleInfo))]
     public static int ModuleInfo(nint module, nuint* inputDim, nuint* outputDim, nuint* expertCount, nuint* maxRank)
     {
         try
@@ -315,7 +322,7 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(ModuleName))]
     public static int ModuleName(nint module, byte* buffer, nuint capacity, nuint* length)
     {
         try
@@ -329,7 +336,7 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(RouterCreateUniform))]
     public static int RouterCreateUniform(nuint expertCount, nint* router)
     {
         try
@@ -348,7 +355,7 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(RouterCreateFixed))]
     public static int RouterCreateFixed(float* weights, nuint count, nint* router)
     {
         try
@@ -368,7 +375,7 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(RouterCreateArrow))]
     public static int RouterCreateArrow(nint module, NativeArrowOptions* options, nint* router)
     {
         try
@@ -388,7 +395,7 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(RouterCreateLinear))]
     public static int RouterCreateLinear(float* prototypes, nuint prototypeCount, nuint expertCount, nuint inputDim,
         NativeLinearRouterOptions* options, nint* router)
     {
@@ -428,11 +435,11 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(RouterCreatePhatgoose))]
     public static int RouterCreatePhatgoose(nint module, byte** directories, nuint count, NativeRoutingOptions* options, nint* router) =>
         CreateFromExpertFiles(module, directories, count, options, router, m => Math.Min(2, m.ExpertCount), PhatgooseRouter.Load);
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(RouterCreateCentroid))]
     public static int RouterCreateCentroid(nint module, byte** directories, nuint count, NativeRoutingOptions* options, nint* router) =>
         CreateFromExpertFiles(module, directories, count, options, router, m => m.ExpertCount, (m, d, o) => CentroidRouter.Load(m, d, o));
 
@@ -454,7 +461,7 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(RouterCreateClassifier))]
     public static int RouterCreateClassifier(byte* path, NativeRoutingOptions* options, nint* router)
     {
         try
@@ -472,7 +479,7 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(RouterInfo))]
     public static int RouterInfo(nint router, nuint* expertCount, nuint* topK)
     {
         try
@@ -494,7 +501,7 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(RouterFree))]
     public static int RouterFree(nint router)
     {
         try
@@ -508,7 +515,7 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(Forward))]
     public static int Forward(nint session, nint module, nint router, float* x, nuint xCount, float* yBase, float* y,
         nuint yCount, int* expertIds, float* expertWeights, nuint slotCount)
     {
@@ -549,7 +556,7 @@ public static unsafe class Exports
         }
     }
 
-    [UnmanagedCallersOnly]
+    [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(ForwardAssigned))]
     public static int ForwardAssigned(nint session, nint module, int* expertIds, float* expertWeights, nuint slotCount,
         int topK, float* x, nuint xCount, float* yBase, float* y, nuint yCount)
     {
