@@ -6,14 +6,22 @@
  *
  *     y[t] = base[t] + sum over the token's slots of  w * s_e * B_e (A_e x[t])
  *
- * libmoerging.so hosts the .NET runtime that runs the engine. It starts it on the first call that needs it
- * (not on moe_abi_version, moe_status_name, moe_last_error, the moe_*_default_options functions, or a free
- * function given NULL). It looks for the managed side (MoErging.Interop.dll and
- * MoErging.Interop.runtimeconfig.json) in the directory named by the environment variable
- * MOERGING_MANAGED_DIR, or else next to libmoerging.so itself; it looks for the .NET runtime through
- * DOTNET_ROOT, or else the system's install location (/usr/share/dotnet, /usr/lib/dotnet, ...). If the
- * runtime cannot start, that first call and every later one return MOE_ERROR_BACKEND_UNAVAILABLE with the
- * reason in moe_last_error(); the process is never aborted.
+ * libmoerging.so comes in two builds of one ABI. The hosted build runs the engine on the .NET 10 runtime and
+ * has every backend (CPU, CUDA, OpenCL, the GPU simulator); the NativeAOT build carries the engine compiled
+ * ahead of time, needs no runtime, runs on the CPU only (a GPU backend returns MOE_ERROR_BACKEND_UNAVAILABLE
+ * saying so) and needs an x86-64-v3 processor (AVX2, FMA, BMI1/2, ...). Either loads its managed side on the
+ * first call that needs it (not on moe_version, moe_abi_version, moe_status_name, moe_last_error, the
+ * moe_*_default_options functions, or a free function given NULL): MoErging.Interop.dll with
+ * MoErging.Interop.runtimeconfig.json (hosted) or MoErging.Interop.so (NativeAOT), in the directory named by
+ * the environment variable MOERGING_MANAGED_DIR, or else next to libmoerging.so itself (symbolic links
+ * resolved) or in its moerging/ subdirectory. The hosted build looks for the .NET runtime through DOTNET_ROOT,
+ * or else the system's install location (/usr/share/dotnet, /usr/lib/dotnet, ...). If the managed side cannot
+ * load, that first call and every later one return MOE_ERROR_BACKEND_UNAVAILABLE with the reason in
+ * moe_last_error(); on a processor older than x86-64-v3 the NativeAOT build returns MOE_ERROR_NOT_SUPPORTED
+ * instead, pointing to the hosted build. The process is never aborted.
+ *
+ * The library's SONAME is libmoerging.so.<MOE_ABI_VERSION> (libmoerging.so.2): a host linked against one ABI
+ * never loads another.
  *
  * Conventions
  *  - Every function that can fail returns a moe_status; on failure moe_last_error() says what was wrong
@@ -88,14 +96,16 @@ typedef enum moe_status {
     MOE_ERROR_INVALID_ARGUMENT = 1,   /* NULL, stale or wrong-kind handle, wrong size, out-of-range value */
     MOE_ERROR_NOT_FOUND = 2,          /* no such module, directory or file */
     MOE_ERROR_FORMAT = 3,             /* a malformed adapter_config.json or safetensors file */
-    MOE_ERROR_NOT_SUPPORTED = 4,      /* a LoRA variant the engine lacks (DoRA, ...), unknown option fields */
-    MOE_ERROR_BACKEND_UNAVAILABLE = 5,/* the backend asked for is absent, or the .NET runtime cannot start */
+    MOE_ERROR_NOT_SUPPORTED = 4,      /* a LoRA variant the engine lacks (DoRA, ...), unknown option fields,
+                                       * a processor the NativeAOT build does not run on */
+    MOE_ERROR_BACKEND_UNAVAILABLE = 5,/* the backend asked for is absent, or the managed side cannot load */
     MOE_ERROR_OUT_OF_MEMORY = 6,
     MOE_ERROR_INTERNAL = 7            /* anything else; the message names the cause */
 } moe_status;
 
-/* Where an engine runs. AUTO picks the best backend present: CUDA, then OpenCL, then the CPU.
- * GPU_SIMULATOR runs the GPU kernels on ILGPU's CPU accelerator: slow, for debugging without a GPU. */
+/* Where an engine runs. AUTO picks the best backend present: CUDA, then OpenCL, then the CPU (the NativeAOT
+ * build: the CPU, at once). GPU_SIMULATOR runs the GPU kernels on ILGPU's CPU accelerator: slow, for debugging
+ * without a GPU (hosted build only). */
 typedef enum moe_backend {
     MOE_BACKEND_AUTO = 0,
     MOE_BACKEND_CPU = 1,
@@ -176,6 +186,10 @@ typedef struct moe_routing_options {
 
 /* MOE_ABI_VERSION as the library was built; compare it with the header's at start-up. */
 MOE_API uint32_t moe_abi_version(void);
+
+/* The library's version, the engine's package version ("1.0.0"): a static string, never NULL. Versions of one
+ * ABI differ in what they add and fix, not in what callers rely on. */
+MOE_API const char* moe_version(void);
 
 /* The status's name ("MOE_ERROR_NOT_FOUND"); a static string, never NULL. */
 MOE_API const char* moe_status_name(moe_status status);

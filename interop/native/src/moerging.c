@@ -1,17 +1,17 @@
 /*
- * libmoerging.so: hosts the .NET runtime (nethost + hostfxr) on first use and forwards each call of
- * moerging.h to an [UnmanagedCallersOnly] entry point of MoErging.Interop.dll. What needs no runtime
+ * libmoerging.so: forwards each call of moerging.h to an [UnmanagedCallersOnly] entry point of the managed
+ * side, MoErging.Interop, which it loads on first use. The hosted build (the default) starts the .NET runtime
+ * through nethost and hostfxr and takes the entry points from MoErging.Interop.dll; the NativeAOT build
+ * (MOE_MANAGED_AOT, CMake's -DMOE_MANAGED=aot) checks the processor, then dlopen()s MoErging.Interop.so, the
+ * same code compiled ahead of time, and dlsym()s them: no runtime, CPU only. What needs no managed code
  * (versions, status names, the error message, default options, freeing NULL) is answered here; option
  * structs are checked here and handed over in their current full size.
  */
 #define _GNU_SOURCE
 #include "moerging.h"
 
-#include <coreclr_delegates.h>
 #include <dlfcn.h>
-#include <hostfxr.h>
 #include <limits.h>
-#include <nethost.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -19,10 +19,29 @@
 #include <string.h>
 #include <unistd.h>
 
+#ifdef MOE_MANAGED_AOT
+#define MANAGED_FILE "MoErging.Interop.so"
+#define LOAD_FAILED "MoErging.Interop.so could not load"
+#define PUBLISH_TARGET "NativeAot"
+/* Exports.EntryPointPrefix: the NativeAOT library exports each entry point as this and its method name. */
+#define MANAGED_SYMBOL_PREFIX "moerging_managed_"
+/* IlcInstructionSet in MoErging.Interop.csproj: the code of MoErging.Interop.so assumes these instructions. */
+#define INSTRUCTION_SET "x86-64-v3"
+#define INSTRUCTION_SET_FEATURES "AVX, AVX2, BMI1, BMI2, F16C, FMA, LZCNT, MOVBE"
+#else
+#include <coreclr_delegates.h>
+#include <hostfxr.h>
+#include <nethost.h>
+
 #define MANAGED_TYPE "MoErging.Interop.Exports, MoErging.Interop"
-#define MANAGED_ASSEMBLY "MoErging.Interop.dll"
+#define MANAGED_FILE "MoErging.Interop.dll"
 #define MANAGED_CONFIG "MoErging.Interop.runtimeconfig.json"
+#define LOAD_FAILED "the .NET runtime could not start"
+#define PUBLISH_TARGET "Native"
+#endif
 #define MANAGED_DIR_VARIABLE "MOERGING_MANAGED_DIR"
+/* Where an install puts a managed side that is more than one file, below the library's own directory. */
+#define MANAGED_SUBDIRECTORY "moerging"
 
 /* Messages longer than this are cut (at a character boundary). */
 #define ERROR_CAPACITY 4096
@@ -108,7 +127,7 @@ static struct {
 #undef X
 } managed;
 
-/* ---- Starting the runtime, once per process ---- */
+/* ---- Loading the managed side, once per process ---- */
 
 static pthread_once_t start_once = PTHREAD_ONCE_INIT;
 static moe_status start_status = MOE_ERROR_BACKEND_UNAVAILABLE;
@@ -122,16 +141,9 @@ __attribute__((format(printf, 1, 2))) static void start_failed(const char* forma
     va_end(args);
 }
 
-/* hostfxr explains its failures line by line through this; they are kept for the message. */
-static char host_errors[ERROR_CAPACITY / 2];
-
-static void capture_host_error(const char_t* message)
-{
-    size_t used = strlen(host_errors);
-    snprintf(host_errors + used, sizeof host_errors - used, "%s%s", used ? " " : "", message);
-}
-
-/* The directory holding the managed side: $MOERGING_MANAGED_DIR, or the directory of this library. */
+/* The directory holding the managed side: $MOERGING_MANAGED_DIR, else the directory of this library (symbolic
+ * links resolved, so libmoerging.so and libmoerging.so.N find it beside the file they name), else its moerging/
+ * subdirectory when MANAGED_FILE is there (as cmake --install lays out the hosted build). */
 static int managed_directory(char* directory, size_t capacity)
 {
     const char* configured = getenv(MANAGED_DIR_VARIABLE);
@@ -147,27 +159,71 @@ static int managed_directory(char* directory, size_t capacity)
     if (slash) {
         slash[slash == resolved ? 1 : 0] = '\0';
     }
+    char nested[PATH_MAX];
+    if (snprintf(nested, sizeof nested, "%s/" MANAGED_SUBDIRECTORY "/" MANAGED_FILE, resolved) < (int)sizeof nested &&
+        access(nested, R_OK) == 0) {
+        return snprintf(directory, capacity, "%s/" MANAGED_SUBDIRECTORY, resolved) < (int)capacity;
+    }
     return snprintf(directory, capacity, "%s", resolved) < (int)capacity;
 }
 
-static void start_runtime(void)
+static const struct {
+    const char* name;
+    void** slot;
+} entries[] = {
+#define X(name, parameters) {#name, (void**)&managed.name},
+    MANAGED_EXPORTS(X)
+#undef X
+};
+
+#ifdef MOE_MANAGED_AOT
+
+/* Fills the entry points from MoErging.Interop.so at `path`; 0 (with the reason recorded) when it cannot. */
+static int load_managed(const char* path)
 {
-    char directory[PATH_MAX], assembly[PATH_MAX], config[PATH_MAX];
-    if (!managed_directory(directory, sizeof directory)) {
-        start_failed("the .NET runtime could not start: cannot locate libmoerging.so's own directory; set %s to "
-                     "the directory holding " MANAGED_ASSEMBLY, MANAGED_DIR_VARIABLE);
-        return;
+    void* library = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!library) {
+        start_failed(LOAD_FAILED ": %s", dlerror());
+        return 0;
     }
-    if (snprintf(assembly, sizeof assembly, "%s/" MANAGED_ASSEMBLY, directory) >= (int)sizeof assembly ||
-        snprintf(config, sizeof config, "%s/" MANAGED_CONFIG, directory) >= (int)sizeof config) {
-        start_failed("the .NET runtime could not start: the path %s is too long", directory);
-        return;
+    for (size_t i = 0; i < sizeof entries / sizeof entries[0]; i++) {
+        char symbol[128];
+        snprintf(symbol, sizeof symbol, MANAGED_SYMBOL_PREFIX "%s", entries[i].name);
+        *entries[i].slot = dlsym(library, symbol);
+        if (!*entries[i].slot) {
+            start_failed(LOAD_FAILED ": %s has no entry point %s; libmoerging.so and " MANAGED_FILE " must come "
+                         "from one build", path, symbol);
+            return 0;
+        }
     }
-    if (access(assembly, R_OK) != 0 || access(config, R_OK) != 0) {
-        start_failed("the .NET runtime could not start: %s or %s is missing from %s (the directory %s names, or "
-                     "else libmoerging.so's own); 'dotnet cake --target=Native' publishes them next to "
-                     "libmoerging.so", MANAGED_ASSEMBLY, MANAGED_CONFIG, directory, MANAGED_DIR_VARIABLE);
-        return;
+    return 1;
+}
+
+#else
+
+/* hostfxr explains its failures line by line through this; they are kept for the message. */
+static char host_errors[ERROR_CAPACITY / 2];
+
+static void capture_host_error(const char_t* message)
+{
+    size_t used = strlen(host_errors);
+    snprintf(host_errors + used, sizeof host_errors - used, "%s%s", used ? " " : "", message);
+}
+
+/* Starts the .NET runtime for MoErging.Interop.dll at `assembly` and fills the entry points from it; 0 (with
+ * the reason recorded) when it cannot. */
+static int load_managed(const char* assembly)
+{
+    char config[PATH_MAX];
+    size_t directory_length = strlen(assembly) - strlen(MANAGED_FILE);
+    if (snprintf(config, sizeof config, "%.*s" MANAGED_CONFIG, (int)directory_length, assembly) >= (int)sizeof config) {
+        start_failed(LOAD_FAILED ": the path %s is too long", assembly);
+        return 0;
+    }
+    if (access(config, R_OK) != 0) {
+        start_failed(LOAD_FAILED ": %s is missing beside %s; 'dotnet cake --target=" PUBLISH_TARGET "' publishes "
+                     "them together", MANAGED_CONFIG, assembly);
+        return 0;
     }
 
     char_t hostfxr_path[PATH_MAX];
@@ -175,14 +231,14 @@ static void start_runtime(void)
     struct get_hostfxr_parameters parameters = {sizeof parameters, assembly, NULL};
     int rc = get_hostfxr_path(hostfxr_path, &path_size, &parameters);
     if (rc != 0) {
-        start_failed("the .NET runtime could not start: hostfxr was not found (error 0x%08x); install the .NET 10 "
-                     "runtime, or set DOTNET_ROOT to the directory that holds it", (unsigned)rc);
-        return;
+        start_failed(LOAD_FAILED ": hostfxr was not found (error 0x%08x); install the .NET 10 runtime, or set "
+                     "DOTNET_ROOT to the directory that holds it", (unsigned)rc);
+        return 0;
     }
     void* hostfxr = dlopen(hostfxr_path, RTLD_NOW | RTLD_LOCAL);
     if (!hostfxr) {
-        start_failed("the .NET runtime could not start: %s", dlerror());
-        return;
+        start_failed(LOAD_FAILED ": %s", dlerror());
+        return 0;
     }
     hostfxr_set_error_writer_fn set_error_writer =
         (hostfxr_set_error_writer_fn)dlsym(hostfxr, "hostfxr_set_error_writer");
@@ -192,11 +248,9 @@ static void start_runtime(void)
         (hostfxr_get_runtime_delegate_fn)dlsym(hostfxr, "hostfxr_get_runtime_delegate");
     hostfxr_close_fn close_context = (hostfxr_close_fn)dlsym(hostfxr, "hostfxr_close");
     if (!set_error_writer || !initialize || !get_delegate || !close_context) {
-        start_failed("the .NET runtime could not start: %s lacks the hosting functions (a .NET older than 3.0?)",
-                     hostfxr_path);
-        return;
+        start_failed(LOAD_FAILED ": %s lacks the hosting functions (a .NET older than 3.0?)", hostfxr_path);
+        return 0;
     }
-
     /* Without a writer hostfxr prints to stderr; the caller gets the text through moe_last_error instead. */
     set_error_writer(capture_host_error);
     hostfxr_handle context = NULL;
@@ -208,8 +262,7 @@ static void start_runtime(void)
     } else {
         rc = get_delegate(context, hdt_load_assembly_and_get_function_pointer, (void**)&load);
         if (rc < 0 || !load) {
-            start_failed("the .NET runtime could not start: no assembly loader (error 0x%08x): %s", (unsigned)rc,
-                         host_errors);
+            start_failed(LOAD_FAILED ": no assembly loader (error 0x%08x): %s", (unsigned)rc, host_errors);
             load = NULL;
         }
     }
@@ -218,47 +271,75 @@ static void start_runtime(void)
     }
     set_error_writer(NULL);
     if (!load) {
-        return;
+        return 0;
     }
-
-    static const struct {
-        const char* name;
-        void** slot;
-    } entries[] = {
-#define X(name, parameters) {#name, (void**)&managed.name},
-        MANAGED_EXPORTS(X)
-#undef X
-    };
     for (size_t i = 0; i < sizeof entries / sizeof entries[0]; i++) {
         rc = load(assembly, MANAGED_TYPE, entries[i].name, UNMANAGEDCALLERSONLY_METHOD, NULL, entries[i].slot);
         if (rc != 0 || !*entries[i].slot) {
             start_failed("the .NET runtime started, but %s has no entry point %s (error 0x%08x); libmoerging.so and "
-                         "%s must come from one build", assembly, entries[i].name, (unsigned)rc, MANAGED_ASSEMBLY);
-            return;
+                         MANAGED_FILE " must come from one build", assembly, entries[i].name, (unsigned)rc);
+            return 0;
         }
     }
+    return 1;
+}
+
+#endif
+
+static void start_managed(void)
+{
+#ifdef MOE_MANAGED_AOT
+    /* Code for a newer processor would die on its first unknown instruction: refuse before loading it. */
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports(INSTRUCTION_SET)) {
+        start_status = MOE_ERROR_NOT_SUPPORTED;
+        start_failed("this processor lacks the " INSTRUCTION_SET " instruction set (" INSTRUCTION_SET_FEATURES
+                     ") that this NativeAOT libmoerging.so is compiled for; use the hosted libmoerging.so "
+                     "(artifacts/native, 'dotnet cake --target=Native'), which runs on the .NET runtime");
+        return;
+    }
+#endif
+    char directory[PATH_MAX], path[PATH_MAX];
+    if (!managed_directory(directory, sizeof directory)) {
+        start_failed(LOAD_FAILED ": cannot locate libmoerging.so's own directory; set %s to the directory "
+                     "holding " MANAGED_FILE, MANAGED_DIR_VARIABLE);
+        return;
+    }
+    if (snprintf(path, sizeof path, "%s/" MANAGED_FILE, directory) >= (int)sizeof path) {
+        start_failed(LOAD_FAILED ": the path %s is too long", directory);
+        return;
+    }
+    if (access(path, R_OK) != 0) {
+        start_failed(LOAD_FAILED ": " MANAGED_FILE " is missing from %s (the directory %s names, or else "
+                     "libmoerging.so's own or its " MANAGED_SUBDIRECTORY "/); 'dotnet cake --target=" PUBLISH_TARGET
+                     "' puts it next to libmoerging.so", directory, MANAGED_DIR_VARIABLE);
+        return;
+    }
+    if (!load_managed(path)) {
+        return;
+    }
     if (managed.Initialize(receive_error, write_warning, MOE_ABI_VERSION) != MOE_OK) {
-        start_failed("the .NET runtime started, but %s refused to initialise: %s", MANAGED_ASSEMBLY, tls_error);
+        start_failed(MANAGED_FILE " loaded, but refused to initialise: %s", tls_error);
         return;
     }
     start_status = MOE_OK;
 }
 
-/* Starts the runtime if needed; on failure records the reason for this thread. */
-static int runtime_ready(void)
+/* Loads the managed side if needed; on failure records the reason for this thread and returns the status. */
+static moe_status managed_ready(void)
 {
-    pthread_once(&start_once, start_runtime);
+    pthread_once(&start_once, start_managed);
     if (start_status != MOE_OK) {
         set_error("%s", start_message);
-        return 0;
     }
-    return 1;
+    return start_status;
 }
 
 #define REQUIRE_RUNTIME()                                                                                     \
     do {                                                                                                      \
-        if (!runtime_ready()) {                                                                               \
-            return MOE_ERROR_BACKEND_UNAVAILABLE;                                                             \
+        moe_status ready_ = managed_ready();                                                                  \
+        if (ready_ != MOE_OK) {                                                                               \
+            return ready_;                                                                                    \
         }                                                                                                     \
     } while (0)
 
@@ -274,6 +355,11 @@ static int runtime_ready(void)
 uint32_t moe_abi_version(void)
 {
     return MOE_ABI_VERSION;
+}
+
+const char* moe_version(void)
+{
+    return MOE_VERSION;
 }
 
 const char* moe_status_name(moe_status status)

@@ -77,6 +77,16 @@ static void expect_failure(moe_status got, moe_status expected, const char* frag
     }
 }
 
+/* ---- The build under test ---- */
+
+#ifdef MOE_TEST_CPU_ONLY
+/* The NativeAOT build: its managed side is one library, and every GPU backend is refused as CPU-only. */
+#define MANAGED_FILE "MoErging.Interop.so"
+#define CPU_ONLY_MESSAGE "CPU-only"
+#else
+#define MANAGED_FILE "MoErging.Interop.dll"
+#endif
+
 /* ---- Shared state: one engine, one library, one session for the main thread ---- */
 
 enum { EXPERTS = 5, D_IN = 16, D_OUT = 12, D_OUT_V = 8 };
@@ -249,6 +259,9 @@ static void test_abi_and_errors(void)
     CHECK(strcmp(moe_status_name(MOE_ERROR_FORMAT), "MOE_ERROR_FORMAT") == 0, "status name");
     CHECK(strcmp(moe_status_name((moe_status)99), "MOE_STATUS_UNKNOWN") == 0, "unknown status name");
     CHECK(moe_last_error() != NULL, "moe_last_error() is NULL");
+    CHECK(moe_version() != NULL && strcmp(moe_version(), MOE_TEST_VERSION) == 0,
+          "moe_version() is \"%s\", Directory.Build.props says \"%s\"", moe_version() ? moe_version() : "(null)",
+          MOE_TEST_VERSION);
 }
 
 /* A child process whose managed side is missing: every call reports it, nothing aborts. */
@@ -257,7 +270,7 @@ static int expect_runtime_missing(void)
     moe_engine* e = (moe_engine*)&e;
     CHECK_OK(moe_engine_free(NULL)); /* answered without the runtime */
     CHECK(strcmp(moe_last_error(), "") == 0, "a fresh thread's message is \"%s\", not empty", moe_last_error());
-    CHECK_FAILS(moe_engine_create(NULL, &e), MOE_ERROR_BACKEND_UNAVAILABLE, "MoErging.Interop.dll");
+    CHECK_FAILS(moe_engine_create(NULL, &e), MOE_ERROR_BACKEND_UNAVAILABLE, MANAGED_FILE);
     CHECK(e == NULL, "the out-parameter was not cleared");
     const char* path = "/nonexistent";
     moe_library* l = NULL;
@@ -348,6 +361,30 @@ static void test_options(void)
     CHECK_FAILS(moe_engine_info(e, NULL, NULL, 5, &length), MOE_ERROR_INVALID_ARGUMENT, "buffer is NULL");
     CHECK_OK(moe_engine_free(e));
 
+#ifdef MOE_TEST_CPU_ONLY
+    /* Every GPU backend, the simulator included, is refused naming it and the build; AUTO takes the CPU at once. */
+    const struct {
+        int32_t value;
+        const char* name;
+    } gpu[] = {{MOE_BACKEND_CUDA, "Cuda"}, {MOE_BACKEND_OPENCL, "OpenCL"}, {MOE_BACKEND_GPU_SIMULATOR, "GpuSimulator"}};
+    for (size_t i = 0; i < 3; i++) {
+        options.backend = gpu[i].value;
+        e = (moe_engine*)&e;
+        CHECK_FAILS(moe_engine_create(&options, &e), MOE_ERROR_BACKEND_UNAVAILABLE, gpu[i].name);
+        CHECK(strstr(moe_last_error(), CPU_ONLY_MESSAGE) && strstr(moe_last_error(), "--target=Native"),
+              "the refusal of %s does not say the build is " CPU_ONLY_MESSAGE " and where the GPU build is: %s",
+              gpu[i].name, moe_last_error());
+        CHECK(e == NULL, "the out-parameter was not cleared");
+    }
+    options.backend = MOE_BACKEND_AUTO;
+    CHECK_OK(moe_engine_create(&options, &e));
+    int32_t automatic = -1;
+    char why[512];
+    CHECK_OK(moe_engine_info(e, &automatic, why, sizeof why, NULL));
+    CHECK(automatic == MOE_BACKEND_CPU && strstr(why, CPU_ONLY_MESSAGE),
+          "AUTO chose backend %d (%s), not the CPU for being " CPU_ONLY_MESSAGE, automatic, why);
+    CHECK_OK(moe_engine_free(e));
+#else
     /* Backends this build may lack: created, or unavailable with a message naming them; never invalid. */
     const struct {
         int32_t value;
@@ -371,6 +408,7 @@ static void test_options(void)
     CHECK_OK(moe_engine_info(e, &simulated, NULL, 0, NULL));
     CHECK(simulated == MOE_BACKEND_GPU_SIMULATOR, "the simulator engine reports backend %d", simulated);
     CHECK_OK(moe_engine_free(e));
+#endif
     options.backend = 42;
     CHECK_FAILS(moe_engine_create(&options, &e), MOE_ERROR_INVALID_ARGUMENT, "backend is 42");
     options.backend = MOE_BACKEND_AUTO;

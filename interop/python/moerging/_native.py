@@ -84,7 +84,7 @@ class RoutingOptions(ctypes.Structure):
     _fields_ = [("struct_size", c_uint32), ("top_k", c_int32), ("temperature", c_float)]
 
 
-LIBRARY_NAME = "libmoerging.so.2"
+LIBRARY_NAME = f"libmoerging.so.{ABI_VERSION}"  # the SONAME: the ABI this package speaks
 # Where a wheel puts the library (build_wheel.py bundles it there with its managed side, MoErging.Interop.so).
 BUNDLED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_lib", LIBRARY_NAME)
 

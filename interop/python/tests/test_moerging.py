@@ -27,6 +27,8 @@ import moerging
 import test_wheel
 
 SEED = int(os.environ.get("MOERGING_TEST_SEED", str(time.time_ns() % 2**32)))
+# Set (by CMake) when the library is the NativeAOT build, which refuses every GPU backend as CPU-only.
+CPU_ONLY = os.environ.get("MOERGING_EXPECT_CPU_ONLY") == "1"
 EXPERTS, D_IN, D_OUT, D_OUT_V = 4, 12, 10, 6
 MODULES = {"model.layers.0.mlp.up_proj": (D_IN, D_OUT), "model.layers.0.mlp.gate_proj": (D_IN, D_OUT_V)}
 
@@ -725,11 +727,23 @@ class EngineTests(unittest.TestCase):
             engine.close()
         session.close()
         engine.close()
-        for backend in ("cuda", "opencl"):
-            try:
-                moerging.Engine(backend).close()
-            except moerging.BackendUnavailableError as error:
-                self.assertIn({"cuda": "Cuda", "opencl": "OpenCL"}[backend], str(error))
+        names = {"cuda": "Cuda", "opencl": "OpenCL", "gpu-simulator": "GpuSimulator"}
+        if CPU_ONLY:
+            for backend in names:
+                with self.assertRaises(moerging.BackendUnavailableError) as refused:
+                    moerging.Engine(backend)
+                for fragment in (names[backend], "CPU-only", "--target=Native"):
+                    self.assertIn(fragment, str(refused.exception))
+            automatic = moerging.Engine("auto", cpu_threads=1)
+            self.assertEqual(automatic.backend, "cpu")
+            self.assertIn("CPU-only", automatic.backend_reason)
+            automatic.close()
+        else:
+            for backend in ("cuda", "opencl"):
+                try:
+                    moerging.Engine(backend).close()
+                except moerging.BackendUnavailableError as error:
+                    self.assertIn(names[backend], str(error))
 
         broken = os.path.join(self.root, "broken")
         write_adapter(broken, 2, 4.0, False, {"model.layers.0.mlp.up_proj": (self.normal(3, D_IN), self.normal(D_OUT, 3))})
