@@ -1,4 +1,4 @@
-// The whole entry point: dotnet tool restore && dotnet cake --target=<Build|Native|Test|Bench|Peers|Pack|PackageTests>
+// The whole entry point: dotnet tool restore && dotnet cake --target=<Build|Native|NativeAot|Test|Bench|Peers|Pack|PackageTests>
 // Test is the default. It writes artifacts/test-summary.txt ("N passed, N failed"), which .ci/run prints last.
 #load "./tests/packages/packages.cake"
 using System.Xml.Linq;
@@ -10,6 +10,9 @@ var results = artifacts.Combine("test-results");
 // libmoerging.so with the managed side published next to it, where the library looks for it.
 var native = artifacts.Combine("native");
 var nativeBuild = artifacts.Combine("native-build");
+// The NativeAOT build of the same library: MoErging.Interop.so (the managed side compiled ahead of time) next to it.
+var nativeAot = artifacts.Combine("native-aot");
+var nativeAotBuild = artifacts.Combine("native-aot-build");
 var packages = artifacts.Combine("packages");
 var packagesReport = results.CombineWithFilePath("packages.xml");
 
@@ -53,6 +56,32 @@ Task("Native")
     Information($"libmoerging.so and its managed side are in {native}");
 });
 
+// libmoerging.so in its NativeAOT build: no .NET runtime needed to use it; CPU only, on x86-64-v3 processors.
+// The publish builds what it needs itself (with the RID, into its own output folders), so Build is not needed first.
+Task("NativeAot")
+    .Does(() =>
+{
+    var published = nativeAotBuild.Combine("managed");
+    DotNetPublish("./interop/MoErging.Interop/MoErging.Interop.csproj", new DotNetPublishSettings
+    {
+        Configuration = configuration,
+        Runtime = "linux-x64",
+        NoLogo = true,
+        OutputDirectory = published,
+        MSBuildSettings = new DotNetMSBuildSettings().WithProperty("MoErgingNativeAot", "true"),
+    });
+    Run("cmake", new ProcessArgumentBuilder()
+        .Append("-S").AppendQuoted("./interop/native")
+        .Append("-B").AppendQuoted(nativeAotBuild.FullPath)
+        .Append("-DCMAKE_BUILD_TYPE=Release")
+        .Append("-DMOE_MANAGED=aot")
+        .AppendQuoted($"-DMOE_AOT_LIBRARY={published.CombineWithFilePath("MoErging.Interop.so").FullPath}")
+        .AppendQuoted($"-DMOE_OUTPUT_DIR={nativeAot.FullPath}")
+        .AppendQuoted($"-DMOE_TEST_RESULTS={results.FullPath}"));
+    Run("cmake", new ProcessArgumentBuilder().Append("--build").AppendQuoted(nativeAotBuild.FullPath).Append("--parallel"));
+    Information($"libmoerging.so and MoErging.Interop.so (NativeAOT) are in {nativeAot}");
+});
+
 // The Test target's totals. AddJUnit counts a JUnit report (its root's tests, failures and errors; one test case per
 // case) and returns how many of its cases failed, or null when there is no report, for the caller to count as it knows.
 sealed class TestTotals
@@ -73,9 +102,42 @@ sealed class TestTotals
     }
 }
 
+// Runs CTest in one native build directory. Its tests (the C API test program, the Python package's tests and the
+// install check) each write <ctest test name>.xml (JUnit, one test case per case) into the results; every case
+// counts, and a program that fails without saying why counts as one failure.
+void RunNativeTests(DirectoryPath build, IDictionary<string, string> environment, TestTotals totals)
+{
+    var ctestXml = build.CombineWithFilePath("ctest.xml");
+    if (FileExists(ctestXml)) DeleteFile(ctestXml);
+    StartProcess("ctest", new ProcessSettings
+    {
+        Arguments = new ProcessArgumentBuilder()
+            .Append("--test-dir").AppendQuoted(build.FullPath)
+            .Append("--output-on-failure")
+            .Append("--output-junit").AppendQuoted(ctestXml.FullPath),
+        EnvironmentVariables = environment,
+    });
+    var programs = FileExists(ctestXml) ? XDocument.Load(ctestXml.FullPath).Descendants("testcase").ToList() : new List<XElement>();
+    if (programs.Count == 0)
+    {
+        totals.Add(failed: 1);
+    }
+    foreach (var program in programs)
+    {
+        string name = (string)program.Attribute("name");
+        bool programFailed = (string)program.Attribute("status") != "run";
+        int casesFailed = totals.AddJUnit(results.CombineWithFilePath($"{name}.xml")) ?? 0;
+        if (programFailed && casesFailed == 0)
+        {
+            totals.Add(failed: 1);
+        }
+    }
+}
+
 Task("Test")
     .IsDependentOn("Build")
     .IsDependentOn("Native")
+    .IsDependentOn("NativeAot")
     .IsDependentOn("Pack")
     .Does(() =>
 {
@@ -112,32 +174,10 @@ Task("Test")
         totals.Add(failed: 1); // the runner itself failed: count it, never report a clean run
     }
 
-    // CTest runs the C API test program and the Python package's tests; each writes <name>.xml (JUnit, one
-    // test case per case) into the results. A program that fails without saying why counts as one failure.
-    var ctestXml = nativeBuild.CombineWithFilePath("ctest.xml");
-    if (FileExists(ctestXml)) DeleteFile(ctestXml);
-    StartProcess("ctest", new ProcessSettings
+    // The hosted and the NativeAOT library, each through its own C, Python and install tests.
+    foreach (var build in new[] { nativeBuild, nativeAotBuild })
     {
-        Arguments = new ProcessArgumentBuilder()
-            .Append("--test-dir").AppendQuoted(nativeBuild.FullPath)
-            .Append("--output-on-failure")
-            .Append("--output-junit").AppendQuoted(ctestXml.FullPath),
-        EnvironmentVariables = environment,
-    });
-    var programs = FileExists(ctestXml) ? XDocument.Load(ctestXml.FullPath).Descendants("testcase").ToList() : new List<XElement>();
-    if (programs.Count == 0)
-    {
-        totals.Add(failed: 1);
-    }
-    foreach (var program in programs)
-    {
-        string name = (string)program.Attribute("name");
-        bool programFailed = (string)program.Attribute("status") != "run";
-        int casesFailed = totals.AddJUnit(results.CombineWithFilePath($"{name}.xml")) ?? 0;
-        if (programFailed && casesFailed == 0)
-        {
-            totals.Add(failed: 1);
-        }
+        RunNativeTests(build, environment, totals);
     }
 
     // The package checks (tests/packages), on what the Pack target just wrote. Checks that stopped short count as
