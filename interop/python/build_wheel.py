@@ -35,6 +35,8 @@ DEFAULT_NATIVE = os.path.join(ROOT, "artifacts", "native-aot")
 DEFAULT_OUT = os.path.join(ROOT, "artifacts", "python")
 LIBRARY = "libmoerging.so.2"       # the name moerging/_native.py loads from moerging/_lib
 MANAGED = "MoErging.Interop.so"    # the NativeAOT managed side the library loads from its own directory
+# Ours, and those of the .NET runtime and ILGPU code the NativeAOT library contains (from the repository's root).
+LICENSE_FILES = ("LICENSE", "THIRD-PARTY-NOTICES.txt")
 HOSTED = "MoErging.Interop.dll"    # the managed side of a hosted build, which needs a .NET runtime
 LIBRARY_DIR = PACKAGE + "/_lib"
 TIMESTAMP = (1980, 1, 1, 0, 0, 0)  # the earliest a zip entry can carry
@@ -91,8 +93,9 @@ def metadata(table: Mapping[str, Any], release: str) -> str:
     with open(readme, encoding="utf-8") as file:
         description = file.read()
     lines = ["Metadata-Version: 2.4", f"Name: {table['name']}", f"Version: {release}",
-             f"Summary: {table['description']}", f"License-Expression: {table['license']}", "License-File: LICENSE",
-             f"Requires-Python: {table['requires-python']}"]
+             f"Summary: {table['description']}", f"License-Expression: {table['license']}"]
+    lines += [f"License-File: {name}" for name in LICENSE_FILES]
+    lines.append(f"Requires-Python: {table['requires-python']}")
     lines += [f"Requires-Dist: {d}" for d in table.get("dependencies", [])]
     lines += [f"Classifier: {c}" for c in table.get("classifiers", [])]
     lines.append(f"Description-Content-Type: {content_type}")
@@ -170,8 +173,9 @@ def build(native: str, out: str) -> str:
     files[f"{LIBRARY_DIR}/{LIBRARY}"] = _read(library)
     files[f"{LIBRARY_DIR}/{MANAGED}"] = _read(managed)
     info = f"{table['name']}-{release}.dist-info"
-    with open(os.path.join(ROOT, "LICENSE"), "rb") as file:
-        files[f"{info}/licenses/LICENSE"] = (file.read(), 0o644)
+    for name in LICENSE_FILES:
+        with open(os.path.join(ROOT, name), "rb") as file:
+            files[f"{info}/licenses/{name}"] = (file.read(), 0o644)
     files[f"{info}/METADATA"] = (metadata(table, release).encode("utf-8"), 0o644)
     files[f"{info}/WHEEL"] = (f"Wheel-Version: 1.0\nGenerator: moerging build_wheel.py\nRoot-Is-Purelib: false\n"
                               f"Tag: {tag}\n".encode("utf-8"), 0o644)

@@ -153,6 +153,11 @@ void RunPackageChecks(DirectoryPath repository, DirectoryPath packages, FilePath
                 problems.AddRange(actual.Keys.Except(expected[id].Keys).Select(extra => $"unexpected dependency on {extra} {actual[extra]}"));
                 if (id == "MoErging.Cli")
                 {
+                    // The tool carries ILGPU and System.Numerics.Tensors: their licences must travel with it.
+                    if (package.GetEntry("THIRD-PARTY-NOTICES.txt") is not ZipArchiveEntry notices || notices.Length == 0)
+                    {
+                        problems.Add("THIRD-PARTY-NOTICES.txt is not in the tool's package");
+                    }
                     // A .NET tool: its package type, and the command its settings file names.
                     string type = (string)metadata.Element(ns + "packageTypes")?.Element(ns + "packageType")?.Attribute("name");
                     if (type != "DotnetTool") problems.Add($"package type is {type ?? "missing"}, expected DotnetTool");

@@ -83,7 +83,8 @@ class WheelTests(unittest.TestCase):
         self.assertIn("_version.py", sources)
         package = [f"moerging/{n}" for n in sources] + ["moerging/py.typed", "moerging/_lib/libmoerging.so.2",
                                                         "moerging/_lib/MoErging.Interop.so"]
-        dist_info = [f"{info}/METADATA", f"{info}/WHEEL", f"{info}/licenses/LICENSE"]
+        dist_info = [f"{info}/METADATA", f"{info}/WHEEL", f"{info}/licenses/LICENSE",
+                     f"{info}/licenses/THIRD-PARTY-NOTICES.txt"]
         expected = sorted(package) + sorted(dist_info) + [f"{info}/RECORD"]
         with zipfile.ZipFile(wheel) as archive:
             self.assertEqual(archive.namelist(), expected, "entries, in order (sorted, the .dist-info last, RECORD at "
@@ -102,8 +103,9 @@ class WheelTests(unittest.TestCase):
         generated = {}
         exec(read["moerging/_version.py"].decode("utf-8"), generated)
         self.assertEqual(generated["__version__"], version)
-        with open(os.path.join(ROOT, "LICENSE"), "rb") as file:
-            self.assertEqual(read[f"{info}/licenses/LICENSE"], file.read())
+        for name in ("LICENSE", "THIRD-PARTY-NOTICES.txt"):
+            with open(os.path.join(ROOT, name), "rb") as file:
+                self.assertEqual(read[f"{info}/licenses/{name}"], file.read(), name)
 
         for name, entry in entries.items():
             mode = entry.external_attr >> 16
@@ -125,7 +127,8 @@ class WheelTests(unittest.TestCase):
         metadata = email.parser.Parser().parsestr(read[f"{info}/METADATA"].decode("utf-8"))
         self.assertEqual((metadata["Metadata-Version"], metadata["Name"], metadata["Version"]), ("2.4", "moerging",
                                                                                                   version))
-        self.assertEqual((metadata["License-Expression"], metadata["License-File"]), ("Apache-2.0", "LICENSE"))
+        self.assertEqual((metadata["License-Expression"], metadata.get_all("License-File")),
+                         ("Apache-2.0", ["LICENSE", "THIRD-PARTY-NOTICES.txt"]))
         self.assertEqual(metadata["Requires-Python"], ">=3.9")
         self.assertEqual(metadata.get_all("Requires-Dist"), ["numpy>=1.22"])
         self.assertIn("Typing :: Typed", metadata.get_all("Classifier"))
