@@ -1,4 +1,4 @@
-// The whole entry point: dotnet tool restore && dotnet cake --target=<Build|Native|NativeAot|Test|Bench|Peers|Pack|PackageTests>
+// The whole entry point: dotnet tool restore && dotnet cake --target=<Build|Native|NativeAot|Wheel|Test|Bench|Peers|Pack|PackageTests>
 // Test is the default. It writes artifacts/test-summary.txt ("N passed, N failed"), which .ci/run prints last.
 #load "./tests/packages/packages.cake"
 using System.Xml.Linq;
@@ -39,12 +39,16 @@ Task("Native")
     .IsDependentOn("Build")
     .Does(() =>
 {
+    // ReadyToRun: the engine's and ILGPU's code is precompiled for this machine's processor family, so the first
+    // calls JIT less (the boundary benchmark's start to first forward: about 240 to 185 ms here; bench/RESULTS.md).
     DotNetPublish("./interop/MoErging.Interop/MoErging.Interop.csproj", new DotNetPublishSettings
     {
         Configuration = configuration,
-        NoBuild = true,
+        Runtime = System.Runtime.InteropServices.RuntimeInformation.RuntimeIdentifier,
+        SelfContained = false,
         NoLogo = true,
         OutputDirectory = native,
+        MSBuildSettings = new DotNetMSBuildSettings().WithProperty("PublishReadyToRun", "true"),
     });
     Run("cmake", new ProcessArgumentBuilder()
         .Append("-S").AppendQuoted("./interop/native")
@@ -80,6 +84,20 @@ Task("NativeAot")
         .AppendQuoted($"-DMOE_TEST_RESULTS={results.FullPath}"));
     Run("cmake", new ProcessArgumentBuilder().Append("--build").AppendQuoted(nativeAotBuild.FullPath).Append("--parallel"));
     Information($"libmoerging.so and MoErging.Interop.so (NativeAOT) are in {nativeAot}");
+});
+
+// The Python wheel (artifacts/python): the package with the NativeAOT library bundled, so that pip install of that one
+// file gives a working `import moerging` with no .NET and no environment variables.
+Task("Wheel")
+    .IsDependentOn("NativeAot")
+    .Does(() =>
+{
+    var wheels = artifacts.Combine("python");
+    CleanDirectory(wheels);
+    Run("python3", new ProcessArgumentBuilder()
+        .AppendQuoted("./interop/python/build_wheel.py")
+        .Append("--native").AppendQuoted(nativeAot.FullPath)
+        .Append("--out").AppendQuoted(wheels.FullPath));
 });
 
 // The Test target's totals. AddJUnit counts a JUnit report (its root's tests, failures and errors; one test case per
@@ -138,6 +156,7 @@ Task("Test")
     .IsDependentOn("Build")
     .IsDependentOn("Native")
     .IsDependentOn("NativeAot")
+    .IsDependentOn("Wheel")
     .IsDependentOn("Pack")
     .Does(() =>
 {

@@ -40,8 +40,9 @@ if(NOT rc EQUAL 0)
   finish("cmake --install ${BUILD_DIR} --prefix ${PREFIX} failed: ${out}")
 endif()
 
-# The library, its SONAME link and its development link; the managed side where the library looks for it.
-set(expected include/moerging.h lib/libmoerging.so.${VERSION} lib/pkgconfig/moerging.pc)
+# The library (its file named for its SONAME) and its development link; the managed side where the library looks for it.
+set(expected include/moerging.h lib/libmoerging.so.${ABI} lib/pkgconfig/moerging.pc share/doc/moerging/LICENSE
+  share/doc/moerging/THIRD-PARTY-NOTICES.txt)
 if(MODE STREQUAL "aot")
   list(APPEND expected lib/MoErging.Interop.so)
 else()
@@ -52,7 +53,7 @@ foreach(file IN LISTS expected)
     finish("the install lacks the file ${file} under ${PREFIX}")
   endif()
 endforeach()
-foreach(link_target IN ITEMS "libmoerging.so.${ABI}=libmoerging.so.${VERSION}" "libmoerging.so=libmoerging.so.${ABI}")
+foreach(link_target IN ITEMS "libmoerging.so=libmoerging.so.${ABI}")
   string(REPLACE "=" ";" pair "${link_target}")
   list(GET pair 0 link)
   list(GET pair 1 target)

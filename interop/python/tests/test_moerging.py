@@ -29,6 +29,9 @@ import test_wheel
 SEED = int(os.environ.get("MOERGING_TEST_SEED", str(time.time_ns() % 2**32)))
 # Set (by CMake) when the library is the NativeAOT build, which refuses every GPU backend as CPU-only.
 CPU_ONLY = os.environ.get("MOERGING_EXPECT_CPU_ONLY") == "1"
+# Set by check_wheel.py, which runs this suite in a virtual environment the wheel was installed into.
+WHEEL = os.environ.get("MOERGING_EXPECT_WHEEL") == "1"
+SOURCE_TREE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # interop/python
 EXPERTS, D_IN, D_OUT, D_OUT_V = 4, 12, 10, 6
 MODULES = {"model.layers.0.mlp.up_proj": (D_IN, D_OUT), "model.layers.0.mlp.gate_proj": (D_IN, D_OUT_V)}
 
@@ -513,6 +516,25 @@ class EngineTests(unittest.TestCase):
         else:  # a build suffix (+commit) may follow the version
             self.assertEqual(moerging.native_version().split("+")[0], moerging.__version__)
 
+    def test_the_expected_copy_is_loaded(self):
+        """From a wheel: the installed package and the library it bundles, and no .NET runtime in the process.
+        From the source tree: the package there and $MOERGING_LIBRARY."""
+        package = os.path.dirname(os.path.abspath(moerging.__file__))
+        with open("/proc/self/maps") as maps:
+            mapped = {line.split()[-1] for line in maps if "/" in line}
+        library = os.path.realpath(moerging._native.library_path())
+        self.assertIn(library, mapped)
+        if WHEEL:
+            self.assertIn(os.sep + "site-packages" + os.sep, package)
+            self.assertFalse(os.path.realpath(package).startswith(SOURCE_TREE + os.sep))
+            self.assertNotIn("MOERGING_LIBRARY", os.environ)
+            self.assertEqual(library, os.path.realpath(moerging._native.BUNDLED))
+            self.assertIn(os.path.join(package, "_lib", "MoErging.Interop.so"), mapped)
+            self.assertEqual([m for m in mapped if "coreclr" in m or "hostfxr" in m], [])
+        else:
+            self.assertEqual(package, os.path.join(SOURCE_TREE, "moerging"))
+            self.assertEqual(library, os.path.realpath(os.environ["MOERGING_LIBRARY"]))
+
     def test_library_path(self):
         """$MOERGING_LIBRARY first, then the library a wheel bundles, else an error that names both ways."""
         bundled = os.path.join(self.root, "_lib", "libmoerging.so.2")
@@ -533,7 +555,7 @@ class EngineTests(unittest.TestCase):
 
         # The import itself, in the source tree (which bundles no library).
         environment = {k: v for k, v in os.environ.items() if k != "MOERGING_LIBRARY"}
-        environment["PYTHONPATH"] = os.path.dirname(os.path.dirname(moerging.__file__))
+        environment["PYTHONPATH"] = SOURCE_TREE
         for name, value, expected in (("MOERGING_LIBRARY", None, "ImportError: the moerging package has no libmoerging "
                                                                  "to load: MOERGING_LIBRARY is not set"),
                                       ("MOERGING_LIBRARY", missing, f"ImportError: {re.escape(missing)} "
