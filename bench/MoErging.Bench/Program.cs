@@ -12,6 +12,7 @@ using MoErging.Routing;
 // "quick [tokens]": a stopwatch breakdown (route, forward, both) of the CPU backend;
 // "boundary DIR": the managed peer of the C boundary benchmark (moerging_bench) on the adapters it wrote;
 // "library write|load ...": the large-library load measurement (see LargeLibrary);
+// "startup [BACKEND]": how long this fresh process takes to open an engine (Auto unless named) and why it chose it;
 // anything else goes to BenchmarkDotNet (for example: --filter '*' --artifacts DIR).
 // The GPU workloads are in bench/MoErging.Bench.Gpu.
 if (args.Length > 0 && args[0] == "quick")
@@ -21,6 +22,10 @@ if (args.Length > 0 && args[0] == "quick")
 if (args.Length == 2 && args[0] == "boundary")
 {
     return Boundary(args[1]);
+}
+if (args.Length is 1 or 2 && args[0] == "startup")
+{
+    return Startup(args.Length == 2 ? Enum.Parse<Backend>(args[1], ignoreCase: true) : Backend.Auto);
 }
 if (args.Length > 0 && args[0] == "library")
 {
@@ -38,6 +43,17 @@ static long? MinimumBytes(BenchmarkCase benchmark) =>
     benchmark.Descriptor.Type == typeof(CopyBenchmarks) ? CopyBenchmarks.BytesMoved
     : benchmark.Descriptor.Type == typeof(ForwardBenchmarks) ? Workload.CostOf((int)benchmark.Parameters["Tokens"]).MinimumBytes
     : null;
+
+// The first engine of a process pays for whatever its backend choice asks the drivers: run it in a fresh process.
+static int Startup(Backend backend)
+{
+    long start = Stopwatch.GetTimestamp();
+    using Engine engine = Engine.Create(new EngineOptions { Backend = backend });
+    double opened = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+    double sinceStart = (DateTime.Now - Process.GetCurrentProcess().StartTime).TotalMilliseconds;
+    Console.WriteLine(FormattableString.Invariant($"{backend}: {engine.Backend} engine in {opened:F1} ms ({sinceStart:F0} ms since the process started): {engine.BackendReason}"));
+    return 0;
+}
 
 static int Quick(int tokens)
 {
