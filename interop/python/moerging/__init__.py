@@ -164,12 +164,21 @@ def _given(array: Any, shape: Tuple[int, int], dtype: np.dtype[Any], what: str) 
 
 
 def _apart(what: str, array: NDArray[Any], address: int, others: Iterable[Tuple[str, NDArray[Any] | None, int]]) -> None:
-    """Refuses a given expert_ids_out or expert_weights_out that shares memory with another array of the call: the
-    library copies the decision out last and does not check, so it would overwrite y or the inputs."""
+    """Refuses a given output array that shares memory with another array of the call: the library copies the
+    decision out last and does not check it, and out is zeroed (base None) before the library could refuse it."""
     end = address + array.nbytes
     for other, other_array, other_address in others:
         if other_array is not None and address < other_address + other_array.nbytes and other_address < end:
             raise InvalidArgumentError(1, f"{what} overlaps {other}; it must be a separate array")
+
+
+def _out_apart(y: Float32Array, x: NDArray[Any], base: Float32Array | None) -> None:
+    """out must not share memory with x, nor with base unless it is base itself (y += mixture in place)."""
+    ya = _address(y)
+    others: list[Tuple[str, NDArray[Any] | None, int]] = [("x", x, _address(x))]
+    if base is not None and not (_address(base) == ya and base.nbytes == y.nbytes):
+        others.append(("base", base, _address(base)))
+    _apart("out", y, ya, others)
 
 
 def _output(tokens: int, module: Module, base: ArrayLike | None, out: Any) -> Tuple[Float32Array, Float32Array | None]:
@@ -340,6 +349,8 @@ class Session(_Handle):
         x = _matrix(x, module.input_dim, "x")
         tokens, k = x.shape[0], router._top_k  # the router's k is fixed at creation: no call to ask it
         y, base = _output(tokens, module, base, out)
+        if out is not None:
+            _out_apart(y, x, base)
         xa, ya = _address(x), _address(y)
         ba = None if base is None else _address(base)
         if expert_ids_out is None:
@@ -374,6 +385,8 @@ class Session(_Handle):
         if weights.shape != ids.shape:
             raise InvalidArgumentError(1, f"expert_weights has shape {weights.shape}, expert_ids {ids.shape}")
         y, base = _output(x.shape[0], module, base, out)
+        if out is not None:
+            _out_apart(y, x, base)
         if base is None and out is not None:
             y.fill(0)
         check(lib.moe_forward_assigned(self.handle, module.handle, _address(ids), _address(weights), ids.size,

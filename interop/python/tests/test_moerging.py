@@ -471,14 +471,25 @@ class EngineTests(unittest.TestCase):
             self.assertTrue(np.all(y == 7), "a refused call wrote into out")
             self.assertEqual((x.tobytes(), base.tobytes()), (x_before.tobytes(), base_before.tobytes()))
 
-            # Overlaps of y with x or base are the library's to refuse (it may add in place when base is y itself).
-            both = np.zeros((tokens, D_IN + D_OUT), np.float32).ravel()
-            with self.assertRaisesRegex(moerging.InvalidArgumentError, "x and y overlap"):
-                self.session.forward(self.up, router, both[:tokens * D_IN].reshape(tokens, D_IN),
-                                     out=both[tokens * D_IN - 2:-2].reshape(tokens, D_OUT))
-            with self.assertRaisesRegex(moerging.InvalidArgumentError, "base partly overlaps y"):
-                self.session.forward(self.up, router, x, both[:tokens * D_OUT].reshape(tokens, D_OUT),
-                                     out=both[1:tokens * D_OUT + 1].reshape(tokens, D_OUT))
+            # out sharing memory with x, or with base without being base itself, is refused before out is touched
+            # (with base None it would be zeroed first): x and base keep their values, whichever call it is.
+            both = self.normal(tokens, D_IN + D_OUT).ravel()
+            before = both.copy()
+            shared_x = both[:tokens * D_IN].reshape(tokens, D_IN)
+            over_x = both[tokens * D_IN - 2:-2].reshape(tokens, D_OUT)
+            for call in (lambda: self.session.forward(self.up, router, shared_x, out=over_x),
+                         lambda: self.session.forward_assigned(self.up, [[0]] * tokens, [[1]] * tokens, shared_x,
+                                                               out=over_x)):
+                with self.assertRaisesRegex(moerging.InvalidArgumentError, "^out overlaps x; it must be a separate array$"):
+                    call()
+            shared_base = both[:tokens * D_OUT].reshape(tokens, D_OUT)
+            over_base = both[1:tokens * D_OUT + 1].reshape(tokens, D_OUT)
+            for call in (lambda: self.session.forward(self.up, router, x, shared_base, out=over_base),
+                         lambda: self.session.forward_assigned(self.up, [[0]] * tokens, [[1]] * tokens, x, shared_base,
+                                                               out=over_base)):
+                with self.assertRaisesRegex(moerging.InvalidArgumentError, "^out overlaps base; it must be a separate array$"):
+                    call()
+            self.assertEqual(both.tobytes(), before.tobytes(), "a refused call changed x or base")
 
     def test_forward_makes_one_call(self):
         """A forward asks the library nothing but the forward itself: the router's E and k are read at creation
