@@ -33,7 +33,6 @@ PACKAGE = "moerging"
 NATIVE_VARIABLE = "MOERGING_NATIVE_DIR"
 DEFAULT_NATIVE = os.path.join(ROOT, "artifacts", "native-aot")
 DEFAULT_OUT = os.path.join(ROOT, "artifacts", "python")
-LIBRARY = "libmoerging.so.2"       # the name moerging/_native.py loads from moerging/_lib
 MANAGED = "MoErging.Interop.so"    # the NativeAOT managed side the library loads from its own directory
 # Ours, and those of the .NET runtime and ILGPU code the NativeAOT library contains (from the repository's root).
 LICENSE_FILES = ("LICENSE", "THIRD-PARTY-NOTICES.txt")
@@ -51,18 +50,26 @@ class BuildError(Exception):
     """The wheel cannot be built as asked; the message says why and what to do."""
 
 
-def version() -> str:
-    """The package's version, read by the package's own source _version.py (loaded by path: importing the package
-    would load the library)."""
-    spec = importlib.util.spec_from_file_location("_moerging_source_version", os.path.join(HERE, PACKAGE, "_version.py"))
+def _source_module(name: str) -> Any:
+    """The package's module name.py, loaded by path: importing the package would load the library."""
+    spec = importlib.util.spec_from_file_location(f"_moerging_source{name}", os.path.join(HERE, PACKAGE, f"{name}.py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def version() -> str:
+    """The package's version, as its own source _version.py reads it."""
     try:
-        spec.loader.exec_module(module)
+        found: str = _source_module("_version").__version__
     except ValueError as error:
         raise BuildError(str(error)) from None
-    found: str = module.__version__
     return found
+
+
+# The file moerging/_native.py loads from moerging/_lib: named for the SONAME of the ABI the package speaks.
+LIBRARY: str = _source_module("_abi").LIBRARY_NAME
 
 
 def project() -> Dict[str, Any]:
@@ -115,15 +122,9 @@ def native_files(directory: str) -> Tuple[str, str]:
                          f"wheel must not need; give the NativeAOT build's directory (artifacts/native-aot)")
     library = os.path.join(directory, LIBRARY)
     if not os.path.isfile(library):
-        # Without the SONAME's name, the one real file that is the library (the others are links to it).
-        found = sorted(p for p in glob.glob(os.path.join(glob.escape(directory), "libmoerging.so*"))
-                       if os.path.isfile(p) and not os.path.islink(p))
-        if not found:
-            raise BuildError(f"{directory} has no {LIBRARY} (nor any other libmoerging.so* file)")
-        if len(found) > 1:
-            raise BuildError(f"{directory} has no {LIBRARY} but several libmoerging.so* files, "
-                             f"{', '.join(map(os.path.basename, found))}; which one to bundle is unclear")
-        library = found[0]
+        others = sorted(os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(directory), "libmoerging.so*")))
+        raise BuildError(f"{directory} has no {LIBRARY}, the library of the ABI this package speaks"
+                         + (f" (it has {', '.join(others)}: a build of another ABI?)" if others else ""))
     managed = os.path.join(directory, MANAGED)
     if not os.path.isfile(managed):
         raise BuildError(f"{directory} has no {MANAGED}, the managed side {LIBRARY} loads")

@@ -5,7 +5,7 @@ import os
 from ctypes import POINTER, c_char, c_char_p, c_float, c_int32, c_size_t, c_uint32, c_void_p
 from typing import Any, Callable, Dict, Mapping, Optional, Type
 
-ABI_VERSION = 2
+from ._abi import ABI_VERSION, LIBRARY_NAME
 
 
 class MoErgingError(Exception):
@@ -84,7 +84,6 @@ class RoutingOptions(ctypes.Structure):
     _fields_ = [("struct_size", c_uint32), ("top_k", c_int32), ("temperature", c_float)]
 
 
-LIBRARY_NAME = f"libmoerging.so.{ABI_VERSION}"  # the SONAME: the ABI this package speaks
 # Where a wheel puts the library (build_wheel.py bundles it there with its managed side, MoErging.Interop.so).
 BUNDLED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_lib", LIBRARY_NAME)
 
