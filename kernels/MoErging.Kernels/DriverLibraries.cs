@@ -41,7 +41,7 @@ internal static class DriverLibraries
     /// <summary>True when an OpenCL ICD loader loads (always true on Windows, where ILGPU finds OpenCL.dll itself).</summary>
     public static bool HasOpenCL() => RuntimeInformation.IsOSPlatform(OSPlatform.Windows) || CanLoad(OpenCLNames);
 
-    /// <summary>Loads the OpenCL ICD loader (the caller frees the handle), or returns zero when there is none.</summary>
+    /// <summary>Loads the OpenCL ICD loader and returns its handle (the caller owns it), or zero when there is none.</summary>
     public static IntPtr LoadOpenCL() =>
         RuntimeInformation.IsOSPlatform(OSPlatform.Windows)
             ? NativeLibrary.TryLoad("OpenCL", out IntPtr handle) ? handle : IntPtr.Zero

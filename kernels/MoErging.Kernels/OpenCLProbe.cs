@@ -5,8 +5,8 @@ namespace MoErging.Kernels;
 
 /// <summary>
 /// Asks the OpenCL ICD loader for its devices' names and kinds directly, without ILGPU: starting an ILGPU context
-/// costs about 200 ms before any driver is asked, which the engine's automatic backend choice should not pay on a
-/// machine whose OpenCL drivers (PoCL, rusticl on llvmpipe) run on the CPU and would never be used.
+/// costs about 100 ms before any driver is asked (bench/RESULTS.md), which the engine's automatic backend choice
+/// should not pay on a machine whose OpenCL drivers (PoCL, rusticl on llvmpipe) run on the CPU and would never be used.
 /// </summary>
 internal static unsafe class OpenCLProbe
 {
@@ -59,13 +59,17 @@ internal static unsafe class OpenCLProbe
         {
             uint count = 0;
             status = getDevices(platform, AllDevices, 0, null, &count);
-            if (status == DeviceNotFound || count == 0)
+            if (status == DeviceNotFound)
             {
                 continue;
             }
             if (status != Success)
             {
                 return null;
+            }
+            if (count == 0)
+            {
+                continue;
             }
             var devices = new IntPtr[count];
             fixed (IntPtr* d = devices)

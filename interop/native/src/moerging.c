@@ -159,12 +159,16 @@ static int managed_directory(char* directory, size_t capacity)
     if (slash) {
         slash[slash == resolved ? 1 : 0] = '\0';
     }
-    char nested[PATH_MAX];
-    if (snprintf(nested, sizeof nested, "%s/" MANAGED_SUBDIRECTORY "/" MANAGED_FILE, resolved) < (int)sizeof nested &&
-        access(nested, R_OK) == 0) {
+    char candidate[PATH_MAX];
+    int beside = snprintf(candidate, sizeof candidate, "%s/" MANAGED_FILE, resolved) < (int)sizeof candidate &&
+                 access(candidate, R_OK) == 0;
+    if (!beside &&
+        snprintf(candidate, sizeof candidate, "%s/" MANAGED_SUBDIRECTORY "/" MANAGED_FILE, resolved) <
+            (int)sizeof candidate &&
+        access(candidate, R_OK) == 0) {
         return snprintf(directory, capacity, "%s/" MANAGED_SUBDIRECTORY, resolved) < (int)capacity;
     }
-    return snprintf(directory, capacity, "%s", resolved) < (int)capacity;
+    return snprintf(directory, capacity, "%s", resolved) < (int)capacity; /* the caller says what is missing */
 }
 
 static const struct {
@@ -193,6 +197,8 @@ static int load_managed(const char* path)
         if (!*entries[i].slot) {
             start_failed(LOAD_FAILED ": %s has no entry point %s; libmoerging.so and " MANAGED_FILE " must come "
                          "from one build", path, symbol);
+            dlclose(library);
+            memset(&managed, 0, sizeof managed); /* no entry point into the unloaded library is left */
             return 0;
         }
     }
