@@ -7,6 +7,7 @@ using MoErging.Execution;
 using MoErging.Experts;
 using MoErging.Kernels;
 using MoErging.Routing;
+using MoErging.Samples;
 
 namespace MoErging.Bench.Gpu;
 

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using MoErging.Experts;
 using MoErging.Formats;
+using MoErging.Samples;
 
 namespace MoErging.Bench;
 

@@ -2,6 +2,7 @@ using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Engines;
 using MoErging.Experts;
 using MoErging.Merging;
+using MoErging.Samples;
 
 namespace MoErging.Bench;
 

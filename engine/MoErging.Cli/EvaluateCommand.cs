@@ -3,6 +3,7 @@ using System.Globalization;
 using MoErging.Execution;
 using MoErging.Experts;
 using MoErging.Routing;
+using MoErging.Samples;
 
 namespace MoErging.Cli;
 

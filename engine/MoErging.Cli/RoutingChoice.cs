@@ -3,6 +3,7 @@ using MoErging.Execution;
 using MoErging.Experts;
 using MoErging.Formats;
 using MoErging.Routing;
+using MoErging.Samples;
 
 namespace MoErging.Cli;
 

@@ -1,6 +1,7 @@
 using System.Globalization;
 using MoErging.Experts;
 using MoErging.Routing;
+using MoErging.Samples;
 
 namespace MoErging.Cli;
 

@@ -5,6 +5,7 @@ using MoErging.Execution;
 using MoErging.Experts;
 using MoErging.Formats;
 using MoErging.Routing;
+using MoErging.Samples;
 using static MoErging.Tests.CliTests;
 
 namespace MoErging.Tests;

@@ -1,6 +1,7 @@
 using MoErging.Experts;
 using MoErging.Formats;
 using MoErging.Routing;
+using MoErging.Samples;
 
 namespace MoErging.Tests;
 

@@ -4,6 +4,7 @@ using System.Text.Json;
 using MoErging.Experts;
 using MoErging.Formats;
 using MoErging.Routing;
+using MoErging.Samples;
 using static MoErging.Tests.CliTests;
 
 namespace MoErging.Tests;

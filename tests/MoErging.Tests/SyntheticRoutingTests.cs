@@ -1,6 +1,7 @@
 using MoErging.Execution;
 using MoErging.Experts;
 using MoErging.Routing;
+using MoErging.Samples;
 
 namespace MoErging.Tests;
 

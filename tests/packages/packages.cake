@@ -212,6 +212,26 @@ void RunPackageChecks(DirectoryPath repository, DirectoryPath packages, FilePath
             }, packed);
         }
 
+        // The test-data generators live in MoErging.Samples, which only the tool carries (for demo and evaluate).
+        Check("MoErging: ships no test-data code (no MoErging.Samples assembly, no SyntheticExperts or RoutingDataset type)", () =>
+        {
+            using var package = ZipFile.OpenRead(Nupkg("MoErging").FullPath);
+            var problems = package.Entries.Where(e => e.Name.StartsWith("MoErging.Samples", StringComparison.Ordinal))
+                .Select(e => $"the package holds {e.FullName}").ToList();
+            var entry = package.GetEntry("lib/net10.0/MoErging.dll") ?? throw new Exception("the package has no lib/net10.0/MoErging.dll");
+            var bytes = new System.IO.MemoryStream();
+            using (var stream = entry.Open()) stream.CopyTo(bytes);
+            bytes.Position = 0;
+            using var pe = new PEReader(bytes);
+            var reader = pe.GetMetadataReader();
+            var types = reader.TypeDefinitions.Select(h => reader.GetTypeDefinition(h))
+                .Select(t => $"{reader.GetString(t.Namespace)}.{reader.GetString(t.Name)}").ToList();
+            if (types.Count < 20) problems.Add($"MoErging.dll lists only {types.Count} types; the check reads the wrong assembly");
+            problems.AddRange(types.Where(t => t.EndsWith(".SyntheticExperts") || t.EndsWith(".RoutingDataset") || t.StartsWith("MoErging.Samples."))
+                .Select(t => $"MoErging.dll defines {t}"));
+            if (problems.Count > 0) throw new Exception(string.Join("\n", problems));
+        }, packed);
+
         // A consumer: a fresh console project outside the repository that takes MoErging from artifacts/packages,
         // beside the user's own sources (they give ILGPU and System.Numerics.Tensors).
         string consumer = System.IO.Path.Combine(temp, "consumer");

@@ -1,7 +1,8 @@
 using System.Numerics.Tensors;
+using MoErging.Experts;
 using MoErging.Routing;
 
-namespace MoErging.Experts;
+namespace MoErging.Samples;
 
 /// <summary>
 /// Seeded synthetic experts and tokens for demos, benchmarks and router evaluation. Each expert e has a task

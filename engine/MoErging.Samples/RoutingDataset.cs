@@ -1,7 +1,8 @@
 using System.Text.Json;
 using MoErging.Formats;
+using MoErging.Routing;
 
-namespace MoErging.Routing;
+namespace MoErging.Samples;
 
 /// <summary>
 /// A labelled routing set: hidden states at a module's input (rows <c>[N, d_in]</c>) with the true expert of
