@@ -25,7 +25,6 @@ internal static partial class Cli
         ("centroids", new("compute each expert's centroids from sample hidden states, for the centroid router", CentroidsCommand.Run)),
         ("train-router", new("train a classifier router on a labelled routing set", TrainRouterCommand.Run)),
         ("merge", new("merge experts into one PEFT adapter (cat, linear, svd, ties, dare_*, magnitude_prune), or into base weights", MergeCommand.Run)),
-        ("fuzz", new("feed mutated safetensors files and PEFT adapters to the loaders and count how they are handled", FuzzCommand.Run)),
     ];
 
     private static string Usage

@@ -265,20 +265,4 @@ public sealed class CliTests
         Assert.Equal($"moerge: error: experts 0 and 1 cannot be told apart by their paths ('{Path.GetFullPath(dirs[0])}' and '{Path.GetFullPath(dirs[0])}'); give each a name of its own", e.TrimEnd());
         Assert.False(Directory.Exists(dir.Sub("out")), "nothing is written when the merge fails");
     }
-
-    [Fact]
-    public void FuzzReportsItsCountsAndReplaysACase()
-    {
-        using var dir = new TempDir();
-        var (code, output, error) = Run("fuzz", "--cases", "200", "--seed", "7", "--work", dir.Path);
-        Assert.True(code == 0, error + output);
-        Assert.Contains("fuzz: seed 7, cases 0..199", output);
-        Assert.Matches(@"tried 200, rejected cleanly \d+, accepted \d+, crashed 0", output);
-
-        (code, output, error) = Run("fuzz", "--seed", "7", "--case", "3", "--save", dir.Sub("saved"));
-        Assert.True(code == 0, error);
-        Assert.StartsWith("seed 7, case 3: ", output);
-        Assert.True(Directory.Exists(dir.Sub("saved/case-3")));
-        Assert.Equal(2, Run("fuzz", "--case", "3").Code);
-    }
 }

@@ -4,10 +4,10 @@ using System.Runtime.InteropServices;
 using MoErging.Experts;
 using MoErging.Formats;
 
-namespace MoErging.Cli.Fuzzing;
+namespace MoErging.Fuzz;
 
 /// <summary>How the loaders handled one case.</summary>
-internal enum FuzzOutcome
+public enum FuzzOutcome
 {
     /// <summary>The adapter loaded (eagerly and lazily, with identical results).</summary>
     Accepted,
@@ -20,10 +20,10 @@ internal enum FuzzOutcome
 }
 
 /// <summary>The result of one case: its outcome and, unless accepted, the exception type and message (or what crashed).</summary>
-internal sealed record FuzzResult(FuzzCase Case, FuzzOutcome Outcome, string Detail);
+public sealed record FuzzResult(FuzzCase Case, FuzzOutcome Outcome, string Detail);
 
 /// <summary>Counts over a run, with the first crashes kept in full.</summary>
-internal sealed class FuzzSummary
+public sealed class FuzzSummary
 {
     public long Tried;
     public long Rejected;
@@ -42,7 +42,7 @@ internal sealed class FuzzSummary
 /// types it documents; anything else, a case that runs past the time limit, or eager and lazy loading that disagree
 /// (in outcome, or in a single bit of the factors) is a crash.
 /// </summary>
-internal sealed class LoaderFuzzer(int seed, string workDirectory)
+public sealed class LoaderFuzzer(int seed, string workDirectory)
 {
     /// <summary>What the safetensors reader documents for malformed bytes.</summary>
     private static bool SafeTensorsRejection(Exception e) => e is InvalidDataException;

@@ -1,14 +1,21 @@
 using System.Globalization;
-using MoErging.Cli.Fuzzing;
+using MoErging.Cli;
 
-namespace MoErging.Cli;
+namespace MoErging.Fuzz;
 
-/// <summary><c>moerge fuzz</c>: mutation fuzzing of the safetensors and PEFT adapter loaders.</summary>
-internal static class FuzzCommand
+/// <summary>
+/// The loader fuzzer's command line (<c>dotnet run -c Release --project tests/MoErging.Fuzz -- [options]</c>):
+/// mutation fuzzing of the safetensors and PEFT adapter loaders. Exit codes: 0 no crash, 1 a crash or an error,
+/// 2 a usage error; errors are one line on stderr.
+/// </summary>
+public static class FuzzCommand
 {
-    private const string Help = """
-        usage: moerge fuzz [--cases N] [--seed S] [--case I] [--threads T] [--timeout SECONDS] [--save DIR] [--work DIR]
-                           [--progress]
+    /// <summary>How to run the tool, for its usage and its replay lines.</summary>
+    private const string Command = "dotnet run -c Release --project tests/MoErging.Fuzz --";
+
+    private const string Help = $$"""
+        usage: {{Command}} [--cases N] [--seed S] [--case I] [--threads T] [--timeout SECONDS] [--save DIR] [--work DIR]
+               [--progress]
 
         Builds N random valid PEFT adapters, applies 1-3 mutations to each (byte flips, truncations, appended
         and spliced bytes, header length, dtype, shape and offset edits including huge and negative values,
@@ -43,10 +50,31 @@ internal static class FuzzCommand
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
-        if (Cli.Help(args, Help, stdout))
+        if (args.Contains("--help") || args.Contains("-h"))
         {
+            stdout.WriteLine(Help);
             return 0;
         }
+        try
+        {
+            return Fuzz(args, stdout, stderr);
+        }
+        catch (UsageException e)
+        {
+            stderr.WriteLine($"fuzz: {e.Message}");
+            stderr.WriteLine("run with --help for the options");
+            return 2;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // A work or save folder that cannot be written; anything else is a bug of the fuzzer and keeps its stack trace.
+            stderr.WriteLine($"fuzz: error: {e.Message.ReplaceLineEndings(" ")}");
+            return 1;
+        }
+    }
+
+    private static int Fuzz(string[] args, TextWriter stdout, TextWriter stderr)
+    {
         CommandLine line = CommandLine.Parse(args, Options);
         line.NoPositionals();
         if (line.Has("case") && !line.Has("seed"))
@@ -116,7 +144,7 @@ internal static class FuzzCommand
         foreach (FuzzResult crash in summary.Crashes.OrderBy(r => r.Case.Index))
         {
             stdout.WriteLine($"crash: {crash.Case.Describe()}: {crash.Detail.ReplaceLineEndings(" | ")}");
-            stdout.WriteLine($"  replay: moerge fuzz --seed {seed} --case {crash.Case.Index}");
+            stdout.WriteLine($"  replay: {Command} --seed {seed} --case {crash.Case.Index}");
             if (save is not null)
             {
                 LoaderFuzzer.Write(crash.Case, Path.Combine(save, $"case-{crash.Case.Index}"));

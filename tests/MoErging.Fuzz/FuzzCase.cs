@@ -6,13 +6,13 @@ using System.Text.Json.Nodes;
 using MoErging.Formats;
 using MoErging.Numerics;
 
-namespace MoErging.Cli.Fuzzing;
+namespace MoErging.Fuzz;
 
 /// <summary>
 /// One fuzz case: the two files of a PEFT adapter directory as bytes (null: the file is absent), what was done to
 /// them, and optional extra entries. Case i of seed S is a pure function of (S, i), so any case can be rebuilt alone.
 /// </summary>
-internal sealed record FuzzCase(long Index, byte[]? Config, byte[]? Weights, IReadOnlyList<string> Mutations, bool WeightsIsDirectory, bool PickleBeside)
+public sealed record FuzzCase(long Index, byte[]? Config, byte[]? Weights, IReadOnlyList<string> Mutations, bool WeightsIsDirectory, bool PickleBeside)
 {
     /// <summary>A one-line description for reports.</summary>
     public string Describe() => $"case {Index}: {string.Join("; ", Mutations)}";

@@ -1,0 +1,3 @@
+using MoErging.Fuzz;
+
+return FuzzCommand.Run(args, Console.Out, Console.Error);
