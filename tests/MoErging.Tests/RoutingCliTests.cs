@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.IO.Compression;
 using System.Text.Json;
+using MoErging.Cli;
 using MoErging.Experts;
 using MoErging.Formats;
 using MoErging.Routing;
@@ -166,11 +167,44 @@ public sealed class RoutingCliTests
             Assert.Equal(Enumerable.Range(0, Tokens).Count(t => ids[t * 2] == e), expert.GetProperty("top1").GetInt32());
         }
 
-        var (width, height, pixels) = DecodePng(Path.Combine(report, "heatmap.png"));
-        Assert.True(width > 100 && height > 50, $"heatmap is {width} × {height}");
-        Assert.Contains((253, 231, 37), pixels); // the top of the colour scale: the largest cell
-        (width, height, pixels) = DecodePng(Path.Combine(report, "load.png"));
-        Assert.Contains((59, 82, 139), pixels); // the load bars
+        string[] names = [.. Enumerable.Range(0, Experts).Select(e => $"e{e}")];
+        var heatmap = DecodePng(Path.Combine(report, "heatmap.png"));
+        Assert.True(heatmap.Width >= 640 && heatmap.Height >= 480, $"heatmap is {heatmap.Width} × {heatmap.Height}");
+        Assert.Contains(Rgb(RoutingReport.Hottest), heatmap.Colours()); // the top of the colour scale: the largest cell
+        AssertTextAtTheBottom(heatmap, "heatmap.png");
+        var load = DecodePng(Path.Combine(report, "load.png"));
+        Assert.Contains(Rgb(RoutingReport.LoadColour), load.Colours());
+        Assert.Contains(Rgb(RoutingReport.TopOneColour), load.Colours());
+        AssertTextAtTheBottom(load, "load.png");
+
+        // The experts are named on the pictures' expert axis, in order.
+        var decision = new RoutingDecision();
+        decision.Assign(ids, weights, topK: 2, Experts);
+        foreach (var (plot, width) in new[] { RoutingReport.Heatmap(decision, names), RoutingReport.LoadChart(RoutingStatistics.Of(decision), names) })
+        {
+            using (plot)
+            {
+                plot.RenderInMemory(width, 560); // the axis's ticks are laid out in a render
+                Assert.Equal(names, plot.Axes.Bottom.TickGenerator.Ticks.Where(t => t.IsMajor).OrderBy(t => t.Position).Select(t => t.Label));
+            }
+        }
+    }
+
+    private static (int, int, int) Rgb(ScottPlot.Color c) => (c.R, c.G, c.B);
+
+    /// <summary>The axis name under the expert names is drawn: dark pixels on the white margin at the picture's foot.</summary>
+    private static void AssertTextAtTheBottom(Png png, string name)
+    {
+        int dark = 0;
+        for (int y = png.Height - 30; y < png.Height; y++)
+        {
+            for (int x = 0; x < png.Width; x++)
+            {
+                var (r, g, b) = png.Pixel(x, y);
+                dark += r + g + b < 200 ? 1 : 0;
+            }
+        }
+        Assert.True(dark > 20, $"{name}: {dark} dark pixels in its bottom 30 rows; the axis label is not drawn (no font?)");
     }
 
     [Fact]
@@ -289,15 +323,23 @@ public sealed class RoutingCliTests
 
     private static float[] Minus(float[] a, float[] b) => a.Zip(b, (p, q) => p - q).ToArray();
 
+    /// <summary>A decoded picture: 8-bit RGB or RGBA rows (alpha dropped: the report draws on white).</summary>
+    private sealed record Png(int Width, int Height, byte[] Rgb)
+    {
+        public (int, int, int) Pixel(int x, int y) => (Rgb[3 * (y * Width + x)], Rgb[3 * (y * Width + x) + 1], Rgb[3 * (y * Width + x) + 2]);
+
+        public HashSet<(int, int, int)> Colours() => [.. Enumerable.Range(0, Width * Height).Select(i => Pixel(i % Width, i / Width))];
+    }
+
     /// <summary>
-    /// Decodes the PNG files the report writes (8-bit RGB, filter 0 on every row), checking the signature and
-    /// every chunk's CRC-32 with an implementation of the test's own.
+    /// Decodes the PNG files the report writes (8-bit RGB or RGBA, not interlaced, any of the five row filters),
+    /// checking the signature and every chunk's CRC-32 with an implementation of the test's own.
     /// </summary>
-    private static (int Width, int Height, HashSet<(int, int, int)> Colours) DecodePng(string path)
+    private static Png DecodePng(string path)
     {
         byte[] bytes = File.ReadAllBytes(path);
         Assert.Equal(new byte[] { 137, 80, 78, 71, 13, 10, 26, 10 }, bytes[..8]);
-        int width = 0, height = 0;
+        int width = 0, height = 0, channels = 0;
         using var idat = new MemoryStream();
         for (int at = 8; at < bytes.Length;)
         {
@@ -317,7 +359,10 @@ public sealed class RoutingCliTests
             if (type == "IHDR")
             {
                 (width, height) = (BinaryPrimitives.ReadInt32BigEndian(body), BinaryPrimitives.ReadInt32BigEndian(body.AsSpan(4)));
-                Assert.Equal(new byte[] { 8, 2, 0, 0, 0 }, body[8..]);
+                Assert.Equal(8, body[8]);
+                Assert.True(body[9] is 2 or 6, $"{path}: colour type {body[9]}, expected RGB or RGBA");
+                channels = body[9] == 2 ? 3 : 4;
+                Assert.Equal(new byte[] { 0, 0, 0 }, body[10..]);
             }
             else if (type == "IDAT")
             {
@@ -332,17 +377,35 @@ public sealed class RoutingCliTests
             zlib.CopyTo(inflated);
         }
         byte[] raw = inflated.ToArray();
-        Assert.Equal(height * (1 + 3 * width), raw.Length);
-        var colours = new HashSet<(int, int, int)>();
+        int stride = channels * width;
+        Assert.Equal(height * (1 + stride), raw.Length);
+        var pixels = new byte[height * stride];
         for (int row = 0; row < height; row++)
         {
-            int start = row * (1 + 3 * width);
-            Assert.Equal(0, raw[start]);
-            for (int x = 0; x < width; x++)
+            byte filter = raw[row * (1 + stride)];
+            for (int i = 0; i < stride; i++)
             {
-                colours.Add((raw[start + 1 + 3 * x], raw[start + 2 + 3 * x], raw[start + 3 + 3 * x]));
+                int a = i >= channels ? pixels[row * stride + i - channels] : 0;
+                int b = row > 0 ? pixels[(row - 1) * stride + i] : 0;
+                int c = i >= channels && row > 0 ? pixels[(row - 1) * stride + i - channels] : 0;
+                int p = a + b - c, pa = Math.Abs(p - a), pb = Math.Abs(p - b), pc = Math.Abs(p - c);
+                int predictor = filter switch
+                {
+                    0 => 0,
+                    1 => a,
+                    2 => b,
+                    3 => (a + b) / 2,
+                    4 => pa <= pb && pa <= pc ? a : pb <= pc ? b : c,
+                    _ => throw new InvalidDataException($"{path}: row {row} has filter {filter}"),
+                };
+                pixels[row * stride + i] = (byte)(raw[row * (1 + stride) + 1 + i] + predictor);
             }
         }
-        return (width, height, colours);
+        var rgb = new byte[height * width * 3];
+        for (int i = 0; i < width * height; i++)
+        {
+            Array.Copy(pixels, i * channels, rgb, 3 * i, 3);
+        }
+        return new Png(width, height, rgb);
     }
 }
