@@ -142,10 +142,10 @@ internal static class EvaluateCommand
         [
             new("uniform", new UniformRouter(experts), null),
             new("arrow", new ArrowRouter(module, new RoutingOptions(Math.Min(3, experts))), null),
-            Optional("phatgoose", () => PhatgooseRouter.Load(module, dirs, new RoutingOptions(Math.Min(2, experts)))),
-            Optional("centroid", () => CentroidRouter.Load(module, dirs)),
+            Optional("phatgoose", () => PhatgooseRouter.Load(module, new RoutingOptions(Math.Min(2, experts)))),
+            Optional("centroid", () => CentroidRouter.Load(module)),
             line.Single("classifier") is string classifier
-                ? new("classifier", RoutingChoice.LoadClassifier(classifier, module, new RoutingOptions(experts)), null)
+                ? new("classifier", ClassifierRouter.Load(classifier, module, new RoutingOptions(experts)), null)
                 : new("classifier", null, "no --classifier given"),
         ];
         return (module, set, candidates, $"{data}: {set.RowCount} rows of {set.InputDim} in {set.TaskNames.Count} tasks; {experts} experts at '{module.Name}'");

@@ -62,7 +62,7 @@ internal static class ForwardCommand
         EngineOptions engineOptions = EngineChoice.Options(line);
 
         ExpertLibrary library = ExpertsOption.Load(line, stderr).Library;
-        var (router, module) = RoutingChoice.Build(line, kind, dirs, library.Module(moduleName));
+        var (router, module) = RoutingChoice.Build(line, kind, library.Module(moduleName));
 
         float[] x, y;
         int tokens;

@@ -149,7 +149,7 @@ internal static class RoutingChoice
     /// Builds the router (null for assigned). With --general the module returned is the one of the
     /// subtracted library, which the forward must then use.
     /// </summary>
-    public static (Router? Router, AdaptedModule Module) Build(CommandLine line, string kind, IReadOnlyList<string> dirs, AdaptedModule module)
+    public static (Router? Router, AdaptedModule Module) Build(CommandLine line, string kind, AdaptedModule module)
     {
         int experts = module.ExpertCount;
         RoutingOptions Scored(int defaultTopK) => new(line.Int("top-k", defaultTopK, 1, experts), line.Float("temperature") ?? 1f);
@@ -173,30 +173,14 @@ internal static class RoutingChoice
                 RoutingOptions arrow = ArrowRouter.DefaultOptionsFor(module.Library);
                 return (new ArrowRouter(module, new(line.Int("top-k", arrow.TopK, 1, experts), line.Float("temperature") ?? arrow.Temperature)), module);
             case "phatgoose":
-                return (PhatgooseRouter.Load(module, dirs, Scored(Math.Min(2, experts))), module);
+                return (PhatgooseRouter.Load(module, Scored(Math.Min(2, experts))), module);
             case "centroid":
-                return (CentroidRouter.Load(module, dirs, Scored(experts)), module);
+                return (CentroidRouter.Load(module, Scored(experts)), module);
             case "classifier":
-                return (LoadClassifier(line.Required("classifier"), module, Scored(experts)), module);
+                return (ClassifierRouter.Load(line.Required("classifier"), module, Scored(experts)), module);
             default:
                 return (null, module);
         }
-    }
-
-    /// <summary>Loads a classifier router, checks it was trained for these experts and this width, and applies the options.</summary>
-    public static ClassifierRouter LoadClassifier(string path, AdaptedModule module, RoutingOptions options)
-    {
-        ClassifierRouter classifier = ClassifierRouter.Load(path);
-        ExpertLibrary library = module.Library;
-        if (classifier.ExpertCount != library.ExpertCount || classifier.InputDim != module.InputDim)
-        {
-            throw new InvalidDataException($"{path}: the classifier routes rows of {classifier.InputDim} among {classifier.ExpertCount} experts; module '{module.Name}' has d_in = {module.InputDim} and the library {library.ExpertCount} experts");
-        }
-        if (classifier.ExpertNames is IReadOnlyList<string> names && !names.SequenceEqual(library.Experts.Select(e => e.Name)))
-        {
-            throw new InvalidDataException($"{path}: the classifier was trained for experts {string.Join(", ", names)}, not {string.Join(", ", library.Experts.Select(e => e.Name))} (in this order)");
-        }
-        return new ClassifierRouter(classifier.Prototypes, classifier.Bias, classifier.InputDim, options, classifier.ExpertNames);
     }
 
     /// <summary>Loads a labelled routing set for <paramref name="module"/>, checking it has rows, their width and that every label names an expert.</summary>

@@ -46,6 +46,33 @@ public sealed class RouterFileTests
     }
 
     [Fact]
+    public void GatesAndCentroidsReadFromTheDirectoriesTheLibraryLoaded()
+    {
+        var data = new TestData();
+        using var dir = new TempDir();
+        var (lib, dirs, _) = WriteGates(data, dir);
+        for (int e = 0; e < 3; e++)
+        {
+            CentroidRouter.SaveCentroids(dirs[e], new Dictionary<string, float[]> { [Module] = data.Normal(InputDim) });
+        }
+        // Loaded from disk, each expert knows its directory; named experts too, whose names are not their directories'.
+        AdaptedModule loaded = ExpertLibrary.Load(dirs).Module(Module);
+        var options = new RoutingOptions(2, 0.5f);
+        Assert.Equal(PhatgooseRouter.Load(loaded, dirs, options).Prototypes.ToArray(), PhatgooseRouter.Load(loaded, options).Prototypes.ToArray());
+        Assert.Equal(CentroidRouter.Load(loaded, dirs).Prototypes.ToArray(), CentroidRouter.Load(loaded).Prototypes.ToArray());
+        AdaptedModule named = ExpertLibrary.Load(dirs, new ExpertLibraryOptions { Names = ["x", "y", "z"] }).Module(Module);
+        Assert.Equal(PhatgooseRouter.Load(loaded, dirs, options).Prototypes.ToArray(), PhatgooseRouter.Load(named, options).Prototypes.ToArray());
+        Assert.Equal(2, PhatgooseRouter.Load(named, options).TopK);
+
+        // Experts built in memory have no directory: the error says so and names the expert.
+        AdaptedModule inMemory = lib.Module(Module);
+        Assert.Contains("expert 'e0' was built in memory, not loaded from a directory, so it has no PHATGOOSE gate file",
+            Assert.Throws<ArgumentException>(() => PhatgooseRouter.Load(inMemory, options)).Message);
+        Assert.Contains("expert 'e0' was built in memory, not loaded from a directory, so it has no centroid file",
+            Assert.Throws<ArgumentException>(() => CentroidRouter.Load(inMemory)).Message);
+    }
+
+    [Fact]
     public void BadGateFilesAreErrorsNamingExpertFileAndTensor()
     {
         var data = new TestData();
@@ -133,6 +160,34 @@ public sealed class RouterFileTests
         named.Metadata["experts"] = "[\"a\"]";
         named.WriteTo(path);
         Assert.Contains("must list 3 non-empty expert names", Assert.Throws<InvalidDataException>(() => ClassifierRouter.Load(path)).Message);
+    }
+
+    [Fact]
+    public void ClassifiersAreCheckedAgainstTheLibrary()
+    {
+        var data = new TestData();
+        using var dir = new TempDir();
+        TestLibrary lib = data.Library(experts: 3, InputDim, 4, ranks: [2]);
+        AdaptedModule module = lib.Module(Module);
+        string path = dir.Sub("router.safetensors");
+        var options = new RoutingOptions(2);
+        new ClassifierRouter(data.Normal(3 * InputDim), data.Normal(3), InputDim, expertNames: ["e0", "e1", "e2"]).Save(path);
+        ClassifierRouter fits = ClassifierRouter.Load(path, module, options);
+        Assert.Equal(ClassifierRouter.Load(path).Prototypes.ToArray(), fits.Prototypes.ToArray());
+        Assert.Equal(2, fits.TopK);
+
+        new ClassifierRouter(data.Normal(3 * InputDim), data.Normal(3), InputDim, expertNames: ["e1", "e0", "e2"]).Save(path);
+        Assert.Equal($"{path}: the classifier was trained for experts e1, e0, e2, not e0, e1, e2 (in this order)",
+            Assert.Throws<InvalidDataException>(() => ClassifierRouter.Load(path, module, options)).Message);
+        new ClassifierRouter(data.Normal(2 * (InputDim + 1)), data.Normal(2), InputDim + 1).Save(path);
+        Assert.Equal($"{path}: the classifier routes rows of 8 among 2 experts; module '{Module}' has d_in = 7 and the library 3 experts",
+            Assert.Throws<InvalidDataException>(() => ClassifierRouter.Load(path, module, options)).Message);
+        var thrown = Assert.Throws<ArgumentException>(() => ClassifierRouter.Load(path).CheckFits(module));
+        Assert.StartsWith("the classifier routes rows of 8 among 2 experts", thrown.Message);
+        Assert.Equal("module", thrown.ParamName);
+        // Without names, only the counts are checked.
+        new ClassifierRouter(data.Normal(3 * InputDim), data.Normal(3), InputDim).Save(path);
+        ClassifierRouter.Load(path).CheckFits(module);
     }
 
     [Fact]

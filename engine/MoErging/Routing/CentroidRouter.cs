@@ -45,6 +45,18 @@ public sealed class CentroidRouter : LinearRouter
     public static CentroidRouter Load(AdaptedModule module, IReadOnlyList<string> expertDirectories, RoutingOptions? options = null) =>
         new(module, ExpertVectorFiles.Read(module, expertDirectories, CentroidFileName, CentroidSuffix, "centroid"), options);
 
+    /// <summary>
+    /// Reads every expert's centroid for the module from <c>centroids.safetensors</c> in the directory the library
+    /// loaded the expert from (<see cref="Expert.Directory"/>) and builds the router.
+    /// </summary>
+    /// <param name="module">The module routed.</param>
+    /// <param name="options">Top-k and temperature; null for dense routing.</param>
+    /// <exception cref="ArgumentException">An expert was built in memory, so it has no directory.</exception>
+    /// <exception cref="FileNotFoundException">An expert has no centroid file; the message names it.</exception>
+    /// <exception cref="InvalidDataException">A centroid is missing, not <c>[d_in]</c>, or not finite; the message names file and tensor.</exception>
+    public static CentroidRouter Load(AdaptedModule module, RoutingOptions? options = null) =>
+        new(module, ExpertVectorFiles.Read(module, CentroidFileName, CentroidSuffix, "centroid"), options);
+
     /// <summary>Writes an expert's centroids, one <c>[d_in]</c> vector per module by full name, into its directory (atomically).</summary>
     public static void SaveCentroids(string expertDirectory, IReadOnlyDictionary<string, float[]> centroidsByModule) =>
         ExpertVectorFiles.Write(expertDirectory, CentroidFileName, CentroidSuffix, centroidsByModule);

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using MoErging.Experts;
 using MoErging.Formats;
 
 namespace MoErging.Routing;
@@ -121,6 +122,47 @@ public sealed class ClassifierRouter : LinearRouter
         {
             throw new InvalidDataException($"{file.Label}: {e.Message}");
         }
+    }
+
+    /// <summary>Reads a router written by <see cref="Save"/> and checks that it fits a module's library (<see cref="CheckFits"/>).</summary>
+    /// <param name="path">The safetensors file.</param>
+    /// <param name="module">The module it will route.</param>
+    /// <param name="options">Top-k and temperature; null for dense routing.</param>
+    /// <exception cref="InvalidDataException">A bad file, or a classifier for other experts or another width; the message names the file.</exception>
+    public static ClassifierRouter Load(string path, AdaptedModule module, RoutingOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(module);
+        // Checked before the options apply, so a top-k beyond its experts reads as the misfit it is.
+        ClassifierRouter classifier = Load(path);
+        return classifier.Misfit(module) is string misfit ? throw new InvalidDataException($"{path}: {misfit}")
+            : new ClassifierRouter(classifier.Prototypes, classifier.Bias, classifier.InputDim, options, classifier.ExpertNames);
+    }
+
+    /// <summary>
+    /// Checks that the classifier routes this module's rows among its library's experts: one score per expert, rows of
+    /// the module's d_in, and, when the classifier keeps the names it was trained for, the library's experts in the same order.
+    /// </summary>
+    /// <exception cref="ArgumentException">It does not fit; the message says how.</exception>
+    public void CheckFits(AdaptedModule module)
+    {
+        ArgumentNullException.ThrowIfNull(module);
+        if (Misfit(module) is string misfit)
+        {
+            throw new ArgumentException(misfit, nameof(module));
+        }
+    }
+
+    /// <summary>How the classifier does not fit the module, or null when it does.</summary>
+    private string? Misfit(AdaptedModule module)
+    {
+        ExpertLibrary library = module.Library;
+        if (ExpertCount != library.ExpertCount || InputDim != module.InputDim)
+        {
+            return $"the classifier routes rows of {InputDim} among {ExpertCount} experts; module '{module.Name}' has d_in = {module.InputDim} and the library {library.ExpertCount} experts";
+        }
+        return ExpertNames is IReadOnlyList<string> names && !names.SequenceEqual(library.Experts.Select(e => e.Name))
+            ? $"the classifier was trained for experts {string.Join(", ", names)}, not {string.Join(", ", library.Experts.Select(e => e.Name))} (in this order)"
+            : null;
     }
 
     private static ReadOnlySpan<float> RequireBias(ReadOnlySpan<float> bias) =>

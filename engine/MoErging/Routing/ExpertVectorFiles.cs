@@ -11,6 +11,21 @@ namespace MoErging.Routing;
 /// </summary>
 internal static class ExpertVectorFiles
 {
+    /// <summary>The vector of every expert for a module, row-major <c>[E, d_in]</c>, from the directories the library loaded its experts from.</summary>
+    /// <param name="module">The module routed.</param>
+    /// <param name="fileName">The file in each directory.</param>
+    /// <param name="suffix">Appended to the module's full name to form the tensor name.</param>
+    /// <param name="what">What the vectors are, for messages ("PHATGOOSE gate").</param>
+    /// <exception cref="ArgumentException">An expert was built in memory, so it has no directory.</exception>
+    public static float[] Read(AdaptedModule module, string fileName, string suffix, string what)
+    {
+        ArgumentNullException.ThrowIfNull(module);
+        IReadOnlyList<Expert> experts = module.Library.Experts;
+        return Read(module, e => experts[e].Directory ?? throw new ArgumentException(
+            $"expert '{experts[e].Name}' was built in memory, not loaded from a directory, so it has no {what} file; give the experts' directories", nameof(module)),
+            fileName, suffix, what);
+    }
+
     /// <summary>The vector of every expert for a module, row-major <c>[E, d_in]</c>.</summary>
     /// <param name="module">The module routed.</param>
     /// <param name="expertDirectories">One directory per expert, in expert order; each directory's name must be the expert's.</param>
@@ -21,14 +36,12 @@ internal static class ExpertVectorFiles
     {
         ArgumentNullException.ThrowIfNull(module);
         ArgumentNullException.ThrowIfNull(expertDirectories);
-        int experts = module.ExpertCount, n = module.InputDim;
+        int experts = module.ExpertCount;
         if (expertDirectories.Count != experts)
         {
             throw new ArgumentException($"{experts} experts need {experts} directories, got {expertDirectories.Count}", nameof(expertDirectories));
         }
-        string tensorName = module.Name + suffix;
-        var vectors = new float[experts * n];
-        for (int e = 0; e < experts; e++)
+        return Read(module, e =>
         {
             string expert = module.Library.Experts[e].Name, dir = expertDirectories[e];
             ArgumentException.ThrowIfNullOrEmpty(dir, nameof(expertDirectories));
@@ -36,6 +49,18 @@ internal static class ExpertVectorFiles
             {
                 throw new ArgumentException($"directory {e} ('{dir}') is not expert {e} ('{expert}'); give the directories in expert order", nameof(expertDirectories));
             }
+            return dir;
+        }, fileName, suffix, what);
+    }
+
+    private static float[] Read(AdaptedModule module, Func<int, string> directoryOf, string fileName, string suffix, string what)
+    {
+        int experts = module.ExpertCount, n = module.InputDim;
+        string tensorName = module.Name + suffix;
+        var vectors = new float[experts * n];
+        for (int e = 0; e < experts; e++)
+        {
+            string expert = module.Library.Experts[e].Name, dir = directoryOf(e);
             string path = Path.Combine(dir, fileName);
             if (!File.Exists(path))
             {

@@ -48,6 +48,18 @@ public sealed class PhatgooseRouter : LinearRouter
     public static PhatgooseRouter Load(AdaptedModule module, IReadOnlyList<string> expertDirectories, RoutingOptions options) =>
         new(module, ExpertVectorFiles.Read(module, expertDirectories, GateFileName, GateSuffix, "PHATGOOSE gate"), options);
 
+    /// <summary>
+    /// Reads every expert's gate for the module from <c>phatgoose_gates.safetensors</c> in the directory the library
+    /// loaded the expert from (<see cref="Expert.Directory"/>) and builds the router.
+    /// </summary>
+    /// <param name="module">The module routed.</param>
+    /// <param name="options">Top-k and temperature.</param>
+    /// <exception cref="ArgumentException">An expert was built in memory, so it has no directory.</exception>
+    /// <exception cref="FileNotFoundException">An expert has no gate file; the message names it.</exception>
+    /// <exception cref="InvalidDataException">A gate is missing, not <c>[d_in]</c>, or not finite; the message names file and tensor.</exception>
+    public static PhatgooseRouter Load(AdaptedModule module, RoutingOptions options) =>
+        new(module, ExpertVectorFiles.Read(module, GateFileName, GateSuffix, "PHATGOOSE gate"), options);
+
     /// <summary>Writes an expert's gates, one <c>[d_in]</c> vector per module by full name, into its directory (atomically).</summary>
     public static void SaveGates(string expertDirectory, IReadOnlyDictionary<string, float[]> gatesByModule) =>
         ExpertVectorFiles.Write(expertDirectory, GateFileName, GateSuffix, gatesByModule);
