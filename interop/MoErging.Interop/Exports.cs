@@ -534,11 +534,17 @@ public static unsafe class Exports
                     ? $"slot_count is {slotCount}; {tokens} tokens × k = {r.TopK} slots need {slots}"
                     : $"slot_count is {slotCount} but expert_ids and expert_weights are both NULL; pass 0");
             }
+            Span<float> ys = CheckOutput(m, tokens, xs, yBase, y, yCount);
             using (s.Enter())
             {
-                s.Session.Route(m, r, xs, s.Decision);
-                Span<float> ys = PrepareOutput(m, tokens, xs, yBase, y, yCount);
-                s.Session.Forward(m, s.Decision, xs, ys);
+                // Routing and the forward in one call: on a GPU, one upload and one synchronisation.
+                bool staged = Staged(yBase, y);
+                Span<float> sum = staged ? s.Stage(new ReadOnlySpan<float>(yBase, ys.Length)) : ys;
+                s.Session.Forward(m, r, xs, s.Decision, sum);
+                if (staged)
+                {
+                    sum.CopyTo(ys);
+                }
                 if (expertIds != null)
                 {
                     s.Decision.ExpertIds.CopyTo(new Span<int>(expertIds, (int)slots));
@@ -576,10 +582,17 @@ public static unsafe class Exports
             {
                 throw new ArgumentException($"slot_count is {slotCount}; {tokens} rows of x × top_k = {topK} need {(long)tokens * topK}");
             }
+            Span<float> ys = CheckOutput(m, tokens, xs, yBase, y, yCount);
             using (s.Enter())
             {
                 s.Decision.Assign(ids, weights, topK, m.ExpertCount);
-                s.Session.Forward(m, s.Decision, xs, PrepareOutput(m, tokens, xs, yBase, y, yCount));
+                bool staged = Staged(yBase, y);
+                Span<float> sum = staged ? s.Stage(new ReadOnlySpan<float>(yBase, ys.Length)) : ys;
+                s.Session.Forward(m, s.Decision, xs, sum);
+                if (staged)
+                {
+                    sum.CopyTo(ys);
+                }
             }
             return 0;
         }
@@ -595,8 +608,8 @@ public static unsafe class Exports
             ? Backends[value]
             : throw new ArgumentException($"backend is {value}; use a moe_backend value (0 to {Backends.Length - 1})");
 
-    /// <summary>Checks x and y, and copies base into y unless base is y or NULL; nothing is written when a check fails.</summary>
-    private static Span<float> PrepareOutput(AdaptedModule m, int tokens, ReadOnlySpan<float> xs, float* yBase, float* y, nuint yCount)
+    /// <summary>Checks y against the module, x and base; nothing has been written when it throws.</summary>
+    private static Span<float> CheckOutput(AdaptedModule m, int tokens, ReadOnlySpan<float> xs, float* yBase, float* y, nuint yCount)
     {
         long needed = (long)tokens * m.OutputDim;
         if ((ulong)yCount != (ulong)needed)
@@ -608,17 +621,21 @@ public static unsafe class Exports
         {
             throw new ArgumentException("x and y overlap; y must be a separate buffer");
         }
-        if (yBase != null && yBase != y)
+        if (Staged(yBase, y) && new ReadOnlySpan<float>(yBase, ys.Length).Overlaps(ys))
         {
-            var bases = new ReadOnlySpan<float>(yBase, ys.Length);
-            if (bases.Overlaps(ys))
-            {
-                throw new ArgumentException("base partly overlaps y; pass base == y to add in place, or separate buffers");
-            }
-            bases.CopyTo(ys);
+            throw new ArgumentException("base partly overlaps y; pass base == y to add in place, or separate buffers");
         }
         return ys;
     }
+
+    /// <summary>
+    /// Whether the forward runs in the session's copy of base rather than in y. y itself is used when it holds
+    /// the base already (base NULL or y): the engine writes its output last, after every check of its own
+    /// (non-finite scores included) and every expert's factors are at hand, so a failed call leaves it as it
+    /// was. A separate base is copied into the session's buffer, not into y, for the same reason; y receives
+    /// the sum only once the forward has succeeded.
+    /// </summary>
+    private static bool Staged(float* yBase, float* y) => yBase != null && yBase != y;
 
     private static int Rows(AdaptedModule m, nuint xCount) =>
         xCount % (nuint)m.InputDim == 0

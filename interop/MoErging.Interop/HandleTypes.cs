@@ -17,6 +17,7 @@ internal sealed class EngineHandle(Engine engine)
 internal sealed class SessionHandle(EngineHandle owner, Session session)
 {
     private int _inUse;
+    private float[] _staged = [];
 
     public EngineHandle Owner { get; } = owner;
 
@@ -24,6 +25,18 @@ internal sealed class SessionHandle(EngineHandle owner, Session session)
 
     /// <summary>Reused by every forward, so warm calls allocate nothing.</summary>
     public RoutingDecision Decision { get; } = new();
+
+    /// <summary>base copied into the session's own buffer (grown to the largest y seen), for a forward whose y is not its base.</summary>
+    public Span<float> Stage(ReadOnlySpan<float> bases)
+    {
+        if (_staged.Length < bases.Length)
+        {
+            _staged = new float[bases.Length];
+        }
+        Span<float> staged = _staged.AsSpan(0, bases.Length);
+        bases.CopyTo(staged);
+        return staged;
+    }
 
     /// <summary>Claims the session for one call; the whole call, routing and forward, runs under one claim.</summary>
     public Claim Enter()

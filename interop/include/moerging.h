@@ -330,7 +330,9 @@ MOE_API moe_status moe_router_free(moe_router* router);
  *  - expert_ids, expert_weights: [T, k] each (k from moe_router_info), slot_count = T * k elements, to
  *    receive the routing decision; both NULL with slot_count 0 when it is not wanted (either may be NULL).
  * The router must fit the module (same E; for a linear router, the same d_in; an Arrow router, its own
- * module). */
+ * module). Routing and the forward run as one step (on a GPU: one upload and one synchronisation). A call that
+ * fails (a bad argument, a row of x whose scores are not finite, an expert whose factors cannot be read, a
+ * backend error) leaves y, expert_ids and expert_weights as they were, whatever base is. */
 MOE_API moe_status moe_forward(moe_session* session, const moe_module* module, const moe_router* router,
                                const float* x, size_t x_count, const float* base, float* y, size_t y_count,
                                int32_t* expert_ids, float* expert_weights, size_t slot_count);
@@ -338,7 +340,7 @@ MOE_API moe_status moe_forward(moe_session* session, const moe_module* module, c
 /* Batched multi-tenant LoRA: no router runs; the host gives each token top_k slots of (expert id, weight).
  *  - expert_ids: [T, top_k] int32, each in [0, E) or -1 for an empty slot; expert_weights: [T, top_k]
  *    finite (ignored for empty slots); slot_count = T * top_k elements in each. Repeated ids add up.
- *  - x, base, y as in moe_forward. */
+ *  - x, base, y as in moe_forward; a call that fails leaves y as it was. */
 MOE_API moe_status moe_forward_assigned(moe_session* session, const moe_module* module, const int32_t* expert_ids,
                                         const float* expert_weights, size_t slot_count, int32_t top_k,
                                         const float* x, size_t x_count, const float* base, float* y,

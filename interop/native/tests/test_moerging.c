@@ -1437,6 +1437,209 @@ static void test_bad_sizes(void)
     CHECK_OK(moe_router_free(uniform));
 }
 
+/* ---- A failed forward writes nothing ---- */
+
+/* Bytes no forward writes (0xA5A5A5A5: a float of -2.9e-16, an id of -1515870811), put in every output
+ * before a call that must fail. */
+#define SENTINEL 0xA5
+
+static int untouched_bytes(const void* data, size_t size)
+{
+    const unsigned char* bytes = data;
+    for (size_t i = 0; i < size; i++) {
+        if (bytes[i] != SENTINEL) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The outputs of one forward and what they must hold after a failure: y (sentinel bytes, or the base it
+ * is when y == base), expert ids and weights (sentinel bytes). */
+typedef struct forward_buffers {
+    float* x;
+    float* bad_x; /* x with a NaN in token 1 */
+    float* base;
+    float* base_copy;
+    float* y;
+    int32_t* ids;
+    float* weights;
+    size_t xs, ys, slots;
+} forward_buffers;
+
+typedef enum output_mode { SEPARATE_BASE, BASE_IS_Y, BASE_NULL } output_mode;
+static const char* const OUTPUT_MODES[] = {"y != base", "y == base", "base NULL"};
+
+/* Refills the outputs and returns the base pointer to pass for `mode` (y itself holds base unless SEPARATE_BASE). */
+static float* arm(forward_buffers* b, output_mode mode)
+{
+    memset(b->ids, SENTINEL, b->slots * sizeof(int32_t));
+    memset(b->weights, SENTINEL, b->slots * sizeof(float));
+    if (mode == SEPARATE_BASE) {
+        memset(b->y, SENTINEL, b->ys * sizeof(float));
+        return b->base;
+    }
+    memcpy(b->y, b->base, b->ys * sizeof(float));
+    return mode == BASE_IS_Y ? b->y : NULL;
+}
+
+static void check_untouched(const forward_buffers* b, output_mode mode, int decision_given, const char* backend,
+                            const char* what)
+{
+    int y_kept = mode == SEPARATE_BASE ? untouched_bytes(b->y, b->ys * sizeof(float))
+                                       : memcmp(b->y, b->base, b->ys * sizeof(float)) == 0;
+    CHECK(y_kept, "%s, %s, %s: the failed call wrote into y", backend, OUTPUT_MODES[mode], what);
+    CHECK(memcmp(b->base, b->base_copy, b->ys * sizeof(float)) == 0, "%s, %s, %s: the failed call wrote into base",
+          backend, OUTPUT_MODES[mode], what);
+    if (decision_given) {
+        CHECK(untouched_bytes(b->ids, b->slots * sizeof(int32_t)) &&
+                  untouched_bytes(b->weights, b->slots * sizeof(float)),
+              "%s, %s, %s: the failed call wrote into expert_ids or expert_weights", backend, OUTPUT_MODES[mode], what);
+    }
+}
+
+/* Every way a forward on session `s` can fail after its arguments look right, and some ways they are wrong:
+ * non-finite scores, a wrong size, a bad expert id, factors that can no longer be read (`broken`, a lazy
+ * library whose file of expert 2 is gone). Each must leave y, base and the decision outputs as they were,
+ * whatever base is; then the same session must still forward correctly. */
+static void check_failures_write_nothing(moe_session* s, moe_module* broken, const char* backend)
+{
+    enum { T = 4, K = 2 };
+    double prototypes[EXPERTS * D_IN];
+    for (int e = 0; e < EXPERTS; e++) {
+        CHECK(top_right_singular_vector(&fixture.experts[e], Q0, D_IN, D_OUT, prototypes + e * D_IN),
+              "the reference singular vector of expert %d did not converge", e);
+    }
+    moe_arrow_options options;
+    CHECK_OK(moe_arrow_default_options(&options, sizeof options));
+    options.top_k = K;
+    moe_router* arrow = NULL;
+    moe_router* uniform = NULL;
+    CHECK_OK(moe_router_create_arrow(q0, &options, &arrow));
+    CHECK_OK(moe_router_create_uniform(EXPERTS, &uniform));
+    forward_buffers b = {random_floats(T * D_IN, 1.0), malloc(sizeof(float) * T * D_IN), random_floats(T * D_OUT, 1.0),
+                         malloc(sizeof(float) * T * D_OUT), malloc(sizeof(float) * T * D_OUT),
+                         malloc(sizeof(int32_t) * T * EXPERTS), malloc(sizeof(float) * T * EXPERTS),
+                         T * D_IN, T * D_OUT, T * K};
+    memcpy(b.bad_x, b.x, sizeof(float) * T * D_IN);
+    b.bad_x[1 * D_IN + 3] = NAN;
+    memcpy(b.base_copy, b.base, sizeof(float) * T * D_OUT);
+    int32_t assigned[T * K] = {0, 1, 2, -1, 4, 4, 3, 0};
+    float assigned_weights[T * K] = {0.5f, 0.25f, 1, 0, -0.5f, 0.75f, 2, 1};
+
+    for (int mode = SEPARATE_BASE; mode <= BASE_NULL; mode++) {
+        float* base = arm(&b, mode);
+        CHECK_FAILS(moe_forward(s, q0, arrow, b.bad_x, b.xs, base, b.y, b.ys, b.ids, b.weights, b.slots),
+                    MOE_ERROR_INVALID_ARGUMENT, "token 1: its router scores are not finite");
+        check_untouched(&b, mode, 1, backend, "non-finite x");
+
+        base = arm(&b, mode);
+        CHECK_FAILS(moe_forward(s, q0, arrow, b.x, b.xs, base, b.y, b.ys, b.ids, b.weights, b.slots - 1),
+                    MOE_ERROR_INVALID_ARGUMENT, "slot_count is 7");
+        check_untouched(&b, mode, 1, backend, "a wrong slot_count");
+
+        base = arm(&b, mode);
+        CHECK_FAILS(moe_forward(s, q0, arrow, b.x, b.xs - 1, base, b.y, b.ys, b.ids, b.weights, b.slots),
+                    MOE_ERROR_INVALID_ARGUMENT, "x_count is 63");
+        check_untouched(&b, mode, 1, backend, "a wrong x_count");
+
+        base = arm(&b, mode);
+        CHECK_FAILS(moe_forward(s, q0, arrow, b.x, b.xs, base, b.y, b.ys - 1, b.ids, b.weights, b.slots),
+                    MOE_ERROR_INVALID_ARGUMENT, "y_count is 47");
+        check_untouched(&b, mode, 1, backend, "a wrong y_count");
+
+        b.slots = T * EXPERTS; /* the uniform router keeps every expert */
+        base = arm(&b, mode);
+        CHECK_FAILS(moe_forward(s, broken, uniform, b.x, b.xs, base, b.y, b.ys, b.ids, b.weights, b.slots),
+                    MOE_ERROR_NOT_FOUND, "adapter_model.safetensors");
+        check_untouched(&b, mode, 1, backend, "an expert's file gone");
+        b.slots = T * K;
+
+        assigned[5] = EXPERTS;
+        base = arm(&b, mode);
+        CHECK_FAILS(moe_forward_assigned(s, q0, assigned, assigned_weights, T * K, K, b.x, b.xs, base, b.y, b.ys),
+                    MOE_ERROR_INVALID_ARGUMENT, "expert id at token 2, slot 1 must be in [0, 5)");
+        check_untouched(&b, mode, 0, backend, "an assigned expert id out of range");
+        assigned[5] = 4;
+        assigned_weights[6] = INFINITY;
+        base = arm(&b, mode);
+        CHECK_FAILS(moe_forward_assigned(s, q0, assigned, assigned_weights, T * K, K, b.x, b.xs, base, b.y, b.ys),
+                    MOE_ERROR_INVALID_ARGUMENT, "weight at token 3, slot 0 must be finite");
+        check_untouched(&b, mode, 0, backend, "an assigned weight not finite");
+        assigned_weights[6] = 2;
+        base = arm(&b, mode);
+        CHECK_FAILS(moe_forward_assigned(s, broken, assigned, assigned_weights, T * K, K, b.x, b.xs, base, b.y, b.ys),
+                    MOE_ERROR_NOT_FOUND, "adapter_model.safetensors");
+        check_untouched(&b, mode, 0, backend, "an assigned expert's file gone");
+    }
+
+    /* The session is none the worse: a forward with a separate base matches the float64 reference. */
+    double reference_weights[T * K], reference[T * D_OUT];
+    char what[64];
+    snprintf(what, sizeof what, "%s, Arrow after failures", backend);
+    arm(&b, SEPARATE_BASE);
+    CHECK_OK(moe_forward(s, q0, arrow, b.x, b.xs, b.base, b.y, b.ys, b.ids, b.weights, b.slots));
+    linear_reference ref = {prototypes, MOE_NORMALIZATION_NONE, MOE_SCORE_ABSOLUTE, 1.0, NULL, what};
+    check_linear(b.x, T, b.ids, b.weights, K, reference_weights, &ref);
+    fixture_reference_forward(&fixture, Q0, b.x, T, b.base, b.ids, reference_weights, K, reference);
+    check_close(b.y, reference, b.base, b.ys, K, what);
+
+    free(b.x);
+    free(b.bad_x);
+    free(b.base);
+    free(b.base_copy);
+    free(b.y);
+    free(b.ids);
+    free(b.weights);
+    CHECK_OK(moe_router_free(arrow));
+    CHECK_OK(moe_router_free(uniform));
+}
+
+/* On the CPU and on the GPU kernels (the simulator; the NativeAOT build refuses it, as test_options checks). */
+static void test_failed_forwards(void)
+{
+    char dirs[EXPERTS][PATH_MAX + 64];
+    const char* paths[EXPERTS];
+    for (int e = 0; e < EXPERTS; e++) {
+        char relative[32];
+        snprintf(relative, sizeof relative, "broken-%d", e);
+        paths[e] = write_adapter(e, relative, NULL, dirs[e], sizeof dirs[e]);
+    }
+    moe_library_options options;
+    CHECK_OK(moe_library_default_options(&options, sizeof options));
+    options.lazy = 1;
+    moe_library* lazy = NULL;
+    moe_module* broken = NULL;
+    CHECK_OK(moe_library_load_with_options(paths, EXPERTS, &options, &lazy));
+    CHECK_OK(moe_library_find_module(lazy, "layers.0.self_attn.q_proj", &broken));
+    char factors[PATH_MAX + 96];
+    snprintf(factors, sizeof factors, "%s/adapter_model.safetensors", dirs[2]);
+    CHECK(unlink(factors) == 0, "could not remove %s: %s", factors, strerror(errno));
+
+    check_failures_write_nothing(session, broken, "CPU");
+
+    moe_engine_options engine_options;
+    CHECK_OK(moe_engine_default_options(&engine_options, sizeof engine_options));
+    engine_options.backend = MOE_BACKEND_GPU_SIMULATOR;
+    moe_engine* simulator = NULL;
+#ifdef MOE_TEST_CPU_ONLY
+    CHECK_FAILS(moe_engine_create(&engine_options, &simulator), MOE_ERROR_BACKEND_UNAVAILABLE, "GpuSimulator");
+#else
+    moe_session* simulated = NULL;
+    CHECK_OK(moe_engine_create(&engine_options, &simulator));
+    CHECK_OK(moe_session_create(simulator, &simulated));
+    if (simulated) {
+        check_failures_write_nothing(simulated, broken, "GPU simulator");
+    }
+    CHECK_OK(moe_session_free(simulated));
+    CHECK_OK(moe_engine_free(simulator));
+#endif
+    CHECK_OK(moe_library_free(lazy));
+    for (int e = 0; e < EXPERTS; e++) {
+        fixture_remove_adapter(dirs[e]);
+    }
+}
+
 static void test_bad_paths(void)
 {
     moe_library* l = (moe_library*)&l;
@@ -1594,6 +1797,7 @@ static const test_case CASES[] = {
     {"errors_are_per_thread", test_errors_are_per_thread},
     {"bad_handles", test_bad_handles},
     {"bad_sizes", test_bad_sizes},
+    {"failed_forwards", test_failed_forwards},
     {"bad_paths", test_bad_paths},
     {"bad_router_files", test_bad_router_files},
     {"teardown", test_teardown},
