@@ -44,7 +44,7 @@ public sealed class CpuEngines : EngineFixture
 
 /// <summary>
 /// The GPU pipeline on one of the test devices, sharing the device that <see cref="SharedDevices"/> holds open;
-/// where it is absent, tests skip saying why (for OpenCL in CI, they fail).
+/// where it does not open, tests fail if the machine should have it (<see cref="SharedDevices.Expected"/>), else skip, saying why.
 /// </summary>
 public abstract class GpuEngineFixture(TestDevice device) : EngineFixture
 {
@@ -79,5 +79,5 @@ public sealed class RusticlEngine() : GpuEngineFixture(TestDevice.Rusticl);
 /// <summary>The GPU pipeline on PoCL.</summary>
 public sealed class PoclEngine() : GpuEngineFixture(TestDevice.PoCL);
 
-/// <summary>The GPU pipeline on CUDA; tests skip, saying why, where there is none.</summary>
+/// <summary>The GPU pipeline on CUDA; tests fail where the CUDA driver loads and CUDA does not open, and skip, saying why, where there is no driver.</summary>
 public sealed class CudaEngine() : GpuEngineFixture(TestDevice.Cuda);

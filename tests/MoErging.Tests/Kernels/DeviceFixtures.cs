@@ -23,8 +23,10 @@ public enum TestDevice
 /// <summary>
 /// Opens the test devices once each and keeps them open until the run ends (ILGPU's generated kernel names
 /// depend on what the process compiled before, so PoCL's on-disk cache misses across runs; compiling them
-/// again per test class would cost seconds each). Where a device is absent the tests that need it skip,
-/// saying why, except that with CI=true an absent OpenCL driver fails them: CI installs both.
+/// again per test class would cost seconds each). What the machine has decides whether a device must open:
+/// CUDA where its driver library loads, an OpenCL driver where the OpenCL listing has its device, both OpenCL
+/// drivers with CI=true (CI installs them), the simulator always. A device that must open and does not fails
+/// the tests that need it; one the machine lacks skips them, saying why.
 /// </summary>
 public sealed class SharedDevices : IDisposable
 {
@@ -43,7 +45,7 @@ public sealed class SharedDevices : IDisposable
         _ => null,
     };
 
-    /// <summary>A hold on the shared device, or a skip (a failure in CI for OpenCL) that states why there is none.</summary>
+    /// <summary>A hold on the shared device; where there is none, a failure if this machine should have it (see <see cref="Expected"/>), else a skip, stating why.</summary>
     public static GpuDevice Hold(TestDevice device)
     {
         GpuDevice? open = Devices[(int)device].Value;
@@ -60,17 +62,34 @@ public sealed class SharedDevices : IDisposable
         return hold ?? throw new InvalidOperationException($"{device} opened once and then not again");
     }
 
-    /// <summary>Skips, or fails where CI installed the driver that is missing.</summary>
+    /// <summary>Fails where this machine should have the device, else skips; either way saying why it did not open.</summary>
     [System.Diagnostics.CodeAnalysis.DoesNotReturn]
     public static void Unavailable(TestDevice device, string reason)
     {
-        if (device is TestDevice.Rusticl or TestDevice.PoCL && Environment.GetEnvironmentVariable("CI") == "true")
+        if (Expected(device) is string why)
         {
-            Assert.Fail($"CI installs {device}, but it is not available: {reason}");
+            Assert.Fail($"{device} should open here ({why}), but it did not: {reason}");
         }
         Assert.Skip($"no device: {reason}");
         throw new InvalidOperationException("unreachable");
     }
+
+    /// <summary>True where CI runs the tests (CI=true): it installs both OpenCL drivers.</summary>
+    public static bool InCI => Environment.GetEnvironmentVariable("CI") == "true";
+
+    /// <summary>
+    /// Why this machine should open the device, or null where it lacks it: the CUDA driver library, or the one OpenCL
+    /// device in the listing that the driver's <see cref="Selector"/> names.
+    /// </summary>
+    public static string? Expected(TestDevice device) => device switch
+    {
+        TestDevice.Simulator or TestDevice.SimulatorFourWarps => "the simulator needs no driver",
+        TestDevice.Cuda => DriverLibraries.HasCuda() ? $"a CUDA driver library, one of {DriverLibraries.CudaLookedFor}, loads" : null,
+        _ when InCI => "CI installs it (CI=true)",
+        _ => MoErging.Kernels.Devices.Find(Selector(device)!, GpuApi.OpenCL, out _) is DeviceInfo listed
+            ? $"the OpenCL listing has {listed.Name}"
+            : null,
+    };
 
     public void Dispose()
     {
@@ -179,7 +198,7 @@ public sealed class RusticlFixture() : DeviceFixture(TestDevice.Rusticl);
 /// <summary>PoCL's CPU device: a second real OpenCL compiler and runtime.</summary>
 public sealed class PoclFixture() : DeviceFixture(TestDevice.PoCL);
 
-/// <summary>The first CUDA device; the tests skip, saying why, where there is none.</summary>
+/// <summary>The first CUDA device; the tests fail where the CUDA driver loads and it does not open, and skip, saying why, where there is no driver.</summary>
 public sealed class CudaFixture() : DeviceFixture(TestDevice.Cuda);
 
 /// <summary>Buffers and launches for the kernel tests.</summary>
