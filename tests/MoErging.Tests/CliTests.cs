@@ -1,4 +1,6 @@
+using System.Globalization;
 using System.Text.Json;
+using System.Text.RegularExpressions;
 using MoErging.Cli;
 using MoErging.Experts;
 using MoErging.Formats;
@@ -167,12 +169,14 @@ public sealed class CliTests
     [Fact]
     public void DemoRunsEndToEndAndKeepsItsAdaptersWhenAsked()
     {
+        var data = new TestData();
         using var dir = new TempDir();
-        var (code, output, error) = Run("demo", "--experts", "5", "--tokens", "12", "--dim", "48", "--rank", "4", "--iterations", "2", "--threads", "2", "--out", dir.Path);
-        Assert.True(code == 0, error);
+        var (code, output, error) = Run("demo", "--experts", "5", "--tokens", "12", "--dim", "48", "--rank", "4", "--iterations", "2", "--threads", "2",
+            "--seed", Seed(data), "--out", dir.Path);
+        Assert.True(code == 0, $"{data}: {error}");
         Assert.Contains("backend: Cpu", output);
-        Assert.Contains("top-1 expert is the token's task", output);
-        Assert.Contains("GB/s", output);
+        Assert.Equal(2, int.Parse(Figure(output, @"; (\d+) CPU threads?$", data), CultureInfo.InvariantCulture));
+        CheckDemoFigures(output, experts: 5, tokens: 12, topK: 2, data);
         ExpertLibrary reloaded = ExpertLibrary.Load(Directory.GetDirectories(dir.Path).Order());
         Assert.Equal(5, reloaded.ExpertCount);
         Assert.Equal(2, reloaded.Modules.Count);
@@ -182,12 +186,87 @@ public sealed class CliTests
     public void DemoOnAGpuBackendTimesDeviceResidentCallsAgainstTheDeviceCopy()
     {
         // The GPU kernels on ILGPU's CPU accelerator: the device path of the demo, at a size it runs quickly.
-        var (code, output, error) = Run("demo", "--backend", "gpu-simulator", "--experts", "2", "--tokens", "2", "--dim", "8", "--rank", "1", "--iterations", "1");
-        Assert.True(code == 0, error);
+        var data = new TestData();
+        var (code, output, error) = Run("demo", "--backend", "gpu-simulator", "--experts", "2", "--tokens", "2", "--dim", "8", "--rank", "1", "--iterations", "1",
+            "--seed", Seed(data));
+        Assert.True(code == 0, $"{data}: {error}");
         Assert.Contains("backend: GpuSimulator (gpusimulator: asked for; CPU accelerator (warp 32, 1 warp per group)", output);
         Assert.DoesNotContain("CPU thread", output);
         Assert.Contains("x and y on the device", output);
         Assert.Contains("copy bandwidth of the device (device to device", output);
+        CheckDemoFigures(output, experts: 2, tokens: 2, topK: 2, data);
+    }
+
+    /// <summary>The demo's seed from the suite's (it takes none below 0).</summary>
+    private static string Seed(TestData data) => (data.Seed & int.MaxValue).ToString(CultureInfo.InvariantCulture);
+
+    /// <summary>The first group of <paramref name="pattern"/> in the output (multi-line), or a failure quoting the output.</summary>
+    private static string Figure(string output, string pattern, TestData data)
+    {
+        Match m = Regex.Match(output, pattern, RegexOptions.Multiline);
+        Assert.True(m.Success, $"{data}: no line matches /{pattern}/ in:\n{output}");
+        return m.Groups[1].Value;
+    }
+
+    /// <summary>
+    /// Checks the figures the demo prints against what they must be. Routing: the synthetic tokens are made for their
+    /// task's expert, so Arrow's top-1 choice must be the task for at least 90 % of tokens; the count per expert must sum
+    /// to tokens × k and agree exactly with the min, max, unused and (to its two decimals) mean it states; each shown
+    /// token's weights descend over distinct experts and sum to 1 within the rounding of their three decimals
+    /// (k × 0.0005). Timing: every time, bandwidth and rate must be finite, times positive and the minimum no more
+    /// than the median, and each forward must read as many experts as the decision uses; no speed is compared.
+    /// </summary>
+    private static void CheckDemoFigures(string output, int experts, int tokens, int topK, TestData data)
+    {
+        var c = CultureInfo.InvariantCulture;
+        Assert.True(output.Contains(string.Create(c, $"moerge demo: {experts} experts (")) && output.Contains(string.Create(c, $"{tokens} tokens, Arrow top-{topK}, seed {data.Seed & int.MaxValue}")),
+            $"{data}: the header does not restate the arguments:\n{output}");
+
+        Match hits = Regex.Match(output, @"top-1 expert is the token's task for (\d+) of (\d+) tokens \(([\d.]+) %\)");
+        Assert.True(hits.Success, $"{data}: no routing summary in:\n{output}");
+        int hit = int.Parse(hits.Groups[1].Value, c);
+        Assert.Equal(tokens, int.Parse(hits.Groups[2].Value, c));
+        Assert.True(Math.Abs(double.Parse(hits.Groups[3].Value, c) - 100.0 * hit / tokens) <= 0.05, $"{data}: {hits.Value} does not add up");
+        Assert.True(hit >= 0.9 * tokens, $"{data}: Arrow sent only {hit} of {tokens} tokens to their task's expert (at least 90 % expected)");
+
+        int[] load = new int[experts];
+        foreach (string histogram in output.Split('\n').Where(l => l.StartsWith("  expert-", StringComparison.Ordinal)))
+        {
+            foreach (Match cell in Regex.Matches(histogram, @"expert-(\d+) #* +(\d+)"))
+            {
+                load[int.Parse(cell.Groups[1].Value, c)] = int.Parse(cell.Groups[2].Value, c);
+            }
+        }
+        Assert.True(load.Sum() == tokens * topK, $"{data}: the experts' slot counts [{string.Join(", ", load)}] do not sum to {tokens} tokens × k = {topK}");
+        string stated = Figure(output, @"load \(token slots per expert\): (.+)$", data);
+        Assert.Equal(string.Create(c, $"min {load.Min()}, max {load.Max()}, mean {load.Average():F2}; {load.Count(l => l == 0)} experts unused"), stated);
+
+        int shown = 0, shownHits = 0;
+        foreach (Match line in Regex.Matches(output, @"^    token \d+ \(task (expert-\d+)\): (.+)$", RegexOptions.Multiline))
+        {
+            var slots = line.Groups[2].Value.Split(", ").Select(slot => slot.Split(' ')).Select(p => (Expert: p[0], Weight: double.Parse(p[1], c))).ToArray();
+            Assert.True(slots.Length == topK && slots.DistinctBy(p => p.Expert).Count() == topK, $"{data}: {line.Value}: not {topK} distinct experts");
+            Assert.True(slots.Zip(slots.Skip(1)).All(p => p.First.Weight >= p.Second.Weight), $"{data}: {line.Value}: weights not descending");
+            Assert.True(Math.Abs(slots.Sum(p => p.Weight) - 1) <= topK * 0.0005 + 1e-12, $"{data}: {line.Value}: weights do not sum to 1");
+            shown++;
+            shownHits += slots[0].Expert == line.Groups[1].Value ? 1 : 0;
+        }
+        Assert.True(shown == Math.Min(5, tokens), $"{data}: {shown} tokens shown, expected {Math.Min(5, tokens)}");
+        Assert.True(shownHits <= hit && hit - shownHits <= tokens - shown, $"{data}: {shownHits} of the {shown} tokens shown hit, against {hit} of {tokens} in all");
+
+        int used = load.Count(l => l > 0);
+        var timings = Regex.Matches(output, @"^  (.+?) +([\d.]+) µs \(min ([\d.]+)\) +([\d.]+) MB → +([\d.]+) GB/s +([\d.]+) GFLOP/s  (\d+) experts read$", RegexOptions.Multiline);
+        Assert.True(timings.Count == 2, $"{data}: {timings.Count} timing lines, expected 2:\n{output}");
+        foreach (Match t in timings)
+        {
+            double median = double.Parse(t.Groups[2].Value, c), min = double.Parse(t.Groups[3].Value, c);
+            Assert.True(double.IsFinite(median) && min > 0 && min <= median, $"{data}: {t.Value}: times must be positive and the minimum at most the median");
+            Assert.True(new[] { 4, 5, 6 }.All(g => double.IsFinite(double.Parse(t.Groups[g].Value, c))), $"{data}: {t.Value}: a figure is not finite");
+            Assert.True(int.Parse(t.Groups[7].Value, c) == used, $"{data}: {t.Value}: the decision uses {used} experts");
+        }
+        double copy = double.Parse(Figure(output, @"copy bandwidth of .+: ([\d.]+) GB/s$", data), c);
+        Assert.True(double.IsFinite(copy) && copy > 0, $"{data}: copy bandwidth {copy} GB/s");
+        Assert.True(double.IsFinite(double.Parse(Figure(output, @"the routed forward reaches (\d+) % of it$", data), c)), $"{data}: no share of the copy bandwidth");
     }
 
     [Fact]
