@@ -5,6 +5,7 @@ using ILGPU.Runtime;
 using MoErging.Execution;
 using MoErging.Experts;
 using MoErging.Formats;
+using MoErging.Kernels;
 using MoErging.Routing;
 using MoErging.Samples;
 
@@ -73,7 +74,7 @@ internal static class DemoCommand
         int tokens = line.Int("tokens", 64, 1, 1 << 20);
         int dim = line.Int("dim", 4096, 1, 1 << 16);
         int rank = line.Int("rank", 16, 1, 1024);
-        int topK = line.Int("top-k", Math.Min(2, experts), 1, experts);
+        int topK = line.Int("top-k", RoutingContract.DefaultTopK(2, experts), 1, experts); // the demo's top-2, at most E
         int seed = line.Int("seed", 1, 0);
         int iterations = line.Int("iterations", 20, 1, 100_000);
         int threads = line.Int("threads", 0, 0, 1024);

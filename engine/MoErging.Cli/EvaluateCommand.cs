@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using MoErging.Execution;
 using MoErging.Experts;
+using MoErging.Kernels;
 using MoErging.Routing;
 using MoErging.Samples;
 
@@ -116,8 +117,8 @@ internal static class EvaluateCommand
         List<Candidate> candidates =
         [
             new("uniform", new UniformRouter(experts), null),
-            new("arrow", new ArrowRouter(module, new RoutingOptions(Math.Min(3, experts))), null),
-            new("phatgoose", new PhatgooseRouter(module, library.Gates(seed + 4), new RoutingOptions(Math.Min(2, experts))), null),
+            new("arrow", new ArrowRouter(module, new RoutingOptions(RoutingContract.DefaultTopK(ArrowRouter.DefaultOptions.TopK, experts))), null),
+            new("phatgoose", new PhatgooseRouter(module, library.Gates(seed + 4), PhatgooseRouter.DefaultOptionsFor(experts)), null),
             new("centroid", new CentroidRouter(module, centroids), null),
             new("classifier", ClassifierRouter.Train(training.Rows, training.Experts, dim, experts), null),
         ];
@@ -141,8 +142,8 @@ internal static class EvaluateCommand
         List<Candidate> candidates =
         [
             new("uniform", new UniformRouter(experts), null),
-            new("arrow", new ArrowRouter(module, new RoutingOptions(Math.Min(3, experts))), null),
-            Optional("phatgoose", () => PhatgooseRouter.Load(module, new RoutingOptions(Math.Min(2, experts)))),
+            new("arrow", new ArrowRouter(module, new RoutingOptions(RoutingContract.DefaultTopK(ArrowRouter.DefaultOptions.TopK, experts))), null),
+            Optional("phatgoose", () => PhatgooseRouter.Load(module, PhatgooseRouter.DefaultOptionsFor(experts))),
             Optional("centroid", () => CentroidRouter.Load(module)),
             line.Single("classifier") is string classifier
                 ? new("classifier", ClassifierRouter.Load(classifier, module, new RoutingOptions(experts)), null)

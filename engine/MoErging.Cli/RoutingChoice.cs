@@ -173,7 +173,7 @@ internal static class RoutingChoice
                 RoutingOptions arrow = ArrowRouter.DefaultOptionsFor(module.Library);
                 return (new ArrowRouter(module, new(line.Int("top-k", arrow.TopK, 1, experts), line.Float("temperature") ?? arrow.Temperature)), module);
             case "phatgoose":
-                return (PhatgooseRouter.Load(module, Scored(Math.Min(2, experts))), module);
+                return (PhatgooseRouter.Load(module, Scored(PhatgooseRouter.DefaultOptionsFor(experts).TopK)), module);
             case "centroid":
                 return (CentroidRouter.Load(module, Scored(experts)), module);
             case "classifier":

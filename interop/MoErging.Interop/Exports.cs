@@ -437,7 +437,7 @@ public static unsafe class Exports
 
     [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(RouterCreatePhatgoose))]
     public static int RouterCreatePhatgoose(nint module, byte** directories, nuint count, NativeRoutingOptions* options, nint* router) =>
-        CreateFromExpertFiles(module, directories, count, options, router, m => Math.Min(2, m.ExpertCount), PhatgooseRouter.Load);
+        CreateFromExpertFiles(module, directories, count, options, router, m => PhatgooseRouter.DefaultOptionsFor(m.ExpertCount).TopK, PhatgooseRouter.Load);
 
     [UnmanagedCallersOnly(EntryPoint = EntryPointPrefix + nameof(RouterCreateCentroid))]
     public static int RouterCreateCentroid(nint module, byte** directories, nuint count, NativeRoutingOptions* options, nint* router) =>

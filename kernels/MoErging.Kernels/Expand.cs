@@ -1,5 +1,4 @@
 using System.Reflection;
-using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -79,19 +78,17 @@ public sealed class ExpandKernel
     private const int MaxGroup = 128;
 
     private readonly int _groupSize;
-    private readonly Action<AcceleratorStream, KernelConfig, ExpandArgs<float, float>> _f32f32;
-    private readonly Action<AcceleratorStream, KernelConfig, ExpandArgs<float, ushort>> _f32f16;
-    private readonly Action<AcceleratorStream, KernelConfig, ExpandArgs<ushort, float>> _f16f32;
-    private readonly Action<AcceleratorStream, KernelConfig, ExpandArgs<ushort, ushort>> _f16f16;
+    private readonly Delegate[] _variants; // in StorageVariant's order
 
     /// <summary>Compiles the four storage variants for an accelerator (hardware F16 conversions with warps).</summary>
     internal ExpandKernel(Accelerator accelerator, bool warps)
     {
         var (f32f32, f32f16, f16f32, f16f16) = Variants(warps);
-        _f32f32 = KernelLoader.Load(accelerator, f32f32, out int a);
-        _f32f16 = KernelLoader.Load(accelerator, f32f16, out int b);
-        _f16f32 = KernelLoader.Load(accelerator, f16f32, out int c);
-        _f16f16 = KernelLoader.Load(accelerator, f16f16, out int d);
+        _variants =
+        [
+            KernelLoader.Load(accelerator, f32f32, out int a), KernelLoader.Load(accelerator, f32f16, out int b),
+            KernelLoader.Load(accelerator, f16f32, out int c), KernelLoader.Load(accelerator, f16f16, out int d),
+        ];
         _groupSize = GroupFor(Math.Min(Math.Min(a, b), Math.Min(c, d)));
     }
 
@@ -121,28 +118,8 @@ public sealed class ExpandKernel
         where TY : unmanaged
         where TW : unmanaged
     {
-        ref ExpandArgs<TY, TW> a = ref Unsafe.AsRef(in args);
         var config = new KernelConfig(Groups(args.Tokens, args.OutputDim, _groupSize), _groupSize);
-        if (typeof(TY) == typeof(float) && typeof(TW) == typeof(float))
-        {
-            _f32f32(stream, config, Unsafe.As<ExpandArgs<TY, TW>, ExpandArgs<float, float>>(ref a));
-        }
-        else if (typeof(TY) == typeof(float) && typeof(TW) == typeof(ushort))
-        {
-            _f32f16(stream, config, Unsafe.As<ExpandArgs<TY, TW>, ExpandArgs<float, ushort>>(ref a));
-        }
-        else if (typeof(TY) == typeof(ushort) && typeof(TW) == typeof(float))
-        {
-            _f16f32(stream, config, Unsafe.As<ExpandArgs<TY, TW>, ExpandArgs<ushort, float>>(ref a));
-        }
-        else if (typeof(TY) == typeof(ushort) && typeof(TW) == typeof(ushort))
-        {
-            _f16f16(stream, config, Unsafe.As<ExpandArgs<TY, TW>, ExpandArgs<ushort, ushort>>(ref a));
-        }
-        else
-        {
-            throw new NotSupportedException($"storage {typeof(TY).Name} × {typeof(TW).Name}: only float (F32) and ushort (F16 bits)");
-        }
+        ((Action<AcceleratorStream, KernelConfig, ExpandArgs<TY, TW>>)_variants[StorageVariant.Of<TY, TW>()])(stream, config, args);
     }
 
     internal static void Kernel<TY, SY, TW, SW>(ExpandArgs<TY, TW> a)
@@ -170,7 +147,7 @@ public sealed class ExpandKernel
             {
                 int e = a.Ids[slots + s];
                 int r = e >= 0 ? a.Rank[e] : 0;
-                rank = SlotKeys.Contributes(e, a.Weights[slots + s], r) ? r : rank;
+                rank = RoutingContract.Contributes(e, a.Weights[slots + s], r) ? r : rank;
             }
             for (int k = 0; k < rank; k++)
             {
@@ -178,13 +155,13 @@ public sealed class ExpandKernel
                 for (int s = 0; s < a.TopK; s++)
                 {
                     int e = a.Ids[slots + s];
-                    u += e >= 0 && SlotKeys.Contributes(e, a.Weights[slots + s], a.Rank[e]) ? a.V[(slots + s) * a.VStride + k] : 0f;
+                    u += e >= 0 && RoutingContract.Contributes(e, a.Weights[slots + s], a.Rank[e]) ? a.V[(slots + s) * a.VStride + k] : 0f;
                 }
                 for (int s = 0; s < a.TopK; s++)
                 {
                     int e = a.Ids[slots + s];
                     float w = a.Weights[slots + s];
-                    if (e >= 0 && SlotKeys.Contributes(e, w, a.Rank[e]))
+                    if (e >= 0 && RoutingContract.Contributes(e, w, a.Rank[e]))
                     {
                         sum.Add(u * w * a.Scaling[e], sw.Load8(a.BTransposed, a.BOffset[e] + j + (long)k * a.BPitch));
                     }
@@ -197,7 +174,7 @@ public sealed class ExpandKernel
             {
                 int e = a.Ids[slots + s];
                 int rank = e >= 0 ? a.Rank[e] : 0;
-                if (!SlotKeys.Contributes(e, a.Weights[slots + s], rank))
+                if (!RoutingContract.Contributes(e, a.Weights[slots + s], rank))
                 {
                     continue;
                 }

@@ -1,5 +1,4 @@
 using System.Reflection;
-using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Algorithms;
 using ILGPU.Runtime;
@@ -34,11 +33,8 @@ public struct ScoresArgs<TX> where TX : unmanaged
     /// <summary>Row pitch of <see cref="Prototypes"/>: d_in rounded up to a multiple of 8.</summary>
     public int PrototypePitch;
 
-    /// <summary>0: none, 1: LayerNorm (no affine), 2: L2.</summary>
+    /// <summary>0: none, 1: LayerNorm (no affine), 2: L2; with <see cref="RoutingContract"/>'s epsilons.</summary>
     public int Normalization;
-
-    /// <summary>The router's epsilon for <see cref="Normalization"/>: LayerNorm's, or the L2 norm's floor.</summary>
-    public float Epsilon;
 
     /// <summary>1: score with |x · p| (Arrow).</summary>
     public int Absolute;
@@ -103,16 +99,14 @@ public sealed class GatingKernel
 
     private const int SelectGroup = 128;
 
-    private readonly Action<AcceleratorStream, KernelConfig, ScoresArgs<float>> _f32;
-    private readonly Action<AcceleratorStream, KernelConfig, ScoresArgs<ushort>> _f16;
+    private readonly Delegate[] _scores; // in StorageVariant's order
     private readonly Action<AcceleratorStream, KernelConfig, SelectArgs> _select;
 
     /// <summary>Compiles the scores (F32 and F16 activations; hardware F16 conversions with warps) and the selection for an accelerator.</summary>
     internal GatingKernel(Accelerator accelerator, bool warps)
     {
         var (f32, f16) = Variants(warps);
-        _f32 = KernelLoader.Load(accelerator, f32, out int a);
-        _f16 = KernelLoader.Load(accelerator, f16, out int b);
+        _scores = [KernelLoader.Load(accelerator, f32, out int a), KernelLoader.Load(accelerator, f16, out int b)];
         _select = KernelLoader.Load<SelectArgs>(accelerator, Select, out int c);
         ScoresGroupSize = ScoresGroupFor(Math.Min(a, b));
         SelectGroupSize = SelectGroupFor(c);
@@ -161,20 +155,8 @@ public sealed class GatingKernel
     public void LaunchScores<TX>(AcceleratorStream stream, in ScoresArgs<TX> args)
         where TX : unmanaged
     {
-        ref ScoresArgs<TX> a = ref Unsafe.AsRef(in args);
         var config = new KernelConfig(ScoresGroups(args.Tokens, args.Experts), ScoresGroupSize);
-        if (typeof(TX) == typeof(float))
-        {
-            _f32(stream, config, Unsafe.As<ScoresArgs<TX>, ScoresArgs<float>>(ref a));
-        }
-        else if (typeof(TX) == typeof(ushort))
-        {
-            _f16(stream, config, Unsafe.As<ScoresArgs<TX>, ScoresArgs<ushort>>(ref a));
-        }
-        else
-        {
-            throw new NotSupportedException($"storage {typeof(TX).Name}: only float (F32) and ushort (F16 bits)");
-        }
+        ((Action<AcceleratorStream, KernelConfig, ScoresArgs<TX>>)_scores[StorageVariant.Of<TX>()])(stream, config, args);
     }
 
     /// <summary>Launches the selection.</summary>
@@ -332,7 +314,9 @@ public sealed class GatingKernel
     }
 
     private static float Scale<TX>(in ScoresArgs<TX> a, float squares, long n) where TX : unmanaged =>
-        a.Normalization == 1 ? 1f / XMath.Sqrt(squares / n + a.Epsilon) : 1f / XMath.Max(XMath.Sqrt(squares), a.Epsilon);
+        a.Normalization == 1
+            ? 1f / XMath.Sqrt(squares / n + RoutingContract.LayerNormEpsilon)
+            : 1f / XMath.Max(XMath.Sqrt(squares), RoutingContract.L2Epsilon);
 
     private static void Write<TX>(in ScoresArgs<TX> a, int t0, int e, in Sums8 scale, float d0, float d1, float d2, float d3)
         where TX : unmanaged

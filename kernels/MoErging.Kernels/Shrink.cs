@@ -1,5 +1,4 @@
 using System.Reflection;
-using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -104,19 +103,17 @@ public sealed class ShrinkKernel
     private const int ListCapacity = 1024;
 
     private readonly TeamShape _shape;
-    private readonly Action<AcceleratorStream, KernelConfig, ShrinkArgs<float, float>> _f32f32;
-    private readonly Action<AcceleratorStream, KernelConfig, ShrinkArgs<float, ushort>> _f32f16;
-    private readonly Action<AcceleratorStream, KernelConfig, ShrinkArgs<ushort, float>> _f16f32;
-    private readonly Action<AcceleratorStream, KernelConfig, ShrinkArgs<ushort, ushort>> _f16f16;
+    private readonly Delegate[] _variants; // in StorageVariant's order
 
     /// <summary>Compiles the four storage variants for an accelerator, with up to four teams per group (two rank rows, two teams each).</summary>
     internal ShrinkKernel(Accelerator accelerator, bool warps)
     {
         var (f32f32, f32f16, f16f32, f16f16) = Variants(warps);
-        _f32f32 = KernelLoader.Load(accelerator, f32f32, out int a);
-        _f32f16 = KernelLoader.Load(accelerator, f32f16, out int b);
-        _f16f32 = KernelLoader.Load(accelerator, f16f32, out int c);
-        _f16f16 = KernelLoader.Load(accelerator, f16f16, out int d);
+        _variants =
+        [
+            KernelLoader.Load(accelerator, f32f32, out int a), KernelLoader.Load(accelerator, f32f16, out int b),
+            KernelLoader.Load(accelerator, f16f32, out int c), KernelLoader.Load(accelerator, f16f16, out int d),
+        ];
         _shape = TeamShape.For(accelerator, MaxTeams, Math.Min(MaxGroupSize, Math.Min(Math.Min(a, b), Math.Min(c, d))));
     }
 
@@ -157,29 +154,8 @@ public sealed class ShrinkKernel
         where TX : unmanaged
         where TW : unmanaged
     {
-        // Each test is constant for a given instantiation, so the JIT keeps one branch.
-        ref ShrinkArgs<TX, TW> a = ref Unsafe.AsRef(in args);
         var config = new KernelConfig(Math.Max(1, args.Experts * args.RowGroups), _shape.GroupSize);
-        if (typeof(TX) == typeof(float) && typeof(TW) == typeof(float))
-        {
-            _f32f32(stream, config, Unsafe.As<ShrinkArgs<TX, TW>, ShrinkArgs<float, float>>(ref a));
-        }
-        else if (typeof(TX) == typeof(float) && typeof(TW) == typeof(ushort))
-        {
-            _f32f16(stream, config, Unsafe.As<ShrinkArgs<TX, TW>, ShrinkArgs<float, ushort>>(ref a));
-        }
-        else if (typeof(TX) == typeof(ushort) && typeof(TW) == typeof(float))
-        {
-            _f16f32(stream, config, Unsafe.As<ShrinkArgs<TX, TW>, ShrinkArgs<ushort, float>>(ref a));
-        }
-        else if (typeof(TX) == typeof(ushort) && typeof(TW) == typeof(ushort))
-        {
-            _f16f16(stream, config, Unsafe.As<ShrinkArgs<TX, TW>, ShrinkArgs<ushort, ushort>>(ref a));
-        }
-        else
-        {
-            throw new NotSupportedException($"storage {typeof(TX).Name} × {typeof(TW).Name}: only float (F32) and ushort (F16 bits)");
-        }
+        ((Action<AcceleratorStream, KernelConfig, ShrinkArgs<TX, TW>>)_variants[StorageVariant.Of<TX, TW>()])(stream, config, args);
     }
 
     internal static void Kernel<TX, SX, TW, SW, TT>(ShrinkArgs<TX, TW> a)
@@ -228,7 +204,7 @@ public sealed class ShrinkKernel
                 if (t < a.Tokens)
                 {
                     int s = GatingKernel.Choose(a.Scores, a.Tokens, a.Experts, a.TopK, t, e, writer, a.Ids, a.Weights, out chosenWeight);
-                    chosenSlot = s >= 0 && computes && SlotKeys.Contributes(e, chosenWeight, rank) ? t * a.TopK + s : -1;
+                    chosenSlot = s >= 0 && computes && RoutingContract.Contributes(e, chosenWeight, rank) ? t * a.TopK + s : -1;
                     found = chosenSlot >= 0 ? 1 : 0;
                 }
             }
@@ -237,7 +213,7 @@ public sealed class ShrinkKernel
                 for (int q = 0; q < SlotsPerThread; q++)
                 {
                     int slot = chunk + q * size + tid;
-                    found += slot < units && a.Ids[slot] == e && SlotKeys.Contributes(e, a.Weights[slot], rank) ? 1 : 0;
+                    found += slot < units && a.Ids[slot] == e && RoutingContract.Contributes(e, a.Weights[slot], rank) ? 1 : 0;
                 }
             }
 
@@ -256,7 +232,7 @@ public sealed class ShrinkKernel
                 for (int q = 0; q < SlotsPerThread; q++)
                 {
                     int slot = chunk + q * size + tid;
-                    if (slot < units && a.Ids[slot] == e && SlotKeys.Contributes(e, a.Weights[slot], rank))
+                    if (slot < units && a.Ids[slot] == e && RoutingContract.Contributes(e, a.Weights[slot], rank))
                     {
                         listSlot[place] = slot;
                         listCoefficient[place] = a.Weights[slot] * scaling;

@@ -37,12 +37,6 @@ public static class SlotKeys
         return ((ulong)rank << 32) | (uint)expert;
     }
 
-    /// <summary>
-    /// Whether a (token, slot) adds anything: it names an expert, its weight is not 0, and that expert has
-    /// factors at this module (rank above 0). Slots that fail it are skipped, never computed as zeros.
-    /// </summary>
-    public static bool Contributes(int expert, float weight, int rank) => expert >= 0 && weight != 0f && rank > 0;
-
     /// <summary>The expert of a key (-1 for an empty slot).</summary>
     public static int Expert(ulong key) => (uint)key == EmptyRank ? -1 : (int)(uint)key;
 

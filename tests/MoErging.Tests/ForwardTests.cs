@@ -134,6 +134,44 @@ public abstract class ForwardTests(EngineFixture engines)
         Check(data, lib, (ids, data.Normal(6), 2), data.Normal(3 * 37), data.Normal(3 * 53), threads: 1);
     }
 
+    /// <summary>
+    /// The routing contract's dispatch: an expert repeated within a token is one term per slot, and the terms add
+    /// up (a repeat with the opposite weight cancels), in float32 and Half, on every backend alike.
+    /// </summary>
+    [Fact]
+    public void RepeatedExpertsInATokenAddUpOnEveryBackend()
+    {
+        var data = new TestData();
+        TestLibrary lib = data.Library(experts: 4, dIn: 40, dOut: 53, ranks: [3, 8, 1, 5]);
+        AdaptedModule module = lib.Module(Module);
+        const int tokens = 5, k = 4;
+        int[] ids =
+        [
+            2, 2, 2, 2,    // one expert in every slot
+            1, 3, 1, -1,   // a repeat beside another expert and an empty slot
+            0, 0, 3, 3,    // two repeated pairs
+            3, 3, 1, 0,    // a repeat whose weights cancel (set below)
+            1, 1, 1, 2,
+        ];
+        float[] weights = data.Normal(tokens * k);
+        weights[13] = -weights[12];
+        float[] x = RoundToHalf(data.Normal(tokens * 40)), yBase = RoundToHalf(data.Normal(tokens * 53));
+        var decision = new RoutingDecision();
+        decision.Assign(ids, weights, k, module.ExpertCount);
+        // The reference reads the slots the decision holds (Assign orders each token's slots), in float64.
+        double[] given = decision.Weights.ToArray().Select(w => (double)w).ToArray();
+        ReferenceOutput expected = Reference.Forward(lib.Raw[Module], x, yBase, tokens, decision.ExpertIds.ToArray(), given, k);
+        using Session session = engines.CreateSession(2);
+
+        var y = (float[])yBase.Clone();
+        session.Forward(module, decision, x, y);
+        Reference.CheckFloat32(y, expected, yBase, k, $"{data} (repeated experts, float32)");
+
+        Half[] yh = yBase.Select(v => (Half)v).ToArray();
+        session.Forward(module, decision, x.Select(v => (Half)v).ToArray(), yh);
+        Reference.CheckHalf(yh, expected, yBase, $"{data} (repeated experts, Half)");
+    }
+
     [Fact]
     public void ResultsAreBitwiseIdenticalAcrossRunsAndSessions()
     {

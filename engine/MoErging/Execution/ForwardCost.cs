@@ -37,7 +37,7 @@ public readonly record struct ForwardCost(long MinimumBytes, long Flops, int Sel
         ReadOnlySpan<float> weights = decision.Weights;
         for (int i = 0; i < ids.Length; i++)
         {
-            if (ids[i] < 0 || weights[i] == 0 || module.Factors(ids[i]) is not LoraFactors f)
+            if (module.Contributing(ids[i], weights[i]) is not LoraFactors f)
             {
                 continue;
             }

@@ -1,3 +1,5 @@
+using MoErging.Kernels;
+
 namespace MoErging.Experts;
 
 /// <summary>
@@ -57,4 +59,11 @@ public sealed class AdaptedModule
 
     /// <summary>Factors of every expert, by expert index (null where an expert does not adapt the module).</summary>
     internal ReadOnlySpan<LoraFactors?> AllFactors => _factors;
+
+    /// <summary>
+    /// The factors a decision's slot (expert id, weight) adds at this module, or null when it adds nothing: the
+    /// routing contract's <see cref="RoutingContract.Contributes"/>, which the kernels apply too.
+    /// </summary>
+    internal LoraFactors? Contributing(int expert, float weight) =>
+        expert >= 0 && _factors[expert] is LoraFactors f && RoutingContract.Contributes(expert, weight, f.Rank) ? f : null;
 }

@@ -1,5 +1,6 @@
 using System.Numerics.Tensors;
 using MoErging.Experts;
+using MoErging.Kernels;
 using MoErging.Numerics;
 
 namespace MoErging.Routing;
@@ -37,7 +38,7 @@ public sealed class ArrowRouter : LinearRouter
     {
         ArgumentNullException.ThrowIfNull(library);
         return new RoutingOptions(
-            Math.Min(library.ArrowConfig?.TopK ?? DefaultOptions.TopK, library.ExpertCount),
+            RoutingContract.DefaultTopK(library.ArrowConfig?.TopK ?? DefaultOptions.TopK, library.ExpertCount),
             library.ArrowConfig?.Temperature ?? DefaultOptions.Temperature);
     }
 

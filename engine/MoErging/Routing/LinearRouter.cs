@@ -1,3 +1,5 @@
+using MoErging.Kernels;
+
 namespace MoErging.Routing;
 
 /// <summary>How a linear router normalises each input row before scoring.</summary>
@@ -32,11 +34,11 @@ public enum ScoreFunction
 /// </summary>
 public class LinearRouter : Router
 {
-    /// <summary>LayerNorm's epsilon.</summary>
-    public const float LayerNormEpsilon = 1e-5f;
+    /// <summary>LayerNorm's epsilon (the routing contract's, which the gating kernel uses too).</summary>
+    public const float LayerNormEpsilon = RoutingContract.LayerNormEpsilon;
 
-    /// <summary>The floor of the norm in L2 normalisation.</summary>
-    public const float L2Epsilon = 1e-12f;
+    /// <summary>The floor of the norm in L2 normalisation (the routing contract's, which the gating kernel uses too).</summary>
+    public const float L2Epsilon = RoutingContract.L2Epsilon;
 
     private readonly float[] _prototypes;
     private readonly float[] _bias;

@@ -1,4 +1,5 @@
 using MoErging.Experts;
+using MoErging.Kernels;
 
 namespace MoErging.Routing;
 
@@ -20,6 +21,10 @@ public sealed class PhatgooseRouter : LinearRouter
 
     /// <summary>The paper's defaults: top-2, temperature 1.</summary>
     public static readonly RoutingOptions DefaultOptions = new(TopK: 2, Temperature: 1f);
+
+    /// <summary>The paper's defaults for a library of <paramref name="expertCount"/> experts: top-k at most E.</summary>
+    public static RoutingOptions DefaultOptionsFor(int expertCount) =>
+        DefaultOptions with { TopK = RoutingContract.DefaultTopK(DefaultOptions.TopK, expertCount) };
 
     /// <summary>Builds the router for one module from every expert's gate.</summary>
     /// <param name="module">The module routed.</param>

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using MoErging.Kernels;
 
 namespace MoErging.Routing;
 
@@ -72,7 +73,7 @@ public sealed class RoutingStatistics
             double total = 0;
             for (int s = 0; s < k; s++)
             {
-                if (ids[s] >= 0 && w[s] != 0)
+                if (RoutingContract.Counts(ids[s], w[s]))
                 {
                     load[ids[s]]++;
                     weight[ids[s]] += w[s];
@@ -83,14 +84,14 @@ public sealed class RoutingStatistics
             {
                 continue;
             }
-            if (ids[0] >= 0 && w[0] != 0)
+            if (RoutingContract.Counts(ids[0], w[0]))
             {
                 topOne[ids[0]]++;
                 topOneWeight += Math.Abs(w[0]) / total;
             }
             for (int s = 0; s < k; s++)
             {
-                double p = ids[s] >= 0 ? Math.Abs(w[s]) / total : 0;
+                double p = RoutingContract.Counts(ids[s], w[s]) ? Math.Abs(w[s]) / total : 0;
                 entropy -= p > 0 ? p * Math.Log(p) : 0;
             }
         }

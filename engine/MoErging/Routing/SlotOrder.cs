@@ -108,24 +108,21 @@ internal static class SlotOrder
         }
     }
 
-    /// <summary>In place: values become softmax(values), computed stably (max subtracted first).</summary>
+    /// <summary>
+    /// In place: values (kept scores in decision order, so the first is the largest) become their softmax as the
+    /// routing contract defines it and the gating kernel computes it: exp(v - v_0) / Σ exp(v_j - v_0).
+    /// </summary>
     public static void Softmax(Span<float> values)
     {
-        float max = float.NegativeInfinity;
-        foreach (float v in values)
-        {
-            max = MathF.Max(max, v);
-        }
-        float sum = 0;
+        float top = values[0], sum = 0;
         for (int i = 0; i < values.Length; i++)
         {
-            values[i] = MathF.Exp(values[i] - max);
+            values[i] = MathF.Exp(values[i] - top);
             sum += values[i];
         }
-        float inverse = 1f / sum;
         for (int i = 0; i < values.Length; i++)
         {
-            values[i] *= inverse;
+            values[i] /= sum;
         }
     }
 }

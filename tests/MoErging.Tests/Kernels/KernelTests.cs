@@ -95,7 +95,6 @@ public abstract class GatingKernelTests(DeviceFixture fixture)
             Prototypes = prototypes.View,
             PrototypePitch = pitch,
             Normalization = normalization,
-            Epsilon = normalization == 1 ? LinearRouter.LayerNormEpsilon : LinearRouter.L2Epsilon,
             Absolute = absolute ? 1 : 0,
             InverseTemperature = 1f / temperature,
             HasBias = bias ? 1 : 0,

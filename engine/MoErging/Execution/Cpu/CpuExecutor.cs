@@ -2,6 +2,7 @@ using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using MoErging.Experts;
+using MoErging.Kernels;
 using MoErging.Routing;
 
 namespace MoErging.Execution.Cpu;
@@ -183,16 +184,16 @@ internal sealed unsafe class CpuExecutor
 
     /// <summary>
     /// Groups the decision's (token, slot) pairs by expert (counting sort: tokens ascending within an
-    /// expert), folding each pair's weight and the expert's scaling into one coefficient (for parameter
-    /// mixing the weight alone: the scaling is applied once after the mix). Slots that are
-    /// empty, weigh exactly 0, or name an expert that does not adapt the module are dropped; repeats of
-    /// an expert within one token merge. Returns the number of experts with work.
+    /// expert, slots ascending within a token), folding each pair's weight and the expert's scaling into one
+    /// coefficient (for parameter mixing the weight alone: the scaling is applied once after the mix). Slots
+    /// that do not contribute (<see cref="AdaptedModule.Contributing"/>) are dropped; a repeat of an expert
+    /// within one token is a pair of its own, as in the kernels (the routing contract). Returns the number of
+    /// experts with work.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private int Dispatch(AdaptedModule module, RoutingDecision decision, Aggregation aggregation)
     {
         int experts = module.ExpertCount, tokens = decision.TokenCount, k = decision.TopK;
-        ReadOnlySpan<LoraFactors?> factors = module.AllFactors;
         ReadOnlySpan<int> ids = decision.ExpertIds;
         ReadOnlySpan<float> weights = decision.Weights;
         bool parameter = aggregation == Aggregation.Parameter;
@@ -210,10 +211,9 @@ internal sealed unsafe class CpuExecutor
         count.Clear();
         for (int i = 0; i < ids.Length; i++)
         {
-            int e = ids[i];
-            if (e >= 0 && weights[i] != 0 && factors[e] is not null)
+            if (module.Contributing(ids[i], weights[i]) is not null)
             {
-                count[e]++;
+                count[ids[i]]++;
             }
         }
         int pairs = 0;
@@ -237,19 +237,13 @@ internal sealed unsafe class CpuExecutor
             for (int s = 0; s < k; s++)
             {
                 int i = t * k + s, e = ids[i];
-                if (e < 0 || weights[i] == 0 || factors[e] is not LoraFactors f)
+                if (module.Contributing(e, weights[i]) is not LoraFactors f)
                 {
                     continue;
                 }
-                float coefficient = parameter ? weights[i] : weights[i] * f.Scaling;
                 int end = _segmentEnd[e];
-                if (end > _segmentStart[e] && _pairToken[end - 1] == t)
-                {
-                    _pairCoefficient[end - 1] += coefficient;
-                    continue;
-                }
                 _pairToken[end] = t;
-                _pairCoefficient[end] = coefficient;
+                _pairCoefficient[end] = parameter ? weights[i] : weights[i] * f.Scaling;
                 _segmentEnd[e] = end + 1;
             }
         }
@@ -259,7 +253,7 @@ internal sealed unsafe class CpuExecutor
             {
                 continue;
             }
-            LoraFactors f = factors[e]!;
+            LoraFactors f = module.Factors(e)!;
             _active[_activeCount++] = e;
             _a[e] = f.APointer;
             _bTransposed[e] = f.BTransposedPointer;
@@ -427,11 +421,11 @@ internal sealed unsafe class CpuExecutor
                 float mean = TensorPrimitives.Sum(x) / _n;
                 TensorPrimitives.Subtract(x, mean, z);
                 float variance = TensorPrimitives.SumOfSquares(z) / _n;
-                TensorPrimitives.Multiply(z, 1f / MathF.Sqrt(variance + LinearRouter.LayerNormEpsilon), z);
+                TensorPrimitives.Multiply(z, 1f / MathF.Sqrt(variance + RoutingContract.LayerNormEpsilon), z);
             }
             else
             {
-                float norm = MathF.Max(TensorPrimitives.Norm(x), LinearRouter.L2Epsilon);
+                float norm = MathF.Max(TensorPrimitives.Norm(x), RoutingContract.L2Epsilon);
                 TensorPrimitives.Multiply(x, 1f / norm, z);
             }
         }

@@ -201,7 +201,6 @@ internal sealed class GpuExecutor : IDisposable
             Prototypes = uploaded.Prototypes,
             PrototypePitch = uploaded.Pitch,
             Normalization = (int)router.Normalization,
-            Epsilon = router.Normalization == InputNormalization.LayerNorm ? LinearRouter.LayerNormEpsilon : LinearRouter.L2Epsilon,
             Absolute = router.ScoreFunction == ScoreFunction.AbsoluteValue ? 1 : 0,
             InverseTemperature = 1f / router.Options.Temperature,
             HasBias = router.Bias.IsEmpty ? 0 : 1,
