@@ -1,6 +1,7 @@
 using ILGPU;
 using ILGPU.Runtime;
 using MoErging.Execution;
+using MoErging.Execution.Gpu;
 using MoErging.Experts;
 using MoErging.Kernels;
 using MoErging.Routing;
@@ -48,6 +49,34 @@ public abstract class DeviceApiTests(EngineFixture engines)
             decision.CopyTo(host);
             Check(data, lib, xh, yh, yd.GetAsArray1D().Select(HalfBits.ToSingle).ToArray(), host, router, half: true);
         }
+    }
+
+    /// <summary>
+    /// A batch whose gating launch exceeds what a launch runs (more than int.MaxValue threads: 2²¹ tokens × 1,024
+    /// experts is 134 million groups of the scores) is refused before anything is queued, with the limit named,
+    /// and y and the decision are left as they were; the module itself is supported.
+    /// </summary>
+    [Fact]
+    public void ABatchBeyondTheLaunchLimitsIsRefusedUpFront()
+    {
+        var data = new TestData();
+        TestLibrary lib = data.Library(experts: 1024, dIn: 1, dOut: 1, ranks: [1]);
+        AdaptedModule module = lib.Module(Module);
+        var router = new LinearRouter(data.Normal(1024), 1, new RoutingOptions(1));
+        using Session session = engines.CreateSession(1);
+        Assert.True(session.Engine.Supports(router, module, Aggregation.Output, out string? reason), reason);
+        const int tokens = 1 << 21;
+        float[] x = new float[tokens], y = new float[tokens];
+        y[17] = 3f;
+        var decision = new RoutingDecision();
+        decision.Assign([0], [1f], 1, 1024);
+        var error = Assert.Throws<NotSupportedException>(() => session.Forward(module, router, x, decision, y));
+        Assert.Contains($"a batch of {tokens} tokens does not fit", error.Message);
+        Assert.Contains("its gating scores launch needs 134217728 groups of", error.Message);
+        Assert.Contains("2147483647 threads; split it into smaller batches", error.Message);
+        Assert.Equal(1, decision.TokenCount);
+        Assert.Equal(3f, y[17]);
+        Assert.All(y.Where((_, i) => i != 17), v => Assert.Equal(0f, v));
     }
 
     [Fact]
@@ -172,24 +201,25 @@ public abstract class DeviceApiTests(EngineFixture engines)
         var decision = new RoutingDecision();
         decision.Assign([0, 1, 2, 0], [1f, 0.5f, 0.25f, 1f], 2, 3);
         session.Forward(module, decision, x, y);
-        Assert.Equal(1, engine.Gpu!.UploadCount);
+        var gpu = (GpuBackend)engine.Implementation;
+        Assert.Equal(1, gpu.UploadCount);
         Assert.True(engine.Release(module));
         Assert.False(engine.Release(module)); // nothing left to free
-        Assert.Equal(0, engine.Gpu.UploadCount);
+        Assert.Equal(0, gpu.UploadCount);
         session.Forward(module, decision, x, y); // uploaded again on use
-        Assert.Equal(1, engine.Gpu.UploadCount);
+        Assert.Equal(1, gpu.UploadCount);
 
         // A module the host no longer holds goes when the next new upload comes.
         ForwardOnce(session, data, x, y, decision);
-        Assert.Equal(2, engine.Gpu.UploadCount);
+        Assert.Equal(2, gpu.UploadCount);
         GC.Collect();
         GC.WaitForPendingFinalizers();
         GC.Collect();
         session.Forward(module, decision, x, y); // already there: nothing is swept
-        Assert.Equal(2, engine.Gpu.UploadCount);
+        Assert.Equal(2, gpu.UploadCount);
         TestLibrary other = data.Library(experts: 3, dIn: 8, dOut: 6, ranks: [2]);
         session.Forward(other.Module(Module), decision, x, y); // new: the collected one is freed first
-        Assert.Equal(2, engine.Gpu.UploadCount);
+        Assert.Equal(2, gpu.UploadCount);
         GC.KeepAlive(other);
         GC.KeepAlive(kept);
     }
@@ -267,6 +297,35 @@ public sealed class BackendSelectionTests
             Assert.Equal(backend, engine.Backend);
             Assert.NotNull(engine.Accelerator);
         }
+    }
+
+    /// <summary>The GPU's launch limits: the device's grid, and a thread index that fits an int.</summary>
+    [Fact]
+    public void LaunchLimitsNameWhatALaunchNeedsAndWhatTheDeviceRuns()
+    {
+        Assert.Null(GpuBackend.LaunchLimit("shrink", 65_535, 128, 65_535));
+        Assert.Null(GpuBackend.LaunchLimit("shrink", int.MaxValue / 128, 128, int.MaxValue));
+        Assert.Equal("its shrink launch needs 65536 groups of 128 threads, and a launch runs at most 65535 groups and 2147483647 threads",
+            GpuBackend.LaunchLimit("shrink", 65_536, 128, 65_535));
+        Assert.Equal("its expand launch needs 16777216 groups of 128 threads, and a launch runs at most 2147483647 groups and 2147483647 threads",
+            GpuBackend.LaunchLimit("expand", 1 << 24, 128, int.MaxValue));
+    }
+
+    /// <summary>The CPU runs every case, and says so; it has no device buffers to offer.</summary>
+    [Fact]
+    public void TheCpuSupportsEveryCaseAndHasNoDeviceDecisions()
+    {
+        var data = new TestData();
+        TestLibrary lib = data.Library(experts: 3, dIn: 8, dOut: 6, ranks: [2]);
+        AdaptedModule module = lib.Module("base_model.model.layers.0.mlp.down_proj");
+        using Engine engine = Engine.Create(new EngineOptions { Backend = Backend.Cpu, CpuThreads = 1 });
+        foreach (Aggregation aggregation in Enum.GetValues<Aggregation>())
+        {
+            Assert.True(engine.Supports(null, module, aggregation, out string? none), none);
+            Assert.True(engine.Supports(new UniformRouter(3), module, aggregation, out none), none);
+        }
+        using Session session = engine.CreateSession();
+        Assert.Equal("device buffers need a GPU backend; this engine runs on Cpu", Assert.Throws<NotSupportedException>(() => session.CreateDeviceDecision()).Message);
     }
 
     [Fact]

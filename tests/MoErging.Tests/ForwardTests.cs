@@ -92,6 +92,16 @@ public abstract class ForwardTests(EngineFixture engines)
         Check(data, lib, (ids, data.Normal(tokens * 2), 2), data.Normal(tokens * 45), data.Normal(tokens * 70), threads: 2);
     }
 
+    /// <summary>More than 1,024 experts: no launch limits E to that (the selection has no shared list), so every backend routes and forwards them.</summary>
+    [Fact]
+    public void MoreThanAThousandExpertsRouteAndForward()
+    {
+        var data = new TestData();
+        TestLibrary lib = data.Library(experts: 1100, dIn: 16, dOut: 9, ranks: [1, 2]);
+        AdaptedModule module = lib.Module(Module);
+        Check(data, lib, new ArrowRouter(module, new RoutingOptions(3)), data.Normal(5 * 16), data.Normal(5 * 9), threads: 2);
+    }
+
     /// <summary>ILGPU's CPU accelerator: correct but slow, so a few cases run smaller there.</summary>
     private bool Simulated => engines.Backend == Backend.GpuSimulator;
 

@@ -27,6 +27,24 @@ public sealed class RouterFileTests
         return (lib, dirs, gates);
     }
 
+    /// <summary>Default top-k is min(the router's default, E): PHATGOOSE's top-2 and Arrow's top-3 for smaller libraries.</summary>
+    [Fact]
+    public void DefaultTopKIsAtMostTheExpertCount()
+    {
+        Assert.Equal([1, 2, 2], new[] { 1, 2, 7 }.Select(e => PhatgooseRouter.DefaultOptionsFor(e).TopK));
+        Assert.Equal(PhatgooseRouter.DefaultOptions.Temperature, PhatgooseRouter.DefaultOptionsFor(1).Temperature);
+        var data = new TestData();
+        foreach (int experts in new[] { 1, 2, 4 })
+        {
+            TestLibrary lib = data.Library(experts, InputDim, 5, [2]);
+            AdaptedModule module = lib.Module(Module);
+            RoutingOptions arrow = ArrowRouter.DefaultOptionsFor(module.Library);
+            Assert.Equal(Math.Min(3, experts), arrow.TopK);
+            Assert.Equal(Math.Min(2, experts), new PhatgooseRouter(module, data.Normal(experts * InputDim), PhatgooseRouter.DefaultOptionsFor(experts)).TopK);
+            Assert.Equal(arrow.TopK, new ArrowRouter(module, arrow).TopK);
+        }
+    }
+
     [Fact]
     public void GatesAndCentroidsReadBackExactly()
     {

@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using System.Runtime.CompilerServices;
 using ILGPU.Runtime;
 using MoErging.Execution.Cpu;
@@ -17,12 +18,11 @@ public sealed class Engine : IDisposable
 {
     private bool _disposed;
 
-    private Engine(Backend backend, string reason, WorkerPool? pool, GpuBackend? gpu)
+    private Engine(Backend backend, string reason, IBackend implementation)
     {
         Backend = backend;
         BackendReason = reason;
-        Pool = pool;
-        Gpu = gpu;
+        Implementation = implementation;
     }
 
     /// <summary>The backend in use (never <see cref="Backend.Auto"/>).</summary>
@@ -32,10 +32,10 @@ public sealed class Engine : IDisposable
     public string BackendReason { get; }
 
     /// <summary>CPU threads a CPU forward uses, the caller included (0 on a GPU backend).</summary>
-    public int CpuThreads => Pool?.Threads ?? 0;
+    public int CpuThreads => Implementation.CpuThreads;
 
     /// <summary>The device a GPU backend runs on, as <c>moerge devices</c> lists it (null on the CPU).</summary>
-    public DeviceInfo? Device => Gpu?.Device.Info;
+    public DeviceInfo? Device => Implementation.Device;
 
     /// <summary>
     /// True where the kernels run on a CPU behind a GPU API (an OpenCL driver such as PoCL or rusticl on llvmpipe,
@@ -44,11 +44,24 @@ public sealed class Engine : IDisposable
     public bool RunsGpuKernelsOnTheCpu => Device?.Kind == DeviceKind.Cpu;
 
     /// <summary>The ILGPU accelerator of a GPU backend (null on the CPU), for hosts that allocate device buffers on it.</summary>
-    public Accelerator? Accelerator => Gpu?.Device.Accelerator;
+    public Accelerator? Accelerator => Implementation.Accelerator;
 
-    internal WorkerPool? Pool { get; }
+    /// <summary>The backend's implementation (<see cref="CpuBackend"/> or <see cref="GpuBackend"/>), which sessions delegate to.</summary>
+    internal IBackend Implementation { get; }
 
-    internal GpuBackend? Gpu { get; }
+    /// <summary>
+    /// Whether this engine runs <paramref name="router"/> (null: a decision given to a forward) at
+    /// <paramref name="module"/> with <paramref name="aggregation"/>; when it does not, <paramref name="reason"/> names
+    /// the limit, and a session's calls for that case throw <see cref="NotSupportedException"/> with it before any work.
+    /// The CPU runs every case; a GPU refuses a module whose kernels' launch exceeds the device's grid. A batch too
+    /// large for a GPU launch is refused by the call itself, in the same way.
+    /// </summary>
+    public bool Supports(Router? router, AdaptedModule module, Aggregation aggregation, [NotNullWhen(false)] out string? reason)
+    {
+        ArgumentNullException.ThrowIfNull(module);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        return Implementation.Supports(router, module, aggregation, out reason);
+    }
 
     /// <summary>Creates an engine on the requested backend (and device, when <see cref="EngineOptions.Device"/> names one).</summary>
     /// <exception cref="BackendUnavailableException">The backend or device asked for is not present or does not run the kernels; the message says why.</exception>
@@ -158,7 +171,7 @@ public sealed class Engine : IDisposable
     }
 
     private static Engine OpenCpu(EngineOptions options, string reason) =>
-        new(Backend.Cpu, reason, new WorkerPool(options.CpuThreads == 0 ? Environment.ProcessorCount : options.CpuThreads), null);
+        new(Backend.Cpu, reason, new CpuBackend(options.CpuThreads == 0 ? Environment.ProcessorCount : options.CpuThreads));
 
     private static Engine OpenGpu(GpuDevice device, bool half, string reason)
     {
@@ -168,7 +181,7 @@ public sealed class Engine : IDisposable
             GpuApi.OpenCL => Backend.OpenCL,
             _ => Backend.GpuSimulator,
         };
-        return new Engine(backend, $"{backend.ToString().ToLowerInvariant()}: {reason}", null, new GpuBackend(device, half));
+        return new Engine(backend, $"{backend.ToString().ToLowerInvariant()}: {reason}", new GpuBackend(device, half));
     }
 
     /// <summary>
@@ -181,7 +194,7 @@ public sealed class Engine : IDisposable
     {
         ArgumentNullException.ThrowIfNull(module);
         ObjectDisposedException.ThrowIf(_disposed, this);
-        return Gpu?.Release(module) ?? false;
+        return Implementation.Release(module);
     }
 
     /// <summary>Frees the device copy of a linear router's prototypes now, as <see cref="Release(AdaptedModule)"/> does for a module.</summary>
@@ -189,7 +202,7 @@ public sealed class Engine : IDisposable
     {
         ArgumentNullException.ThrowIfNull(router);
         ObjectDisposedException.ThrowIf(_disposed, this);
-        return Gpu?.Release(router) ?? false;
+        return Implementation.Release(router);
     }
 
     /// <summary>Creates a session: the per-thread workspace that routing and forwards run in.</summary>
@@ -205,8 +218,7 @@ public sealed class Engine : IDisposable
         if (!_disposed)
         {
             _disposed = true;
-            Pool?.Dispose();
-            Gpu?.Dispose();
+            Implementation.Dispose();
         }
     }
 }

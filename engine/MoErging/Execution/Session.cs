@@ -2,8 +2,6 @@ using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using ILGPU;
 using Half = System.Half;
-using MoErging.Execution.Cpu;
-using MoErging.Execution.Gpu;
 using MoErging.Experts;
 using MoErging.Routing;
 
@@ -19,10 +17,10 @@ namespace MoErging.Execution;
 /// host. The device calls (<see cref="ArrayView{T}"/> arguments, F16 as its ushort bits) queue work on the
 /// session's stream and return at once; <see cref="Synchronize"/> waits for it.
 /// </remarks>
-public sealed unsafe class Session : IDisposable
+public sealed class Session : IDisposable
 {
-    private readonly CpuExecutor? _cpu;
-    private readonly GpuExecutor? _gpu;
+    private readonly IBackend _backend;
+    private readonly IExecutor _executor;
     private readonly RoutingDecision _groupDecision = new(); // one row per sequence (or one for the task) before broadcasting
     private float[] _pooled = [];
     private float[] _widened = [];
@@ -33,14 +31,8 @@ public sealed unsafe class Session : IDisposable
     internal Session(Engine engine)
     {
         Engine = engine;
-        if (engine.Gpu is GpuBackend gpu)
-        {
-            _gpu = new GpuExecutor(gpu);
-        }
-        else
-        {
-            _cpu = new CpuExecutor(engine.Pool!);
-        }
+        _backend = engine.Implementation;
+        _executor = _backend.CreateExecutor();
     }
 
     /// <summary>The engine this session runs on.</summary>
@@ -65,6 +57,7 @@ public sealed unsafe class Session : IDisposable
     {
         int tokens = CheckRoute(module, router, x.Length, destination);
         int groups = Groups(granularity, tokens);
+        Require(router, module, Aggregation.Output);
         using var _ = Enter();
         RouteRows(module, router, granularity, groups, x, tokens, destination);
     }
@@ -74,10 +67,11 @@ public sealed unsafe class Session : IDisposable
     {
         int tokens = CheckRoute(module, router, x.Length, destination);
         int groups = Groups(granularity, tokens);
+        Require(router, module, Aggregation.Output);
         using var _ = Enter();
-        if (granularity.Kind == Granularity.Token && _gpu is not null && router is LinearRouter linear)
+        if (granularity.Kind == Granularity.Token)
         {
-            _gpu.Route(linear, MemoryMarshal.Cast<Half, ushort>(x), tokens, destination);
+            _executor.Route(router, x, tokens, destination);
             return;
         }
         RouteRows(module, router, granularity, groups, Widen(x), tokens, destination);
@@ -107,8 +101,9 @@ public sealed unsafe class Session : IDisposable
     {
         CheckForward(module, decision, x.Length, y.Length, MemoryMarshal.AsBytes(x).Overlaps(MemoryMarshal.AsBytes((ReadOnlySpan<float>)y)));
         CheckAggregation(module, decision, aggregation);
+        Require(null, module, aggregation);
         using var _ = Enter();
-        ForwardDecision(module, decision, aggregation, x, y);
+        _executor.Forward(module, decision, aggregation, x, y);
     }
 
     /// <summary>Adds the mixture for Half activations by the chosen aggregation: accumulation is float32, y is rounded once.</summary>
@@ -116,8 +111,9 @@ public sealed unsafe class Session : IDisposable
     {
         CheckForward(module, decision, x.Length, y.Length, MemoryMarshal.AsBytes(x).Overlaps(MemoryMarshal.AsBytes((ReadOnlySpan<Half>)y)));
         CheckAggregation(module, decision, aggregation);
+        Require(null, module, aggregation);
         using var _ = Enter();
-        ForwardDecision(module, decision, aggregation, x, y);
+        _executor.Forward(module, decision, aggregation, x, y);
     }
 
     /// <summary>Routes x at the module into <paramref name="decision"/>, then adds the routed mixture into y (token granularity, output mixing).</summary>
@@ -143,25 +139,17 @@ public sealed unsafe class Session : IDisposable
         int groups = Groups(granularity, tokens);
         CheckOutput(module, tokens, y.Length, MemoryMarshal.AsBytes(x).Overlaps(MemoryMarshal.AsBytes((ReadOnlySpan<float>)y)));
         CheckAggregation(module, null, aggregation);
+        Require(router, module, aggregation);
         using var _ = Enter();
         if (granularity.Kind == Granularity.Token && aggregation == Aggregation.Output)
         {
             // The fused path: on a GPU, gating and the expert kernels run with no round trip between them.
-            if (_gpu is not null)
-            {
-                _gpu.Forward(module, router, decision, x, y, tokens, Aggregation.Output);
-                return;
-            }
-            fixed (float* px = x, py = y)
-            {
-                RouteOnCpu(router, px, tokens, decision);
-                _cpu!.Forward(module, decision, px, py, Aggregation.Output);
-            }
+            _executor.Forward(module, router, x, tokens, decision, y);
             return;
         }
         RouteRows(module, router, granularity, groups, x, tokens, decision);
         CheckAggregation(module, decision, aggregation);
-        ForwardDecision(module, decision, aggregation, x, y);
+        _executor.Forward(module, decision, aggregation, x, y);
     }
 
     /// <summary>Routes Half x at the given granularity into <paramref name="decision"/>, then adds the mixture into y by the given aggregation.</summary>
@@ -172,32 +160,23 @@ public sealed unsafe class Session : IDisposable
         int groups = Groups(granularity, tokens);
         CheckOutput(module, tokens, y.Length, MemoryMarshal.AsBytes(x).Overlaps(MemoryMarshal.AsBytes((ReadOnlySpan<Half>)y)));
         CheckAggregation(module, null, aggregation);
+        Require(router, module, aggregation);
         using var _ = Enter();
         if (granularity.Kind == Granularity.Token && aggregation == Aggregation.Output)
         {
-            if (_gpu is not null)
-            {
-                _gpu.Forward(module, router, decision, MemoryMarshal.Cast<Half, ushort>(x), MemoryMarshal.Cast<Half, ushort>(y), tokens, Aggregation.Output);
-                return;
-            }
-            float* px = _cpu!.Widen(x);
-            fixed (Half* py = y)
-            {
-                RouteOnCpu(router, px, tokens, decision);
-                _cpu.Forward(module, decision, px, py, Aggregation.Output);
-            }
+            _executor.Forward(module, router, x, tokens, decision, y);
             return;
         }
         RouteRows(module, router, granularity, groups, Widen(x), tokens, decision);
         CheckAggregation(module, decision, aggregation);
-        ForwardDecision(module, decision, aggregation, x, y);
+        _executor.Forward(module, decision, aggregation, x, y);
     }
 
     // ------------------------------------------------------------------ device-resident API (GPU backends)
 
     /// <summary>A routing decision that lives on this session's GPU.</summary>
     /// <exception cref="NotSupportedException">The engine runs on the CPU.</exception>
-    public DeviceRoutingDecision CreateDeviceDecision() => new(this, Gpu);
+    public DeviceRoutingDecision CreateDeviceDecision() => _executor.CreateDeviceDecision(this);
 
     /// <summary>Routes device rows (float32) into a device decision; queued on the session's stream.</summary>
     public void Route(AdaptedModule module, LinearRouter router, ArrayView<float> x, DeviceRoutingDecision destination) =>
@@ -224,7 +203,7 @@ public sealed unsafe class Session : IDisposable
         ForwardRoutedOnDevice(module, router, x, decision, y);
 
     /// <summary>Waits for the work this session queued on its GPU (no-op on the CPU).</summary>
-    public void Synchronize() => _gpu?.Synchronize();
+    public void Synchronize() => _executor.Synchronize();
 
     /// <inheritdoc />
     public void Dispose()
@@ -232,19 +211,17 @@ public sealed unsafe class Session : IDisposable
         if (!_disposed)
         {
             _disposed = true;
-            _gpu?.Dispose();
+            _executor.Dispose();
         }
     }
-
-    private GpuExecutor Gpu =>
-        _gpu ?? throw new NotSupportedException($"device buffers need a GPU backend; this engine runs on {Engine.Backend}");
 
     private void RouteOnDevice<TX>(AdaptedModule module, LinearRouter router, ArrayView<TX> x, DeviceRoutingDecision destination) where TX : unmanaged
     {
         CheckOwner(destination);
         int tokens = CheckRouter(module, router, checked((int)x.Length));
+        Require(router, module, Aggregation.Output);
         using var _ = Enter();
-        Gpu.Route(router, x, tokens, destination);
+        _executor.Route(router, x, tokens, destination);
     }
 
     private void ForwardRoutedOnDevice<TX>(AdaptedModule module, LinearRouter router, ArrayView<TX> x, DeviceRoutingDecision decision, ArrayView<TX> y)
@@ -253,21 +230,24 @@ public sealed unsafe class Session : IDisposable
         CheckOwner(decision);
         int tokens = CheckRouter(module, router, checked((int)x.Length));
         CheckOutput(module, tokens, checked((int)y.Length), overlap: false);
+        Require(router, module, Aggregation.Output);
         using var _ = Enter();
-        Gpu.Forward(module, router, x, tokens, decision, y);
+        _executor.Forward(module, router, x, tokens, decision, y);
     }
 
-    /// <summary>A device decision lives in one session's buffers and is ordered by its stream: another session's is refused.</summary>
+    /// <summary>A device decision belongs to the session that created it (on the CPU there is none to give).</summary>
     private void CheckOwner(DeviceRoutingDecision decision)
     {
         ArgumentNullException.ThrowIfNull(decision);
-        if (decision.Owner != Gpu)
+        _executor.CheckOwner(decision);
+    }
+
+    /// <summary>Refuses, before any work, a case the backend does not run, with its reason (<see cref="Engine.Supports"/>).</summary>
+    private void Require(Router? router, AdaptedModule module, Aggregation aggregation)
+    {
+        if (!_backend.Supports(router, module, aggregation, out string? reason))
         {
-            throw new ArgumentException(
-                decision.Owner.Accelerator == Gpu.Accelerator
-                    ? "the device decision was created by another session; use one from this session's CreateDeviceDecision"
-                    : "the device decision belongs to another engine's device; use one from this session's CreateDeviceDecision",
-                nameof(decision));
+            throw new NotSupportedException(reason);
         }
     }
 
@@ -285,8 +265,9 @@ public sealed unsafe class Session : IDisposable
             throw new ArgumentException($"the decision chooses among {decision.ExpertCount} experts but module '{module.Name}' belongs to a library of {module.ExpertCount}", nameof(decision));
         }
         CheckOutput(module, tokens, checked((int)y.Length), overlap: false);
+        Require(null, module, Aggregation.Output);
         using var _ = Enter();
-        Gpu.Forward(module, decision, x, y);
+        _executor.Forward(module, decision, x, y);
     }
 
     /// <summary>Routes float rows at a granularity: pooled rows are routed into the group decision, then broadcast.</summary>
@@ -309,46 +290,10 @@ public sealed unsafe class Session : IDisposable
             rows = pooled;
             target = _groupDecision;
         }
-        if (_gpu is not null && router is LinearRouter linear)
-        {
-            _gpu.Route(linear, rows, rows.Length / module.InputDim, target);
-        }
-        else
-        {
-            fixed (float* px = rows)
-            {
-                RouteOnCpu(router, px, rows.Length / module.InputDim, target);
-            }
-        }
+        _executor.Route(router, rows, rows.Length / module.InputDim, target);
         if (grouped)
         {
             granularity.Broadcast(_groupDecision, destination, tokens);
-        }
-    }
-
-    private void ForwardDecision(AdaptedModule module, RoutingDecision decision, Aggregation aggregation, ReadOnlySpan<float> x, Span<float> y)
-    {
-        if (_gpu is not null)
-        {
-            _gpu.Forward(module, null, decision, x, y, decision.TokenCount, aggregation);
-            return;
-        }
-        fixed (float* px = x, py = y)
-        {
-            _cpu!.Forward(module, decision, px, py, aggregation);
-        }
-    }
-
-    private void ForwardDecision(AdaptedModule module, RoutingDecision decision, Aggregation aggregation, ReadOnlySpan<Half> x, Span<Half> y)
-    {
-        if (_gpu is not null)
-        {
-            _gpu.Forward(module, null, decision, MemoryMarshal.Cast<Half, ushort>(x), MemoryMarshal.Cast<Half, ushort>(y), decision.TokenCount, aggregation);
-            return;
-        }
-        fixed (Half* py = y)
-        {
-            _cpu!.Forward(module, decision, _cpu.Widen(x), py, aggregation);
         }
     }
 
@@ -385,21 +330,6 @@ public sealed unsafe class Session : IDisposable
         if (aggregation == Aggregation.Parameter && decision is not null)
         {
             ParameterMixing.Check(module, decision);
-        }
-    }
-
-    private void RouteOnCpu(Router router, float* x, int tokens, RoutingDecision destination)
-    {
-        switch (router)
-        {
-            case LinearRouter linear:
-                _cpu!.Route(linear, x, tokens, destination);
-                break;
-            case FixedRouter fixedWeights:
-                CpuExecutor.Route(fixedWeights, tokens, destination);
-                break;
-            default:
-                throw new NotSupportedException($"router type {router.GetType().Name} has no execution path");
         }
     }
 

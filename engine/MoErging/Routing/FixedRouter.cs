@@ -33,8 +33,19 @@ public class FixedRouter : Router
     public ReadOnlySpan<float> Weights => _weights;
 
     /// <summary>Expert ids in decision order (descending weight, ties to the lower index).</summary>
-    internal int[] SortedIds { get; }
+    private int[] SortedIds { get; }
 
     /// <summary>Weights in decision order.</summary>
-    internal float[] SortedWeights { get; }
+    private float[] SortedWeights { get; }
+
+    /// <summary>Writes the decision for <paramref name="tokens"/> tokens: the same slots for each. Every backend routes a fixed router so, on the host.</summary>
+    internal void Decide(int tokens, RoutingDecision destination)
+    {
+        destination.Reset(tokens, TopK, ExpertCount);
+        for (int t = 0; t < tokens; t++)
+        {
+            SortedIds.CopyTo(destination.MutableIds(t));
+            SortedWeights.CopyTo(destination.MutableWeights(t));
+        }
+    }
 }

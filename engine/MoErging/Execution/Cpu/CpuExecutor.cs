@@ -1,6 +1,8 @@
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using ILGPU;
+using Half = System.Half;
 using MoErging.Experts;
 using MoErging.Kernels;
 using MoErging.Routing;
@@ -14,7 +16,7 @@ namespace MoErging.Execution.Cpu;
 /// and B are read once per call and no two threads write the same output element. All buffers live on
 /// the pinned heap and grow only when a call needs more than any before it.
 /// </summary>
-internal sealed unsafe class CpuExecutor
+internal sealed unsafe class CpuExecutor : IExecutor
 {
     private const int RowBlock = 8;          // shrink: rank rows per work item
     private const int PairBlock = 64;        // shrink: routed tokens per work item
@@ -60,9 +62,94 @@ internal sealed unsafe class CpuExecutor
         _select = new SelectJob(this);
     }
 
+    // ---------------------------------------------------------------- the executor
+
+    public void Route(Router router, ReadOnlySpan<float> x, int tokens, RoutingDecision destination)
+    {
+        fixed (float* px = x)
+        {
+            Route(router, px, tokens, destination);
+        }
+    }
+
+    public void Route(Router router, ReadOnlySpan<Half> x, int tokens, RoutingDecision destination) => Route(router, Widen(x), tokens, destination);
+
+    public void Forward(AdaptedModule module, RoutingDecision decision, Aggregation aggregation, ReadOnlySpan<float> x, Span<float> y)
+    {
+        fixed (float* px = x, py = y)
+        {
+            Forward(module, decision, px, py, aggregation);
+        }
+    }
+
+    public void Forward(AdaptedModule module, RoutingDecision decision, Aggregation aggregation, ReadOnlySpan<Half> x, Span<Half> y)
+    {
+        fixed (Half* py = y)
+        {
+            Forward(module, decision, Widen(x), py, aggregation);
+        }
+    }
+
+    public void Forward(AdaptedModule module, Router router, ReadOnlySpan<float> x, int tokens, RoutingDecision decision, Span<float> y)
+    {
+        fixed (float* px = x, py = y)
+        {
+            Route(router, px, tokens, decision);
+            Forward(module, decision, px, py, Aggregation.Output);
+        }
+    }
+
+    public void Forward(AdaptedModule module, Router router, ReadOnlySpan<Half> x, int tokens, RoutingDecision decision, Span<Half> y)
+    {
+        float* px = Widen(x);
+        fixed (Half* py = y)
+        {
+            Route(router, px, tokens, decision);
+            Forward(module, decision, px, py, Aggregation.Output);
+        }
+    }
+
+    public DeviceRoutingDecision CreateDeviceDecision(Session session) => throw NoDevice();
+
+    public void CheckOwner(DeviceRoutingDecision decision) => throw NoDevice();
+
+    public void Route<TX>(LinearRouter router, ArrayView<TX> x, int tokens, DeviceRoutingDecision destination) where TX : unmanaged => throw NoDevice();
+
+    public void Forward<TX>(AdaptedModule module, LinearRouter router, ArrayView<TX> x, int tokens, DeviceRoutingDecision decision, ArrayView<TX> y)
+        where TX : unmanaged => throw NoDevice();
+
+    public void Forward<TX>(AdaptedModule module, DeviceRoutingDecision decision, ArrayView<TX> x, ArrayView<TX> y) where TX : unmanaged => throw NoDevice();
+
+    public void Synchronize()
+    {
+        // Every CPU call has finished when it returns.
+    }
+
+    public void Dispose()
+    {
+        // The workspace is managed memory; the worker pool belongs to the backend.
+    }
+
+    private static NotSupportedException NoDevice() => new($"device buffers need a GPU backend; this engine runs on {Backend.Cpu}");
+
     // ---------------------------------------------------------------- routing
 
-    public void Route(LinearRouter router, float* x, int tokens, RoutingDecision destination)
+    private void Route(Router router, float* x, int tokens, RoutingDecision destination)
+    {
+        switch (router)
+        {
+            case LinearRouter linear:
+                Route(linear, x, tokens, destination);
+                break;
+            case FixedRouter fixedWeights:
+                fixedWeights.Decide(tokens, destination);
+                break;
+            default:
+                throw new NotSupportedException($"router type {router.GetType().Name} has no execution path");
+        }
+    }
+
+    private void Route(LinearRouter router, float* x, int tokens, RoutingDecision destination)
     {
         int n = router.InputDim, experts = router.ExpertCount;
         destination.Reset(tokens, router.TopK, experts);
@@ -94,18 +181,8 @@ internal sealed unsafe class CpuExecutor
         }
     }
 
-    public static void Route(FixedRouter router, int tokens, RoutingDecision destination)
-    {
-        destination.Reset(tokens, router.TopK, router.ExpertCount);
-        for (int t = 0; t < tokens; t++)
-        {
-            router.SortedIds.CopyTo(destination.MutableIds(t));
-            router.SortedWeights.CopyTo(destination.MutableWeights(t));
-        }
-    }
-
     /// <summary>Widens Half rows into the float workspace and returns its address.</summary>
-    public float* Widen(ReadOnlySpan<Half> x)
+    private float* Widen(ReadOnlySpan<Half> x)
     {
         Grow(ref _xFloat, x.Length);
         TensorPrimitives.ConvertToSingle(x, _xFloat.AsSpan(0, x.Length));
@@ -118,7 +195,7 @@ internal sealed unsafe class CpuExecutor
     /// y[t] += Σ_slots w · s_e · B_e (A_e x_t) for float32 y (output mixing), or with parameter mixing
     /// y[t] += Σ_slots w · s · B_e (Σ_slots' w' A_e' x_t).
     /// </summary>
-    public void Forward(AdaptedModule module, RoutingDecision decision, float* x, float* y, Aggregation aggregation)
+    private void Forward(AdaptedModule module, RoutingDecision decision, float* x, float* y, Aggregation aggregation)
     {
         if (Dispatch(module, decision, aggregation) == 0)
         {
@@ -128,7 +205,7 @@ internal sealed unsafe class CpuExecutor
     }
 
     /// <summary>The same for Half y: accumulate in float32, round into y once.</summary>
-    public void Forward(AdaptedModule module, RoutingDecision decision, float* x, Half* y, Aggregation aggregation)
+    private void Forward(AdaptedModule module, RoutingDecision decision, float* x, Half* y, Aggregation aggregation)
     {
         if (Dispatch(module, decision, aggregation) == 0)
         {

@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using System.Runtime.CompilerServices;
 using ILGPU.Runtime;
 using MoErging.Experts;
@@ -13,7 +14,7 @@ namespace MoErging.Execution.Gpu;
 /// collected (checked whenever something new is uploaded), on <see cref="Release"/>, or at disposal; never while
 /// queued work may read it, since every session's stream is drained first. Thread-safe.
 /// </summary>
-internal sealed class GpuBackend : IDisposable
+internal sealed class GpuBackend : IBackend
 {
     private readonly ConditionalWeakTable<object, Uploaded> _byHost = new();
     private readonly List<Uploaded> _uploads = []; // every live upload, for freeing
@@ -29,6 +30,65 @@ internal sealed class GpuBackend : IDisposable
     public GpuDevice Device { get; }
 
     public bool HalfWeights { get; }
+
+    public int CpuThreads => 0;
+
+    DeviceInfo? IBackend.Device => Device.Info;
+
+    public Accelerator Accelerator => Device.Accelerator;
+
+    Accelerator? IBackend.Accelerator => Device.Accelerator;
+
+    public IExecutor CreateExecutor() => new GpuExecutor(this);
+
+    /// <summary>
+    /// Every router kind and both aggregations run here; what can exceed the device is a launch's size. The shrink's
+    /// grid is fixed by the module (E × the row groups of its largest rank); the gating and expand grids grow with
+    /// the batch and are checked per call (<see cref="CheckBatch"/>).
+    /// </summary>
+    public bool Supports(Router? router, AdaptedModule module, Aggregation aggregation, [NotNullWhen(false)] out string? reason)
+    {
+        if (router is not (null or LinearRouter or FixedRouter))
+        {
+            reason = $"router type {router.GetType().Name} has no execution path";
+            return false;
+        }
+        ShrinkKernel shrink = Device.Kernels.Shrink;
+        reason = Exceeds("shrink", ShrinkKernel.Groups(module.ExpertCount, module.MaxRank, shrink.RowsPerGroup), shrink.GroupSize) is string limit
+            ? $"module '{module.Name}' (E = {module.ExpertCount} experts, largest rank {module.MaxRank}) does not fit {Device.Info.Name}: {limit}"
+            : null;
+        return reason is null;
+    }
+
+    /// <summary>
+    /// Refuses, before anything is queued, a batch whose gating (<paramref name="experts"/> &gt; 0) or expand
+    /// (<paramref name="outputDim"/> &gt; 0) launch is larger than the device runs.
+    /// </summary>
+    /// <exception cref="NotSupportedException">The message names the launch and the limit.</exception>
+    public void CheckBatch(int tokens, int experts, int outputDim)
+    {
+        KernelSet kernels = Device.Kernels;
+        string? limit = experts > 0 ? Exceeds("gating scores", GatingKernel.ScoresGroups(tokens, experts), kernels.Gating.ScoresGroupSize) : null;
+        limit ??= experts > 0 ? Exceeds("gating selection", GatingKernel.SelectGroups(tokens, kernels.Gating.SelectGroupSize), kernels.Gating.SelectGroupSize) : null;
+        limit ??= outputDim > 0 ? Exceeds("expand", ExpandKernel.Groups(tokens, outputDim, kernels.Expand.GroupSize), kernels.Expand.GroupSize) : null;
+        if (limit is not null)
+        {
+            throw new NotSupportedException($"a batch of {tokens} tokens does not fit {Device.Info.Name}: {limit}; split it into smaller batches");
+        }
+    }
+
+    /// <summary>Null when a launch of <paramref name="groups"/> groups fits the device, else what it needs and what the device runs.</summary>
+    internal string? Exceeds(string launch, long groups, int groupSize) =>
+        LaunchLimit(launch, groups, groupSize, Device.Accelerator.MaxGridSize.X);
+
+    /// <summary>
+    /// The launch limits: at most <paramref name="maxGroups"/> groups (the device's grid), and a thread index that fits an
+    /// int (ILGPU's grid index, which the kernels read), so groups × threads per group at most int.MaxValue.
+    /// </summary>
+    internal static string? LaunchLimit(string launch, long groups, int groupSize, int maxGroups) =>
+        groups <= maxGroups && groups * groupSize <= int.MaxValue
+            ? null
+            : $"its {launch} launch needs {groups} groups of {groupSize} threads, and a launch runs at most {maxGroups} groups and {int.MaxValue} threads";
 
     /// <summary>Device buffers held by uploads (for tests and reports).</summary>
     public int UploadCount

@@ -1,4 +1,6 @@
+using System.Runtime.InteropServices;
 using ILGPU;
+using Half = System.Half;
 using ILGPU.Runtime;
 using MoErging.Experts;
 using MoErging.Kernels;
@@ -14,7 +16,7 @@ namespace MoErging.Execution.Gpu;
 /// Workspaces grow to the largest batch seen and are then reused. Activations are float (F32) or ushort
 /// (F16 bits); rows take vector loads where their views are aligned (<see cref="VectorRows.Aligned"/>).
 /// </summary>
-internal sealed class GpuExecutor : IDisposable
+internal sealed class GpuExecutor : IExecutor
 {
     private readonly GpuBackend _backend;
     private readonly Accelerator _accelerator;
@@ -58,9 +60,40 @@ internal sealed class GpuExecutor : IDisposable
 
     // ---------------------------------------------------------------- span API (staged, synchronous)
 
-    /// <summary>Routes host rows with a linear router on the device and fills the host decision.</summary>
-    public void Route<TX>(LinearRouter router, ReadOnlySpan<TX> x, int tokens, RoutingDecision destination) where TX : unmanaged
+    public void Route(Router router, ReadOnlySpan<float> x, int tokens, RoutingDecision destination) => Route<float>(router, x, tokens, destination);
+
+    public void Route(Router router, ReadOnlySpan<Half> x, int tokens, RoutingDecision destination) =>
+        Route(router, MemoryMarshal.Cast<Half, ushort>(x), tokens, destination);
+
+    public void Forward(AdaptedModule module, RoutingDecision decision, Aggregation aggregation, ReadOnlySpan<float> x, Span<float> y) =>
+        Staged(module, null, decision, x, y, decision.TokenCount, aggregation);
+
+    public void Forward(AdaptedModule module, RoutingDecision decision, Aggregation aggregation, ReadOnlySpan<Half> x, Span<Half> y) =>
+        Staged(module, null, decision, MemoryMarshal.Cast<Half, ushort>(x), MemoryMarshal.Cast<Half, ushort>(y), decision.TokenCount, aggregation);
+
+    public void Forward(AdaptedModule module, Router router, ReadOnlySpan<float> x, int tokens, RoutingDecision decision, Span<float> y) =>
+        Staged(module, router, decision, x, y, tokens, Aggregation.Output);
+
+    public void Forward(AdaptedModule module, Router router, ReadOnlySpan<Half> x, int tokens, RoutingDecision decision, Span<Half> y) =>
+        Staged(module, router, decision, MemoryMarshal.Cast<Half, ushort>(x), MemoryMarshal.Cast<Half, ushort>(y), tokens, Aggregation.Output);
+
+    /// <summary>A linear router's decision is made on the device; a fixed router's on the host, as on every backend.</summary>
+    private void Route<TX>(Router router, ReadOnlySpan<TX> x, int tokens, RoutingDecision destination) where TX : unmanaged
     {
+        if (router is LinearRouter linear)
+        {
+            Route(linear, x, tokens, destination);
+        }
+        else
+        {
+            ((FixedRouter)router).Decide(tokens, destination); // the only other kind (GpuBackend.Supports)
+        }
+    }
+
+    /// <summary>Routes host rows with a linear router on the device and fills the host decision.</summary>
+    private void Route<TX>(LinearRouter router, ReadOnlySpan<TX> x, int tokens, RoutingDecision destination) where TX : unmanaged
+    {
+        _backend.CheckBatch(tokens, router.ExpertCount, 0);
         destination.Reset(tokens, router.TopK, router.ExpertCount);
         if (tokens == 0)
         {
@@ -82,13 +115,14 @@ internal sealed class GpuExecutor : IDisposable
     /// <paramref name="decision"/> is applied as given. Parameter mixing needs a decision already checked on
     /// the host (no router).
     /// </summary>
-    public void Forward<TX>(AdaptedModule module, Router? router, RoutingDecision decision, ReadOnlySpan<TX> x, Span<TX> y, int tokens,
+    private void Staged<TX>(AdaptedModule module, Router? router, RoutingDecision decision, ReadOnlySpan<TX> x, Span<TX> y, int tokens,
         Aggregation aggregation)
         where TX : unmanaged
     {
+        _backend.CheckBatch(tokens, router is LinearRouter gated ? gated.ExpertCount : 0, module.OutputDim);
         if (router is FixedRouter fixedWeights)
         {
-            Cpu.CpuExecutor.Route(fixedWeights, tokens, decision);
+            fixedWeights.Decide(tokens, decision);
         }
         if (tokens == 0)
         {
@@ -130,9 +164,25 @@ internal sealed class GpuExecutor : IDisposable
 
     // ---------------------------------------------------------------- device API (asynchronous)
 
+    public DeviceRoutingDecision CreateDeviceDecision(Session session) => new(session, this);
+
+    /// <summary>A device decision lives in one session's buffers and is ordered by its stream: another session's is refused.</summary>
+    public void CheckOwner(DeviceRoutingDecision decision)
+    {
+        if (decision.Owner != this)
+        {
+            throw new ArgumentException(
+                decision.Owner.Accelerator == _accelerator
+                    ? "the device decision was created by another session; use one from this session's CreateDeviceDecision"
+                    : "the device decision belongs to another engine's device; use one from this session's CreateDeviceDecision",
+                nameof(decision));
+        }
+    }
+
     /// <summary>Routes device rows into the device decision (no synchronisation).</summary>
     public void Route<TX>(LinearRouter router, ArrayView<TX> x, int tokens, DeviceRoutingDecision destination) where TX : unmanaged
     {
+        _backend.CheckBatch(tokens, router.ExpertCount, 0);
         destination.Resize(tokens, router.TopK, router.ExpertCount);
         if (tokens > 0)
         {
@@ -144,6 +194,7 @@ internal sealed class GpuExecutor : IDisposable
     public void Forward<TX>(AdaptedModule module, LinearRouter router, ArrayView<TX> x, int tokens, DeviceRoutingDecision decision, ArrayView<TX> y)
         where TX : unmanaged
     {
+        _backend.CheckBatch(tokens, router.ExpertCount, module.OutputDim);
         decision.Resize(tokens, router.TopK, router.ExpertCount);
         if (tokens > 0)
         {
@@ -155,6 +206,7 @@ internal sealed class GpuExecutor : IDisposable
     /// <summary>y += mixture for device activations and a device decision (no synchronisation).</summary>
     public void Forward<TX>(AdaptedModule module, DeviceRoutingDecision decision, ArrayView<TX> x, ArrayView<TX> y) where TX : unmanaged
     {
+        _backend.CheckBatch(decision.TokenCount, 0, module.OutputDim);
         if (decision.TokenCount > 0)
         {
             Mix(module, x, y, decision.TokenCount, decision.TopK, decision.Ids, decision.Weights, Aggregation.Output, default);
