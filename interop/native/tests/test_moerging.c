@@ -820,13 +820,20 @@ static void check_linear(const float* x, int tokens, const int32_t* ids, const f
     }
 }
 
-static void test_arrow(void)
+/* Arrow's prototypes of module Q0, computed from the fixture's float64 factors: the reference every Arrow test
+ * routes against. */
+static void reference_prototypes(double prototypes[EXPERTS * D_IN])
 {
-    double prototypes[EXPERTS * D_IN];
     for (int e = 0; e < EXPERTS; e++) {
         CHECK(top_right_singular_vector(&fixture.experts[e], Q0, D_IN, D_OUT, prototypes + e * D_IN),
               "the reference singular vector of expert %d did not converge", e);
     }
+}
+
+static void test_arrow(void)
+{
+    double prototypes[EXPERTS * D_IN];
+    reference_prototypes(prototypes);
     moe_arrow_options options;
     CHECK_OK(moe_arrow_default_options(&options, sizeof options));
     options.top_k = 2;
@@ -861,10 +868,7 @@ static void check_arrow(moe_module* module, const moe_arrow_options* options, co
 static void test_arrow_library_defaults(void)
 {
     double prototypes[EXPERTS * D_IN];
-    for (int e = 0; e < EXPERTS; e++) {
-        CHECK(top_right_singular_vector(&fixture.experts[e], Q0, D_IN, D_OUT, prototypes + e * D_IN),
-              "the reference singular vector of expert %d did not converge", e);
-    }
+    reference_prototypes(prototypes);
     char dirs[EXPERTS][PATH_MAX + 64];
     const char* paths[EXPERTS];
     for (int e = 0; e < EXPERTS; e++) {
@@ -1506,10 +1510,7 @@ static void check_failures_write_nothing(moe_session* s, moe_module* broken, con
 {
     enum { T = 4, K = 2 };
     double prototypes[EXPERTS * D_IN];
-    for (int e = 0; e < EXPERTS; e++) {
-        CHECK(top_right_singular_vector(&fixture.experts[e], Q0, D_IN, D_OUT, prototypes + e * D_IN),
-              "the reference singular vector of expert %d did not converge", e);
-    }
+    reference_prototypes(prototypes);
     moe_arrow_options options;
     CHECK_OK(moe_arrow_default_options(&options, sizeof options));
     options.top_k = K;
