@@ -10,7 +10,7 @@ namespace MoErging.Kernels;
 /// </summary>
 /// <typeparam name="TY">Element type of Y.</typeparam>
 /// <typeparam name="TW">Element type of the factors.</typeparam>
-public struct ExpandArgs<TY, TW>
+internal struct ExpandArgs<TY, TW>
     where TY : unmanaged
     where TW : unmanaged
 {
@@ -114,7 +114,7 @@ public sealed class ExpandKernel
         Math.Max(1, tokens * ((outputDim + groupSize * OutputsPerThread - 1) / (groupSize * OutputsPerThread)));
 
     /// <summary>Launches the expand for any combination of F32 (float) and F16 (ushort) storage.</summary>
-    public void Launch<TY, TW>(AcceleratorStream stream, in ExpandArgs<TY, TW> args)
+    internal void Launch<TY, TW>(AcceleratorStream stream, in ExpandArgs<TY, TW> args)
         where TY : unmanaged
         where TW : unmanaged
     {

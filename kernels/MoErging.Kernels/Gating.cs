@@ -10,7 +10,7 @@ namespace MoErging.Kernels;
 /// rusticl refuses the argument size ILGPU passes (CL_INVALID_ARG_SIZE), as a strict driver may.
 /// </summary>
 /// <typeparam name="TX">Element type of X.</typeparam>
-public struct ScoresArgs<TX> where TX : unmanaged
+internal struct ScoresArgs<TX> where TX : unmanaged
 {
     /// <summary>X, row-major <c>[Tokens, InputDim]</c>.</summary>
     public ArrayView<TX> X;
@@ -53,7 +53,7 @@ public struct ScoresArgs<TX> where TX : unmanaged
 }
 
 /// <summary>Arguments of the gating selection.</summary>
-public struct SelectArgs
+internal struct SelectArgs
 {
     /// <summary>The scores, expert-major <c>[Experts, Tokens]</c>.</summary>
     public ArrayView<float> Scores;
@@ -152,7 +152,7 @@ public sealed class GatingKernel
     public static int SelectGroups(int tokens, int groupSize) => Math.Max(1, (tokens + groupSize - 1) / groupSize);
 
     /// <summary>Launches the scores for F32 (float) or F16 (ushort) activations.</summary>
-    public void LaunchScores<TX>(AcceleratorStream stream, in ScoresArgs<TX> args)
+    internal void LaunchScores<TX>(AcceleratorStream stream, in ScoresArgs<TX> args)
         where TX : unmanaged
     {
         var config = new KernelConfig(ScoresGroups(args.Tokens, args.Experts), ScoresGroupSize);
@@ -160,7 +160,7 @@ public sealed class GatingKernel
     }
 
     /// <summary>Launches the selection.</summary>
-    public void LaunchSelect(AcceleratorStream stream, in SelectArgs args) =>
+    internal void LaunchSelect(AcceleratorStream stream, in SelectArgs args) =>
         _select(stream, new KernelConfig(SelectGroups(args.Tokens, SelectGroupSize), SelectGroupSize), args);
 
     internal static void Scores<TX, SX>(ScoresArgs<TX> a)

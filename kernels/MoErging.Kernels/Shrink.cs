@@ -10,7 +10,7 @@ namespace MoErging.Kernels;
 /// </summary>
 /// <typeparam name="TX">Element type of X.</typeparam>
 /// <typeparam name="TW">Element type of the factors.</typeparam>
-public struct ShrinkArgs<TX, TW>
+internal struct ShrinkArgs<TX, TW>
     where TX : unmanaged
     where TW : unmanaged
 {
@@ -150,7 +150,7 @@ public sealed class ShrinkKernel
     public static int Groups(int experts, int maxRank, int rowsPerGroup) => Math.Max(1, experts * RowGroups(maxRank, rowsPerGroup));
 
     /// <summary>Launches the shrink for any combination of F32 (float) and F16 (ushort) storage.</summary>
-    public void Launch<TX, TW>(AcceleratorStream stream, in ShrinkArgs<TX, TW> args)
+    internal void Launch<TX, TW>(AcceleratorStream stream, in ShrinkArgs<TX, TW> args)
         where TX : unmanaged
         where TW : unmanaged
     {
