@@ -3,20 +3,35 @@ namespace MoErging.Formats;
 /// <summary>Element types of the safetensors format, with their names as written in headers.</summary>
 public enum TensorDType
 {
+    /// <summary>A boolean, one byte ("BOOL").</summary>
     Bool,
+    /// <summary>An unsigned 8-bit integer ("U8").</summary>
     U8,
+    /// <summary>A signed 8-bit integer ("I8").</summary>
     I8,
+    /// <summary>An 8-bit float with 5 exponent and 2 mantissa bits ("F8_E5M2").</summary>
     F8E5M2,
+    /// <summary>An 8-bit float with 4 exponent and 3 mantissa bits ("F8_E4M3").</summary>
     F8E4M3,
+    /// <summary>A signed 16-bit integer ("I16").</summary>
     I16,
+    /// <summary>An unsigned 16-bit integer ("U16").</summary>
     U16,
+    /// <summary>An IEEE 754 half-precision float ("F16").</summary>
     F16,
+    /// <summary>A bfloat16: the upper 16 bits of a float32 ("BF16").</summary>
     BF16,
+    /// <summary>A signed 32-bit integer ("I32").</summary>
     I32,
+    /// <summary>An unsigned 32-bit integer ("U32").</summary>
     U32,
+    /// <summary>An IEEE 754 single-precision float ("F32").</summary>
     F32,
+    /// <summary>An IEEE 754 double-precision float ("F64").</summary>
     F64,
+    /// <summary>A signed 64-bit integer ("I64").</summary>
     I64,
+    /// <summary>An unsigned 64-bit integer ("U64").</summary>
     U64,
 }
 
