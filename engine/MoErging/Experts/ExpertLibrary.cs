@@ -157,10 +157,18 @@ public sealed class ExpertLibrary
     /// Validate every config, header, shape and dtype now, but decode each module's factors on its first use
     /// (memory is then taken only by the experts a forward or a merge touches). Lazy loading is still all or
     /// nothing: what an eager load would reject, a lazy one rejects here. A first use can fail only if a weights
-    /// file changed or vanished after loading, with an error that says so. Eager (false) is the default.
+    /// file changed or vanished after loading, with an error that says so.
     /// </param>
-    public static ExpertLibrary Load(IEnumerable<string> directories, bool lazy = false) =>
+    public static ExpertLibrary Load(IEnumerable<string> directories, bool lazy) =>
         Load(directories, new ExpertLibraryOptions { Lazy = lazy });
+
+    /// <summary>
+    /// Loads PEFT LoRA adapter directories as experts numbered in the order given, eagerly, each named after its
+    /// directory (<see cref="Load(IEnumerable{string}, ExpertLibraryOptions)"/> with default options).
+    /// All or nothing: the first bad directory throws, and no partial library is returned.
+    /// </summary>
+    /// <param name="directories">The adapter directories.</param>
+    public static ExpertLibrary Load(IEnumerable<string> directories) => Load(directories, new ExpertLibraryOptions());
 
     /// <summary>
     /// Loads PEFT LoRA adapter directories as experts numbered in the order given. All or nothing: the first bad

@@ -45,8 +45,11 @@ public sealed class SafeTensorsWriter
         return this;
     }
 
+    /// <summary>Adds float32 values stored as F32.</summary>
+    public SafeTensorsWriter Add(string name, ReadOnlySpan<float> values, ReadOnlySpan<long> shape) => Add(name, values, shape, TensorDType.F32);
+
     /// <summary>Adds float32 values stored as F32, F16 or BF16 (narrowing rounds to nearest even).</summary>
-    public SafeTensorsWriter Add(string name, ReadOnlySpan<float> values, ReadOnlySpan<long> shape, TensorDType storage = TensorDType.F32)
+    public SafeTensorsWriter Add(string name, ReadOnlySpan<float> values, ReadOnlySpan<long> shape, TensorDType storage)
     {
         switch (storage)
         {

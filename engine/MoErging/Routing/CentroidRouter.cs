@@ -34,6 +34,16 @@ public sealed class CentroidRouter : LinearRouter
     internal override AdaptedModule BuiltFor => Module;
 
     /// <summary>
+    /// Reads every expert's centroid for the module from <c>centroids.safetensors</c> in the directory the library
+    /// loaded the expert from and builds a dense router (<see cref="Load(AdaptedModule, RoutingOptions?)"/> with null options).
+    /// </summary>
+    /// <param name="module">The module routed.</param>
+    /// <exception cref="ArgumentException">An expert was built in memory, so it has no directory.</exception>
+    /// <exception cref="FileNotFoundException">An expert has no centroid file; the message names it.</exception>
+    /// <exception cref="InvalidDataException">A centroid is missing, not <c>[d_in]</c>, or not finite; the message names file and tensor.</exception>
+    public static CentroidRouter Load(AdaptedModule module) => Load(module, (RoutingOptions?)null);
+
+    /// <summary>
     /// Reads every expert's centroid for the module from <c>centroids.safetensors</c> in its directory
     /// (tensor <c>&lt;full module name&gt;.centroid</c>, <c>[d_in]</c>) and builds the router.
     /// </summary>
@@ -54,7 +64,7 @@ public sealed class CentroidRouter : LinearRouter
     /// <exception cref="ArgumentException">An expert was built in memory, so it has no directory.</exception>
     /// <exception cref="FileNotFoundException">An expert has no centroid file; the message names it.</exception>
     /// <exception cref="InvalidDataException">A centroid is missing, not <c>[d_in]</c>, or not finite; the message names file and tensor.</exception>
-    public static CentroidRouter Load(AdaptedModule module, RoutingOptions? options = null) =>
+    public static CentroidRouter Load(AdaptedModule module, RoutingOptions? options) =>
         new(module, ExpertVectorFiles.Read(module, CentroidFileName, CentroidSuffix, "centroid"), options);
 
     /// <summary>Writes an expert's centroids, one <c>[d_in]</c> vector per module by full name, into its directory (atomically).</summary>

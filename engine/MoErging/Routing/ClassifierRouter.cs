@@ -82,11 +82,16 @@ public sealed class ClassifierRouter : LinearRouter
         writer.WriteTo(path);
     }
 
+    /// <summary>Reads a router written by <see cref="Save"/>, routing densely.</summary>
+    /// <param name="path">The safetensors file.</param>
+    /// <exception cref="InvalidDataException">A missing tensor, shapes that disagree, or bad metadata; the message names the file.</exception>
+    public static ClassifierRouter Load(string path) => Load(path, (RoutingOptions?)null);
+
     /// <summary>Reads a router written by <see cref="Save"/>.</summary>
     /// <param name="path">The safetensors file.</param>
     /// <param name="options">Top-k and temperature; null for dense routing.</param>
     /// <exception cref="InvalidDataException">A missing tensor, shapes that disagree, or bad metadata; the message names the file.</exception>
-    public static ClassifierRouter Load(string path, RoutingOptions? options = null)
+    public static ClassifierRouter Load(string path, RoutingOptions? options)
     {
         using SafeTensorsFile file = SafeTensorsFile.Open(path);
         if (!file.TryGetTensor(WeightTensor, out TensorInfo? weight) || !file.TryGetTensor(BiasTensor, out TensorInfo? bias))

@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 namespace MoErging.Routing;
 
 /// <summary>
@@ -10,6 +11,7 @@ public class FixedRouter : Router
     private readonly float[] _weights;
 
     /// <summary>Creates a router with one weight per expert.</summary>
+    [SuppressMessage("ApiDesign", "RS0022:Constructor make noninheritable base class inheritable", Justification = "Router's private protected constructor keeps its two families closed; a subclass of this one can add members but neither overrides nor sees anything protected, since Router has no protected or public virtual members.")]
     public FixedRouter(ReadOnlySpan<float> weights) : base(weights.Length, weights.Length)
     {
         for (int e = 0; e < weights.Length; e++)

@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using MoErging.Kernels;
 
 namespace MoErging.Routing;
@@ -50,6 +51,7 @@ public class LinearRouter : Router
     /// <param name="normalization">Normalisation of x.</param>
     /// <param name="scoreFunction">f.</param>
     /// <param name="bias">b <c>[E]</c>, added after the temperature; empty for none.</param>
+    [SuppressMessage("ApiDesign", "RS0022:Constructor make noninheritable base class inheritable", Justification = "Router's private protected constructor keeps its two families closed; a subclass of this one can add members but neither overrides nor sees anything protected, since Router has no protected or public virtual members.")]
     public LinearRouter(ReadOnlySpan<float> prototypes, int inputDim, RoutingOptions options,
         InputNormalization normalization = InputNormalization.None, ScoreFunction scoreFunction = ScoreFunction.Identity,
         ReadOnlySpan<float> bias = default)
