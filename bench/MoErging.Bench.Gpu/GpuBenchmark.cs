@@ -1,7 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
-using ILGPU;
 using ILGPU.Runtime;
 using MoErging.Execution;
 using MoErging.Experts;

@@ -1,4 +1,3 @@
-using MoErging.Bench;
 using MoErging.Execution;
 
 namespace MoErging.Bench.Peers;

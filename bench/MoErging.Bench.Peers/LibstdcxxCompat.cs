@@ -105,7 +105,7 @@ internal static class ElfVersions
         {
             // Verdef: vd_version, vd_flags, vd_ndx, vd_cnt (u16 each), vd_hash, vd_aux, vd_next (u32 each);
             // its first Verdaux (vda_name, vda_next) names the version.
-            for (long d = offset; ; )
+            for (long d = offset; ;)
             {
                 uint aux = U32(elf, d + 12), next = U32(elf, d + 16);
                 if (Name(elf, strings + U32(elf, d + aux)) == version)
@@ -149,7 +149,7 @@ internal static class ElfVersions
         {
             // Verneed: vn_version, vn_cnt (u16), vn_file, vn_aux, vn_next (u32); each Vernaux:
             // vna_hash (u32), vna_flags, vna_other (u16), vna_name, vna_next (u32).
-            for (long n = offset; ; )
+            for (long n = offset; ;)
             {
                 ushort count = U16(elf, n + 2);
                 long a = n + U32(elf, n + 8);

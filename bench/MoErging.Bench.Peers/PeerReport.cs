@@ -3,7 +3,6 @@ using System.Runtime.InteropServices;
 using System.Text;
 using BenchmarkDotNet.Mathematics;
 using BenchmarkDotNet.Reports;
-using MoErging.Bench;
 using ScottPlot;
 
 namespace MoErging.Bench.Peers;

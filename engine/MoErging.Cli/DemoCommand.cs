@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Globalization;
-using ILGPU;
 using ILGPU.Runtime;
 using MoErging.Execution;
 using MoErging.Experts;

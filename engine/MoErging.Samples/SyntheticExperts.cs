@@ -1,6 +1,5 @@
 using System.Numerics.Tensors;
 using MoErging.Experts;
-using MoErging.Routing;
 
 namespace MoErging.Samples;
 

@@ -62,7 +62,7 @@ public sealed class LoaderFuzzer(int seed, string workDirectory)
         var summary = new FuzzSummary();
         var clock = Stopwatch.StartNew();
         long next = first - 1;
-        var workers = Enumerable.Range(0, threads).Select(w => new Thread(() =>
+        void Work(int w)
         {
             string dir = Path.Combine(workDirectory, $"worker{w}", "adapter");
             long index;
@@ -82,7 +82,8 @@ public sealed class LoaderFuzzer(int seed, string workDirectory)
                 Count(summary, result!);
                 progress?.Invoke(Interlocked.Read(ref summary.Tried));
             }
-        }) { IsBackground = true }).ToList();
+        }
+        var workers = Enumerable.Range(0, threads).Select(w => new Thread(() => Work(w)) { IsBackground = true }).ToList();
         workers.ForEach(t => t.Start());
         workers.ForEach(t => t.Join());
         summary.Elapsed = clock.Elapsed;

@@ -1,4 +1,3 @@
-using ILGPU;
 using ILGPU.Runtime;
 using MoErging.Execution;
 using MoErging.Experts;

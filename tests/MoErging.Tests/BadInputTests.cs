@@ -20,7 +20,7 @@ public sealed class BadInputTests
     public void ForwardRejectsWrongLengthsAndOverlap()
     {
         var (_, module, engine, session) = Setup();
-        using var _e = engine;
+        using Engine ownedEngine = engine;
         var decision = new RoutingDecision();
         var router = new UniformRouter(4);
         Assert.Contains("not whole rows of d_in = 10", Assert.Throws<ArgumentException>(() => session.Forward(module, router, new float[25], decision, new float[12])).Message);
@@ -37,7 +37,7 @@ public sealed class BadInputTests
     public void RoutersThatDoNotFitTheModuleAreRejected()
     {
         var (lib, module, engine, session) = Setup();
-        using var _e = engine;
+        using Engine ownedEngine = engine;
         var decision = new RoutingDecision();
         Assert.Contains("chooses among 5 experts", Assert.Throws<ArgumentException>(() => session.Route(module, new UniformRouter(5), new float[10], decision)).Message);
         var wide = new LinearRouter(new float[4 * 11], 11, new RoutingOptions(1));
@@ -62,7 +62,7 @@ public sealed class BadInputTests
     public void RoutingOptionsOutOfRange(int k, float temperature, string message)
     {
         var (_, module, engine, _) = Setup();
-        using var _e = engine;
+        using Engine ownedEngine = engine;
         Assert.Contains(message, Assert.Throws<ArgumentOutOfRangeException>(() => new ArrowRouter(module, new RoutingOptions(k, temperature))).Message);
         Assert.Contains(message, Assert.Throws<ArgumentOutOfRangeException>(() => new LinearRouter(new float[40], 10, new RoutingOptions(k, temperature))).Message);
     }

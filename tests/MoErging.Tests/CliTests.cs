@@ -1,7 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
 using System.Text.RegularExpressions;
-using MoErging.Cli;
 using MoErging.Experts;
 using MoErging.Formats;
 

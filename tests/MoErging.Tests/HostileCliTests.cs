@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Text.Json;
 using MoErging.Cli;
 using MoErging.Execution;
 using MoErging.Experts;

@@ -1,4 +1,3 @@
-using MoErging.Experts;
 using MoErging.Routing;
 
 namespace MoErging.Tests;

@@ -1,5 +1,4 @@
 using MoErging.Experts;
-using MoErging.Numerics;
 
 namespace MoErging.Merging;
 

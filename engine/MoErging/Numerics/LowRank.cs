@@ -274,11 +274,11 @@ public static class LowRank
     private static double[] MultiplyTransposed(double[] matrix, int p, int q, double[] y, int l)
     {
         // Each worker owns a slab of M's columns, so M is read once and the result slab stays in cache.
-        const int Slab = 256;
+        const int slab = 256;
         var result = new double[(long)q * l];
-        Parallel.For(0, (q + Slab - 1) / Slab, block =>
+        Parallel.For(0, (q + slab - 1) / slab, block =>
         {
-            int start = block * Slab, width = Math.Min(Slab, q - start);
+            int start = block * slab, width = Math.Min(slab, q - start);
             for (int i = 0; i < p; i++)
             {
                 ReadOnlySpan<double> row = matrix.AsSpan(i * q + start, width);
