@@ -9,8 +9,10 @@
 #define _GNU_SOURCE
 #include "fixture.h"
 #include "moerging.h"
+#include "readme_example.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
@@ -137,13 +139,12 @@ static void check_close(const float* y, const double* reference, const float* ba
     }
 }
 
-/* The engine's choice for one token must be a valid top-k of the float64 scores (descending; nothing
- * dropped scores above a kept one), up to a slack for near ties; its weights must be the softmax of the
- * kept scores within 1e-5. The reference weights go to `weights_out`. */
-static void check_routing(const double* scores, const int32_t* ids, const float* weights, int k,
+/* The engine's choice for one token among `experts` (at most EXPERTS) must be a valid top-k of the float64
+ * scores (descending; nothing dropped scores above a kept one), up to a slack for near ties; its weights must be
+ * the softmax of the kept scores within 1e-5. The reference weights go to `weights_out`. */
+static void check_routing(const double* scores, int experts, const int32_t* ids, const float* weights, int k,
                           double* weights_out, const char* what)
 {
-    const int experts = EXPERTS;
     double top = 0;
     for (int e = 0; e < experts; e++) {
         top = fmax(top, fabs(scores[e]));
@@ -614,10 +615,9 @@ static const char* write_adapter(int e, const char* relative, const char* config
     return path;
 }
 
-/* Loads with stderr sent to a file and returns what was written there (malloc'd). options NULL: through
- * moe_library_load. */
-static char* load_capturing_stderr(const char* const* directories, size_t count, const moe_library_options* options,
-                                   moe_library** loaded, moe_status* status)
+/* Runs call(context) with stderr sent to a file and returns what was written there (malloc'd), or NULL, having
+ * failed the case, when stderr could not be redirected (call did not run). */
+static char* capture_stderr(void (*call)(void* context), void* context)
 {
     char path[PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/stderr-XXXXXX", fixture.root);
@@ -626,12 +626,9 @@ static char* load_capturing_stderr(const char* const* directories, size_t count,
     int saved = file < 0 ? -1 : dup(STDERR_FILENO);
     if (saved < 0 || dup2(file, STDERR_FILENO) < 0) {
         fail(__FILE__, __LINE__, "could not redirect stderr to %s: %s", path, strerror(errno));
-        *loaded = NULL;
-        *status = MOE_ERROR_INTERNAL;
-        return strdup("");
+        return NULL;
     }
-    *status = options ? moe_library_load_with_options(directories, count, options, loaded)
-                      : moe_library_load(directories, count, loaded);
+    call(context);
     fflush(stderr);
     dup2(saved, STDERR_FILENO);
     close(saved);
@@ -640,6 +637,37 @@ static char* load_capturing_stderr(const char* const* directories, size_t count,
     CHECK(pread(file, text, (size_t)size, 0) == size, "could not read back %s", path);
     close(file);
     unlink(path);
+    return text;
+}
+
+typedef struct library_load {
+    const char* const* directories;
+    size_t count;
+    const moe_library_options* options;
+    moe_library** loaded;
+    moe_status* status;
+} library_load;
+
+static void run_library_load(void* context)
+{
+    const library_load* load = context;
+    *load->status = load->options
+                        ? moe_library_load_with_options(load->directories, load->count, load->options, load->loaded)
+                        : moe_library_load(load->directories, load->count, load->loaded);
+}
+
+/* Loads with stderr sent to a file and returns what was written there (malloc'd). options NULL: through
+ * moe_library_load. */
+static char* load_capturing_stderr(const char* const* directories, size_t count, const moe_library_options* options,
+                                   moe_library** loaded, moe_status* status)
+{
+    library_load load = {directories, count, options, loaded, status};
+    char* text = capture_stderr(run_library_load, &load);
+    if (!text) {
+        *loaded = NULL;
+        *status = MOE_ERROR_INTERNAL;
+        return strdup("");
+    }
     return text;
 }
 
@@ -816,7 +844,7 @@ static void check_linear(const float* x, int tokens, const int32_t* ids, const f
         }
         char where[96];
         snprintf(where, sizeof where, "%s, token %d", ref->what, t);
-        check_routing(scores, ids + t * k, weights + t * k, k, reference_weights + t * k, where);
+        check_routing(scores, EXPERTS, ids + t * k, weights + t * k, k, reference_weights + t * k, where);
     }
 }
 
@@ -960,6 +988,114 @@ static void test_assigned(void)
     check_close(y, reference, base, T * D_OUT, K, "assigned");
     free(x);
     free(base);
+}
+
+/* ---- The README's C example, built from README.md's text (readme_example.h) ---- */
+
+enum { README_TOKENS = 7, README_EXPERTS = 3, README_K = 2 };
+
+typedef struct readme_run {
+    const float* x;
+    const float* base;
+    float* y;
+    int32_t* ids;
+    float* weights;
+    int result;
+} readme_run;
+
+static void run_readme_example(void* context)
+{
+    readme_run* run = context;
+    run->result = readme_example(run->x, README_TOKENS, D_IN, run->base, run->y, D_OUT, run->ids, run->weights);
+}
+
+/* The example, run in a directory whose adapters/math, adapters/code and adapters/legal are the fixture's experts 0
+ * to 2 (so its expert ids are the fixture's), must print nothing and leave y = base + the Arrow top-2 mixture
+ * (from moe_forward) + the same decision's mixture again (from moe_forward_assigned, base NULL), with the decision
+ * the reference top-2 of |x . p_e| (temperature 1, the default without arrow_config). */
+static void test_readme_example(void)
+{
+    const char* names[README_EXPERTS] = {"math", "code", "legal"};
+    char directory[PATH_MAX + 32], adapters[PATH_MAX + 48], paths[README_EXPERTS][PATH_MAX + 64];
+    snprintf(directory, sizeof directory, "%s/readme", fixture.root);
+    snprintf(adapters, sizeof adapters, "%s/adapters", directory);
+    CHECK(mkdir(directory, 0700) == 0 && mkdir(adapters, 0700) == 0, "could not create %s: %s", adapters,
+          strerror(errno));
+    for (int e = 0; e < README_EXPERTS; e++) {
+        snprintf(paths[e], sizeof paths[e], "%s/%s", adapters, names[e]);
+        CHECK(fixture_write_adapter(&fixture, e, paths[e], NULL) == 0, "could not write %s: %s", paths[e],
+              strerror(errno));
+    }
+    enum { T = README_TOKENS, K = README_K, SLOTS = README_TOKENS * README_K };
+    float* x = random_floats(T * D_IN, 1.0);
+    float* base = random_floats(T * D_OUT, 1.0);
+    float y[T * D_OUT], weights[SLOTS];
+    int32_t ids[SLOTS];
+    for (int i = 0; i < T * D_OUT; i++) {
+        y[i] = NAN; /* base is given, so y's contents must not matter */
+    }
+    for (int i = 0; i < SLOTS; i++) {
+        ids[i] = -7;
+        weights[i] = NAN;
+    }
+
+    /* The example's paths are relative: it runs in `directory`, then the test returns to where it was. */
+    readme_run run = {x, base, y, ids, weights, -1};
+    char* printed = NULL;
+    int here = open(".", O_RDONLY | O_DIRECTORY);
+    if (here < 0 || chdir(directory) != 0) {
+        fail(__FILE__, __LINE__, "could not change into %s: %s", directory, strerror(errno));
+    } else {
+        printed = capture_stderr(run_readme_example, &run);
+        CHECK(fchdir(here) == 0, "could not return to the working directory: %s", strerror(errno));
+    }
+    if (here >= 0) {
+        close(here);
+    }
+    CHECK(run.result == 0 && printed && !printed[0], "the README's example returned %d and printed \"%s\"",
+          run.result, printed ? printed : "");
+
+    int valid = run.result == 0;
+    for (int i = 0; i < SLOTS; i++) {
+        valid &= ids[i] >= 0 && ids[i] < README_EXPERTS;
+    }
+    CHECK(valid, "the README's example gave expert ids outside [0, %d)", README_EXPERTS);
+    if (valid) {
+        double prototypes[EXPERTS * D_IN], reference_weights[SLOTS], wide[SLOTS];
+        reference_prototypes(prototypes);
+        for (int t = 0; t < T; t++) {
+            double scores[README_EXPERTS];
+            for (int e = 0; e < README_EXPERTS; e++) {
+                double dot = 0;
+                for (int i = 0; i < D_IN; i++) {
+                    dot += (double)x[t * D_IN + i] * prototypes[e * D_IN + i];
+                }
+                scores[e] = fabs(dot);
+            }
+            char where[64];
+            snprintf(where, sizeof where, "the README's example, token %d", t);
+            check_routing(scores, README_EXPERTS, ids + t * K, weights + t * K, K, reference_weights + t * K, where);
+        }
+        for (int i = 0; i < SLOTS; i++) {
+            wide[i] = weights[i]; /* moe_forward_assigned took the engine's float weights as given */
+        }
+        double reference[T * D_OUT], again[T * D_OUT];
+        fixture_reference_forward(&fixture, Q0, x, T, base, ids, reference_weights, K, reference);
+        fixture_reference_forward(&fixture, Q0, x, T, NULL, ids, wide, K, again);
+        for (int i = 0; i < T * D_OUT; i++) {
+            reference[i] += again[i];
+        }
+        check_close(y, reference, base, T * D_OUT, 2 * K, "the README's example");
+    }
+
+    free(printed);
+    free(x);
+    free(base);
+    for (int e = 0; e < README_EXPERTS; e++) {
+        fixture_remove_adapter(paths[e]);
+    }
+    rmdir(adapters);
+    rmdir(directory);
 }
 
 /* ---- Routers built from files: PHATGOOSE gates, centroids, a saved classifier ---- */
@@ -1791,6 +1927,7 @@ static const test_case CASES[] = {
     {"arrow_library_defaults", test_arrow_library_defaults},
     {"linear_forward", test_linear},
     {"assigned_forward", test_assigned},
+    {"readme_example", test_readme_example},
     {"phatgoose_forward", test_phatgoose},
     {"centroid_forward", test_centroid},
     {"classifier_forward", test_classifier},
