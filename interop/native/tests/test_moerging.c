@@ -1,8 +1,8 @@
 /*
  * Tests of the C API through libmoerging.so: every router's forward against a float64 reference computed
  * from the raw factors (fresh random experts and inputs each run; the seed is printed and
- * MOERGING_TEST_SEED repeats a run), many threads against one, and misuse, which must give a status and a
- * message naming the problem, never a crash.
+ * MOERGING_TEST_SEED repeats a run), the README's C example (readme_example.h), many threads against one, and
+ * misuse, which must give a status and a message naming the problem, never a crash.
  *
  * Usage: moerging_test [--junit FILE]
  */
