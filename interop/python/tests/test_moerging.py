@@ -1,8 +1,9 @@
 """Tests of the moerging Python package (and so of libmoerging.so) against numpy float64 references.
 
 Fresh random experts and inputs every run (the seed is printed; MOERGING_TEST_SEED repeats a run). The
-experts are written here as PEFT adapter directories straight from the documented formats. The wheel builder's
-tests (test_wheel.py) run here too. Run:
+experts are written here as PEFT adapter directories straight from the documented formats. The ```python examples of
+the repository's README and the package's README run here as they stand, read from the source tree. The wheel
+builder's tests (test_wheel.py) run here too. Run:
 
     MOERGING_LIBRARY=.../libmoerging.so PYTHONPATH=interop/python python3 test_moerging.py [--junit FILE]
 """
@@ -64,6 +65,39 @@ def write_adapter(directory, rank, alpha, rslora, factors, **config_fields):
     write_safetensors(os.path.join(directory, "adapter_model.safetensors"), tensors)
 
 
+def draw_expert(rng, modules):
+    """A random LoRA expert over modules {name: (d_in, d_out)}: rank 1 to 6, alpha in [0.5, 32), rsLoRA or not, and
+    per module its float32 factors A [rank, d_in], B [d_out, rank] with their scaling."""
+    rank = int(rng.integers(1, 7))
+    alpha = float(rng.uniform(0.5, 32))
+    rslora = bool(rng.integers(0, 2))
+    factors = {}
+    for module, (d_in, d_out) in modules.items():
+        a = rng.normal(0, 1 / np.sqrt(d_in), (rank, d_in)).astype(np.float32)
+        b = rng.normal(0, 1 / np.sqrt(rank), (d_out, rank)).astype(np.float32)
+        factors[module] = (a, b, alpha / (np.sqrt(rank) if rslora else rank))
+    return {"rank": rank, "alpha": alpha, "rslora": rslora, "factors": factors}
+
+
+def write_expert(directory, expert):
+    write_adapter(directory, expert["rank"], expert["alpha"], expert["rslora"],
+                  {m: f[:2] for m, f in expert["factors"].items()})
+
+
+def readme_python_block(path):
+    """The one ```python block of a README, compiled under the README's name and line numbers (so a traceback points
+    into the README)."""
+    if not os.path.isfile(path):  # a failure, not a skip: the suite always runs from the source tree
+        raise AssertionError(f"{path} is not there: this suite checks the examples of the source tree's READMEs")
+    with open(path, encoding="utf-8") as file:
+        text = file.read()
+    blocks = list(re.finditer(r"^```python\n(.*?)^```$", text, re.M | re.S))
+    if len(blocks) != 1:
+        raise AssertionError(f"{path} has {len(blocks)} ```python blocks, not one")
+    lines_before = text.count("\n", 0, blocks[0].start(1))
+    return compile("\n" * lines_before + blocks[0].group(1), path, "exec")
+
+
 def capture_stderr(call):
     """call() with file descriptor 2 sent to a file (the library writes there, not to sys.stderr); returns its
     result and what was written."""
@@ -88,7 +122,8 @@ def arrow_prototypes(experts, module):
 
 def reference_forward(experts, module, x, base, ids, weights):
     """y = base + sum over slots of w * s * B (A x), float64."""
-    y = np.zeros((x.shape[0], MODULES[module][1])) if base is None else base.astype(np.float64)
+    d_out = experts[0]["factors"][module][1].shape[0]
+    y = np.zeros((x.shape[0], d_out)) if base is None else base.astype(np.float64)
     x = x.astype(np.float64)
     for t in range(x.shape[0]):
         for e, w in zip(ids[t], weights[t]):
@@ -135,17 +170,9 @@ class EngineTests(unittest.TestCase):
         cls.root = tempfile.mkdtemp(prefix="moerging-python-")
         cls.experts, cls.paths = [], []
         for e in range(EXPERTS):
-            rank = int(cls.rng.integers(1, 7))
-            alpha = float(cls.rng.uniform(0.5, 32))
-            rslora = bool(cls.rng.integers(0, 2))
-            factors = {}
-            for module, (d_in, d_out) in MODULES.items():
-                a = cls.rng.normal(0, 1 / np.sqrt(d_in), (rank, d_in)).astype(np.float32)
-                b = cls.rng.normal(0, 1 / np.sqrt(rank), (d_out, rank)).astype(np.float32)
-                factors[module] = (a, b, alpha / (np.sqrt(rank) if rslora else rank))
-            path = os.path.join(cls.root, f"expert-{e}")
-            write_adapter(path, rank, alpha, rslora, {m: f[:2] for m, f in factors.items()})
-            cls.experts.append({"rank": rank, "alpha": alpha, "rslora": rslora, "factors": factors})
+            expert, path = draw_expert(cls.rng, MODULES), os.path.join(cls.root, f"expert-{e}")
+            write_expert(path, expert)
+            cls.experts.append(expert)
             cls.paths.append(path)
         cls.engine = moerging.Engine("cpu", cpu_threads=2)
         cls.session = cls.engine.session()
@@ -180,6 +207,48 @@ class EngineTests(unittest.TestCase):
         self.assertEqual(self.up.max_rank, max(e["rank"] for e in self.experts))
         self.assertEqual(self.engine.backend, "cpu")
         self.assertTrue(self.engine.backend_reason)
+
+    def run_readme_example(self, readme):
+        """Runs the README's ```python block (its own text) in a fresh directory holding adapters/math, adapters/code
+        and adapters/legal (random experts with the module layers.0.self_attn.q_proj), given x, y_base and the
+        decision arrays ids and weights; then its y must be y_base plus the Arrow top-2 mixture twice (either
+        README's example adds it twice: by forward_assigned and the in-place forward, or by two forwards), and
+        expert_ids, expert_weights the reference top-2 of |x . p_e| at temperature 1 (the default without
+        arrow_config), which ids and weights must hold too."""
+        code = readme_python_block(readme)
+        module, tokens = "model.layers.0.self_attn.q_proj", 7
+        experts = [draw_expert(self.rng, {module: (D_IN, D_OUT)}) for _ in range(3)]
+        directory = tempfile.mkdtemp(prefix="moerging-readme-", dir=self.root)
+        for name, expert in zip(("math", "code", "legal"), experts):
+            write_expert(os.path.join(directory, "adapters", name), expert)
+        x, y_base = self.normal(tokens, D_IN), self.normal(tokens, D_OUT)
+        given_ids, given_weights = np.full((tokens, 2), -7, np.int32), np.full((tokens, 2), np.nan, np.float32)
+        namespace = {"x": x, "y_base": y_base.copy(), "ids": given_ids, "weights": given_weights}
+        here = os.getcwd()
+        os.chdir(directory)  # the example's adapter paths are relative
+        try:
+            exec(code, namespace)
+        finally:
+            os.chdir(here)
+            for name in ("router", "library"):
+                if name in namespace:
+                    namespace[name].close()
+        y, expert_ids, expert_weights = namespace["y"], namespace["expert_ids"], namespace["expert_weights"]
+        self.assertTrue(np.array_equal(namespace["y_base"], y_base), "the example changed y_base")
+        self.assertEqual((y.dtype, y.shape, expert_ids.shape), (np.float32, (tokens, D_OUT), (tokens, 2)))
+        scores = np.abs(x.astype(np.float64) @ arrow_prototypes(experts, module).T)
+        check_routing(self, scores, expert_ids, expert_weights)
+        self.assertTrue(np.array_equal(namespace["ids"], expert_ids), "ids do not hold the decision")
+        self.assertEqual(namespace["weights"].tobytes(), expert_weights.tobytes(), "weights do not hold the decision")
+        update = reference_forward(experts, module, x, None, expert_ids, expert_weights)
+        assert_close(self, y, y_base.astype(np.float64) + 2 * update, y_base, 4)
+
+    def test_readme_example(self):
+        self.run_readme_example(os.path.normpath(os.path.join(SOURCE_TREE, os.pardir, os.pardir, "README.md")))
+
+    def test_package_readme_example(self):
+        """The package's own README (the wheel's description) has an example too."""
+        self.run_readme_example(os.path.join(SOURCE_TREE, "README.md"))
 
     def test_library_names(self):
         first, second = self.copy_expert(0, "run1/adapter"), self.copy_expert(1, "run2/adapter")
