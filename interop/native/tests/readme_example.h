@@ -1,8 +1,8 @@
 /*
  * The README's C example (README.md, "The C ABI and the Python package") as a function, so that the tests build
  * and run the text users read. CMakeLists.txt writes it into the build directory from tests/readme_example.c.in
- * and the README's ```c block (its leading #include lines at file scope, the rest as this function's body) and
- * writes it again whenever README.md changes.
+ * and the README's ```c block (its leading #include lines at file scope, the rest as this function's body),
+ * reading the README again whenever it changes.
  */
 #ifndef MOERGING_README_EXAMPLE_H
 #define MOERGING_README_EXAMPLE_H
