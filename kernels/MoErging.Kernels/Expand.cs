@@ -62,7 +62,7 @@ internal struct ExpandArgs<TY, TW>
 
 /// <summary>
 /// Expand with the weighted sum fused in: y[t, j..j+7] += Σ_slots Σ_k V[slot, k] · Bᵀ_e[k, j..j+7], each thread
-/// eight consecutive outputs of one token (one 16-byte load of a Bᵀ row per rank term for F16, two for F32,
+/// eight consecutive outputs of one token (one 16-byte load of a Bᵀ row per rank term for F16 and BF16, two for F32,
 /// eight rank terms loaded before they are used),
 /// slots and rank terms summed in a fixed order in float32 and added to y once (rounded once for F16). No
 /// atomics: results repeat exactly from run to run. Bᵀ rows are read along j, so a group's loads are
@@ -80,16 +80,20 @@ public sealed class ExpandKernel
     private readonly int _groupSize;
     private readonly Delegate[] _variants; // in StorageVariant's order
 
-    /// <summary>Compiles the four storage variants for an accelerator (hardware F16 conversions with warps).</summary>
+    /// <summary>
+    /// Compiles the six storage variants (F32 and F16 activations, F32, F16 and BF16 factors) for an accelerator (hardware
+    /// F16 conversions with warps).
+    /// </summary>
     internal ExpandKernel(Accelerator accelerator, bool warps)
     {
-        var (f32f32, f32f16, f16f32, f16f16) = Variants(warps);
+        var (f32f32, f32f16, f32bf16, f16f32, f16f16, f16bf16) = Variants(warps);
+        int limit = int.MaxValue;
         _variants =
         [
-            KernelLoader.Load(accelerator, f32f32, out int a), KernelLoader.Load(accelerator, f32f16, out int b),
-            KernelLoader.Load(accelerator, f16f32, out int c), KernelLoader.Load(accelerator, f16f16, out int d),
+            KernelLoader.LoadVariant(accelerator, f32f32, ref limit), KernelLoader.LoadVariant(accelerator, f32f16, ref limit), KernelLoader.LoadVariant(accelerator, f32bf16, ref limit),
+            KernelLoader.LoadVariant(accelerator, f16f32, ref limit), KernelLoader.LoadVariant(accelerator, f16f16, ref limit), KernelLoader.LoadVariant(accelerator, f16bf16, ref limit),
         ];
-        _groupSize = GroupFor(Math.Min(Math.Min(a, b), Math.Min(c, d)));
+        _groupSize = GroupFor(limit);
     }
 
     /// <summary>Threads per group for a kernel limit.</summary>
@@ -98,13 +102,16 @@ public sealed class ExpandKernel
     /// <summary>The entry points an accelerator with (or without) warps loads (the expand itself needs no reductions).</summary>
     internal static IEnumerable<MethodInfo> EntryPoints(bool warps)
     {
-        var (f32f32, f32f16, f16f32, f16f16) = Variants(warps);
-        return [f32f32.Method, f32f16.Method, f16f32.Method, f16f16.Method];
+        var (f32f32, f32f16, f32bf16, f16f32, f16f16, f16bf16) = Variants(warps);
+        return [f32f32.Method, f32f16.Method, f32bf16.Method, f16f32.Method, f16f16.Method, f16bf16.Method];
     }
 
-    private static (Action<ExpandArgs<float, float>>, Action<ExpandArgs<float, ushort>>, Action<ExpandArgs<ushort, float>>, Action<ExpandArgs<ushort, ushort>>) Variants(bool warps) => warps
-        ? (Kernel<float, F32, float, F32>, Kernel<float, F32, ushort, F16Cuda>, Kernel<ushort, F16Cuda, float, F32>, Kernel<ushort, F16Cuda, ushort, F16Cuda>)
-        : (Kernel<float, F32, float, F32>, Kernel<float, F32, ushort, F16>, Kernel<ushort, F16, float, F32>, Kernel<ushort, F16, ushort, F16>);
+    private static (Action<ExpandArgs<float, float>>, Action<ExpandArgs<float, ushort>>, Action<ExpandArgs<float, BFloat16Bits>>,
+        Action<ExpandArgs<ushort, float>>, Action<ExpandArgs<ushort, ushort>>, Action<ExpandArgs<ushort, BFloat16Bits>>) Variants(bool warps) => warps
+        ? (Kernel<float, F32, float, F32>, Kernel<float, F32, ushort, F16Cuda>, Kernel<float, F32, BFloat16Bits, BF16>,
+            Kernel<ushort, F16Cuda, float, F32>, Kernel<ushort, F16Cuda, ushort, F16Cuda>, Kernel<ushort, F16Cuda, BFloat16Bits, BF16>)
+        : (Kernel<float, F32, float, F32>, Kernel<float, F32, ushort, F16>, Kernel<float, F32, BFloat16Bits, BF16>,
+            Kernel<ushort, F16, float, F32>, Kernel<ushort, F16, ushort, F16>, Kernel<ushort, F16, BFloat16Bits, BF16>);
 
     /// <summary>Threads per group.</summary>
     public int GroupSize => _groupSize;
@@ -113,7 +120,7 @@ public sealed class ExpandKernel
     public static int Groups(int tokens, int outputDim, int groupSize) =>
         Math.Max(1, tokens * ((outputDim + groupSize * OutputsPerThread - 1) / (groupSize * OutputsPerThread)));
 
-    /// <summary>Launches the expand for any combination of F32 (float) and F16 (ushort) storage.</summary>
+    /// <summary>Launches the expand for F32 (float) or F16 (ushort) activations and F32, F16 or BF16 (<see cref="BFloat16Bits"/>) factors.</summary>
     internal void Launch<TY, TW>(AcceleratorStream stream, in ExpandArgs<TY, TW> args)
         where TY : unmanaged
         where TW : unmanaged

@@ -10,7 +10,10 @@ namespace MoErging.Kernels;
 /// rusticl refuses the argument size ILGPU passes (CL_INVALID_ARG_SIZE), as a strict driver may.
 /// </summary>
 /// <typeparam name="TX">Element type of X.</typeparam>
-internal struct ScoresArgs<TX> where TX : unmanaged
+/// <typeparam name="TP">Element type of the prototypes.</typeparam>
+internal struct ScoresArgs<TX, TP>
+    where TX : unmanaged
+    where TP : unmanaged
 {
     /// <summary>X, row-major <c>[Tokens, InputDim]</c>.</summary>
     public ArrayView<TX> X;
@@ -27,8 +30,8 @@ internal struct ScoresArgs<TX> where TX : unmanaged
     /// <summary>E.</summary>
     public int Experts;
 
-    /// <summary>P, row-major <c>[Experts, PrototypePitch]</c>, float32, zero past d_in; 16-byte aligned.</summary>
-    public ArrayView<float> Prototypes;
+    /// <summary>P, row-major <c>[Experts, PrototypePitch]</c>, F32 or BF16, zero past d_in; 16-byte aligned.</summary>
+    public ArrayView<TP> Prototypes;
 
     /// <summary>Row pitch of <see cref="Prototypes"/>: d_in rounded up to a multiple of 8.</summary>
     public int PrototypePitch;
@@ -99,16 +102,24 @@ public sealed class GatingKernel
 
     private const int SelectGroup = 128;
 
-    private readonly Delegate[] _scores; // in StorageVariant's order
+    private readonly Delegate?[] _scores; // in StorageVariant's order; none for F16 prototypes, which are never uploaded
     private readonly Action<AcceleratorStream, KernelConfig, SelectArgs> _select;
 
-    /// <summary>Compiles the scores (F32 and F16 activations; hardware F16 conversions with warps) and the selection for an accelerator.</summary>
+    /// <summary>
+    /// Compiles the scores (F32 and F16 activations, F32 and BF16 prototypes; hardware F16 conversions with warps) and the
+    /// selection for an accelerator.
+    /// </summary>
     internal GatingKernel(Accelerator accelerator, bool warps)
     {
-        var (f32, f16) = Variants(warps);
-        _scores = [KernelLoader.Load(accelerator, f32, out int a), KernelLoader.Load(accelerator, f16, out int b)];
+        var (f32, f32Bf16, f16, f16Bf16) = Variants(warps);
+        int limit = int.MaxValue;
+        _scores =
+        [
+            KernelLoader.LoadVariant(accelerator, f32, ref limit), null, KernelLoader.LoadVariant(accelerator, f32Bf16, ref limit),
+            KernelLoader.LoadVariant(accelerator, f16, ref limit), null, KernelLoader.LoadVariant(accelerator, f16Bf16, ref limit),
+        ];
         _select = KernelLoader.Load<SelectArgs>(accelerator, Select, out int c);
-        ScoresGroupSize = ScoresGroupFor(Math.Min(a, b));
+        ScoresGroupSize = ScoresGroupFor(limit);
         SelectGroupSize = SelectGroupFor(c);
     }
 
@@ -136,13 +147,15 @@ public sealed class GatingKernel
     /// <summary>The entry points an accelerator with (or without) warps loads.</summary>
     internal static IEnumerable<MethodInfo> EntryPoints(bool warps)
     {
-        var (f32, f16) = Variants(warps);
-        return [f32.Method, f16.Method, ((Action<SelectArgs>)Select).Method];
+        var (f32, f32Bf16, f16, f16Bf16) = Variants(warps);
+        return [f32.Method, f32Bf16.Method, f16.Method, f16Bf16.Method, ((Action<SelectArgs>)Select).Method];
     }
 
-    private static (Action<ScoresArgs<float>> F32, Action<ScoresArgs<ushort>> F16) Variants(bool warps) => warps
-        ? (Scores<float, F32>, Scores<ushort, F16Cuda>)
-        : (Scores<float, F32>, Scores<ushort, F16>);
+    /// <summary>The scores for F32 and F16 activations, each against F32 and BF16 prototypes.</summary>
+    private static (Action<ScoresArgs<float, float>>, Action<ScoresArgs<float, BFloat16Bits>>, Action<ScoresArgs<ushort, float>>,
+        Action<ScoresArgs<ushort, BFloat16Bits>>) Variants(bool warps) => warps
+        ? (Scores<float, F32, float, F32>, Scores<float, F32, BFloat16Bits, BF16>, Scores<ushort, F16Cuda, float, F32>, Scores<ushort, F16Cuda, BFloat16Bits, BF16>)
+        : (Scores<float, F32, float, F32>, Scores<float, F32, BFloat16Bits, BF16>, Scores<ushort, F16, float, F32>, Scores<ushort, F16, BFloat16Bits, BF16>);
 
     /// <summary>Groups of the scores launch: one per tile.</summary>
     public static int ScoresGroups(int tokens, int experts) =>
@@ -151,21 +164,27 @@ public sealed class GatingKernel
     /// <summary>Groups of the selection launch.</summary>
     public static int SelectGroups(int tokens, int groupSize) => Math.Max(1, (tokens + groupSize - 1) / groupSize);
 
-    /// <summary>Launches the scores for F32 (float) or F16 (ushort) activations.</summary>
-    internal void LaunchScores<TX>(AcceleratorStream stream, in ScoresArgs<TX> args)
+    /// <summary>Launches the scores for F32 (float) or F16 (ushort) activations against F32 (float) or BF16 (<see cref="BFloat16Bits"/>) prototypes.</summary>
+    /// <exception cref="NotSupportedException">Any other storage (F16 prototypes have no compiled variant).</exception>
+    internal void LaunchScores<TX, TP>(AcceleratorStream stream, in ScoresArgs<TX, TP> args)
         where TX : unmanaged
+        where TP : unmanaged
     {
         var config = new KernelConfig(ScoresGroups(args.Tokens, args.Experts), ScoresGroupSize);
-        ((Action<AcceleratorStream, KernelConfig, ScoresArgs<TX>>)_scores[StorageVariant.Of<TX>()])(stream, config, args);
+        var launch = (Action<AcceleratorStream, KernelConfig, ScoresArgs<TX, TP>>?)_scores[StorageVariant.Of<TX, TP>()]
+            ?? throw new NotSupportedException($"prototypes of {typeof(TP).Name}: the scores take float (F32) or BFloat16Bits (BF16) prototypes");
+        launch(stream, config, args);
     }
 
     /// <summary>Launches the selection.</summary>
     internal void LaunchSelect(AcceleratorStream stream, in SelectArgs args) =>
         _select(stream, new KernelConfig(SelectGroups(args.Tokens, SelectGroupSize), SelectGroupSize), args);
 
-    internal static void Scores<TX, SX>(ScoresArgs<TX> a)
+    internal static void Scores<TX, SX, TP, SP>(ScoresArgs<TX, TP> a)
         where TX : unmanaged
         where SX : struct, IStorage<TX>
+        where TP : unmanaged
+        where SP : struct, IStorage<TP>
     {
         GroupTeam team = default;
         ArrayView<float> scratch = SharedMemory.Allocate<float>(8 * GroupTeam.MaxWidth);
@@ -186,10 +205,10 @@ public sealed class GatingKernel
             Sums8 sums = default;
             for (long i = first; i < n; i += step)
             {
-                sums.S0 += Total(LoadX<TX, SX>(a, x0, i));
-                sums.S1 += Total(LoadX<TX, SX>(a, x1, i));
-                sums.S2 += Total(LoadX<TX, SX>(a, x2, i));
-                sums.S3 += Total(LoadX<TX, SX>(a, x3, i));
+                sums.S0 += Total(LoadX<TX, SX, TP>(a, x0, i));
+                sums.S1 += Total(LoadX<TX, SX, TP>(a, x1, i));
+                sums.S2 += Total(LoadX<TX, SX, TP>(a, x2, i));
+                sums.S3 += Total(LoadX<TX, SX, TP>(a, x3, i));
             }
             team.Sum(ref sums, scratch);
             mean.S0 = sums.S0 / n;
@@ -202,10 +221,10 @@ public sealed class GatingKernel
             Sums8 squares = default;
             for (long i = first; i < n; i += step)
             {
-                squares.S0 += Squares(LoadX<TX, SX>(a, x0, i), mean.S0, i, n);
-                squares.S1 += Squares(LoadX<TX, SX>(a, x1, i), mean.S1, i, n);
-                squares.S2 += Squares(LoadX<TX, SX>(a, x2, i), mean.S2, i, n);
-                squares.S3 += Squares(LoadX<TX, SX>(a, x3, i), mean.S3, i, n);
+                squares.S0 += Squares(LoadX<TX, SX, TP>(a, x0, i), mean.S0, i, n);
+                squares.S1 += Squares(LoadX<TX, SX, TP>(a, x1, i), mean.S1, i, n);
+                squares.S2 += Squares(LoadX<TX, SX, TP>(a, x2, i), mean.S2, i, n);
+                squares.S3 += Squares(LoadX<TX, SX, TP>(a, x3, i), mean.S3, i, n);
             }
             team.Sum(ref squares, scratch);
             scale.S0 = Scale(a, squares.S0, n);
@@ -219,11 +238,11 @@ public sealed class GatingKernel
         Sums8 lo = default, hi = default;
         if (a.XVector != 0)
         {
-            Dots<TX, SX, VectorAccess>(a, ref lo, ref hi, x0, x1, x2, x3, p0, p1, p2, p3, mean, first, step);
+            Dots<TX, SX, TP, SP, VectorAccess>(a, ref lo, ref hi, x0, x1, x2, x3, p0, p1, p2, p3, mean, first, step);
         }
         else
         {
-            Dots<TX, SX, BoundedAccess>(a, ref lo, ref hi, x0, x1, x2, x3, p0, p1, p2, p3, mean, first, step);
+            Dots<TX, SX, TP, SP, BoundedAccess>(a, ref lo, ref hi, x0, x1, x2, x3, p0, p1, p2, p3, mean, first, step);
         }
         team.Sum(ref lo, scratch);
         team.Sum(ref hi, scratch);
@@ -237,32 +256,36 @@ public sealed class GatingKernel
     }
 
     /// <summary>The tile's 16 dot products over d_in, two steps of eight elements per lane at a time.</summary>
-    private static void Dots<TX, SX, TA>(in ScoresArgs<TX> a, ref Sums8 lo, ref Sums8 hi, long x0, long x1, long x2, long x3,
+    private static void Dots<TX, SX, TP, SP, TA>(in ScoresArgs<TX, TP> a, ref Sums8 lo, ref Sums8 hi, long x0, long x1, long x2, long x3,
         long p0, long p1, long p2, long p3, in Sums8 mean, long first, long step)
         where TX : unmanaged
         where SX : struct, IStorage<TX>
+        where TP : unmanaged
+        where SP : struct, IStorage<TP>
         where TA : struct, IRowAccess
     {
         long i = first, n = a.InputDim;
         for (; i + step < n; i += 2 * step)
         {
             // Two steps' loads in flight per lane: the chain of dependent loads is d_in / (16 · group size) long.
-            Accumulate<TX, SX, TA>(a, ref lo, ref hi, x0, x1, x2, x3, p0, p1, p2, p3, mean, i, i + step);
+            Accumulate<TX, SX, TP, SP, TA>(a, ref lo, ref hi, x0, x1, x2, x3, p0, p1, p2, p3, mean, i, i + step);
         }
         if (i < n)
         {
-            Accumulate<TX, SX, TA>(a, ref lo, ref hi, x0, x1, x2, x3, p0, p1, p2, p3, mean, i, -1);
+            Accumulate<TX, SX, TP, SP, TA>(a, ref lo, ref hi, x0, x1, x2, x3, p0, p1, p2, p3, mean, i, -1);
         }
     }
 
     /// <summary>The tile's 16 dot products over elements i..i+7, and j..j+7 too unless j is -1 (loads first, then arithmetic).</summary>
-    private static void Accumulate<TX, SX, TA>(in ScoresArgs<TX> a, ref Sums8 lo, ref Sums8 hi, long x0, long x1, long x2, long x3,
+    private static void Accumulate<TX, SX, TP, SP, TA>(in ScoresArgs<TX, TP> a, ref Sums8 lo, ref Sums8 hi, long x0, long x1, long x2, long x3,
         long p0, long p1, long p2, long p3, in Sums8 mean, long i, long j)
         where TX : unmanaged
         where SX : struct, IStorage<TX>
+        where TP : unmanaged
+        where SP : struct, IStorage<TP>
         where TA : struct, IRowAccess
     {
-        F32 sp = default;
+        SP sp = default;
         TA access = default;
         bool two = j >= 0;
         long n = a.InputDim;
@@ -292,9 +315,10 @@ public sealed class GatingKernel
     private static long Row(int first, int q, int count, long pitch) => (first + q < count ? first + q : first) * pitch;
 
     /// <summary>An x slice for the normalisation passes (not the hot loop): the access is chosen per load there.</summary>
-    private static Float8 LoadX<TX, SX>(in ScoresArgs<TX> a, long row, long i)
+    private static Float8 LoadX<TX, SX, TP>(in ScoresArgs<TX, TP> a, long row, long i)
         where TX : unmanaged
-        where SX : struct, IStorage<TX> =>
+        where SX : struct, IStorage<TX>
+        where TP : unmanaged =>
         a.XVector != 0 ? default(VectorAccess).Load<TX, SX>(a.X, row, i, a.InputDim) : default(BoundedAccess).Load<TX, SX>(a.X, row, i, a.InputDim);
 
     private static float Total(in Float8 v) => v.F0 + v.F1 + v.F2 + v.F3 + v.F4 + v.F5 + v.F6 + v.F7;
@@ -313,13 +337,16 @@ public sealed class GatingKernel
             + (i + 4 < n ? c.F4 * c.F4 : 0f) + (i + 5 < n ? c.F5 * c.F5 : 0f) + (i + 6 < n ? c.F6 * c.F6 : 0f) + (i + 7 < n ? c.F7 * c.F7 : 0f);
     }
 
-    private static float Scale<TX>(in ScoresArgs<TX> a, float squares, long n) where TX : unmanaged =>
+    private static float Scale<TX, TP>(in ScoresArgs<TX, TP> a, float squares, long n)
+        where TX : unmanaged
+        where TP : unmanaged =>
         a.Normalization == 1
             ? 1f / XMath.Sqrt(squares / n + RoutingContract.LayerNormEpsilon)
             : 1f / XMath.Max(XMath.Sqrt(squares), RoutingContract.L2Epsilon);
 
-    private static void Write<TX>(in ScoresArgs<TX> a, int t0, int e, in Sums8 scale, float d0, float d1, float d2, float d3)
+    private static void Write<TX, TP>(in ScoresArgs<TX, TP> a, int t0, int e, in Sums8 scale, float d0, float d1, float d2, float d3)
         where TX : unmanaged
+        where TP : unmanaged
     {
         if (e >= a.Experts)
         {
@@ -333,7 +360,9 @@ public sealed class GatingKernel
         if (t0 + 3 < a.Tokens) a.Scores[row + 3] = Score(a, d3 * scale.S3, bias);
     }
 
-    private static float Score<TX>(in ScoresArgs<TX> a, float dot, float bias) where TX : unmanaged =>
+    private static float Score<TX, TP>(in ScoresArgs<TX, TP> a, float dot, float bias)
+        where TX : unmanaged
+        where TP : unmanaged =>
         (a.Absolute != 0 ? XMath.Abs(dot) : dot) * a.InverseTemperature + bias;
 
     internal static void Select(SelectArgs a)

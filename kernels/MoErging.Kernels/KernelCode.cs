@@ -8,7 +8,7 @@ using ILGPU.Runtime.Cuda;
 
 namespace MoErging.Kernels;
 
-/// <summary>One kernel variant's compiled code: its report name (<c>shrink_f16_f16</c>: family, step, then the storage of activations and weights) and text.</summary>
+/// <summary>One kernel variant's compiled code: its report name (<c>shrink_f16_bf16</c>: family, step, then the storage of activations and weights) and text.</summary>
 /// <param name="Name">Family and step (<c>gating_scores</c>, <c>gating_select</c>, <c>shrink</c>, <c>expand</c>), then the storage variant.</param>
 /// <param name="Method">The kernel method, as C# names it.</param>
 /// <param name="Code">The PTX.</param>
@@ -36,7 +36,7 @@ public static class KernelCode
         return compiled;
     }
 
-    /// <summary>The report name of a kernel method: its family and step, then f32 or f16 for each storage it is generic over.</summary>
+    /// <summary>The report name of a kernel method: its family and step, then f32, f16 or bf16 for each storage it is generic over.</summary>
     internal static string ReportName(MethodInfo method)
     {
         string family = method.DeclaringType?.Name switch
@@ -48,9 +48,10 @@ public static class KernelCode
             null => method.Name.ToLowerInvariant(),
         };
         IEnumerable<string> storage = method.IsGenericMethod
-            // Storages hold float or ushort elements; asking for those two keeps this free of interface reflection, which trimming cannot see.
-            ? method.GetGenericArguments().Where(t => t.IsAssignableTo(typeof(IStorage<float>)) || t.IsAssignableTo(typeof(IStorage<ushort>)))
-                .Select(t => t == typeof(F32) ? "f32" : "f16")
+            // Storages hold float, ushort or BFloat16Bits elements; asking for those keeps this free of interface reflection, which trimming cannot see.
+            ? method.GetGenericArguments()
+                .Where(t => t.IsAssignableTo(typeof(IStorage<float>)) || t.IsAssignableTo(typeof(IStorage<ushort>)) || t.IsAssignableTo(typeof(IStorage<BFloat16Bits>)))
+                .Select(t => t == typeof(F32) ? "f32" : t == typeof(BF16) ? "bf16" : "f16")
             : [];
         return string.Join("_", [family, .. storage]);
     }

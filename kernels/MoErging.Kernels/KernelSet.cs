@@ -96,6 +96,15 @@ internal static class KernelLoader
         }
     }
 
+    /// <summary>Loads one of a kernel's variants, lowering <paramref name="limit"/> to its threads per group: a launcher sizes its groups for all of them.</summary>
+    public static Action<AcceleratorStream, KernelConfig, TArgs> LoadVariant<TArgs>(Accelerator accelerator, Action<TArgs> kernel, ref int limit)
+        where TArgs : struct
+    {
+        Action<AcceleratorStream, KernelConfig, TArgs> launch = Load(accelerator, kernel, out int maxGroupSize);
+        limit = Math.Min(limit, maxGroupSize);
+        return launch;
+    }
+
     /// <summary>A kernel method as C# would name it, for example <c>GatingKernel.Kernel&lt;Single, F32, GroupTeam&gt;</c>.</summary>
     public static string Name(MethodInfo method)
     {

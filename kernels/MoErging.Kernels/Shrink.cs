@@ -105,16 +105,20 @@ public sealed class ShrinkKernel
     private readonly TeamShape _shape;
     private readonly Delegate[] _variants; // in StorageVariant's order
 
-    /// <summary>Compiles the four storage variants for an accelerator, with up to four teams per group (two rank rows, two teams each).</summary>
+    /// <summary>
+    /// Compiles the six storage variants (F32 and F16 activations, F32, F16 and BF16 factors) for an accelerator, with up
+    /// to four teams per group (two rank rows, two teams each).
+    /// </summary>
     internal ShrinkKernel(Accelerator accelerator, bool warps)
     {
-        var (f32f32, f32f16, f16f32, f16f16) = Variants(warps);
+        var (f32f32, f32f16, f32bf16, f16f32, f16f16, f16bf16) = Variants(warps);
+        int limit = MaxGroupSize;
         _variants =
         [
-            KernelLoader.Load(accelerator, f32f32, out int a), KernelLoader.Load(accelerator, f32f16, out int b),
-            KernelLoader.Load(accelerator, f16f32, out int c), KernelLoader.Load(accelerator, f16f16, out int d),
+            KernelLoader.LoadVariant(accelerator, f32f32, ref limit), KernelLoader.LoadVariant(accelerator, f32f16, ref limit), KernelLoader.LoadVariant(accelerator, f32bf16, ref limit),
+            KernelLoader.LoadVariant(accelerator, f16f32, ref limit), KernelLoader.LoadVariant(accelerator, f16f16, ref limit), KernelLoader.LoadVariant(accelerator, f16bf16, ref limit),
         ];
-        _shape = TeamShape.For(accelerator, MaxTeams, Math.Min(MaxGroupSize, Math.Min(Math.Min(a, b), Math.Min(c, d))));
+        _shape = TeamShape.For(accelerator, MaxTeams, limit);
     }
 
     /// <summary>The most teams per group (they split d_in).</summary>
@@ -126,13 +130,16 @@ public sealed class ShrinkKernel
     /// <summary>The entry points an accelerator with (or without) warp reductions loads.</summary>
     internal static IEnumerable<MethodInfo> EntryPoints(bool warps)
     {
-        var (f32f32, f32f16, f16f32, f16f16) = Variants(warps);
-        return [f32f32.Method, f32f16.Method, f16f32.Method, f16f16.Method];
+        var (f32f32, f32f16, f32bf16, f16f32, f16f16, f16bf16) = Variants(warps);
+        return [f32f32.Method, f32f16.Method, f32bf16.Method, f16f32.Method, f16f16.Method, f16bf16.Method];
     }
 
-    private static (Action<ShrinkArgs<float, float>>, Action<ShrinkArgs<float, ushort>>, Action<ShrinkArgs<ushort, float>>, Action<ShrinkArgs<ushort, ushort>>) Variants(bool warps) => warps
-        ? (Kernel<float, F32, float, F32, WarpTeam>, Kernel<float, F32, ushort, F16Cuda, WarpTeam>, Kernel<ushort, F16Cuda, float, F32, WarpTeam>, Kernel<ushort, F16Cuda, ushort, F16Cuda, WarpTeam>)
-        : (Kernel<float, F32, float, F32, GroupTeam>, Kernel<float, F32, ushort, F16, GroupTeam>, Kernel<ushort, F16, float, F32, GroupTeam>, Kernel<ushort, F16, ushort, F16, GroupTeam>);
+    private static (Action<ShrinkArgs<float, float>>, Action<ShrinkArgs<float, ushort>>, Action<ShrinkArgs<float, BFloat16Bits>>,
+        Action<ShrinkArgs<ushort, float>>, Action<ShrinkArgs<ushort, ushort>>, Action<ShrinkArgs<ushort, BFloat16Bits>>) Variants(bool warps) => warps
+        ? (Kernel<float, F32, float, F32, WarpTeam>, Kernel<float, F32, ushort, F16Cuda, WarpTeam>, Kernel<float, F32, BFloat16Bits, BF16, WarpTeam>,
+            Kernel<ushort, F16Cuda, float, F32, WarpTeam>, Kernel<ushort, F16Cuda, ushort, F16Cuda, WarpTeam>, Kernel<ushort, F16Cuda, BFloat16Bits, BF16, WarpTeam>)
+        : (Kernel<float, F32, float, F32, GroupTeam>, Kernel<float, F32, ushort, F16, GroupTeam>, Kernel<float, F32, BFloat16Bits, BF16, GroupTeam>,
+            Kernel<ushort, F16, float, F32, GroupTeam>, Kernel<ushort, F16, ushort, F16, GroupTeam>, Kernel<ushort, F16, BFloat16Bits, BF16, GroupTeam>);
 
     /// <summary>Threads per group.</summary>
     public int GroupSize => _shape.GroupSize;
@@ -149,7 +156,7 @@ public sealed class ShrinkKernel
     /// <summary>Groups of one launch: every expert's row groups.</summary>
     public static int Groups(int experts, int maxRank, int rowsPerGroup) => Math.Max(1, experts * RowGroups(maxRank, rowsPerGroup));
 
-    /// <summary>Launches the shrink for any combination of F32 (float) and F16 (ushort) storage.</summary>
+    /// <summary>Launches the shrink for F32 (float) or F16 (ushort) activations and F32, F16 or BF16 (<see cref="BFloat16Bits"/>) factors.</summary>
     internal void Launch<TX, TW>(AcceleratorStream stream, in ShrinkArgs<TX, TW> args)
         where TX : unmanaged
         where TW : unmanaged

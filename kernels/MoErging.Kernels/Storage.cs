@@ -5,8 +5,8 @@ namespace MoErging.Kernels;
 
 /// <summary>
 /// How a buffer's elements become float32 and back inside a kernel. Kernels are generic over a storage
-/// struct, so one kernel body serves F32 and F16 buffers with F32 arithmetic. Kernels move eight elements
-/// at a time (<see cref="Float8"/>): one 16-byte load for F16, two for F32, at an element index that is a
+/// struct, so one kernel body serves F32, F16 and BF16 buffers with F32 arithmetic. Kernels move eight elements
+/// at a time (<see cref="Float8"/>): one 16-byte load for F16 and BF16, two for F32, at an element index that is a
 /// multiple of 8 in a buffer whose start is 16-byte aligned (<see cref="Load8"/>); where that does not
 /// hold (a row pitch that is not a multiple of 8, a view that starts mid-vector) they take the bounded
 /// scalar forms (<see cref="Load8Within"/>).
@@ -67,7 +67,7 @@ internal struct Float4
     public float X, Y, Z, W;
 }
 
-/// <summary>Four 32-bit words: a 16-byte unit of F16 storage (eight halves, low half first).</summary>
+/// <summary>Four 32-bit words: a 16-byte unit of F16 or BF16 storage (eight 16-bit elements, low half first).</summary>
 internal struct Bits16
 {
     public uint X, Y, Z, W;
@@ -159,6 +159,86 @@ public readonly struct F16Cuda : IStorage<ushort>
 
     /// <inheritdoc />
     public void Store8Within(ArrayView<ushort> view, long index, long end, in Float8 values) => BoundedVectors.Store8Within<ushort, F16Cuda>(view, index, end, values);
+}
+
+/// <summary>
+/// A bfloat16 held as its bit pattern (the top half of a float32): the element type of <see cref="BF16"/> storage.
+/// A type of its own rather than <c>ushort</c>, which F16 bits already use, so the launchers tell the two storages
+/// apart by element type; a struct of one <c>ushort</c> is two bytes on the host, in ILGPU's OpenCL C and in PTX
+/// alike, and the kernels read it eight at a time as 16 bytes (<see cref="Bits16"/>), so it costs nothing over a <c>ushort</c>.
+/// </summary>
+public readonly struct BFloat16Bits
+{
+    /// <summary>The bfloat16 with these bits.</summary>
+    public BFloat16Bits(ushort bits) => Bits = bits;
+
+    /// <summary>The bit pattern: sign, 8 exponent bits, 7 mantissa bits.</summary>
+    public ushort Bits { get; }
+
+    /// <summary>Widens to float32 (exact: a 16-bit shift).</summary>
+    public float ToSingle() => Interop.IntAsFloat((uint)Bits << 16);
+
+    /// <summary>
+    /// Narrows float32 to bfloat16, rounding to nearest, ties to even (values past the largest bfloat16's midpoint
+    /// round to infinity); a NaN stays a NaN of the same sign, made quiet so that dropping its low bits cannot leave
+    /// an infinity. Integer code only, so the host and every kernel give the same bits.
+    /// </summary>
+    public static BFloat16Bits FromSingle(float value)
+    {
+        uint x = Interop.FloatAsInt(value);
+        if ((x & 0x7FFF_FFFF) > 0x7F80_0000)
+        {
+            return new BFloat16Bits((ushort)((x >> 16) | 0x40));
+        }
+        return new BFloat16Bits((ushort)((x + 0x7FFF + ((x >> 16) & 1)) >> 16));
+    }
+}
+
+/// <summary>
+/// bfloat16 elements (<see cref="BFloat16Bits"/>), widened by a shift and narrowed by <see cref="BFloat16Bits.FromSingle"/>.
+/// Both kernel variants use it: widening is a bit move on any hardware, so CUDA has no faster conversion to offer, and the
+/// kernels never narrow to it (they write only activations).
+/// Expert factors and prototypes take it (<c>WeightPrecision.BFloat16</c>); activations stay F32 or F16.
+/// </summary>
+public readonly struct BF16 : IStorage<BFloat16Bits>
+{
+    /// <inheritdoc />
+    public float Load(BFloat16Bits value) => value.ToSingle();
+
+    /// <inheritdoc />
+    public BFloat16Bits Store(float value) => BFloat16Bits.FromSingle(value);
+
+    /// <inheritdoc />
+    public Float8 Load8(ArrayView<BFloat16Bits> view, long index)
+    {
+        // Element 2i is a word's low half, shifted up; element 2i + 1 its high half, already in place.
+        Bits16 b = view.SubView(index, 8).AsAligned(16).Cast<Bits16>()[0];
+        return new Float8
+        {
+            F0 = Interop.IntAsFloat(b.X << 16), F1 = Interop.IntAsFloat(b.X & 0xFFFF_0000),
+            F2 = Interop.IntAsFloat(b.Y << 16), F3 = Interop.IntAsFloat(b.Y & 0xFFFF_0000),
+            F4 = Interop.IntAsFloat(b.Z << 16), F5 = Interop.IntAsFloat(b.Z & 0xFFFF_0000),
+            F6 = Interop.IntAsFloat(b.W << 16), F7 = Interop.IntAsFloat(b.W & 0xFFFF_0000),
+        };
+    }
+
+    /// <inheritdoc />
+    public Float8 Load8Within(ArrayView<BFloat16Bits> view, long index, long end) => BoundedVectors.Load8Within<BFloat16Bits, BF16>(view, index, end);
+
+    /// <inheritdoc />
+    public void Store8(ArrayView<BFloat16Bits> view, long index, in Float8 values) =>
+        view.SubView(index, 8).AsAligned(16).Cast<Bits16>()[0] = new Bits16
+        {
+            X = Pack(values.F0, values.F1),
+            Y = Pack(values.F2, values.F3),
+            Z = Pack(values.F4, values.F5),
+            W = Pack(values.F6, values.F7),
+        };
+
+    /// <inheritdoc />
+    public void Store8Within(ArrayView<BFloat16Bits> view, long index, long end, in Float8 values) => BoundedVectors.Store8Within<BFloat16Bits, BF16>(view, index, end, values);
+
+    private static uint Pack(float low, float high) => BFloat16Bits.FromSingle(low).Bits | ((uint)BFloat16Bits.FromSingle(high).Bits << 16);
 }
 
 /// <summary>The bounded element-by-element forms of every storage: each element read or written only below the end.</summary>

@@ -52,6 +52,49 @@ public abstract class DeviceApiTests(EngineFixture engines)
     }
 
     /// <summary>
+    /// An engine storing its factors in F16 or BF16 (and, in BF16, its routers' prototypes) routes and forwards through a
+    /// session, on the span and the device APIs, in F32 and F16 activations, as the float64 reference does from the
+    /// factors and prototypes as stored (rounded to nearest even by the tests' own rounding). The tolerances are those
+    /// of F32 storage: the rounding happened before the reference, so what is left is float32 arithmetic and the
+    /// activations' own rounding.
+    /// </summary>
+    [Theory]
+    [InlineData(WeightPrecision.Float16)]
+    [InlineData(WeightPrecision.BFloat16)]
+    public void SixteenBitStorageMatchesTheReferenceOfTheStoredValues(WeightPrecision precision)
+    {
+        var data = new TestData();
+        const int tokens = 7, dIn = 40, dOut = 27;
+        TestLibrary lib = data.Library(experts: 6, dIn: dIn, dOut: dOut, ranks: [4, 1, 9, 16]);
+        AdaptedModule module = lib.Module(Module);
+        var router = new ArrowRouter(module, new RoutingOptions(2));
+        RawFactors?[] stored = lib.Raw[Module].Select(f => f is null ? null : f with { A = DeviceIo.AsStored(f.A, precision), B = DeviceIo.AsStored(f.B, precision) }).ToArray();
+        float[] prototypes = DeviceIo.AsStored(router.Prototypes.ToArray(), precision == WeightPrecision.BFloat16 ? WeightPrecision.BFloat16 : WeightPrecision.Float32);
+        using Engine engine = engines.CreateEngine(1, precision);
+        using Session session = engine.CreateSession();
+        Accelerator accelerator = engine.Accelerator!;
+        string where = $"{data} ({precision} storage)";
+        var host = new RoutingDecision();
+
+        float[] x = data.Normal(tokens * dIn), yBase = data.Normal(tokens * dOut), y = (float[])yBase.Clone();
+        session.Forward(module, router, x, host, y);
+        Check(where, stored, prototypes, x, yBase, y, host, router, half: false);
+
+        float[] xh = Round(x), yh = Round(yBase);
+        var yHalf = yh.Select(v => (System.Half)v).ToArray();
+        session.Forward(module, router, xh.Select(v => (System.Half)v).ToArray(), host, yHalf);
+        Check(where, stored, prototypes, xh, yh, yHalf.Select(v => (float)v).ToArray(), host, router, half: true);
+
+        using DeviceRoutingDecision decision = session.CreateDeviceDecision();
+        using var xd = accelerator.Allocate1D(x);
+        using var yd = accelerator.Allocate1D(yBase);
+        session.Forward(module, router, xd.View, decision, yd.View);
+        session.Synchronize();
+        decision.CopyTo(host);
+        Check(where, stored, prototypes, x, yBase, yd.GetAsArray1D(), host, router, half: false);
+    }
+
+    /// <summary>
     /// A batch whose gating launch exceeds what a launch runs (more than int.MaxValue threads: 2²¹ tokens × 1,024
     /// experts is 134 million groups of the scores) is refused before anything is queued, with the limit named,
     /// and y and the decision are left as they were; the module itself is supported.
@@ -231,25 +274,30 @@ public abstract class DeviceApiTests(EngineFixture engines)
         session.Forward(dropped.Module(Module), decision, x, y);
     }
 
-    private static void Check(TestData data, TestLibrary lib, float[] x, float[] yBase, float[] y, RoutingDecision decision, LinearRouter router, bool half)
+    private static void Check(TestData data, TestLibrary lib, float[] x, float[] yBase, float[] y, RoutingDecision decision, LinearRouter router, bool half) =>
+        Check(data.ToString(), lib.Raw[Module], router.Prototypes, x, yBase, y, decision, router, half);
+
+    /// <summary>The decision is a top-k of the reference scores (from <paramref name="prototypes"/>) and y is the reference forward of <paramref name="factors"/> under it.</summary>
+    private static void Check(string where, RawFactors?[] factors, ReadOnlySpan<float> prototypes, float[] x, float[] yBase, float[] y, RoutingDecision decision,
+        LinearRouter router, bool half)
     {
         int tokens = decision.TokenCount, k = decision.TopK;
         var weights = new double[tokens * k];
         for (int t = 0; t < tokens; t++)
         {
-            double[] scores = Reference.Scores(x.AsSpan(t * router.InputDim, router.InputDim), router.Prototypes, router.Normalization,
+            double[] scores = Reference.Scores(x.AsSpan(t * router.InputDim, router.InputDim), prototypes, router.Normalization,
                 router.ScoreFunction, router.Options.Temperature, router.Bias);
-            double[] w = Reference.CheckTopKAndWeigh(scores, decision.ExpertIdsOf(t), 1e-4, $"{data}, token {t}");
+            double[] w = Reference.CheckTopKAndWeigh(scores, decision.ExpertIdsOf(t), 1e-4, $"{where}, token {t}");
             w.CopyTo(weights, t * k);
         }
-        ReferenceOutput expected = Reference.Forward(lib.Raw[Module], x, yBase, tokens, decision.ExpertIds.ToArray(), weights, k);
+        ReferenceOutput expected = Reference.Forward(factors, x, yBase, tokens, decision.ExpertIds.ToArray(), weights, k);
         if (half)
         {
-            Reference.CheckHalf(y.Select(v => (System.Half)v).ToArray(), expected, yBase, $"{data} (F16)");
+            Reference.CheckHalf(y.Select(v => (System.Half)v).ToArray(), expected, yBase, $"{where} (F16)");
         }
         else
         {
-            Reference.CheckFloat32(y, expected, yBase, k, $"{data} (F32)");
+            Reference.CheckFloat32(y, expected, yBase, k, $"{where} (F32)");
         }
     }
 

@@ -21,12 +21,13 @@ public abstract class EngineFixture : IDisposable
         return engine.CreateSession();
     }
 
-    /// <summary>A new engine of its own (the GPU device is shared), for tests that count what an engine holds.</summary>
-    public Engine CreateEngine(int threads) => Open(threads);
+    /// <summary>A new engine of its own (the GPU device is shared), for tests that count what an engine holds or store weights in another precision.</summary>
+    public Engine CreateEngine(int threads, WeightPrecision precision = WeightPrecision.Float32) => Open(threads, precision);
 
     public abstract Backend Backend { get; }
 
-    protected virtual Engine Open(int threads) => Engine.Create(new EngineOptions { Backend = Backend, CpuThreads = threads });
+    protected virtual Engine Open(int threads, WeightPrecision precision = WeightPrecision.Float32) =>
+        Engine.Create(new EngineOptions { Backend = Backend, CpuThreads = threads, WeightPrecision = precision });
 
     public void Dispose()
     {
@@ -55,7 +56,7 @@ public abstract class GpuEngineFixture(TestDevice device) : EngineFixture
         _ => Backend.OpenCL,
     };
 
-    protected override Engine Open(int threads)
+    protected override Engine Open(int threads, WeightPrecision precision = WeightPrecision.Float32)
     {
         using GpuDevice shared = SharedDevices.Hold(device); // opens it for the run if this is the first use
         return Engine.Create(new EngineOptions
@@ -63,6 +64,7 @@ public abstract class GpuEngineFixture(TestDevice device) : EngineFixture
             Backend = Backend,
             Device = SharedDevices.Selector(device),
             SimulatorWarpsPerGroup = device == TestDevice.SimulatorFourWarps ? 4 : 1,
+            WeightPrecision = precision,
         });
     }
 }

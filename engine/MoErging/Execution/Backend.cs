@@ -22,14 +22,20 @@ public enum Backend
     GpuSimulator,
 }
 
-/// <summary>How expert factors are stored on a GPU (the CPU backend always uses float32).</summary>
+/// <summary>How expert factors (and, in BF16, routers' prototypes) are stored on a GPU (the CPU backend always uses float32).</summary>
 public enum WeightPrecision
 {
     /// <summary>float32.</summary>
     Float32,
 
-    /// <summary>IEEE binary16, rounded to nearest even once at upload; arithmetic stays float32.</summary>
+    /// <summary>IEEE binary16 factors, rounded to nearest even once at upload; prototypes stay float32; arithmetic stays float32.</summary>
     Float16,
+
+    /// <summary>
+    /// bfloat16 factors and prototypes (the top 16 bits of a float32: its range, 8 significant bits), rounded to nearest even
+    /// once at upload, a NaN kept as a quiet NaN; the kernels widen them with a shift and compute in float32. Router biases stay float32.
+    /// </summary>
+    BFloat16,
 }
 
 /// <summary>

@@ -77,12 +77,11 @@ public sealed class Engine : IDisposable
         }
         ArgumentOutOfRangeException.ThrowIfLessThan(options.SimulatorWarpsPerGroup, 1, nameof(options.SimulatorWarpsPerGroup));
         ArgumentOutOfRangeException.ThrowIfGreaterThan(options.SimulatorWarpsPerGroup, 32, nameof(options.SimulatorWarpsPerGroup));
-        bool half = options.WeightPrecision switch
+        if (!Enum.IsDefined(options.WeightPrecision))
         {
-            WeightPrecision.Float32 => false,
-            WeightPrecision.Float16 => true,
-            _ => throw new ArgumentOutOfRangeException(nameof(options), options.WeightPrecision, "unknown weight precision"),
-        };
+            throw new ArgumentOutOfRangeException(nameof(options), options.WeightPrecision, "unknown weight precision");
+        }
+        WeightPrecision precision = options.WeightPrecision;
         if (options.Device is not null && options.Backend is Backend.Cpu or Backend.GpuSimulator)
         {
             throw new ArgumentException($"a device ('{options.Device}') is chosen for GPU backends only; the {options.Backend} backend takes none", nameof(options));
@@ -98,7 +97,7 @@ public sealed class Engine : IDisposable
                     throw CpuOnly(options.Backend.ToString());
                 }
                 GpuDevice simulator = Devices.OpenSimulator(options.SimulatorWarpsPerGroup);
-                return OpenGpu(simulator, half, $"asked for; {simulator.Info.Name}");
+                return OpenGpu(simulator, precision, $"asked for; {simulator.Info.Name}");
             case Backend.Cuda:
             case Backend.OpenCL:
                 if (!RuntimeFeature.IsDynamicCodeSupported)
@@ -109,7 +108,7 @@ public sealed class Engine : IDisposable
                 GpuDevice? asked = Devices.TryOpen(api, options.Device, out reason, out Exception? failure);
                 return asked is null
                     ? throw new BackendUnavailableException($"{options.Backend} is not available: {reason}", failure)
-                    : OpenGpu(asked, half, $"asked for; {reason}");
+                    : OpenGpu(asked, precision, $"asked for; {reason}");
             case Backend.Auto:
                 if (!RuntimeFeature.IsDynamicCodeSupported)
                 {
@@ -120,9 +119,9 @@ public sealed class Engine : IDisposable
                     DeviceInfo named = Devices.Find(options.Device, null, out reason)
                         ?? throw new BackendUnavailableException($"device '{options.Device}' is not available: {reason}");
                     GpuDevice? chosen = Devices.TryOpen(named, out reason, out Exception? refused);
-                    return chosen is null ? throw new BackendUnavailableException(reason, refused) : OpenGpu(chosen, half, $"device '{options.Device}' asked for; {reason}");
+                    return chosen is null ? throw new BackendUnavailableException(reason, refused) : OpenGpu(chosen, precision, $"device '{options.Device}' asked for; {reason}");
                 }
-                return OpenBest(options, half);
+                return OpenBest(options, precision);
             default:
                 throw new ArgumentOutOfRangeException(nameof(options), options.Backend, "unknown backend");
         }
@@ -140,7 +139,7 @@ public sealed class Engine : IDisposable
     private static BackendUnavailableException CpuOnly(string what) => new($"{what} is not available: {CpuOnlyReason}");
 
     /// <summary>CUDA, then an OpenCL GPU, then the CPU backend, which beats any OpenCL driver that runs on the CPU.</summary>
-    private static Engine OpenBest(EngineOptions options, bool half)
+    private static Engine OpenBest(EngineOptions options, WeightPrecision precision)
     {
         if (!Devices.MayHaveGpu(out string noGpu))
         {
@@ -149,7 +148,7 @@ public sealed class Engine : IDisposable
         GpuDevice? cuda = Devices.TryOpen(GpuApi.Cuda, out string noCuda);
         if (cuda is not null)
         {
-            return OpenGpu(cuda, half, noCuda);
+            return OpenGpu(cuda, precision, noCuda);
         }
         var skipped = new List<string>();
         foreach (DeviceInfo device in Devices.List().Where(d => d.Api == GpuApi.OpenCL))
@@ -162,7 +161,7 @@ public sealed class Engine : IDisposable
             GpuDevice? openCL = Devices.TryOpen(device, out string reason);
             if (openCL is not null)
             {
-                return OpenGpu(openCL, half, $"{noCuda}; {reason}");
+                return OpenGpu(openCL, precision, $"{noCuda}; {reason}");
             }
             skipped.Add(reason);
         }
@@ -173,7 +172,7 @@ public sealed class Engine : IDisposable
     private static Engine OpenCpu(EngineOptions options, string reason) =>
         new(Backend.Cpu, reason, new CpuBackend(options.CpuThreads == 0 ? Environment.ProcessorCount : options.CpuThreads));
 
-    private static Engine OpenGpu(GpuDevice device, bool half, string reason)
+    private static Engine OpenGpu(GpuDevice device, WeightPrecision precision, string reason)
     {
         Backend backend = device.Api switch
         {
@@ -181,7 +180,7 @@ public sealed class Engine : IDisposable
             GpuApi.OpenCL => Backend.OpenCL,
             _ => Backend.GpuSimulator,
         };
-        return new Engine(backend, $"{backend.ToString().ToLowerInvariant()}: {reason}", new GpuBackend(device, half));
+        return new Engine(backend, $"{backend.ToString().ToLowerInvariant()}: {reason}", new GpuBackend(device, precision));
     }
 
     /// <summary>

@@ -19,7 +19,7 @@ public sealed record EngineOptions
     /// </summary>
     public static int MaxCpuThreads => 4 * Environment.ProcessorCount;
 
-    /// <summary>How expert factors are stored on a GPU.</summary>
+    /// <summary>How expert factors (and, in BF16, routers' prototypes) are stored on a GPU.</summary>
     public WeightPrecision WeightPrecision { get; init; } = WeightPrecision.Float32;
 
     /// <summary>

@@ -1,5 +1,6 @@
 using ILGPU;
 using ILGPU.Runtime;
+using MoErging.Execution;
 using MoErging.Kernels;
 
 [assembly: AssemblyFixture(typeof(MoErging.Tests.Kernels.SharedDevices))]
@@ -218,4 +219,18 @@ public static class DeviceIo
     public static ushort[] ToHalfBits(float[] values) => values.Select(HalfBits.FromSingle).ToArray();
 
     public static float[] FromHalfBits(ushort[] values) => values.Select(HalfBits.ToSingle).ToArray();
+
+    /// <summary>bfloat16 patterns of finite values, rounded to nearest even by the tests' own rounding (<see cref="Narrow"/>), not the engine's.</summary>
+    public static BFloat16Bits[] ToBFloat16Bits(float[] values) => values.Select(v => new BFloat16Bits(Narrow.ToBFloat16Bits(v))).ToArray();
+
+    public static float[] FromBFloat16Bits(BFloat16Bits[] values) => values.Select(b => (float)Narrow.BFloat16Value(b.Bits)).ToArray();
+
+    /// <summary>Finite values as a weight storage holds them: as they are (F32), or rounded to F16 or BF16.</summary>
+    public static float[] AsStored(float[] values, WeightPrecision storage) => storage switch
+    {
+        WeightPrecision.Float32 => values,
+        WeightPrecision.Float16 => FromHalfBits(ToHalfBits(values)),
+        WeightPrecision.BFloat16 => FromBFloat16Bits(ToBFloat16Bits(values)),
+        _ => throw new ArgumentOutOfRangeException(nameof(storage), storage, "no such storage"),
+    };
 }

@@ -1,5 +1,6 @@
 using ILGPU;
 using ILGPU.Runtime;
+using MoErging.Execution;
 using MoErging.Kernels;
 
 namespace MoErging.Tests.Kernels;
@@ -7,7 +8,8 @@ namespace MoErging.Tests.Kernels;
 /// <summary>
 /// One module's experts and a batch of slots laid out for the kernels from the test's own raw factors
 /// (not through the engine's upload): rows padded with zeros to whole 16-byte vectors, as the kernels
-/// require. V is poisoned before the launches, so a value the shrink should write and did not shows up.
+/// require; in F32, F16 or BF16 storage (<see cref="WeightPrecision"/>). V is poisoned before the launches, so a value
+/// the shrink should write and did not shows up.
 /// </summary>
 public sealed class KernelPipeline : IDisposable
 {
@@ -15,7 +17,7 @@ public sealed class KernelPipeline : IDisposable
     private readonly GpuDevice _device;
     private readonly AcceleratorStream _stream;
 
-    public KernelPipeline(GpuDevice device, RawFactors?[] experts, int[] ids, float[] weights, int topK, bool halfWeights, bool parameterMixing = false)
+    public KernelPipeline(GpuDevice device, RawFactors?[] experts, int[] ids, float[] weights, int topK, WeightPrecision storage, bool parameterMixing = false)
     {
         ParameterMixing = parameterMixing;
         _device = device;
@@ -23,7 +25,7 @@ public sealed class KernelPipeline : IDisposable
         Ids = ids;
         Weights = weights;
         TopK = topK;
-        HalfWeights = halfWeights;
+        Storage = storage;
         RawFactors first = experts.First(f => f is not null)!;
         InputDim = first.InputDim;
         OutputDim = first.OutputDim;
@@ -59,10 +61,8 @@ public sealed class KernelPipeline : IDisposable
                 }
             }
         }
-        float[] aRounded = halfWeights ? DeviceIo.FromHalfBits(DeviceIo.ToHalfBits([.. a])) : [.. a];
-        float[] bRounded = halfWeights ? DeviceIo.FromHalfBits(DeviceIo.ToHalfBits([.. bT])) : [.. bT];
-        PaddedA = aRounded;
-        PaddedBTransposed = bRounded;
+        PaddedA = DeviceIo.AsStored([.. a], storage);
+        PaddedBTransposed = DeviceIo.AsStored([.. bT], storage);
         AOffsets = aOffset;
         AOffset = Own(DeviceIo.Upload(accelerator, aOffset));
         BOffset = Own(DeviceIo.Upload(accelerator, bOffset));
@@ -81,7 +81,8 @@ public sealed class KernelPipeline : IDisposable
 
     public int TopK { get; }
 
-    public bool HalfWeights { get; }
+    /// <summary>How the factors are stored.</summary>
+    public WeightPrecision Storage { get; }
 
     /// <summary>Shrink and expand in parameter-mixing mode.</summary>
     public bool ParameterMixing { get; }
@@ -96,7 +97,7 @@ public sealed class KernelPipeline : IDisposable
 
     public int BPitch { get; }
 
-    /// <summary>A as the kernels see it: padded rows, F16-rounded when <see cref="HalfWeights"/>.</summary>
+    /// <summary>A as the kernels see it: padded rows, rounded to the <see cref="Storage"/>.</summary>
     public float[] PaddedA { get; }
 
     /// <summary>Bᵀ as the kernels see it.</summary>
@@ -121,17 +122,21 @@ public sealed class KernelPipeline : IDisposable
     /// <summary>The shrink alone, from the given decision; X in F32 or F16 bits, starting <paramref name="offset"/> elements into its buffer.</summary>
     public void Shrink<TX>(TX[] x, int offset = 0, bool forceVector = false) where TX : unmanaged
     {
-        if (HalfWeights)
+        switch (Storage)
         {
-            Shrink<TX, ushort>(x, DeviceIo.ToHalfBits(PaddedA), offset, forceVector);
-        }
-        else
-        {
-            Shrink<TX, float>(x, PaddedA, offset, forceVector);
+            case WeightPrecision.Float16:
+                Shrink<TX, ushort>(x, DeviceIo.ToHalfBits(PaddedA), offset, forceVector);
+                break;
+            case WeightPrecision.BFloat16:
+                Shrink<TX, BFloat16Bits>(x, DeviceIo.ToBFloat16Bits(PaddedA), offset, forceVector);
+                break;
+            default:
+                Shrink<TX, float>(x, PaddedA, offset, forceVector);
+                break;
         }
     }
 
-    /// <summary>The shrink choosing each token's experts from expert-major scores; it writes the decision into <see cref="IdsBuffer"/> and <see cref="WeightsBuffer"/>.</summary>
+    /// <summary>The shrink choosing each token's experts from expert-major scores (F32 factors); it writes the decision into <see cref="IdsBuffer"/> and <see cref="WeightsBuffer"/>.</summary>
     public void ShrinkChoosing(float[] x, ArrayView<float> scores, int experts)
     {
         using var xBuffer = DeviceIo.Upload(_device.Accelerator, x);
@@ -143,13 +148,17 @@ public sealed class KernelPipeline : IDisposable
     /// <summary>Shrink then expand into y (in place); activations in F32 or F16 bits.</summary>
     public void Forward<TX>(TX[] x, TX[] y) where TX : unmanaged
     {
-        if (HalfWeights)
+        switch (Storage)
         {
-            Forward<TX, ushort>(x, y, DeviceIo.ToHalfBits(PaddedA), DeviceIo.ToHalfBits(PaddedBTransposed));
-        }
-        else
-        {
-            Forward<TX, float>(x, y, PaddedA, PaddedBTransposed);
+            case WeightPrecision.Float16:
+                Forward<TX, ushort>(x, y, DeviceIo.ToHalfBits(PaddedA), DeviceIo.ToHalfBits(PaddedBTransposed));
+                break;
+            case WeightPrecision.BFloat16:
+                Forward<TX, BFloat16Bits>(x, y, DeviceIo.ToBFloat16Bits(PaddedA), DeviceIo.ToBFloat16Bits(PaddedBTransposed));
+                break;
+            default:
+                Forward<TX, float>(x, y, PaddedA, PaddedBTransposed);
+                break;
         }
     }
 

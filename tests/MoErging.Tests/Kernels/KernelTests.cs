@@ -1,5 +1,6 @@
 using ILGPU;
 using ILGPU.Runtime;
+using MoErging.Execution;
 using MoErging.Kernels;
 using MoErging.Routing;
 using Half = System.Half;
@@ -9,25 +10,30 @@ namespace MoErging.Tests.Kernels;
 /// <summary>
 /// The gating's scores and selection against float64: each score within 1e-4 of the float64 score (relative,
 /// floored at 1), the kept experts a valid top-k (slack 1e-4 for near ties) in order, and the weights within
-/// 1e-5 of the float64 softmax over them; d_in 37 takes the bounded scalar loads, 40 the vector loads.
+/// 1e-5 of the float64 softmax over them; d_in 37 takes the bounded scalar loads, 40 the vector loads. With BF16
+/// prototypes the reference scores the BF16-rounded prototypes, the values the kernel reads, with the same tolerances.
 /// Outputs are poisoned first.
 /// </summary>
 public abstract class GatingKernelTests(DeviceFixture fixture)
 {
-    public static TheoryData<int, int, int, int, bool, bool, bool, int> Cases() => new()
+    public static TheoryData<int, int, int, int, bool, bool, bool, int, bool> Cases() => new()
     {
-        // tokens, experts, k, normalization (0 none, 1 LayerNorm, 2 L2), |·|, bias, F16 x, d_in
-        { 1, 5, 1, 0, true, false, false, 37 },
-        { 9, 5, 2, 1, false, true, false, 37 },
-        { 5, 5, 5, 2, false, false, false, 40 },
-        { 3, 37, 2, 0, true, false, true, 37 },
-        { 6, 7, 3, 1, true, true, true, 40 },
-        { 13, 70, 4, 2, true, false, true, 16 },
+        // tokens, experts, k, normalization (0 none, 1 LayerNorm, 2 L2), |·|, bias, F16 x, d_in, BF16 prototypes
+        { 1, 5, 1, 0, true, false, false, 37, false },
+        { 9, 5, 2, 1, false, true, false, 37, false },
+        { 5, 5, 5, 2, false, false, false, 40, false },
+        { 3, 37, 2, 0, true, false, true, 37, false },
+        { 6, 7, 3, 1, true, true, true, 40, false },
+        { 13, 70, 4, 2, true, false, true, 16, false },
+        { 9, 6, 2, 1, false, true, false, 40, true },
+        { 4, 37, 3, 0, true, false, false, 37, true },
+        { 7, 9, 2, 2, true, true, true, 40, true },
+        { 5, 11, 4, 1, false, false, true, 37, true },
     };
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void MatchesTheFloat64Reference(int tokens, int experts, int k, int normalization, bool absolute, bool bias, bool half, int n)
+    public void MatchesTheFloat64Reference(int tokens, int experts, int k, int normalization, bool absolute, bool bias, bool half, int n, bool bf16)
     {
         GpuDevice device = fixture.Device;
         var data = new TestData();
@@ -35,6 +41,10 @@ public abstract class GatingKernelTests(DeviceFixture fixture)
         if (half)
         {
             x = DeviceIo.FromHalfBits(DeviceIo.ToHalfBits(x));
+        }
+        if (bf16)
+        {
+            p = DeviceIo.AsStored(p, WeightPrecision.BFloat16);
         }
         float temperature = 0.5f + (float)data.Rng.NextDouble();
         int pitch = VectorRows.Pitch(n);
@@ -44,7 +54,8 @@ public abstract class GatingKernelTests(DeviceFixture fixture)
             p.AsSpan(e * n, n).CopyTo(padded.AsSpan(e * pitch));
         }
         Accelerator accelerator = device.Accelerator;
-        using var prototypes = DeviceIo.Upload(accelerator, padded);
+        using var prototypes = bf16 ? null : DeviceIo.Upload(accelerator, padded);
+        using var bf16Prototypes = bf16 ? DeviceIo.Upload(accelerator, DeviceIo.ToBFloat16Bits(padded)) : null;
         using var biasBuffer = DeviceIo.Upload(accelerator, b);
         using var scores = DeviceIo.Poisoned(accelerator, experts * tokens, float.NaN);
         using var ids = DeviceIo.Poisoned(accelerator, tokens * k, int.MinValue);
@@ -52,15 +63,11 @@ public abstract class GatingKernelTests(DeviceFixture fixture)
         using AcceleratorStream stream = accelerator.CreateStream();
         if (half)
         {
-            using var xb = DeviceIo.Upload(accelerator, DeviceIo.ToHalfBits(x));
-            device.Kernels.Gating.LaunchScores(stream, Args(xb.View.BaseView));
-            stream.Synchronize();
+            Score(DeviceIo.ToHalfBits(x));
         }
         else
         {
-            using var xb = DeviceIo.Upload(accelerator, x);
-            device.Kernels.Gating.LaunchScores(stream, Args(xb.View.BaseView));
-            stream.Synchronize();
+            Score(x);
         }
         device.Kernels.Gating.LaunchSelect(stream, new SelectArgs { Scores = scores.View, Tokens = tokens, Experts = experts, TopK = k, Ids = ids.View, Weights = weights.View });
         stream.Synchronize();
@@ -85,14 +92,30 @@ public abstract class GatingKernelTests(DeviceFixture fixture)
             }
         }
 
-        ScoresArgs<TX> Args<TX>(ArrayView<TX> xv) where TX : unmanaged => new()
+        void Score<TX>(TX[] xValues) where TX : unmanaged
+        {
+            using var xb = DeviceIo.Upload(accelerator, xValues);
+            if (bf16Prototypes is not null)
+            {
+                device.Kernels.Gating.LaunchScores(stream, Args(xb.View.BaseView, bf16Prototypes.View.BaseView));
+            }
+            else
+            {
+                device.Kernels.Gating.LaunchScores(stream, Args(xb.View.BaseView, prototypes!.View.BaseView));
+            }
+            stream.Synchronize();
+        }
+
+        ScoresArgs<TX, TP> Args<TX, TP>(ArrayView<TX> xv, ArrayView<TP> pv)
+            where TX : unmanaged
+            where TP : unmanaged => new()
         {
             X = xv,
             Tokens = tokens,
             InputDim = n,
             XVector = VectorRows.Aligned(xv, n, accelerator) ? 1 : 0,
             Experts = experts,
-            Prototypes = prototypes.View,
+            Prototypes = pv,
             PrototypePitch = pitch,
             Normalization = normalization,
             Absolute = absolute ? 1 : 0,
@@ -105,7 +128,7 @@ public abstract class GatingKernelTests(DeviceFixture fixture)
 }
 
 /// <summary>
-/// The shrink: V[slot, r] = c · (A_e[r] · x_t) against float64 for every contributing slot, for F32 and F16 storage,
+/// The shrink: V[slot, r] = c · (A_e[r] · x_t) against float64 (from A as stored) for every contributing slot, for F32, F16 and BF16 storage,
 /// with vector (d_in 40) and bounded scalar (d_in 37, or a view that starts mid-vector) loads of X; slots that add
 /// nothing are left as they were. And the selection the shrink runs itself gives the selection kernel's decision
 /// and the same V, bit for bit.
@@ -113,29 +136,33 @@ public abstract class GatingKernelTests(DeviceFixture fixture)
 public abstract class ShrinkKernelTests(DeviceFixture fixture)
 {
     [Theory]
-    [InlineData(false, false, 37, 0)]
-    [InlineData(true, false, 37, 0)]
-    [InlineData(false, true, 40, 0)]
-    [InlineData(true, true, 40, 0)]
-    [InlineData(false, false, 40, 1)] // the view starts one element in: not 16-byte aligned, so scalar loads
-    [InlineData(true, true, 40, 3)]
-    public void MatchesTheFloat64Reference(bool halfX, bool halfWeights, int n, int offset) => Check(11, 2, [16, 1, 3, 8, 0], halfX, halfWeights, n, offset);
+    [InlineData(false, WeightPrecision.Float32, 37, 0)]
+    [InlineData(true, WeightPrecision.Float32, 37, 0)]
+    [InlineData(false, WeightPrecision.Float16, 40, 0)]
+    [InlineData(true, WeightPrecision.Float16, 40, 0)]
+    [InlineData(false, WeightPrecision.Float32, 40, 1)] // the view starts one element in: not 16-byte aligned, so scalar loads
+    [InlineData(true, WeightPrecision.Float16, 40, 3)]
+    [InlineData(false, WeightPrecision.BFloat16, 40, 0)]
+    [InlineData(true, WeightPrecision.BFloat16, 37, 0)]
+    [InlineData(false, WeightPrecision.BFloat16, 40, 1)]
+    [InlineData(true, WeightPrecision.BFloat16, 40, 0)]
+    public void MatchesTheFloat64Reference(bool halfX, WeightPrecision storage, int n, int offset) => Check(11, 2, [16, 1, 3, 8, 0], halfX, storage, n, offset);
 
     /// <summary>More slots than one scan chunk holds (8 per thread of a group): the shrink's list is refilled several times.</summary>
     [Fact]
     public void SlotsSpanSeveralScanChunks()
     {
         int chunk = ShrinkKernel.SlotsPerThread * fixture.Device.Kernels.Shrink.GroupSize;
-        Check(chunk * 5 / 4, 2, [2, 1, 0], halfX: false, halfWeights: false, n: 8, offset: 0);
+        Check(chunk * 5 / 4, 2, [2, 1, 0], halfX: false, WeightPrecision.Float32, n: 8, offset: 0);
     }
 
-    private void Check(int tokens, int k, int[] ranks, bool halfX, bool halfWeights, int n, int offset)
+    private void Check(int tokens, int k, int[] ranks, bool halfX, WeightPrecision storage, int n, int offset)
     {
         var data = new TestData();
         RawFactors?[] experts = ranks.Select(r => r == 0 ? null : data.Factors(r, n, 5)).ToArray();
         int[] ids = Enumerable.Range(0, tokens * k).Select(_ => data.Rng.Next(-1, ranks.Length)).ToArray();
         float[] weights = data.Normal(tokens * k).Select((w, i) => i % 7 == 3 ? 0f : w).ToArray(), x = data.Normal(tokens * n);
-        using var run = new KernelPipeline(fixture.Device, experts, ids, weights, k, halfWeights);
+        using var run = new KernelPipeline(fixture.Device, experts, ids, weights, k, storage);
         if (halfX)
         {
             x = DeviceIo.FromHalfBits(DeviceIo.ToHalfBits(x));
@@ -194,9 +221,9 @@ public abstract class ShrinkKernelTests(DeviceFixture fixture)
         int[] chosen = ids.GetAsArray1D();
         float[] chosenWeights = weights.GetAsArray1D();
 
-        using var given = new KernelPipeline(device, experts, chosen, chosenWeights, k, halfWeights: false);
+        using var given = new KernelPipeline(device, experts, chosen, chosenWeights, k, WeightPrecision.Float32);
         given.Shrink(x);
-        using var choosing = new KernelPipeline(device, experts, new int[tokens * k], new float[tokens * k], k, halfWeights: false);
+        using var choosing = new KernelPipeline(device, experts, new int[tokens * k], new float[tokens * k], k, WeightPrecision.Float32);
         choosing.ShrinkChoosing(x, scores.View, expertCount);
         KernelAssertions.AssertNone($"{data}");
         Assert.Equal(chosen, choosing.Read(choosing.IdsBuffer, tokens * k));
@@ -210,21 +237,25 @@ public abstract class ShrinkKernelTests(DeviceFixture fixture)
 }
 
 /// <summary>
-/// The expert path (shrink, expand) against the float64 forward, in every storage
+/// The expert path (shrink, expand) against the float64 forward of the factors as stored, in every storage
 /// combination, with T = 1, an expert no token selects, empty slots and mixed ranks; and in
 /// parameter-mixing mode against the float64 s · (Σ w B)(Σ w A) x, repeated experts in a token included.
 /// </summary>
 public abstract class ExpandKernelTests(DeviceFixture fixture)
 {
     [Theory]
-    [InlineData(7, 2, false, false, 23, 45)]
-    [InlineData(1, 1, false, false, 23, 45)]
-    [InlineData(5, 5, false, true, 23, 45)]
-    [InlineData(6, 2, true, false, 23, 45)]
-    [InlineData(4, 3, true, true, 23, 45)]
-    [InlineData(6, 2, false, false, 32, 48)] // whole vectors: 16-byte loads and stores of x and y
-    [InlineData(3, 2, true, true, 24, 1040)] // F16 y in vectors, more outputs than one group covers
-    public void MatchesTheFloat64Forward(int tokens, int k, bool halfActivations, bool halfWeights, int n, int m)
+    [InlineData(7, 2, false, WeightPrecision.Float32, 23, 45)]
+    [InlineData(1, 1, false, WeightPrecision.Float32, 23, 45)]
+    [InlineData(5, 5, false, WeightPrecision.Float16, 23, 45)]
+    [InlineData(6, 2, true, WeightPrecision.Float32, 23, 45)]
+    [InlineData(4, 3, true, WeightPrecision.Float16, 23, 45)]
+    [InlineData(6, 2, false, WeightPrecision.Float32, 32, 48)] // whole vectors: 16-byte loads and stores of x and y
+    [InlineData(3, 2, true, WeightPrecision.Float16, 24, 1040)] // F16 y in vectors, more outputs than one group covers
+    [InlineData(5, 5, false, WeightPrecision.BFloat16, 23, 45)]
+    [InlineData(4, 3, true, WeightPrecision.BFloat16, 23, 45)]
+    [InlineData(6, 2, false, WeightPrecision.BFloat16, 32, 48)]
+    [InlineData(3, 2, true, WeightPrecision.BFloat16, 24, 1040)]
+    public void MatchesTheFloat64Forward(int tokens, int k, bool halfActivations, WeightPrecision storage, int n, int m)
     {
         var data = new TestData();
         int[] ranks = [3, 16, 1, 8, 5];
@@ -232,11 +263,9 @@ public abstract class ExpandKernelTests(DeviceFixture fixture)
         // Expert 4 never chosen; some slots empty.
         int[] ids = Enumerable.Range(0, tokens * k).Select(_ => data.Rng.Next(-1, 4)).ToArray();
         float[] weights = data.Normal(tokens * k), x = data.Normal(tokens * n), yBase = data.Normal(tokens * m);
-        using var run = new KernelPipeline(fixture.Device, experts, ids, weights, k, halfWeights);
-        RawFactors?[] seen = halfWeights
-            ? experts.Select(f => f is null ? null : f with { A = Round(f.A), B = Round(f.B) }).ToArray()
-            : experts;
-        string where = $"{data} (T={tokens}, k={k}, F16 activations {halfActivations}, F16 weights {halfWeights})";
+        using var run = new KernelPipeline(fixture.Device, experts, ids, weights, k, storage);
+        RawFactors?[] seen = Stored(experts, storage);
+        string where = $"{data} (T={tokens}, k={k}, F16 activations {halfActivations}, {storage} weights)";
         ReferenceOutput expected;
         if (halfActivations)
         {
@@ -257,9 +286,11 @@ public abstract class ExpandKernelTests(DeviceFixture fixture)
     }
 
     [Theory]
-    [InlineData(false, false)]
-    [InlineData(true, true)]
-    public void ParameterMixingMatchesTheFloat64Forward(bool halfActivations, bool halfWeights)
+    [InlineData(false, WeightPrecision.Float32)]
+    [InlineData(true, WeightPrecision.Float16)]
+    [InlineData(false, WeightPrecision.BFloat16)]
+    [InlineData(true, WeightPrecision.BFloat16)]
+    public void ParameterMixingMatchesTheFloat64Forward(bool halfActivations, WeightPrecision storage)
     {
         var data = new TestData();
         const int tokens = 5, k = 3, n = 23, m = 45, rank = 6;
@@ -267,11 +298,9 @@ public abstract class ExpandKernelTests(DeviceFixture fixture)
         int[] ids = Enumerable.Range(0, tokens * k).Select(_ => data.Rng.Next(-1, 4)).ToArray();
         ids[0] = ids[1] = 2; // a repeated expert adds up in both sums
         float[] weights = data.Normal(tokens * k), x = data.Normal(tokens * n), yBase = data.Normal(tokens * m);
-        using var run = new KernelPipeline(fixture.Device, experts, ids, weights, k, halfWeights, parameterMixing: true);
-        RawFactors?[] seen = halfWeights
-            ? experts.Select(f => f is null ? null : f with { A = Round(f.A), B = Round(f.B) }).ToArray()
-            : experts;
-        string where = $"{data} (parameter mixing, F16 activations {halfActivations}, F16 weights {halfWeights})";
+        using var run = new KernelPipeline(fixture.Device, experts, ids, weights, k, storage, parameterMixing: true);
+        RawFactors?[] seen = Stored(experts, storage);
+        string where = $"{data} (parameter mixing, F16 activations {halfActivations}, {storage} weights)";
         if (halfActivations)
         {
             x = Round(x);
@@ -291,6 +320,10 @@ public abstract class ExpandKernelTests(DeviceFixture fixture)
     }
 
     private static float[] Round(float[] values) => DeviceIo.FromHalfBits(DeviceIo.ToHalfBits(values));
+
+    /// <summary>The factors as the kernels read them: rounded to the storage (the reference's input, so its tolerances cover float32 arithmetic alone).</summary>
+    private static RawFactors?[] Stored(RawFactors?[] experts, WeightPrecision storage) =>
+        experts.Select(f => f is null ? null : f with { A = DeviceIo.AsStored(f.A, storage), B = DeviceIo.AsStored(f.B, storage) }).ToArray();
 }
 
 public sealed class GatingKernelTestsOnSimulator(SimulatorFixture f) : GatingKernelTests(f), IClassFixture<SimulatorFixture>;
@@ -345,7 +378,7 @@ public sealed class AlignmentChecks(SimulatorFixture fixture) : IClassFixture<Si
         var data = new TestData();
         const int n = 16;
         RawFactors?[] experts = [data.Factors(2, n, 3)];
-        using var run = new KernelPipeline(fixture.Device, experts, [0, 0], [1f, 0.5f], 1, halfWeights: false);
+        using var run = new KernelPipeline(fixture.Device, experts, [0, 0], [1f, 0.5f], 1, WeightPrecision.Float32);
         KernelAssertions.AssertNone("before the launch");
         run.Shrink(data.Normal(2 * n), offset: 1, forceVector: true);
         string[] failures = KernelAssertions.Take();

@@ -1,13 +1,15 @@
+using System.Runtime.InteropServices;
 using ILGPU;
 using ILGPU.Runtime;
 using MoErging.Experts;
 using MoErging.Kernels;
+using MoErging.Numerics;
 
 namespace MoErging.Execution.Gpu;
 
 /// <summary>
 /// One module's experts on the device: every expert's A and Bᵀ back to back (mixed ranks, no padding
-/// between experts), in F32 or F16 storage, each row padded with zeros to a whole number of 16-byte
+/// between experts), in F32, F16 or BF16 storage (<see cref="WeightPrecision"/>), each row padded with zeros to a whole number of 16-byte
 /// vectors (<see cref="VectorRows.Pitch"/>) so the kernels read them with vector loads, with per-expert
 /// offsets, ranks (0 where an expert does not adapt the module) and scalings. Uploaded once per engine
 /// and module, on the stream of the session that first needs it.
@@ -21,7 +23,7 @@ internal sealed class DeviceModule : IDisposable
     private readonly MemoryBuffer1D<int, Stride1D.Dense> _rank;
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _scaling;
 
-    public DeviceModule(Accelerator accelerator, AcceleratorStream stream, AdaptedModule module, bool halfWeights)
+    public DeviceModule(Accelerator accelerator, AcceleratorStream stream, AdaptedModule module, WeightPrecision precision)
     {
         int experts = module.ExpertCount;
         var aOffset = new long[experts];
@@ -43,16 +45,12 @@ internal sealed class DeviceModule : IDisposable
                 bLength += (long)f.Rank * BPitch;
             }
         }
-        HalfWeights = halfWeights;
+        Precision = precision;
         MaxRank = module.MaxRank;
         try
         {
-            _a = halfWeights
-                ? Upload<ushort>(accelerator, stream, module, aLength, module.InputDim, APitch, f => f.A)
-                : Upload<float>(accelerator, stream, module, aLength, module.InputDim, APitch, f => f.A);
-            _bTransposed = halfWeights
-                ? Upload<ushort>(accelerator, stream, module, bLength, module.OutputDim, BPitch, f => f.BTransposed)
-                : Upload<float>(accelerator, stream, module, bLength, module.OutputDim, BPitch, f => f.BTransposed);
+            _a = Upload(accelerator, stream, module, precision, aLength, module.InputDim, APitch, f => f.A);
+            _bTransposed = Upload(accelerator, stream, module, precision, bLength, module.OutputDim, BPitch, f => f.BTransposed);
             _aOffset = DeviceCopy.Of(accelerator, stream, aOffset);
             _bOffset = DeviceCopy.Of(accelerator, stream, bOffset);
             _rank = DeviceCopy.Of(accelerator, stream, rank);
@@ -65,7 +63,8 @@ internal sealed class DeviceModule : IDisposable
         }
     }
 
-    public bool HalfWeights { get; }
+    /// <summary>The factors' storage: float (F32), ushort (F16 bits) or <see cref="BFloat16Bits"/> (BF16).</summary>
+    public WeightPrecision Precision { get; }
 
     public int MaxRank { get; }
 
@@ -100,6 +99,14 @@ internal sealed class DeviceModule : IDisposable
 
     private delegate ReadOnlySpan<float> Factor(LoraFactors factors);
 
+    private static MemoryBuffer Upload(Accelerator accelerator, AcceleratorStream stream, AdaptedModule module, WeightPrecision precision, long length,
+        int rowLength, int pitch, Factor factor) => precision switch
+    {
+        WeightPrecision.Float16 => Upload<ushort>(accelerator, stream, module, length, rowLength, pitch, factor),
+        WeightPrecision.BFloat16 => Upload<BFloat16Bits>(accelerator, stream, module, length, rowLength, pitch, factor),
+        _ => Upload<float>(accelerator, stream, module, length, rowLength, pitch, factor),
+    };
+
     /// <summary>Concatenates one factor of every expert, converted to the storage type and its rows padded to <paramref name="pitch"/>, into one device buffer.</summary>
     private static MemoryBuffer1D<T, Stride1D.Dense> Upload<T>(Accelerator accelerator, AcceleratorStream stream, AdaptedModule module, long length,
         int rowLength, int pitch, Factor factor)
@@ -120,11 +127,15 @@ internal sealed class DeviceModule : IDisposable
                 Span<T> target = host.AsSpan((int)at, rowLength);
                 if (typeof(T) == typeof(float))
                 {
-                    source.CopyTo(System.Runtime.InteropServices.MemoryMarshal.Cast<T, float>(target));
+                    source.CopyTo(MemoryMarshal.Cast<T, float>(target));
+                }
+                else if (typeof(T) == typeof(BFloat16Bits))
+                {
+                    FloatConversions.SingleToBFloat16(source, MemoryMarshal.Cast<T, ushort>(target));
                 }
                 else
                 {
-                    Span<ushort> bits = System.Runtime.InteropServices.MemoryMarshal.Cast<T, ushort>(target);
+                    Span<ushort> bits = MemoryMarshal.Cast<T, ushort>(target);
                     for (int i = 0; i < rowLength; i++)
                     {
                         bits[i] = HalfBits.FromSingle(source[i]);

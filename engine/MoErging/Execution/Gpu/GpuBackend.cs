@@ -21,15 +21,16 @@ internal sealed class GpuBackend : IBackend
     private readonly List<GpuExecutor> _executors = [];
     private readonly object _gate = new();
 
-    public GpuBackend(GpuDevice device, bool halfWeights)
+    public GpuBackend(GpuDevice device, WeightPrecision precision)
     {
         Device = device;
-        HalfWeights = halfWeights;
+        Precision = precision;
     }
 
     public GpuDevice Device { get; }
 
-    public bool HalfWeights { get; }
+    /// <summary>How uploads store factors and prototypes.</summary>
+    public WeightPrecision Precision { get; }
 
     public int CpuThreads => 0;
 
@@ -128,10 +129,10 @@ internal sealed class GpuBackend : IBackend
 
     // The first uploads live in methods of their own: a lambda's captures would allocate on every call.
     private DeviceModule UploadNew(AdaptedModule module, AcceleratorStream stream) =>
-        (DeviceModule)Entry(module).Make(stream, s => new DeviceModule(Device.Accelerator, s, module, HalfWeights));
+        (DeviceModule)Entry(module).Make(stream, s => new DeviceModule(Device.Accelerator, s, module, Precision));
 
     private DeviceRouter UploadNew(LinearRouter router, AcceleratorStream stream) =>
-        (DeviceRouter)Entry(router).Make(stream, s => new DeviceRouter(Device.Accelerator, s, router));
+        (DeviceRouter)Entry(router).Make(stream, s => new DeviceRouter(Device.Accelerator, s, router, Precision));
 
     /// <summary>Frees the device copy of a module or router now; false when there is none. Waits for every session's queued work.</summary>
     public bool Release(object host)

@@ -242,15 +242,24 @@ internal sealed class GpuExecutor : IExecutor
     private ArrayView<float> Score<TX>(LinearRouter router, ArrayView<TX> x, int tokens) where TX : unmanaged
     {
         DeviceRouter uploaded = _backend.Upload(router, _stream);
+        return uploaded.BFloat16Prototypes
+            ? Score<TX, BFloat16Bits>(router, uploaded, x, tokens)
+            : Score<TX, float>(router, uploaded, x, tokens);
+    }
+
+    private ArrayView<float> Score<TX, TP>(LinearRouter router, DeviceRouter uploaded, ArrayView<TX> x, int tokens)
+        where TX : unmanaged
+        where TP : unmanaged
+    {
         ArrayView<float> scores = _scores.View((long)router.ExpertCount * tokens);
-        _kernels.Gating.LaunchScores(_stream, new ScoresArgs<TX>
+        _kernels.Gating.LaunchScores(_stream, new ScoresArgs<TX, TP>
         {
             X = x,
             Tokens = tokens,
             InputDim = router.InputDim,
             XVector = VectorRows.Aligned(x, router.InputDim, _accelerator) ? 1 : 0,
             Experts = router.ExpertCount,
-            Prototypes = uploaded.Prototypes,
+            Prototypes = uploaded.Prototypes<TP>(),
             PrototypePitch = uploaded.Pitch,
             Normalization = (int)router.Normalization,
             Absolute = router.ScoreFunction == ScoreFunction.AbsoluteValue ? 1 : 0,
@@ -280,13 +289,17 @@ internal sealed class GpuExecutor : IExecutor
     {
         DeviceModule uploaded = _backend.Upload(module, _stream);
         int parameter = aggregation == Aggregation.Parameter ? 1 : 0;
-        if (uploaded.HalfWeights)
+        switch (uploaded.Precision)
         {
-            Mix<TX, ushort>(module, uploaded, x, y, tokens, topK, ids, weights, parameter, scores);
-        }
-        else
-        {
-            Mix<TX, float>(module, uploaded, x, y, tokens, topK, ids, weights, parameter, scores);
+            case WeightPrecision.Float16:
+                Mix<TX, ushort>(module, uploaded, x, y, tokens, topK, ids, weights, parameter, scores);
+                break;
+            case WeightPrecision.BFloat16:
+                Mix<TX, BFloat16Bits>(module, uploaded, x, y, tokens, topK, ids, weights, parameter, scores);
+                break;
+            default:
+                Mix<TX, float>(module, uploaded, x, y, tokens, topK, ids, weights, parameter, scores);
+                break;
         }
     }
 
