@@ -1,5 +1,6 @@
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
+using MoErging.Kernels;
 
 namespace MoErging.Numerics;
 
@@ -30,21 +31,14 @@ public static class FloatConversions
         }
     }
 
-    /// <summary>Narrows one float32 to a bfloat16 bit pattern, rounding to nearest even.</summary>
-    public static ushort SingleToBFloat16(float value)
-    {
-        uint bits = BitConverter.SingleToUInt32Bits(value);
-        if (float.IsNaN(value))
-        {
-            // Keep the sign and force a quiet NaN so truncation cannot turn it into infinity.
-            return (ushort)((bits >> 16) | 0x0040);
-        }
-        uint roundingBias = 0x7FFF + ((bits >> 16) & 1);
-        return (ushort)((bits + roundingBias) >> 16);
-    }
+    /// <summary>
+    /// Narrows one float32 to a bfloat16 bit pattern, rounding to nearest even; a NaN stays a quiet NaN of its sign.
+    /// The GPU kernels' own conversion (<see cref="BFloat16Bits.FromSingle"/>), so a factor stored for a GPU and for the host round alike.
+    /// </summary>
+    public static ushort SingleToBFloat16(float value) => BFloat16Bits.FromSingle(value).Bits;
 
     /// <summary>Widens one bfloat16 bit pattern to float32.</summary>
-    public static float BFloat16ToSingle(ushort bits) => BitConverter.UInt32BitsToSingle((uint)bits << 16);
+    public static float BFloat16ToSingle(ushort bits) => new BFloat16Bits(bits).ToSingle();
 
     /// <summary>Widens IEEE half values to float32 (exact).</summary>
     public static void HalfToSingle(ReadOnlySpan<Half> source, Span<float> destination)
