@@ -52,6 +52,18 @@ public sealed partial class CompiledCodeTests
         Assert.False(ptx.Contains(".f64", StringComparison.Ordinal), $"{kernel}: the PTX has a double-precision instruction or register");
     }
 
+    /// <summary>
+    /// No kernel declares local memory (a per-thread stack in DRAM): every value stays in registers, the storage structs
+    /// (<see cref="Float8"/>, the 16-byte units, <see cref="BFloat16Bits"/>) included.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(WarpKernels))]
+    public void CudaKernelsUseNoLocalMemory(string kernel)
+    {
+        string ptx = Ptx.Value.Single(k => k.Method == kernel).Code;
+        Assert.False(LocalMemory().IsMatch(ptx), $"{kernel}: the PTX declares or accesses local memory");
+    }
+
     /// <summary>The bulk kernels read their rows with 128-bit loads (ILGPU emits them only where it knows the alignment).</summary>
     [Fact]
     public void BulkCudaKernelsUse128BitGlobalLoads()
@@ -120,6 +132,9 @@ public sealed partial class CompiledCodeTests
 
     [GeneratedRegex(@"\bld\.global(\.nc)?\.v4\.")]
     private static partial Regex Vector128Load();
+
+    [GeneratedRegex(@"\.local\b")]
+    private static partial Regex LocalMemory();
 }
 
 /// <summary>
