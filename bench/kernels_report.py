@@ -46,8 +46,8 @@ def occupancy(group_size, regs, smem):
                       SMEM_PER_SM // (smem + 1024)))
 
 
-def model(w, launch, resources):
-    """(DRAM bytes, dependent-load chain in seconds) of one launch of workload w (F16 activations and weights)."""
+def model(w, launch, prototype_bytes):
+    """(DRAM bytes, dependent-load chain in seconds) of one launch of workload w (F16 activations, 16-bit weights)."""
     t, e, k, r, d = w["tokens"], w["experts"], w["top_k"], w["rank"], w["d"]
     selected = min(e, t * k)                    # experts read: at most T·k distinct (the bound the floor uses)
     pairs = t * k / selected                    # tokens per selected expert
@@ -57,7 +57,7 @@ def model(w, launch, resources):
     # split between two warps, the expand 8 rank terms per batch.
     selection = (math.ceil(e / 8) * L2_LATENCY + (k - 1) * math.ceil(e / 8) * L1_LATENCY)
     if kind == "gating_scores":
-        return t * d * 2 + e * d * 4 + e * t * 4, math.ceil(d / (16 * launch["group_size"])) * DRAM_LATENCY
+        return t * d * 2 + e * d * prototype_bytes + e * t * 4, math.ceil(d / (16 * launch["group_size"])) * DRAM_LATENCY
     if kind == "gating_select":
         return e * t * 4 + t * k * 8, selection
     if kind == "shrink":
@@ -69,9 +69,29 @@ def model(w, launch, resources):
     raise ValueError(kind)
 
 
-def floor_bytes(w):
+def floor_bytes(w, prototype_bytes):
     t, e, k, r, d = w["tokens"], w["experts"], w["top_k"], w["rank"], w["d"]
-    return t * d * 2 + 2 * t * d * 2 + (e * d * 4 if w["routed"] else 0) + min(e, t * k) * 2 * r * d * 2
+    return t * d * 2 + 2 * t * d * 2 + (e * d * prototype_bytes if w["routed"] else 0) + min(e, t * k) * 2 * r * d * 2
+
+
+def workloads(plan, rows, weights, prototypes, prototype_bytes):
+    """The launch table of every workload with F16 activations, `weights` factors and `prototypes` prototypes."""
+    print("| workload | T | launch | groups × threads | shared B | bulk | groups/SM | waves | DRAM MB | chain µs | predicted µs |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for w in plan["workloads"]:
+        total = 0.0
+        for launch in w["launches"]:
+            variant = {"gating_scores": f"gating_scores_f16_{prototypes}", "gating_select": "gating_select"}.get(launch["kernel"], f"{launch['kernel']}_f16_{weights}")
+            res = rows[variant]
+            per_sm = occupancy(launch["group_size"], res["regs"], launch["shared_bytes"])
+            waves = math.ceil(launch["groups"] / (SMS * per_sm))
+            bytes_, chain = model(w, launch, prototype_bytes)
+            time = max(bytes_ / BANDWIDTH, waves * chain) + LAUNCH
+            total += time
+            print(f"| {w['name']} | {w['tokens']} | {launch['kernel']} | {launch['groups']} × {launch['group_size']} | {launch['shared_bytes']} | "
+                  f"{'yes' if launch['bulk'] else 'no'} | {per_sm} | {waves} | {bytes_ / 1e6:.2f} | {waves * chain * 1e6:.1f} | {time * 1e6:.1f} |")
+        floor = floor_bytes(w, prototype_bytes) / BANDWIDTH
+        print(f"| **{w['name']}** | **{w['tokens']}** | **{len(w['launches'])} launches** | | | | | | floor {floor_bytes(w, prototype_bytes) / 1e6:.2f} MB = {floor * 1e6:.1f} µs | | **{total * 1e6:.1f}** |")
 
 
 def main():
@@ -86,22 +106,10 @@ def main():
     print(f"Model: each launch takes the longer of its DRAM bytes at {BANDWIDTH / 1e12:.1f} TB/s and its waves times its chain of dependent")
     print(f"loads ({DRAM_LATENCY * 1e6:.2f} µs per DRAM load, {L2_LATENCY * 1e6:.2f} µs per L2 hit, {L1_LATENCY * 1e6:.2f} µs per L1 hit), plus {LAUNCH * 1e6:.1f} µs per launch; F16 activations and")
     print("weights, F32 prototypes, every selected expert distinct (the floor's bound). Occupancy from each kernel's registers and shared memory.\n")
-    print("| workload | T | launch | groups × threads | shared B | bulk | groups/SM | waves | DRAM MB | chain µs | predicted µs |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for w in plan["workloads"]:
-        total = 0.0
-        for launch in w["launches"]:
-            variant = {"gating_scores": "gating_scores_f16", "gating_select": "gating_select"}.get(launch["kernel"], launch["kernel"] + "_f16_f16")
-            res = rows[variant]
-            per_sm = occupancy(launch["group_size"], res["regs"], launch["shared_bytes"])
-            waves = math.ceil(launch["groups"] / (SMS * per_sm))
-            bytes_, chain = model(w, launch, res)
-            time = max(bytes_ / BANDWIDTH, waves * chain) + LAUNCH
-            total += time
-            print(f"| {w['name']} | {w['tokens']} | {launch['kernel']} | {launch['groups']} × {launch['group_size']} | {launch['shared_bytes']} | "
-                  f"{'yes' if launch['bulk'] else 'no'} | {per_sm} | {waves} | {bytes_ / 1e6:.2f} | {waves * chain * 1e6:.1f} | {time * 1e6:.1f} |")
-        floor = floor_bytes(w) / BANDWIDTH
-        print(f"| **{w['name']}** | **{w['tokens']}** | **{len(w['launches'])} launches** | | | | | | floor {floor_bytes(w) / 1e6:.2f} MB = {floor * 1e6:.1f} µs | | **{total * 1e6:.1f}** |")
+    workloads(plan, rows, "f16", "f32", 4)
+    print("\nThe same model with BF16 weights and prototypes (WeightPrecision.BFloat16; F16 activations): the BF16 kernels' registers,")
+    print("and prototypes of 2 bytes instead of 4.\n")
+    workloads(plan, rows, "bf16", "bf16", 2)
 
 
 main()
