@@ -197,7 +197,7 @@ public readonly struct BFloat16Bits
 /// <summary>
 /// bfloat16 elements (<see cref="BFloat16Bits"/>), widened by a shift and narrowed by <see cref="BFloat16Bits.FromSingle"/>.
 /// Both kernel variants use it: widening is a bit move on any hardware, so CUDA has no faster conversion to offer, and the
-/// kernels never narrow to it (they write only activations).
+/// engine's kernels only read it (they write activations alone), so its narrowing is the integer code on CUDA too.
 /// Expert factors and prototypes take it (<c>WeightPrecision.BFloat16</c>); activations stay F32 or F16.
 /// </summary>
 public readonly struct BF16 : IStorage<BFloat16Bits>
