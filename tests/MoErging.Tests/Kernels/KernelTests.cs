@@ -109,21 +109,21 @@ public abstract class GatingKernelTests(DeviceFixture fixture)
         ScoresArgs<TX, TP> Args<TX, TP>(ArrayView<TX> xv, ArrayView<TP> pv)
             where TX : unmanaged
             where TP : unmanaged => new()
-        {
-            X = xv,
-            Tokens = tokens,
-            InputDim = n,
-            XVector = VectorRows.Aligned(xv, n, accelerator) ? 1 : 0,
-            Experts = experts,
-            Prototypes = pv,
-            PrototypePitch = pitch,
-            Normalization = normalization,
-            Absolute = absolute ? 1 : 0,
-            InverseTemperature = 1f / temperature,
-            HasBias = bias ? 1 : 0,
-            Bias = biasBuffer.View,
-            Scores = scores.View,
-        };
+            {
+                X = xv,
+                Tokens = tokens,
+                InputDim = n,
+                XVector = VectorRows.Aligned(xv, n, accelerator) ? 1 : 0,
+                Experts = experts,
+                Prototypes = pv,
+                PrototypePitch = pitch,
+                Normalization = normalization,
+                Absolute = absolute ? 1 : 0,
+                InverseTemperature = 1f / temperature,
+                HasBias = bias ? 1 : 0,
+                Bias = biasBuffer.View,
+                Scores = scores.View,
+            };
     }
 }
 

@@ -101,11 +101,11 @@ internal sealed class DeviceModule : IDisposable
 
     private static MemoryBuffer Upload(Accelerator accelerator, AcceleratorStream stream, AdaptedModule module, WeightPrecision precision, long length,
         int rowLength, int pitch, Factor factor) => precision switch
-    {
-        WeightPrecision.Float16 => Upload<ushort>(accelerator, stream, module, length, rowLength, pitch, factor),
-        WeightPrecision.BFloat16 => Upload<BFloat16Bits>(accelerator, stream, module, length, rowLength, pitch, factor),
-        _ => Upload<float>(accelerator, stream, module, length, rowLength, pitch, factor),
-    };
+        {
+            WeightPrecision.Float16 => Upload<ushort>(accelerator, stream, module, length, rowLength, pitch, factor),
+            WeightPrecision.BFloat16 => Upload<BFloat16Bits>(accelerator, stream, module, length, rowLength, pitch, factor),
+            _ => Upload<float>(accelerator, stream, module, length, rowLength, pitch, factor),
+        };
 
     /// <summary>Concatenates one factor of every expert, converted to the storage type and its rows padded to <paramref name="pitch"/>, into one device buffer.</summary>
     private static MemoryBuffer1D<T, Stride1D.Dense> Upload<T>(Accelerator accelerator, AcceleratorStream stream, AdaptedModule module, long length,
