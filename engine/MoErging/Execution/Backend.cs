@@ -22,18 +22,28 @@ public enum Backend
     GpuSimulator,
 }
 
-/// <summary>How expert factors (and, in BF16, routers' prototypes) are stored on a GPU (the CPU backend always uses float32).</summary>
+/// <summary>
+/// How an engine stores expert factors and router prototypes: on a GPU in its device copy, on the CPU in the
+/// arrays its dot and axpy loops stream. The 16-bit formats halve the bytes a forward reads; each value is rounded
+/// to nearest, ties to even, once (when the library loads it at that precision, or when an engine of this
+/// precision first uses a library held at another), and widened to float32 in registers: arithmetic and
+/// accumulation stay float32, in the same order as for <see cref="Float32"/>, so a 16-bit run gives exactly the
+/// float32 run on the widened values.
+/// </summary>
 public enum WeightPrecision
 {
     /// <summary>float32.</summary>
     Float32,
 
-    /// <summary>IEEE binary16 factors, rounded to nearest even once at upload; prototypes stay float32; arithmetic stays float32.</summary>
+    /// <summary>
+    /// IEEE binary16: 5 exponent bits, 10 mantissa bits (range ±65,504; larger values become infinity). Expert factors
+    /// and linear routers' prototypes; router biases stay float32.
+    /// </summary>
     Float16,
 
     /// <summary>
-    /// bfloat16 factors and prototypes (the top 16 bits of a float32: its range, 8 significant bits), rounded to nearest even
-    /// once at upload, a NaN kept as a quiet NaN; the kernels widen them with a shift and compute in float32. Router biases stay float32.
+    /// bfloat16: the upper half of a float32 (8 exponent bits, 7 mantissa bits; float32's range), a NaN kept as a quiet
+    /// NaN. Widened with a 16-bit shift. Expert factors and linear routers' prototypes; router biases stay float32.
     /// </summary>
     BFloat16,
 }

@@ -18,15 +18,19 @@ public sealed class Engine : IDisposable
 {
     private bool _disposed;
 
-    private Engine(Backend backend, string reason, IBackend implementation)
+    private Engine(Backend backend, string reason, IBackend implementation, WeightPrecision precision)
     {
         Backend = backend;
         BackendReason = reason;
         Implementation = implementation;
+        WeightPrecision = precision;
     }
 
     /// <summary>The backend in use (never <see cref="Backend.Auto"/>).</summary>
     public Backend Backend { get; }
+
+    /// <summary>How this engine stores expert factors (and, on the CPU, router prototypes) for its forwards (<see cref="EngineOptions.WeightPrecision"/>).</summary>
+    public WeightPrecision WeightPrecision { get; }
 
     /// <summary>Why this backend: what was asked for and what was found.</summary>
     public string BackendReason { get; }
@@ -65,7 +69,10 @@ public sealed class Engine : IDisposable
 
     /// <summary>Creates an engine on the requested backend (and device, when <see cref="EngineOptions.Device"/> names one).</summary>
     /// <exception cref="BackendUnavailableException">The backend or device asked for is not present or does not run the kernels; the message says why.</exception>
-    /// <exception cref="ArgumentOutOfRangeException">An unknown backend or precision, a thread count outside 0 to <see cref="EngineOptions.MaxCpuThreads"/>, or simulator warps outside 1 to 32.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">
+    /// An unknown backend or precision, <see cref="WeightPrecision.BFloat16"/> on a GPU backend (the CPU backend's only, for now), a
+    /// thread count outside 0 to <see cref="EngineOptions.MaxCpuThreads"/>, or simulator warps outside 1 to 32.
+    /// </exception>
     /// <exception cref="ArgumentException">A device named for a backend that takes none.</exception>
     public static Engine Create(EngineOptions? options = null)
     {
@@ -170,7 +177,8 @@ public sealed class Engine : IDisposable
     }
 
     private static Engine OpenCpu(EngineOptions options, string reason) =>
-        new(Backend.Cpu, reason, new CpuBackend(options.CpuThreads == 0 ? Environment.ProcessorCount : options.CpuThreads));
+        new(Backend.Cpu, reason, new CpuBackend(options.CpuThreads == 0 ? Environment.ProcessorCount : options.CpuThreads, options.WeightPrecision),
+            options.WeightPrecision);
 
     private static Engine OpenGpu(GpuDevice device, WeightPrecision precision, string reason)
     {
@@ -180,14 +188,16 @@ public sealed class Engine : IDisposable
             GpuApi.OpenCL => Backend.OpenCL,
             _ => Backend.GpuSimulator,
         };
-        return new Engine(backend, $"{backend.ToString().ToLowerInvariant()}: {reason}", new GpuBackend(device, precision));
+        return new Engine(backend, $"{backend.ToString().ToLowerInvariant()}: {reason}", new GpuBackend(device, precision), precision);
     }
 
     /// <summary>
-    /// Frees the device copy of <paramref name="module"/>'s experts now (a GPU engine uploads them on first use);
-    /// the next forward at the module uploads them again. Waits for the work every session has queued; must not
-    /// run while another thread forwards at the module. Also frees the copies of modules and routers the host
-    /// no longer holds, which otherwise go when something new is uploaded. False when nothing of it was on the device.
+    /// Frees the engine's copy of <paramref name="module"/>'s experts now: a GPU engine uploads them on first use, and a
+    /// CPU engine whose <see cref="WeightPrecision"/> differs from the precision the library holds them at converts
+    /// them into a copy of its own on first use. The next forward at the module makes the copy again. Waits for the
+    /// work every session has queued; must not run while another thread forwards at the module. Also frees the copies
+    /// of modules and routers the host no longer holds, which otherwise go when something new is copied. False when
+    /// the engine held no copy of it.
     /// </summary>
     public bool Release(AdaptedModule module)
     {
@@ -196,7 +206,10 @@ public sealed class Engine : IDisposable
         return Implementation.Release(module);
     }
 
-    /// <summary>Frees the device copy of a linear router's prototypes now, as <see cref="Release(AdaptedModule)"/> does for a module.</summary>
+    /// <summary>
+    /// Frees the engine's copy of a linear router's prototypes now (a GPU's upload; a 16-bit CPU engine's rounded copy),
+    /// as <see cref="Release(AdaptedModule)"/> does for a module.
+    /// </summary>
     public bool Release(LinearRouter router)
     {
         ArgumentNullException.ThrowIfNull(router);

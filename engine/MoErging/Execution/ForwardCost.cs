@@ -14,14 +14,33 @@ namespace MoErging.Execution;
 /// <param name="SelectedExperts">Experts at least one token selected.</param>
 public readonly record struct ForwardCost(long MinimumBytes, long Flops, int SelectedExperts)
 {
+    /// <summary>
+    /// The cost of applying <paramref name="decision"/> at <paramref name="module"/> on <paramref name="engine"/>: factors
+    /// counted at the engine's <see cref="Engine.WeightPrecision"/>, and prototypes too on the CPU (a GPU keeps them in float32).
+    /// </summary>
+    /// <param name="engine">The engine that runs the forward.</param>
+    /// <param name="module">The module.</param>
+    /// <param name="decision">The routing decision.</param>
+    /// <param name="router">The router that made it, if its parameters are read in the same call (null for none).</param>
+    /// <param name="activationBytes">Bytes per activation element: 4 for float32, 2 for Half.</param>
+    public static ForwardCost Of(Engine engine, AdaptedModule module, RoutingDecision decision, Router? router = null, int activationBytes = sizeof(float))
+    {
+        ArgumentNullException.ThrowIfNull(engine);
+        int weightBytes = engine.WeightPrecision == WeightPrecision.Float32 ? sizeof(float) : sizeof(ushort);
+        return Of(module, decision, router, activationBytes, weightBytes, engine.Accelerator is null ? weightBytes : sizeof(float));
+    }
+
     /// <summary>The cost of applying <paramref name="decision"/> at <paramref name="module"/>.</summary>
     /// <param name="module">The module.</param>
     /// <param name="decision">The routing decision.</param>
     /// <param name="router">The router that made it, if its parameters are read in the same call (null for none).</param>
     /// <param name="activationBytes">Bytes per activation element: 4 for float32, 2 for Half.</param>
-    /// <param name="weightBytes">Bytes per stored factor element: 4 for float32, 2 for F16 weights on a GPU.</param>
+    /// <param name="weightBytes">Bytes per stored factor element: 4 for float32, 2 for the 16-bit <see cref="WeightPrecision"/>s.</param>
+    /// <param name="prototypeBytes">
+    /// Bytes per stored prototype element: 4 for float32, 2 on a CPU engine of a 16-bit precision (a GPU keeps prototypes in float32).
+    /// </param>
     public static ForwardCost Of(AdaptedModule module, RoutingDecision decision, Router? router = null,
-        int activationBytes = sizeof(float), int weightBytes = sizeof(float))
+        int activationBytes = sizeof(float), int weightBytes = sizeof(float), int prototypeBytes = sizeof(float))
     {
         ArgumentNullException.ThrowIfNull(module);
         ArgumentNullException.ThrowIfNull(decision);
@@ -29,7 +48,7 @@ public readonly record struct ForwardCost(long MinimumBytes, long Flops, int Sel
         long bytes = tokens * module.InputDim * activationBytes + 2 * tokens * module.OutputDim * activationBytes;
         if (router is LinearRouter linear)
         {
-            bytes += (long)linear.Prototypes.Length * sizeof(float) + (long)linear.Bias.Length * sizeof(float);
+            bytes += (long)linear.Prototypes.Length * prototypeBytes + (long)linear.Bias.Length * sizeof(float);
         }
         var selected = new bool[module.ExpertCount];
         long flops = 0;

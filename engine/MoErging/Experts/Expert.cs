@@ -1,3 +1,4 @@
+using MoErging.Execution;
 using MoErging.Formats;
 
 namespace MoErging.Experts;
@@ -68,8 +69,9 @@ public sealed class Expert
 
     /// <summary>
     /// Loads a PEFT LoRA adapter directory, named <paramref name="name"/> or else after the directory. With
-    /// <paramref name="lazy"/>, everything is validated now and the factors are decoded on first use
-    /// (see <see cref="PeftAdapter.Load"/>).
+    /// <paramref name="lazy"/>, everything is validated now and the factors are decoded on first use; the factors are
+    /// held at <paramref name="precision"/> (see <see cref="PeftAdapter.Load"/>).
     /// </summary>
-    public static Expert Load(string directory, bool lazy = false, string? name = null) => PeftAdapter.Load(directory, lazy, name);
+    public static Expert Load(string directory, bool lazy = false, string? name = null, WeightPrecision precision = WeightPrecision.Float32) =>
+        PeftAdapter.Load(directory, lazy, name, precision);
 }

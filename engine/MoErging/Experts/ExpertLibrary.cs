@@ -177,16 +177,18 @@ public sealed class ExpertLibrary
     /// (<c>run1/adapter</c>, <c>run2/adapter</c>) get the shortest path suffix that tells them apart.
     /// </summary>
     /// <exception cref="ArgumentException">Two explicit names collide (both directories are named), the same directory is given twice without names, or the base models differ under <see cref="ExpertLibraryOptions.RequireSameBaseModel"/>.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">An unknown <see cref="ExpertLibraryOptions.WeightPrecision"/>.</exception>
     public static ExpertLibrary Load(IEnumerable<string> directories, ExpertLibraryOptions options)
     {
         ArgumentNullException.ThrowIfNull(directories);
         ArgumentNullException.ThrowIfNull(options);
+        WeightStorage.Check(options.WeightPrecision, nameof(options));
         string[] dirs = [.. directories];
         if (options.Names is { } given && given.Count != dirs.Length)
         {
             throw new ArgumentException($"{given.Count} names were given for {dirs.Length} directories; give one per directory (null for automatic)", nameof(options));
         }
-        var experts = dirs.Select((d, i) => Expert.Load(d, options.Lazy, options.Names?[i])).ToArray();
+        var experts = dirs.Select((d, i) => Expert.Load(d, options.Lazy, options.Names?[i], options.WeightPrecision)).ToArray();
         string[] names = ExpertNames.Unique(experts, options.Names);
         for (int e = 0; e < experts.Length; e++)
         {

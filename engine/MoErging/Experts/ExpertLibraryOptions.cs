@@ -1,3 +1,5 @@
+using MoErging.Execution;
+
 namespace MoErging.Experts;
 
 /// <summary>Options for <see cref="ExpertLibrary.Load(IEnumerable{string}, ExpertLibraryOptions)"/>.</summary>
@@ -11,4 +13,12 @@ public sealed record ExpertLibraryOptions
 
     /// <summary>Refuse experts whose configs name different base models, instead of warning (<see cref="ExpertLibrary.Warnings"/>).</summary>
     public bool RequireSameBaseModel { get; init; }
+
+    /// <summary>
+    /// How the library holds the factors in memory (default float32). Load it at the precision of the engines that will
+    /// use it: an engine reads factors of its own precision in place, and converts those of another precision into a
+    /// copy of its own (per module, on first use). Factors stored in the file in that very format are kept bit for bit;
+    /// others are rounded to nearest, ties to even, once (see <see cref="Formats.PeftAdapter.Load"/>).
+    /// </summary>
+    public WeightPrecision WeightPrecision { get; init; } = WeightPrecision.Float32;
 }

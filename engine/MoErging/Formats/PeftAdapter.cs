@@ -1,5 +1,7 @@
+using System.Runtime.InteropServices;
 using System.Text.Json;
 using System.Text.RegularExpressions;
+using MoErging.Execution;
 using MoErging.Experts;
 
 namespace MoErging.Formats;
@@ -43,13 +45,20 @@ public static class PeftAdapter
     /// time and tensor entries are unchanged. No file stays open in between. Eager (false) is the default.
     /// </param>
     /// <param name="name">The expert's name; null names it after the directory.</param>
+    /// <param name="precision">
+    /// How the factors are held in memory. A tensor stored in that very format (BF16 at <see cref="WeightPrecision.BFloat16"/>,
+    /// F16 at <see cref="WeightPrecision.Float16"/>) keeps its bits as they are, and a lazy load reads them straight from the
+    /// file into that storage; any other is widened to float32 (exactly) and rounded to the precision once.
+    /// </param>
     /// <exception cref="DirectoryNotFoundException">The directory does not exist, or is not a directory.</exception>
     /// <exception cref="FileNotFoundException">The config or weights file is missing.</exception>
     /// <exception cref="InvalidDataException">A malformed file, or shapes that disagree with the config.</exception>
     /// <exception cref="NotSupportedException">DoRA, LoRA bias, embedding or convolution LoRA, trained biases, an initialisation that changed the base model, pickled weights, a factor over 2 GiB.</exception>
-    public static Expert Load(string directory, bool lazy = false, string? name = null)
+    /// <exception cref="ArgumentOutOfRangeException">An unknown precision.</exception>
+    public static Expert Load(string directory, bool lazy = false, string? name = null, WeightPrecision precision = WeightPrecision.Float32)
     {
         ArgumentException.ThrowIfNullOrEmpty(directory);
+        WeightStorage.Check(precision, nameof(precision));
         if (name is not null)
         {
             CheckName(name);
@@ -78,7 +87,7 @@ public static class PeftAdapter
         }
         PeftLoraConfig config = PeftLoraConfig.Load(configPath);
         using SafeTensorsFile file = SafeTensorsFile.Open(weightsPath);
-        var (modules, saved) = ReadModules(config, configPath, file, lazy);
+        var (modules, saved) = ReadModules(config, configPath, file, lazy, precision);
         return new Expert(name ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(full)), modules, full, config, saved);
     }
 
@@ -117,7 +126,8 @@ public static class PeftAdapter
     /// <summary>PEFT's wrapper of a <c>modules_to_save</c> module: what follows it belongs to the saved copy or the frozen original.</summary>
     private static readonly string[] WrapperSegments = [".modules_to_save.", ".original_module."];
 
-    private static (List<KeyValuePair<string, LoraFactors>>, List<SavedTensor>) ReadModules(PeftLoraConfig config, string configPath, SafeTensorsFile file, bool lazy)
+    private static (List<KeyValuePair<string, LoraFactors>>, List<SavedTensor>) ReadModules(PeftLoraConfig config, string configPath, SafeTensorsFile file, bool lazy,
+        WeightPrecision precision)
     {
         var aOf = new SortedDictionary<string, TensorInfo>(StringComparer.Ordinal);
         var bOf = new SortedDictionary<string, TensorInfo>(StringComparer.Ordinal);
@@ -174,12 +184,13 @@ public static class PeftAdapter
             {
                 throw new InvalidDataException($"{file.Label}: module '{module}' has lora_A but no lora_B");
             }
-            modules.Add(new(module, ReadFactors(config, configPath, file, module, a, b, lazy)));
+            modules.Add(new(module, ReadFactors(config, configPath, file, module, a, b, lazy, precision)));
         }
         return (modules, saved);
     }
 
-    private static LoraFactors ReadFactors(PeftLoraConfig config, string configPath, SafeTensorsFile file, string module, TensorInfo a, TensorInfo b, bool lazy)
+    private static LoraFactors ReadFactors(PeftLoraConfig config, string configPath, SafeTensorsFile file, string module, TensorInfo a, TensorInfo b, bool lazy,
+        WeightPrecision precision)
     {
         string where = $"{file.Label}: module '{module}'";
         if (a.Rank > 2 || b.Rank > 2)
@@ -220,28 +231,50 @@ public static class PeftAdapter
         float scaling = config.ScalingFor(baseName), alpha = (float)config.AlphaFor(baseName);
         if (!lazy)
         {
-            var (aValues, bTransposed) = Decode(file, a, b, rank, (int)dIn, (int)dOut);
-            return new LoraFactors(aValues, bTransposed, rank, (int)dIn, (int)dOut, scaling, alpha, a.DType);
+            var (aValues, bTransposed) = Decode(file, a, b, rank, (int)dIn, (int)dOut, precision);
+            return new LoraFactors(aValues, bTransposed, rank, (int)dIn, (int)dOut, scaling, alpha, a.DType, precision);
         }
         string path = file.Label;
         var stamp = file.Stamp!.Value;
-        return new LoraFactors(() => DecodeLater(path, stamp, module, a, b, rank, (int)dIn, (int)dOut), rank, (int)dIn, (int)dOut, scaling, alpha, a.DType);
+        return new LoraFactors(() => DecodeLater(path, stamp, module, a, b, rank, (int)dIn, (int)dOut, precision), rank, (int)dIn, (int)dOut,
+            scaling, alpha, a.DType, precision);
     }
 
-    /// <summary>A into a pinned array and B transposed into another, decoded to float32.</summary>
-    private static (float[] A, float[] BTransposed) Decode(SafeTensorsFile file, TensorInfo a, TensorInfo b, int rank, int dIn, int dOut)
+    /// <summary>A into a pinned array and B transposed into another, at <paramref name="precision"/> (see <see cref="Load"/>).</summary>
+    private static (Array A, Array BTransposed) Decode(SafeTensorsFile file, TensorInfo a, TensorInfo b, int rank, int dIn, int dOut, WeightPrecision precision)
     {
-        float[] aValues = LoraFactors.AllocatePinned(rank * dIn);
-        file.ReadSingles(a, aValues);
-        return (aValues, LoraFactors.Transpose(file.ReadSingles(b), rank, dOut));
+        if (precision == WeightPrecision.Float32)
+        {
+            float[] aValues = LoraFactors.AllocatePinned(rank * dIn);
+            file.ReadSingles(a, aValues);
+            return (aValues, LoraFactors.Transpose(file.ReadSingles(b), rank, dOut));
+        }
+        ushort[] aBits = GC.AllocateUninitializedArray<ushort>(rank * dIn, pinned: true);
+        ReadBits(file, a, precision, aBits);
+        var bBits = new ushort[dOut * rank];
+        ReadBits(file, b, precision, bBits);
+        return (aBits, WeightStorage.Transposed<ushort>(bBits, rank, dOut)); // a permutation of the bits: nothing is rounded
+    }
+
+    /// <summary>A tensor's 16-bit patterns at <paramref name="precision"/>: the file's own bytes when it holds that format, else rounded once from float32.</summary>
+    private static void ReadBits(SafeTensorsFile file, TensorInfo tensor, WeightPrecision precision, Span<ushort> bits)
+    {
+        if (tensor.DType == WeightStorage.DType(precision))
+        {
+            file.ReadBytes(tensor, MemoryMarshal.AsBytes(bits));
+        }
+        else
+        {
+            WeightStorage.Round(file.ReadSingles(tensor), precision, bits);
+        }
     }
 
     /// <summary>A lazy expert's first use of a module: open the file again and decode, if it is still the file that was validated.</summary>
-    private static (float[] A, float[] BTransposed) DecodeLater(string path, (long, DateTime) stamp, string module, TensorInfo a, TensorInfo b,
-        int rank, int dIn, int dOut)
+    private static (Array A, Array BTransposed) DecodeLater(string path, (long, DateTime) stamp, string module, TensorInfo a, TensorInfo b,
+        int rank, int dIn, int dOut, WeightPrecision precision)
     {
         using SafeTensorsFile file = Reopen(path, stamp, $"module '{module}'", a, b);
-        return Decode(file, file.GetTensor(a.Name), file.GetTensor(b.Name), rank, dIn, dOut);
+        return Decode(file, file.GetTensor(a.Name), file.GetTensor(b.Name), rank, dIn, dOut, precision);
     }
 
     /// <summary>Opens a weights file again for a later read of <paramref name="what"/>, if it is still the file that was validated.</summary>

@@ -47,7 +47,11 @@ public sealed class ArrowRouter : LinearRouter
 
     internal override AdaptedModule BuiltFor => Module;
 
-    /// <summary>Arrow prototypes of every expert for a module, row-major <c>[E, d_in]</c>, as float32.</summary>
+    /// <summary>
+    /// Arrow prototypes of every expert for a module, row-major <c>[E, d_in]</c>, as float32, from the factors as the
+    /// library holds them (16-bit factors widened exactly). An engine of a 16-bit precision rounds them once more, as it
+    /// does every linear router's prototypes.
+    /// </summary>
     public static float[] ComputePrototypes(AdaptedModule module)
     {
         ArgumentNullException.ThrowIfNull(module);
@@ -62,14 +66,15 @@ public sealed class ArrowRouter : LinearRouter
                 failures[e] = $"Arrow needs every expert to adapt module '{module.Name}', but expert '{expert}' does not";
                 return;
             }
-            if (!TensorPrimitives.IsFiniteAll(f.A) || !TensorPrimitives.IsFiniteAll(f.BTransposed))
+            ReadOnlySpan<float> a = f.A, bTransposed = f.BTransposed; // factors as held, widened once if 16-bit
+            if (!TensorPrimitives.IsFiniteAll(a) || !TensorPrimitives.IsFiniteAll(bTransposed))
             {
                 failures[e] = $"expert '{expert}' has a NaN or infinite value in its factors for module '{module.Name}', so it has no Arrow prototype";
                 return;
             }
             var vector = new double[n];
             // ΔW = 0 leaves the vector zero: the expert scores 0 (see the remarks).
-            LowRank.TopRightSingularVector(f.A, f.BTransposed, f.Rank, f.InputDim, f.OutputDim, vector);
+            LowRank.TopRightSingularVector(a, bTransposed, f.Rank, f.InputDim, f.OutputDim, vector);
             for (int i = 0; i < n; i++)
             {
                 prototypes[e * n + i] = (float)vector[i];

@@ -37,8 +37,8 @@ public static class GeneralKnowledgeSubtraction
                     continue;
                 }
                 // Means over the general experts, in float64: Ā [r, d_in] and B̄ᵀ [r, d_out].
-                var meanA = new double[f.A.Length];
-                var meanBT = new double[f.BTransposed.Length];
+                var meanA = new double[f.Rank * f.InputDim];
+                var meanBT = new double[f.Rank * f.OutputDim];
                 foreach (Expert g in general)
                 {
                     ArgumentNullException.ThrowIfNull(g, nameof(general));
@@ -55,8 +55,10 @@ public static class GeneralKnowledgeSubtraction
                     Add(meanA, gf.A);
                     Add(meanBT, gf.BTransposed);
                 }
-                float[] a = Subtract(f.A, meanA, general.Count), bT = Subtract(f.BTransposed, meanBT, general.Count);
-                purified[e].Add(new(module.Name, new LoraFactors(a, bT, f.Rank, f.InputDim, f.OutputDim, f.Scaling, f.Alpha, f.StorageType)));
+                // Held at the task expert's precision (a 16-bit expert's difference is rounded once).
+                Array a = WeightStorage.Keep(Subtract(f.A, meanA, general.Count), f.Precision);
+                Array bT = WeightStorage.Keep(Subtract(f.BTransposed, meanBT, general.Count), f.Precision);
+                purified[e].Add(new(module.Name, new LoraFactors(a, bT, f.Rank, f.InputDim, f.OutputDim, f.Scaling, f.Alpha, f.StorageType, f.Precision)));
             }
         }
         return new ExpertLibrary(tasks.Experts.Select((x, e) => new Expert(x.Name, purified[e])));

@@ -93,8 +93,8 @@ public static class LoraHub
         foreach (AdaptedModule module in library.Modules)
         {
             LoraFactors first = module.Factors(0) ?? throw Missing(library, module, 0);
-            var a = new double[first.A.Length];
-            var bT = new double[first.BTransposed.Length];
+            var a = new double[first.Rank * first.InputDim];
+            var bT = new double[first.Rank * first.OutputDim];
             for (int e = 0; e < library.ExpertCount; e++)
             {
                 LoraFactors f = module.Factors(e) ?? throw Missing(library, module, e);

@@ -6,16 +6,34 @@ using MoErging.Routing;
 
 namespace MoErging.Execution.Cpu;
 
-/// <summary>The CPU backend: the engine's worker threads, shared by its sessions' executors. It runs every case.</summary>
-internal sealed class CpuBackend(int threads) : IBackend
+/// <summary>
+/// The CPU backend: the engine's worker threads, shared by its sessions' executors, and the engine's
+/// <see cref="WeightPrecision"/>. It runs every case. Factors a library holds at the engine's precision are read in
+/// place; a module whose factors it holds at another gets a converted copy (<see cref="ConvertedModule"/>), and at a
+/// 16-bit precision so does a linear router's prototypes (<see cref="ConvertedPrototypes"/>), each made on first use
+/// and freed like a GPU's upload (<see cref="HostCopies"/>): on <see cref="Release"/>, once its host is collected, or
+/// at disposal.
+/// </summary>
+internal sealed class CpuBackend(int threads, WeightPrecision precision) : IBackend
 {
     private readonly WorkerPool _pool = new(threads);
 
+    // A CPU call has finished when it returns (and Release must not run during a forward at the module it frees):
+    // no work is left that could read a copy when it goes.
+    private readonly HostCopies _copies = new(static () => { });
+
     public int CpuThreads => _pool.Threads;
+
+    public WeightPrecision Precision => precision;
+
+    public WorkerPool Pool => _pool;
 
     public DeviceInfo? Device => null;
 
     public Accelerator? Accelerator => null;
+
+    /// <summary>Converted copies held (for tests).</summary>
+    public int CopyCount => _copies.Count;
 
     public bool Supports(Router? router, AdaptedModule module, Aggregation aggregation, [NotNullWhen(false)] out string? reason)
     {
@@ -23,9 +41,71 @@ internal sealed class CpuBackend(int threads) : IBackend
         return true;
     }
 
-    public IExecutor CreateExecutor() => new CpuExecutor(_pool);
+    /// <summary>
+    /// The module's experts at the engine's precision: null when the library holds every one of them so (read them in
+    /// place), else the engine's converted copy, made on first use.
+    /// </summary>
+    public ConvertedModule? Weights(AdaptedModule module) =>
+        module.Precision == precision ? null : _copies.Find<ConvertedModule>(module) ?? Convert(module);
 
-    public bool Release(object host) => false; // nothing is copied anywhere
+    /// <summary>The router's prototypes at the engine's precision: null at float32 (read them in place), else the converted copy.</summary>
+    public ConvertedPrototypes? Weights(LinearRouter router) =>
+        precision == WeightPrecision.Float32 ? null : _copies.Find<ConvertedPrototypes>(router) ?? Convert(router);
 
-    public void Dispose() => _pool.Dispose();
+    // The first conversions live in methods of their own: a lambda's captures would allocate on every call.
+    private ConvertedModule Convert(AdaptedModule module) => _copies.GetOrMake(module, () => new ConvertedModule(module, precision));
+
+    private ConvertedPrototypes Convert(LinearRouter router) => _copies.GetOrMake(router, () => new ConvertedPrototypes(router, precision));
+
+    public IExecutor CreateExecutor() => new CpuExecutor(this);
+
+    public bool Release(object host) => _copies.Release(host);
+
+    public void Dispose()
+    {
+        _copies.Dispose();
+        _pool.Dispose();
+    }
+}
+
+/// <summary>
+/// A module's experts at a CPU engine's precision where the library holds some at another: each such expert's A and Bᵀ
+/// widened exactly and rounded once to the engine's precision, in pinned arrays; null for the experts whose own
+/// factors already have it (read in place) and those that do not adapt the module. Lazy factors are decoded here.
+/// </summary>
+internal sealed unsafe class ConvertedModule
+{
+    private readonly Array?[] _a;
+    private readonly Array?[] _bTransposed;
+
+    public ConvertedModule(AdaptedModule module, WeightPrecision precision)
+    {
+        int experts = module.ExpertCount;
+        _a = new Array?[experts];
+        _bTransposed = new Array?[experts];
+        for (int e = 0; e < experts; e++)
+        {
+            if (module.Factors(e) is LoraFactors f && f.Precision != precision)
+            {
+                var (a, bTransposed) = f.Held;
+                _a[e] = WeightStorage.Convert(a, f.Precision, precision);
+                _bTransposed[e] = WeightStorage.Convert(bTransposed, f.Precision, precision);
+            }
+        }
+    }
+
+    /// <summary>Address of expert <paramref name="expert"/>'s converted A, or null when its own is read.</summary>
+    public void* A(int expert) => _a[expert] is Array a ? WeightStorage.Address(a) : null;
+
+    /// <summary>Address of expert <paramref name="expert"/>'s converted Bᵀ, or null when its own is read.</summary>
+    public void* BTransposed(int expert) => _bTransposed[expert] is Array b ? WeightStorage.Address(b) : null;
+}
+
+/// <summary>A linear router's prototypes at a 16-bit precision, rounded once, pinned.</summary>
+internal sealed unsafe class ConvertedPrototypes(LinearRouter router, WeightPrecision precision)
+{
+    private readonly Array _rows = WeightStorage.From(router.Prototypes, precision);
+
+    /// <summary>Address of the first prototype row.</summary>
+    public void* Rows => WeightStorage.Address(_rows);
 }

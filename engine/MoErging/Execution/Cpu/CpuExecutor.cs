@@ -14,7 +14,8 @@ namespace MoErging.Execution.Cpu;
 /// expert, shrink, expand with the weighted sum fused in). Work is split across the engine's worker pool:
 /// shrink by (expert, block of rank rows), expand by fixed blocks of output columns, so every expert's A
 /// and B are read once per call and no two threads write the same output element. All buffers live on
-/// the pinned heap and grow only when a call needs more than any before it.
+/// the pinned heap and grow only when a call needs more than any before it. Factors and prototypes are read at the
+/// engine's precision (<see cref="CpuBackend.Weights(AdaptedModule)"/>): in place, or from the engine's converted copy.
 /// </summary>
 internal sealed unsafe class CpuExecutor : IExecutor
 {
@@ -24,7 +25,9 @@ internal sealed unsafe class CpuExecutor : IExecutor
     private const int TokenBlock = 16;       // scoring: tokens per work item
     private const int ExpertBlock = 16;      // scoring: experts per work item
 
+    private readonly CpuBackend _backend;
     private readonly WorkerPool _pool;
+    private readonly WeightPrecision _precision;
     private readonly ShrinkJob _shrink;
     private readonly ExpandJob _expand;
     private readonly NormalizeJob _normalize;
@@ -46,15 +49,17 @@ internal sealed unsafe class CpuExecutor : IExecutor
     private float[] _pairCoefficient = [];
     private float[] _v = [];
     private float[] _u = [];                 // parameter mixing: A_tok x per token
-    private float*[] _a = [];
-    private float*[] _bTransposed = [];
+    private void*[] _a = [];                 // per expert: A and Bᵀ at the engine's precision
+    private void*[] _bTransposed = [];
     private int[] _rank = [];
     private int _activeCount;
     private int _shrinkItemCount;
 
-    public CpuExecutor(WorkerPool pool)
+    public CpuExecutor(CpuBackend backend)
     {
-        _pool = pool;
+        _backend = backend;
+        _pool = backend.Pool;
+        _precision = backend.Precision;
         _shrink = new ShrinkJob(this);
         _expand = new ExpandJob(this);
         _normalize = new NormalizeJob();
@@ -166,13 +171,15 @@ internal sealed unsafe class CpuExecutor : IExecutor
             _pool.Run(_normalize, tokens);
         }
         Grow(ref _scores, (long)tokens * experts);
-        fixed (float* prototypes = router.Prototypes)
+        ConvertedPrototypes? converted = _backend.Weights(router);
+        fixed (float* own = router.Prototypes)
         {
             int tokenBlocks = (tokens + TokenBlock - 1) / TokenBlock;
             int expertBlocks = (experts + ExpertBlock - 1) / ExpertBlock;
-            _score.Set(rows, prototypes, n, tokens, experts, expertBlocks);
+            _score.Set(rows, converted is null ? own : converted.Rows, _precision, n, tokens, experts, expertBlocks);
             _pool.Run(_score, tokenBlocks * expertBlocks);
         }
+        GC.KeepAlive(converted); // the workers read it through a pointer
         _select.Set(router, destination, tokens);
         _pool.Run(_select, (tokens + TokenBlock - 1) / TokenBlock);
         if (_select.FirstNonFinite < tokens)
@@ -197,22 +204,26 @@ internal sealed unsafe class CpuExecutor : IExecutor
     /// </summary>
     private void Forward(AdaptedModule module, RoutingDecision decision, float* x, float* y, Aggregation aggregation)
     {
-        if (Dispatch(module, decision, aggregation) == 0)
+        ConvertedModule? converted = _backend.Weights(module);
+        if (Dispatch(module, converted, decision, aggregation) == 0)
         {
             return;
         }
         RunShrinkAndExpand(module, x, y, null, decision.TokenCount, aggregation);
+        GC.KeepAlive(converted); // the workers read it through pointers
     }
 
     /// <summary>The same for Half y: accumulate in float32, round into y once.</summary>
     private void Forward(AdaptedModule module, RoutingDecision decision, float* x, Half* y, Aggregation aggregation)
     {
-        if (Dispatch(module, decision, aggregation) == 0)
+        ConvertedModule? converted = _backend.Weights(module);
+        if (Dispatch(module, converted, decision, aggregation) == 0)
         {
             return;
         }
         Grow(ref _yAccumulator, (long)decision.TokenCount * module.OutputDim);
         RunShrinkAndExpand(module, x, Address(_yAccumulator), y, decision.TokenCount, aggregation);
+        GC.KeepAlive(converted);
     }
 
     private void RunShrinkAndExpand(AdaptedModule module, float* x, float* accumulate, Half* roundInto, int tokens, Aggregation aggregation)
@@ -265,10 +276,11 @@ internal sealed unsafe class CpuExecutor : IExecutor
     /// coefficient (for parameter mixing the weight alone: the scaling is applied once after the mix). Slots
     /// that do not contribute (<see cref="AdaptedModule.Contributing"/>) are dropped; a repeat of an expert
     /// within one token is a pair of its own, as in the kernels (the routing contract). Returns the number of
-    /// experts with work.
+    /// experts with work. Each active expert's factors are read from <paramref name="converted"/> where it holds them,
+    /// else in place.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private int Dispatch(AdaptedModule module, RoutingDecision decision, Aggregation aggregation)
+    private int Dispatch(AdaptedModule module, ConvertedModule? converted, RoutingDecision decision, Aggregation aggregation)
     {
         int experts = module.ExpertCount, tokens = decision.TokenCount, k = decision.TopK;
         ReadOnlySpan<int> ids = decision.ExpertIds;
@@ -281,8 +293,8 @@ internal sealed unsafe class CpuExecutor : IExecutor
         Grow(ref _rank, experts);
         if (_a.Length < experts)
         {
-            _a = new float*[experts];
-            _bTransposed = new float*[experts];
+            _a = new void*[experts];
+            _bTransposed = new void*[experts];
         }
         Span<int> count = _segmentEnd.AsSpan(0, experts);
         count.Clear();
@@ -332,8 +344,9 @@ internal sealed unsafe class CpuExecutor : IExecutor
             }
             LoraFactors f = module.Factors(e)!;
             _active[_activeCount++] = e;
-            _a[e] = f.APointer;
-            _bTransposed[e] = f.BTransposedPointer;
+            void* a = converted is null ? null : converted.A(e);
+            _a[e] = a is null ? f.APointer : a;
+            _bTransposed[e] = a is null ? f.BTransposedPointer : converted!.BTransposed(e);
             _rank[e] = f.Rank;
             _shrinkItemCount += (f.Rank + RowBlock - 1) / RowBlock * ((_segmentEnd[e] - _segmentStart[e] + PairBlock - 1) / PairBlock);
         }
@@ -388,7 +401,8 @@ internal sealed unsafe class CpuExecutor : IExecutor
                 {
                     tokens[p - p0] = _x + (long)token[p] * n;
                 }
-                CpuKernels.DotBlock(o._a[e] + (long)row0 * n, rows, tokens, p1 - p0, n, v + (long)p0 * stride + row0, stride, 1);
+                CpuKernels.DotBlock(o._precision, CpuKernels.Row(o._precision, o._a[e], row0, n), rows, tokens, p1 - p0, n,
+                    v + (long)p0 * stride + row0, stride, 1);
                 for (int p = p0; p < p1; p++)
                 {
                     float* row = v + (long)p * stride + row0;
@@ -442,19 +456,19 @@ internal sealed unsafe class CpuExecutor : IExecutor
                 for (int a = 0; a < o._activeCount; a++)
                 {
                     int e = o._active[a];
-                    float* bT = o._bTransposed[e];
+                    void* bT = o._bTransposed[e];
                     int rank = o._rank[e];
                     int p = o._segmentStart[e], end = o._segmentEnd[e];
                     for (; p + 4 <= end; p += 4)
                     {
-                        CpuKernels.Expand4(bT, dOut, rank,
+                        CpuKernels.Expand4(o._precision, bT, dOut, rank,
                             v + (long)p * stride, v + (long)(p + 1) * stride, v + (long)(p + 2) * stride, v + (long)(p + 3) * stride,
                             y + (long)token[p] * dOut, y + (long)token[p + 1] * dOut, y + (long)token[p + 2] * dOut, y + (long)token[p + 3] * dOut,
                             j0, j1);
                     }
                     for (; p < end; p++)
                     {
-                        CpuKernels.Expand1(bT, dOut, rank, v + (long)p * stride, y + (long)token[p] * dOut, j0, j1);
+                        CpuKernels.Expand1(o._precision, bT, dOut, rank, v + (long)p * stride, y + (long)token[p] * dOut, j0, j1);
                     }
                 }
             }
@@ -512,16 +526,18 @@ internal sealed unsafe class CpuExecutor : IExecutor
     private sealed class ScoreJob(CpuExecutor owner) : ParallelJob
     {
         private float* _rows;
-        private float* _prototypes;
+        private void* _prototypes;
+        private WeightPrecision _precision;
         private int _n;
         private int _tokens;
         private int _experts;
         private int _expertBlocks;
 
-        public void Set(float* rows, float* prototypes, int n, int tokens, int experts, int expertBlocks)
+        public void Set(float* rows, void* prototypes, WeightPrecision precision, int n, int tokens, int experts, int expertBlocks)
         {
             _rows = rows;
             _prototypes = prototypes;
+            _precision = precision;
             _n = n;
             _tokens = tokens;
             _experts = experts;
@@ -540,7 +556,8 @@ internal sealed unsafe class CpuExecutor : IExecutor
             }
             fixed (float* scores = owner._scores)
             {
-                CpuKernels.DotBlock(_prototypes + (long)e0 * _n, e1 - e0, tokens, t1 - t0, _n, scores + (long)t0 * _experts + e0, _experts, 1);
+                CpuKernels.DotBlock(_precision, CpuKernels.Row(_precision, _prototypes, e0, _n), e1 - e0, tokens, t1 - t0, _n,
+                    scores + (long)t0 * _experts + e0, _experts, 1);
             }
         }
     }

@@ -1,5 +1,4 @@
 using System.Diagnostics.CodeAnalysis;
-using System.Runtime.CompilerServices;
 using ILGPU.Runtime;
 using MoErging.Experts;
 using MoErging.Kernels;
@@ -11,13 +10,12 @@ namespace MoErging.Execution.Gpu;
 /// An engine's GPU: the device with its compiled kernels, the sessions' executors, and what has been uploaded
 /// (each module's experts and each linear router's prototypes, once, on first use, on the stream of the session
 /// that first needs it, so other sessions' work runs on). An upload is freed when its host object has been
-/// collected (checked whenever something new is uploaded), on <see cref="Release"/>, or at disposal; never while
-/// queued work may read it, since every session's stream is drained first. Thread-safe.
+/// collected (checked whenever something new is uploaded), on <see cref="Release"/>, or at disposal (<see cref="HostCopies"/>);
+/// never while queued work may read it, since every session's stream is drained first. Thread-safe.
 /// </summary>
 internal sealed class GpuBackend : IBackend
 {
-    private readonly ConditionalWeakTable<object, Uploaded> _byHost = new();
-    private readonly List<Uploaded> _uploads = []; // every live upload, for freeing
+    private readonly HostCopies _uploads;
     private readonly List<GpuExecutor> _executors = [];
     private readonly object _gate = new();
 
@@ -25,6 +23,7 @@ internal sealed class GpuBackend : IBackend
     {
         Device = device;
         Precision = precision;
+        _uploads = new HostCopies(Drain);
     }
 
     public GpuDevice Device { get; }
@@ -92,16 +91,7 @@ internal sealed class GpuBackend : IBackend
             : $"its {launch} launch needs {groups} groups of {groupSize} threads, and a launch runs at most {maxGroups} groups and {int.MaxValue} threads";
 
     /// <summary>Device buffers held by uploads (for tests and reports).</summary>
-    public int UploadCount
-    {
-        get
-        {
-            lock (_gate)
-            {
-                return _uploads.Count;
-            }
-        }
-    }
+    public int UploadCount => _uploads.Count;
 
     public void Register(GpuExecutor executor)
     {
@@ -121,143 +111,51 @@ internal sealed class GpuBackend : IBackend
 
     /// <summary>The module's experts on the device, uploaded on <paramref name="stream"/> the first time.</summary>
     public DeviceModule Upload(AdaptedModule module, AcceleratorStream stream) =>
-        (DeviceModule?)Entry(module).Value ?? UploadNew(module, stream);
+        _uploads.Find<DeviceModule>(module) ?? UploadNew(module, stream);
 
     /// <summary>The router's prototypes and bias on the device, uploaded on <paramref name="stream"/> the first time.</summary>
     public DeviceRouter Upload(LinearRouter router, AcceleratorStream stream) =>
-        (DeviceRouter?)Entry(router).Value ?? UploadNew(router, stream);
+        _uploads.Find<DeviceRouter>(router) ?? UploadNew(router, stream);
 
     // The first uploads live in methods of their own: a lambda's captures would allocate on every call.
     private DeviceModule UploadNew(AdaptedModule module, AcceleratorStream stream) =>
-        (DeviceModule)Entry(module).Make(stream, s => new DeviceModule(Device.Accelerator, s, module, Precision));
+        _uploads.GetOrMake(module, () => Completed(stream, new DeviceModule(Device.Accelerator, stream, module, Precision)));
 
     private DeviceRouter UploadNew(LinearRouter router, AcceleratorStream stream) =>
-        (DeviceRouter)Entry(router).Make(stream, s => new DeviceRouter(Device.Accelerator, s, router, Precision));
+        _uploads.GetOrMake(router, () => Completed(stream, new DeviceRouter(Device.Accelerator, stream, router, Precision)));
+
+    /// <summary>Waits for an upload queued on <paramref name="stream"/>, so that no other session's stream reads it before it is complete.</summary>
+    private static T Completed<T>(AcceleratorStream stream, T upload) where T : IDisposable
+    {
+        try
+        {
+            stream.Synchronize();
+        }
+        catch
+        {
+            upload.Dispose();
+            throw;
+        }
+        return upload;
+    }
 
     /// <summary>Frees the device copy of a module or router now; false when there is none. Waits for every session's queued work.</summary>
-    public bool Release(object host)
-    {
-        List<Uploaded> freed;
-        lock (_gate)
-        {
-            freed = _uploads.Where(u => u.Holds(host) || !u.Alive).ToList();
-            if (freed.Count == 0)
-            {
-                return false;
-            }
-            Drain();
-            _uploads.RemoveAll(freed.Contains);
-            _byHost.Remove(host);
-        }
-        bool found = false;
-        foreach (Uploaded upload in freed)
-        {
-            found |= upload.Holds(host);
-            upload.Dispose();
-        }
-        return found;
-    }
+    public bool Release(object host) => _uploads.Release(host);
 
     public void Dispose()
     {
-        lock (_gate)
-        {
-            Drain();
-            foreach (Uploaded upload in _uploads)
-            {
-                upload.Dispose();
-            }
-            _uploads.Clear();
-        }
+        _uploads.Dispose();
         Device.Dispose();
     }
 
-    /// <summary>The host object's upload entry, made (after freeing what no host holds any more) the first time.</summary>
-    private Uploaded Entry(object host)
-    {
-        // The table reads without a lock, so a warm forward never waits behind another session's drain.
-        if (_byHost.TryGetValue(host, out Uploaded? entry))
-        {
-            return entry;
-        }
-        List<Uploaded>? collected = null;
-        lock (_gate)
-        {
-            if (!_byHost.TryGetValue(host, out entry))
-            {
-                // Something new goes to the device: first free what no host holds any more.
-                collected = _uploads.Where(u => !u.Alive).ToList();
-                if (collected.Count > 0)
-                {
-                    Drain();
-                    _uploads.RemoveAll(collected.Contains);
-                }
-                entry = new Uploaded(host);
-                _byHost.Add(host, entry);
-                _uploads.Add(entry);
-            }
-        }
-        if (collected is not null)
-        {
-            foreach (Uploaded upload in collected)
-            {
-                upload.Dispose();
-            }
-        }
-        return entry;
-    }
-
-    /// <summary>Waits for the work every session has queued (call under the gate, before freeing).</summary>
+    /// <summary>Waits for the work every session has queued (before an upload is freed).</summary>
     private void Drain()
     {
-        foreach (GpuExecutor executor in _executors)
+        lock (_gate)
         {
-            executor.Stream.Synchronize();
-        }
-    }
-
-    /// <summary>One host object's device copy: made once, by the first session that needs it, while others wait for it alone.</summary>
-    private sealed class Uploaded(object host) : IDisposable
-    {
-        private readonly WeakReference _host = new(host);
-        private readonly object _gate = new();
-        private IDisposable? _value;
-
-        public bool Alive => _host.IsAlive;
-
-        public bool Holds(object host) => ReferenceEquals(_host.Target, host);
-
-        /// <summary>The device copy once made (a published reference: readers need no lock).</summary>
-        public IDisposable? Value => Volatile.Read(ref _value);
-
-        public IDisposable Make(AcceleratorStream stream, Func<AcceleratorStream, IDisposable> create)
-        {
-            lock (_gate)
+            foreach (GpuExecutor executor in _executors)
             {
-                if (_value is null)
-                {
-                    IDisposable value = create(stream);
-                    try
-                    {
-                        stream.Synchronize(); // complete before any other session's stream reads it
-                    }
-                    catch
-                    {
-                        value.Dispose();
-                        throw;
-                    }
-                    Volatile.Write(ref _value, value);
-                }
-                return _value;
-            }
-        }
-
-        public void Dispose()
-        {
-            lock (_gate)
-            {
-                _value?.Dispose();
-                _value = null;
+                executor.Stream.Synchronize();
             }
         }
     }
