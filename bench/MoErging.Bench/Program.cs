@@ -8,8 +8,10 @@ using MoErging.Bench;
 using MoErging.Execution;
 using MoErging.Experts;
 using MoErging.Routing;
+using MoErging.Samples;
 
-// "quick [tokens]": a stopwatch breakdown (route, forward, both) of the CPU backend;
+// "quick [tokens] [--weight-precision f32|bf16|f16]": a stopwatch breakdown (route, forward, both) of the CPU backend,
+// its library and engine at that precision (default f32);
 // "boundary DIR": the managed peer of the C boundary benchmark (moerging_bench) on the adapters it wrote;
 // "library write|load ...": the large-library load measurement (see LargeLibrary);
 // "startup [BACKEND]": how long this fresh process takes to open an engine (Auto unless named) and why it chose it;
@@ -17,7 +19,7 @@ using MoErging.Routing;
 // The GPU workloads are in bench/MoErging.Bench.Gpu.
 if (args.Length > 0 && args[0] == "quick")
 {
-    return Quick(args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 64);
+    return Quick(args[1..]);
 }
 if (args.Length == 2 && args[0] == "boundary")
 {
@@ -55,10 +57,29 @@ static int Startup(Backend backend)
     return 0;
 }
 
-static int Quick(int tokens)
+static int Quick(string[] args)
 {
-    Workload[] set = Workload.Set(tokens);
-    using Engine engine = Engine.Create(new EngineOptions { Backend = Backend.Cpu });
+    int tokens = 64;
+    WeightPrecision precision = WeightPrecision.Float32;
+    for (int i = 0; i < args.Length; i++)
+    {
+        if (args[i] == "--weight-precision" && i + 1 < args.Length)
+        {
+            precision = args[++i] switch
+            {
+                "f32" => WeightPrecision.Float32,
+                "bf16" => WeightPrecision.BFloat16,
+                "f16" => WeightPrecision.Float16,
+                string other => throw new ArgumentException($"--weight-precision must be f32, bf16 or f16, got '{other}'"),
+            };
+        }
+        else
+        {
+            tokens = int.Parse(args[i], CultureInfo.InvariantCulture);
+        }
+    }
+    Workload[] set = Workload.Set(tokens, precision: precision);
+    using Engine engine = Engine.Create(new EngineOptions { Backend = Backend.Cpu, WeightPrecision = precision });
     using Session session = engine.CreateSession();
     double Median(Action<Workload> run)
     {
@@ -79,9 +100,15 @@ static int Quick(int tokens)
     double route = Median(w => session.Route(w.Module, w.Router, w.X, w.Decision));
     double forward = Median(w => session.Forward(w.Module, w.Decision, w.X, w.Y));
     double both = Median(w => session.Forward(w.Module, w.Router, w.X, w.Decision, w.Y));
-    ForwardCost cost = Workload.CostOf(tokens);
+    ForwardCost cost = Workload.CostOf(tokens, precision: precision);
+    double copy;
+    using (var parallelCopy = new ParallelCopy(CopyBenchmarks.Bytes, engine.CpuThreads))
+    {
+        copy = parallelCopy.BestGigabytesPerSecond(5);
+    }
+    double reached = cost.MinimumBytes / both / 1e3;
     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-        $"T={tokens}: route {route:F0} µs, forward {forward:F0} µs, both {both:F0} µs; min bytes {cost.MinimumBytes / 1e6:F1} MB → {cost.MinimumBytes / both / 1e3:F2} GB/s"));
+        $"T={tokens}: route {route:F0} µs, forward {forward:F0} µs, both {both:F0} µs; {precision} weights, min bytes {cost.MinimumBytes / 1e6:F1} MB → {reached:F2} GB/s, {100 * reached / copy:F0}% of the copy bandwidth ({copy:F1} GB/s, {engine.CpuThreads} threads)"));
     return 0;
 }
 

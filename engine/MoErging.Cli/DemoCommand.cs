@@ -19,11 +19,12 @@ internal static class DemoCommand
 {
     private const string Help = $"""
         usage: moerge demo [--out DIR] [--experts E] [--tokens T] [--dim D] [--rank R] [--top-k K]
-                           [--backend B] [--device D] [--weight-precision f32|f16] [--seed S] [--iterations N]
+                           [--backend B] [--device D] [--weight-precision f32|bf16|f16] [--seed S] [--iterations N]
                            [--threads N]
 
         Writes E synthetic LoRA experts (each adapting q_proj and v_proj of layer 0, d_in = d_out = D,
-        rank R) as PEFT adapter directories, loads them back, routes T tokens with Arrow top-K at q_proj,
+        rank R) as PEFT adapter directories (in the dtype of --weight-precision), loads them back at that
+        precision (bit for bit), routes T tokens with Arrow top-K at q_proj,
         reuses the decision at v_proj, and times both forwards (on a GPU with x and y on the device,
         against its device-to-device copy; on the CPU against the machine's copy bandwidth). A size the machine
         cannot hold (the memory the GC may use, the free disk where the adapters go) is refused before anything is
@@ -80,7 +81,7 @@ internal static class DemoCommand
         EngineOptions engineOptions = EngineChoice.Options(line, threads);
         string? outDir = line.Single("out");
         string root = outDir ?? Path.Combine(Path.GetTempPath(), $"moerge-demo-{Environment.ProcessId}-{Guid.NewGuid():N}"[..32]);
-        CheckSize(root, experts, tokens, dim, rank);
+        CheckSize(root, experts, tokens, dim, rank, engineOptions.WeightPrecision);
 
         var c = CultureInfo.InvariantCulture;
         stdout.WriteLine(string.Create(c, $"moerge demo: {experts} experts (d = {dim}, r = {rank}, {Modules.Length} modules each), {tokens} tokens, Arrow top-{topK}, seed {seed}"));
@@ -115,15 +116,15 @@ internal static class DemoCommand
         foreach (Expert expert in synthetic.Library.Experts)
         {
             string dir = Path.Combine(root, expert.Name);
-            PeftAdapter.Write(dir, expert, TensorDType.F32, baseModelName: "synthetic");
+            PeftAdapter.Write(dir, expert, DTypeOf(engine.WeightPrecision), baseModelName: "synthetic");
             dirs.Add(dir);
         }
         long written = dirs.Sum(d => new DirectoryInfo(d).EnumerateFiles().Sum(f => f.Length));
         stdout.WriteLine(string.Create(c, $"wrote {experts} PEFT adapters to {root} ({written / 1e6:F1} MB) in {clock.ElapsedMilliseconds} ms"));
 
-        // 2. Loaded back through the loader users use.
+        // 2. Loaded back through the loader users use, at the engine's precision: read in place, not copied again.
         clock.Restart();
-        ExpertLibrary library = ExpertLibrary.Load(dirs);
+        ExpertLibrary library = ExpertLibrary.Load(dirs, new ExpertLibraryOptions { WeightPrecision = engine.WeightPrecision });
         stdout.WriteLine($"loaded them back in {clock.ElapsedMilliseconds} ms");
         AdaptedModule q = library.Module("q_proj"), v = library.Module("v_proj");
 
@@ -178,7 +179,7 @@ internal static class DemoCommand
             }
             copyWhat = $"this machine ({engine.CpuThreads} threads, 2 × 128 MB, read + write)";
         }
-        ForwardCost routedCost = ForwardCost.Of(q, decision, router), reusedCost = ForwardCost.Of(v, decision);
+        ForwardCost routedCost = ForwardCost.Of(engine, q, decision, router), reusedCost = ForwardCost.Of(engine, v, decision);
         stdout.WriteLine();
         string where = engine.Accelerator is null ? "" : "; x and y on the device";
         stdout.WriteLine(string.Create(c, $"timing (median of {iterations} after 3 warm-up runs{where}; GB/s = minimum bytes / time):"));
@@ -193,26 +194,27 @@ internal static class DemoCommand
     /// Refuses, before anything is allocated or written, a demo the machine cannot hold: the memory it needs
     /// against what the GC may use, and its adapter files against the free space where they go.
     /// </summary>
-    private static void CheckSize(string root, int experts, int tokens, int dim, int rank)
+    private static void CheckSize(string root, int experts, int tokens, int dim, int rank, WeightPrecision precision)
     {
         long library = (long)experts * Modules.Length * 2 * rank * dim * sizeof(float);
-        // The library twice (made, then loaded back from its files), one expert's tensors staged while its file is
+        long stored = precision == WeightPrecision.Float32 ? library : library / 2; // as written and loaded back
+        // The library made in float32, then loaded back from its files, one expert's tensors staged while its file is
         // written, the Arrow prototypes and task directions, x with both outputs, and the copy measurement's buffers.
-        long memory = 2 * library + library / experts + 2L * experts * dim * sizeof(float) + 3L * tokens * dim * sizeof(float) + 2L * CopyBytes;
+        long memory = library + stored + library / experts + 2L * experts * dim * sizeof(float) + 3L * tokens * dim * sizeof(float) + 2L * CopyBytes;
         long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
         string what = string.Create(CultureInfo.InvariantCulture,
             $"{experts} experts × {Modules.Length} modules × 2 factors × rank {rank} × d {dim} × 4 bytes = {library / 1e9:F1} GB");
         if (memory > available)
         {
             throw new UsageException(string.Create(CultureInfo.InvariantCulture,
-                $"the demo needs about {memory / 1e9:F1} GB of memory ({what}, held twice, plus tokens and outputs) but {available / 1e9:F1} GB is available; give fewer --experts or a smaller --dim, --rank or --tokens"));
+                $"the demo needs about {memory / 1e9:F1} GB of memory ({what}, made, then loaded back at {precision}, plus tokens and outputs) but {available / 1e9:F1} GB is available; give fewer --experts or a smaller --dim, --rank or --tokens"));
         }
         string existing = Path.GetFullPath(root);
         while (!Directory.Exists(existing))
         {
             existing = Path.GetDirectoryName(existing)!;
         }
-        long disk = library + experts * 4096L; // each adapter's config and safetensors header fit in a few kB
+        long disk = stored + experts * 4096L; // each adapter's config and safetensors header fit in a few kB
         long free = new DriveInfo(existing).AvailableFreeSpace;
         if (disk > free)
         {
@@ -280,6 +282,14 @@ internal static class DemoCommand
         stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"  {what,-38} {median * 1e6,9:F1} µs (min {sorted[0] * 1e6:F1})  {cost.MinimumBytes / 1e6,7:F2} MB → {MedianGbPerSecond(sorted, cost),6:F2} GB/s  {cost.Flops / median / 1e9,6:F2} GFLOP/s  {cost.SelectedExperts} experts read"));
     }
+
+    /// <summary>The safetensors dtype the demo writes for a precision: the same format, so loading keeps every bit.</summary>
+    private static TensorDType DTypeOf(WeightPrecision precision) => precision switch
+    {
+        WeightPrecision.BFloat16 => TensorDType.BF16,
+        WeightPrecision.Float16 => TensorDType.F16,
+        _ => TensorDType.F32,
+    };
 
     /// <summary>Best of five device-to-device copies of 128 MB, counting bytes read plus written.</summary>
     private static double DeviceCopyBandwidth(Accelerator accelerator)

@@ -11,7 +11,9 @@ internal static class EngineChoice
           --device            a GPU device: an index from 'moerge devices', or a case-insensitive part of a
                               device's name, platform or vendor, such as rusticl or pocl (default: the
                               backend's first usable device)
-          --weight-precision  f32 (default) or f16: how a GPU stores the experts' factors (the CPU uses f32)
+          --weight-precision  f32 (default), bf16 or f16: how the engine stores the experts' factors (and, on
+                              the CPU, the routers' prototypes), rounded once; the experts are loaded at it, and
+                              a factor stored in that format is kept bit for bit (bf16: the CPU backend only)
         """;
 
     /// <summary>The option names, added to a command's own.</summary>
@@ -35,8 +37,9 @@ internal static class EngineChoice
         WeightPrecision precision = line.Single("weight-precision") switch
         {
             null or "f32" => WeightPrecision.Float32,
+            "bf16" => WeightPrecision.BFloat16,
             "f16" => WeightPrecision.Float16,
-            string other => throw new UsageException($"--weight-precision must be f32 or f16, got '{other}'"),
+            string other => throw new UsageException($"--weight-precision must be f32, bf16 or f16, got '{other}'"),
         };
         return new EngineOptions { Backend = backend, Device = device, WeightPrecision = precision, CpuThreads = cpuThreads };
     }

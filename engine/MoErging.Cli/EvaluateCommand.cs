@@ -19,7 +19,7 @@ internal static class EvaluateCommand
         usage: moerge evaluate --experts [NAME=]DIR... --module NAME --data SET.safetensors [--classifier FILE] [--backend B]
                moerge evaluate --synthetic [--experts E] [--dim D] [--rank R] [--rows N] [--held-out H]
                                [--strength S] [--seed S] [--backend B]
-               (either form also takes [--device D] [--weight-precision f32|f16])
+               (either form also takes [--device D] [--weight-precision f32|bf16|f16])
 
         Routes every row of a labelled routing set (x [N, d_in], expert [N] I32: the true expert, task [N] I32
         with task names in the metadata; see 'moerge train-router') with each router that applies, at its
@@ -76,7 +76,7 @@ internal static class EvaluateCommand
                 throw new UsageException(synthetic ? $"--{option} does not apply to --synthetic" : $"--{option} applies only to --synthetic");
             }
         }
-        var (module, set, candidates, description) = synthetic ? Synthetic(line) : FromFiles(line, stderr);
+        var (module, set, candidates, description) = synthetic ? Synthetic(line, engineOptions.WeightPrecision) : FromFiles(line, stderr, engineOptions.WeightPrecision);
 
         using Engine engine = Engine.Create(engineOptions);
         using Session session = engine.CreateSession();
@@ -87,7 +87,7 @@ internal static class EvaluateCommand
         return 0;
     }
 
-    private static (AdaptedModule, RoutingDataset, List<Candidate>, string) Synthetic(CommandLine line)
+    private static (AdaptedModule, RoutingDataset, List<Candidate>, string) Synthetic(CommandLine line, WeightPrecision precision)
     {
         IReadOnlyList<string> given = line.Many("experts");
         int experts = 8;
@@ -103,7 +103,7 @@ internal static class EvaluateCommand
             throw new UsageException("--strength must be a positive number");
         }
 
-        SyntheticExperts library = SyntheticExperts.Create(experts, dim, rank, [SyntheticModule], seed);
+        SyntheticExperts library = SyntheticExperts.Create(experts, dim, rank, [SyntheticModule], seed, precision);
         AdaptedModule module = library.Library.Module(SyntheticModule);
         // Each router gets data of its own kind, each drawn from its own seed.
         RoutingDataset expertData = library.RoutingSet(rows, 0, strength, seed + 1);
@@ -127,7 +127,7 @@ internal static class EvaluateCommand
         return (module, test, candidates, description);
     }
 
-    private static (AdaptedModule, RoutingDataset, List<Candidate>, string) FromFiles(CommandLine line, TextWriter stderr)
+    private static (AdaptedModule, RoutingDataset, List<Candidate>, string) FromFiles(CommandLine line, TextWriter stderr, WeightPrecision precision)
     {
         IReadOnlyList<string> dirs = ExpertsOption.Parse(line.Many("experts")).Directories;
         if (dirs.Count == 0)
@@ -135,7 +135,7 @@ internal static class EvaluateCommand
             throw new UsageException("give --experts DIR... --module NAME --data SET, or --synthetic");
         }
         string data = line.Required("data");
-        ExpertLibrary library = ExpertsOption.Load(line, stderr).Library;
+        ExpertLibrary library = ExpertsOption.Load(line, stderr, precision: precision).Library;
         AdaptedModule module = library.Module(line.Required("module"));
         RoutingDataset set = RoutingChoice.LoadSet(data, module);
         int experts = library.ExpertCount;

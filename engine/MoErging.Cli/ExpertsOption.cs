@@ -1,3 +1,4 @@
+using MoErging.Execution;
 using MoErging.Experts;
 
 namespace MoErging.Cli;
@@ -46,8 +47,12 @@ internal static class ExpertsOption
         return (dirs, names);
     }
 
-    /// <summary>Loads --experts (at least one) and prints the library's warnings to stderr.</summary>
-    public static (ExpertLibrary Library, string[] Directories) Load(CommandLine line, TextWriter stderr, bool lazy = false)
+    /// <summary>
+    /// Loads --experts (at least one), their factors held at <paramref name="precision"/> (an engine's, so that it reads
+    /// them in place), and prints the library's warnings to stderr.
+    /// </summary>
+    public static (ExpertLibrary Library, string[] Directories) Load(CommandLine line, TextWriter stderr, bool lazy = false,
+        WeightPrecision precision = WeightPrecision.Float32)
     {
         IReadOnlyList<string> specs = line.Many("experts");
         if (specs.Count == 0)
@@ -55,7 +60,13 @@ internal static class ExpertsOption
             throw new UsageException("--experts is required");
         }
         var (dirs, names) = Parse(specs);
-        ExpertLibrary library = ExpertLibrary.Load(dirs, new ExpertLibraryOptions { Lazy = lazy, Names = names, RequireSameBaseModel = line.Flag("strict") });
+        ExpertLibrary library = ExpertLibrary.Load(dirs, new ExpertLibraryOptions
+        {
+            Lazy = lazy,
+            Names = names,
+            RequireSameBaseModel = line.Flag("strict"),
+            WeightPrecision = precision,
+        });
         foreach (string warning in library.Warnings)
         {
             stderr.WriteLine($"moerge: warning: {warning}");

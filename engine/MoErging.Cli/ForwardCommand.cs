@@ -17,7 +17,7 @@ internal static class ForwardCommand
                               [--temperature T] [--weights w1,w2,...] [--classifier FILE] [--general DIR...]
                               [--granularity token|example|task] [--sequence-lengths n1,n2,...] [--pool mean|last]
                               [--aggregation output|parameter] [--backend B] [--device D]
-                              [--weight-precision f32|f16]
+                              [--weight-precision f32|bf16|f16]
 
         Experts are numbered in the order given. --module matches the module whose full PEFT name
         ends with NAME at a dot boundary.
@@ -61,7 +61,7 @@ internal static class ForwardCommand
         Aggregation aggregation = RoutingChoice.Aggregation(line);
         EngineOptions engineOptions = EngineChoice.Options(line);
 
-        ExpertLibrary library = ExpertsOption.Load(line, stderr).Library;
+        ExpertLibrary library = ExpertsOption.Load(line, stderr, precision: engineOptions.WeightPrecision).Library;
         var (router, module) = RoutingChoice.Build(line, kind, library.Module(moduleName));
 
         float[] x, y;

@@ -17,7 +17,7 @@ internal static class RouteCommand
                             --router uniform|fixed|arrow|phatgoose|centroid|classifier|assigned [router options]
                             [--granularity token|example|task] [--sequence-lengths n1,n2,...] [--pool mean|last]
                             [--output OUT.safetensors] [--report DIR] [--json] [--backend B] [--device D]
-                            [--weight-precision f32|f16]
+                            [--weight-precision f32|bf16|f16]
 
         Routes x [T, d_in] from IN (as 'moerge forward' does, without applying the experts) and prints the
         routing statistics: per expert its load (slots), weight and top-1 tokens; the mean entropy of the
@@ -61,7 +61,7 @@ internal static class RouteCommand
         RoutingGranularity granularity = RoutingChoice.Granularity(line);
         EngineOptions engineOptions = EngineChoice.Options(line);
 
-        ExpertLibrary library = ExpertsOption.Load(line, stderr).Library;
+        ExpertLibrary library = ExpertsOption.Load(line, stderr, precision: engineOptions.WeightPrecision).Library;
         var (router, module) = RoutingChoice.Build(line, kind, library.Module(moduleName));
         var decision = new RoutingDecision();
         float[] x;

@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using MoErging.Execution;
 using MoErging.Experts;
 
 namespace MoErging.Samples;
@@ -37,9 +38,11 @@ public sealed class SyntheticExperts
     /// <summary>
     /// Draws <paramref name="experts"/> experts named <c>expert-000</c>, ... adapting each of
     /// <paramref name="modules"/> (d_in = d_out = <paramref name="dim"/>) at rank <paramref name="rank"/>,
-    /// with lora_alpha = 2r (scaling 2), as PEFT trains them by default.
+    /// with lora_alpha = 2r (scaling 2), as PEFT trains them by default, their factors held at <paramref name="precision"/>
+    /// (drawn in float32, then rounded once).
     /// </summary>
-    public static SyntheticExperts Create(int experts, int dim, int rank, IReadOnlyList<string> modules, int seed)
+    public static SyntheticExperts Create(int experts, int dim, int rank, IReadOnlyList<string> modules, int seed,
+        WeightPrecision precision = WeightPrecision.Float32)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(experts, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(dim, 1);
@@ -70,7 +73,7 @@ public sealed class SyntheticExperts
                     a[i] += u[i];
                 }
                 FillNormal(rng, b, 1 / Math.Sqrt(rank));
-                factors.Add(new(module, new LoraFactors(a, b, rank, dim, dim, scaling: 2f, alpha: 2f * rank)));
+                factors.Add(new(module, new LoraFactors(a, b, rank, dim, dim, scaling: 2f, alpha: 2f * rank, precision: precision)));
             }
             list[e] = new Expert($"expert-{e:D3}", factors);
         }
