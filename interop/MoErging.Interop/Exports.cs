@@ -61,7 +61,12 @@ public static unsafe class Exports
         {
             ClearOut(engine, "engine");
             // A backend the machine lacks is a BackendUnavailableException saying what was looked for.
-            Engine created = Engine.Create(new EngineOptions { Backend = ToManaged(options->Backend), CpuThreads = options->CpuThreads });
+            Engine created = Engine.Create(new EngineOptions
+            {
+                Backend = ToManaged(options->Backend),
+                CpuThreads = options->CpuThreads,
+                WeightPrecision = ToPrecision(options->WeightPrecision),
+            });
             try
             {
                 *engine = Handles.Add(new EngineHandle(created));
@@ -178,6 +183,7 @@ public static unsafe class Exports
                 Lazy = options->Lazy != 0,
                 Names = options->Names == null ? null : OptionalStrings(options->Names, count, "names"),
                 RequireSameBaseModel = options->Strict != 0,
+                WeightPrecision = ToPrecision(options->WeightPrecision),
             });
             var modules = new nint[loaded.Modules.Count];
             for (int m = 0; m < modules.Length; m++)
@@ -608,6 +614,15 @@ public static unsafe class Exports
             ? Backends[value]
             : throw new ArgumentException($"backend is {value}; use a moe_backend value (0 to {Backends.Length - 1})");
 
+    /// <summary>moe_weight_precision values, by number.</summary>
+    private static readonly WeightPrecision[] Precisions = [WeightPrecision.Float32, WeightPrecision.Float16, WeightPrecision.BFloat16];
+
+    /// <summary>The managed precision of a moe_weight_precision value; a number outside the enum is an invalid argument.</summary>
+    private static WeightPrecision ToPrecision(int value) =>
+        (uint)value < (uint)Precisions.Length
+            ? Precisions[value]
+            : throw new ArgumentException($"weight_precision is {value}; use a moe_weight_precision value (0 to {Precisions.Length - 1})");
+
     /// <summary>Checks y against the module, x and base; nothing has been written when it throws.</summary>
     private static Span<float> CheckOutput(AdaptedModule m, int tokens, ReadOnlySpan<float> xs, float* yBase, float* y, nuint yCount)
     {
@@ -734,6 +749,7 @@ public struct NativeEngineOptions
     public uint StructSize;
     public int Backend;
     public int CpuThreads;
+    public int WeightPrecision;
 }
 
 /// <summary>moe_library_options.</summary>
@@ -745,6 +761,7 @@ public unsafe struct NativeLibraryOptions
     public int Strict;
     public int Lazy;
     public int Quiet;
+    public int WeightPrecision;
 }
 
 /// <summary>moe_arrow_options; a zero field stands for the library's default.</summary>

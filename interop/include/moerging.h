@@ -114,6 +114,19 @@ typedef enum moe_backend {
     MOE_BACKEND_GPU_SIMULATOR = 4
 } moe_backend;
 
+/* How an engine stores expert factors for its forwards (and, on the CPU, linear routers' prototypes), and how a
+ * library holds them in memory. The 16-bit formats halve the bytes a CPU forward reads: each value is rounded to
+ * nearest, ties to even, once, and widened to float32 in registers, where all arithmetic stays. Load a library at the
+ * precision of the engines that use it: an engine reads factors of its own precision in place and converts others
+ * into a copy of its own (per module, on first use, kept until the engine is freed). A factor stored in the file in
+ * that very format keeps its bits. BF16 runs on the CPU backend only for now: a GPU backend refuses it with
+ * MOE_ERROR_INVALID_ARGUMENT. */
+typedef enum moe_weight_precision {
+    MOE_WEIGHT_PRECISION_F32 = 0,      /* float32 (default) */
+    MOE_WEIGHT_PRECISION_F16 = 1,      /* IEEE binary16 (range +-65504; larger values become infinity) */
+    MOE_WEIGHT_PRECISION_BF16 = 2      /* bfloat16: the upper half of a float32 */
+} moe_weight_precision;
+
 /* How a linear router normalises x before scoring. */
 typedef enum moe_normalization {
     MOE_NORMALIZATION_NONE = 0,        /* x as it is (Arrow) */
@@ -139,6 +152,8 @@ typedef struct moe_engine_options {
     int32_t cpu_threads;    /* CPU threads a forward uses, the caller's included; 0 (default): all processors;
                              * at most 4 x the processor count (.NET's Environment.ProcessorCount): more, or a
                              * negative count, is MOE_ERROR_INVALID_ARGUMENT */
+    int32_t weight_precision; /* a moe_weight_precision; default MOE_WEIGHT_PRECISION_F32. Added after the first
+                             * version: a caller whose struct ends at cpu_threads gets the default */
 } moe_engine_options;
 
 typedef struct moe_library_options {
@@ -153,6 +168,10 @@ typedef struct moe_library_options {
                              * memory goes only to the experts that forwards and routers touch (that first use
                              * fails, naming the file, if the file changed or vanished since); default 0 */
     int32_t quiet;          /* nonzero: write no warnings to stderr; default 0 */
+    int32_t weight_precision; /* a moe_weight_precision: how the library holds the factors in memory; default
+                             * MOE_WEIGHT_PRECISION_F32. Added after the first version, in what was its trailing
+                             * padding (sizeof is unchanged): a struct filled by moe_library_default_options has it
+                             * zero, the default */
 } moe_library_options;
 
 /* Arrow's top-k and temperature. Zero fields take the library's defaults: its experts' PEFT arrow_config

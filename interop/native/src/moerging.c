@@ -437,8 +437,10 @@ static moe_status adopt_options(const void* given, void* full, size_t known, siz
     return MOE_OK;
 }
 
-static const moe_engine_options engine_defaults = {sizeof(moe_engine_options), MOE_BACKEND_AUTO, 0};
-static const moe_library_options library_defaults = {sizeof(moe_library_options), NULL, 0, 0, 0};
+static const moe_engine_options engine_defaults = {sizeof(moe_engine_options), MOE_BACKEND_AUTO, 0,
+                                                    MOE_WEIGHT_PRECISION_F32};
+static const moe_library_options library_defaults = {sizeof(moe_library_options), NULL, 0, 0, 0,
+                                                     MOE_WEIGHT_PRECISION_F32};
 static const moe_arrow_options arrow_defaults = {sizeof(moe_arrow_options), 0, 0.0f};
 static const moe_linear_router_options linear_defaults = {
     sizeof(moe_linear_router_options), 1, 1.0f, MOE_NORMALIZATION_NONE, MOE_SCORE_IDENTITY, NULL, 0};

@@ -67,6 +67,7 @@ Path = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 Routed = Tuple[Float32Array, Int32Array, Float32Array]  # y, expert ids, expert weights
 
 BACKENDS = ("auto", "cpu", "cuda", "opencl", "gpu-simulator")  # moe_backend values, by index
+WEIGHT_PRECISIONS = ("f32", "f16", "bf16")             # moe_weight_precision
 NORMALIZATIONS = ("none", "layer_norm", "l2")          # moe_normalization
 SCORE_FUNCTIONS = ("identity", "absolute")             # moe_score_function
 
@@ -300,15 +301,20 @@ class Engine(_Handle):
     """A backend ("auto", "cpu", "cuda", "opencl", "gpu-simulator") and its worker threads. Close it after its sessions.
 
     cpu_threads: the threads a CPU forward uses, the caller's included; 0 uses every processor. At most 4 x the
-    processor count (.NET's Environment.ProcessorCount); more, or a negative count, is an InvalidArgumentError."""
+    processor count (.NET's Environment.ProcessorCount); more, or a negative count, is an InvalidArgumentError.
+    weight_precision: how the engine stores the experts' factors (and, on the CPU, the routers' prototypes): "f32"
+    (default), "bf16" (the CPU backend only, for now) or "f16", each value rounded once and widened to float32 for the
+    arithmetic. Give the Library the same one: the engine reads factors of its own precision in place and converts
+    others into a copy of its own."""
 
     _free = lib.moe_engine_free
 
-    def __init__(self, backend: str = "auto", cpu_threads: int = 0) -> None:
+    def __init__(self, backend: str = "auto", cpu_threads: int = 0, weight_precision: str = "f32") -> None:
         chosen, threads = _index(backend, BACKENDS, "backend"), _integer(cpu_threads, "cpu_threads")
+        precision = _index(weight_precision, WEIGHT_PRECISIONS, "weight_precision")
         options = EngineOptions()
         check(lib.moe_engine_default_options(ctypes.byref(options), ctypes.sizeof(options)))
-        options.backend, options.cpu_threads = chosen, threads
+        options.backend, options.cpu_threads, options.weight_precision = chosen, threads, precision
         handle = ctypes.c_void_p()
         check(lib.moe_engine_create(ctypes.byref(options), ctypes.byref(handle)))
         super().__init__(handle.value)
@@ -403,12 +409,14 @@ class Library(_Handle):
     parents' names: "run1/adapter", "run2/adapter"). strict: refuse experts whose configs name different base
     models (InvalidArgumentError) instead of warning. What the library has to say about the experts (different
     base models, modules saved whole that LoRA forwards do not apply, disagreeing arrow_config values) is written
-    once to the process's stderr (file descriptor 2, not sys.stderr), each line starting "moerging: warning: "."""
+    once to the process's stderr (file descriptor 2, not sys.stderr), each line starting "moerging: warning: ".
+    weight_precision: how the factors are held in memory, "f32" (default), "bf16" or "f16" (the engines' precision,
+    see Engine); a factor stored in the file in that format keeps its bits, any other is rounded once."""
 
     _free = lib.moe_library_free
 
     def __init__(self, directories: Iterable[Path] | Mapping[str, Path], names: Iterable[str | None] | None = None,
-                 strict: bool = False) -> None:
+                 strict: bool = False, weight_precision: str = "f32") -> None:
         if isinstance(directories, Mapping):
             if names is not None:
                 raise TypeError("names cannot be given with a dict of directories: its keys are the names")
@@ -416,10 +424,11 @@ class Library(_Handle):
         self.directories = _path_list(directories)  # the routers built from the experts' files read them again
         paths = _paths(self.directories)
         flag = _flag(strict, "strict")
+        precision = _index(weight_precision, WEIGHT_PRECISIONS, "weight_precision")
         encoded = None if names is None else _names(names, len(self.directories))
         options = LibraryOptions()
         check(lib.moe_library_default_options(ctypes.byref(options), ctypes.sizeof(options)))
-        options.names, options.strict = encoded, flag
+        options.names, options.strict, options.weight_precision = encoded, flag, precision
         handle = ctypes.c_void_p()
         check(lib.moe_library_load_with_options(*paths, ctypes.byref(options),
                                                 ctypes.byref(handle)))

@@ -56,12 +56,12 @@ ERRORS: Dict[int, Type[MoErgingError]] = {
 
 
 class EngineOptions(ctypes.Structure):
-    _fields_ = [("struct_size", c_uint32), ("backend", c_int32), ("cpu_threads", c_int32)]
+    _fields_ = [("struct_size", c_uint32), ("backend", c_int32), ("cpu_threads", c_int32), ("weight_precision", c_int32)]
 
 
 class LibraryOptions(ctypes.Structure):
     _fields_ = [("struct_size", c_uint32), ("names", POINTER(c_char_p)), ("strict", c_int32), ("lazy", c_int32),
-                ("quiet", c_int32)]
+                ("quiet", c_int32), ("weight_precision", c_int32)]
 
 
 class ArrowOptions(ctypes.Structure):
