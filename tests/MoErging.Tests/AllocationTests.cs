@@ -122,6 +122,57 @@ public abstract class AllocationTests(EngineFixture engines)
 }
 
 /// <summary>
+/// A 16-bit CPU engine on a library held at its own precision (the factors read in place, the router's prototypes
+/// converted in the warm-up calls) allocates nothing warm, for routed and assigned forwards, float32 and Half activations.
+/// </summary>
+[Collection(nameof(AllocationCollection))]
+public sealed class SixteenBitLibraryAllocationTests
+{
+    private const string Module = "base_model.model.layers.0.mlp.down_proj";
+
+    [Theory]
+    [InlineData(WeightPrecision.BFloat16, false)]
+    [InlineData(WeightPrecision.BFloat16, true)]
+    [InlineData(WeightPrecision.Float16, false)]
+    [InlineData(WeightPrecision.Float16, true)]
+    public void WarmForwardOnALibraryHeldAtTheEnginesPrecisionAllocatesNothing(WeightPrecision precision, bool half)
+    {
+        var data = new TestData();
+        RawFactors[] raw = [.. Enumerable.Range(0, 20).Select(e => data.Factors(new[] { 16, 4, 9 }[e % 3], 300, 1100))];
+        var library = new ExpertLibrary(raw.Select((f, e) => new Expert($"e{e}",
+            [new(Module, new LoraFactors(f.A, f.B, f.Rank, f.InputDim, f.OutputDim, f.Scaling, precision: precision))])));
+        AdaptedModule module = library.Module(Module);
+        var router = new ArrowRouter(module, new RoutingOptions(3));
+        const int tokens = 40;
+        float[] x = data.Normal(tokens * 300), y = data.Normal(tokens * 1100);
+        Half[] xh = x.Select(v => (Half)v).ToArray(), yh = y.Select(v => (Half)v).ToArray();
+        int[] ids = Enumerable.Range(0, tokens * 2).Select(_ => data.Rng.Next(-1, 20)).ToArray();
+        float[] weights = data.Normal(tokens * 2);
+        using Engine engine = Engine.Create(new EngineOptions { Backend = Backend.Cpu, CpuThreads = 2, WeightPrecision = precision });
+        using Session session = engine.CreateSession();
+        var decision = new RoutingDecision();
+        var assigned = new RoutingDecision();
+
+        void Call()
+        {
+            assigned.Assign(ids, weights, 2, 20);
+            if (half)
+            {
+                session.Forward(module, router, xh, decision, yh);
+                session.Forward(module, assigned, xh, yh);
+            }
+            else
+            {
+                session.Forward(module, router, x, decision, y);
+                session.Forward(module, assigned, x, y);
+            }
+        }
+
+        AllocationTests.AssertWarmCallsAllocateNothing(Call, $"{data}: five warm forwards ({precision} library and engine, half={half})");
+    }
+}
+
+/// <summary>
 /// The device-resident calls allocate nothing warm either: routing into a device decision, and a forward with
 /// it, on device buffers. OpenCL and CUDA (ILGPU's CPU accelerator allocates per launch, as above).
 /// </summary>
@@ -178,6 +229,13 @@ public sealed class AllocationCollection;
 
 [Collection(nameof(AllocationCollection))]
 public sealed class AllocationTestsOnCpu(CpuEngines engines) : AllocationTests(engines), IClassFixture<CpuEngines>;
+
+/// <summary>A 16-bit engine converts the float32 library's module and the router's prototypes in the warm-up calls; warm calls then allocate nothing.</summary>
+[Collection(nameof(AllocationCollection))]
+public sealed class AllocationTestsOnCpuBFloat16(CpuBFloat16Engines engines) : AllocationTests(engines), IClassFixture<CpuBFloat16Engines>;
+
+[Collection(nameof(AllocationCollection))]
+public sealed class AllocationTestsOnCpuFloat16(CpuFloat16Engines engines) : AllocationTests(engines), IClassFixture<CpuFloat16Engines>;
 
 [Trait("Backend", "OpenCL")]
 [Collection(nameof(AllocationCollection))]

@@ -15,18 +15,30 @@ public abstract class EngineFixture : IDisposable
         int key = Backend == Backend.Cpu ? threads : 0;
         if (!_engines.TryGetValue(key, out Engine? engine))
         {
-            engine = Open(threads);
+            engine = Open(threads, Precision);
             _engines[key] = engine;
         }
         return engine.CreateSession();
     }
 
     /// <summary>A new engine of its own (the GPU device is shared), for tests that count what an engine holds or store weights in another precision.</summary>
-    public Engine CreateEngine(int threads, WeightPrecision precision = WeightPrecision.Float32) => Open(threads, precision);
+    public Engine CreateEngine(int threads, WeightPrecision? precision = null) => Open(threads, precision ?? Precision);
 
     public abstract Backend Backend { get; }
 
-    protected virtual Engine Open(int threads, WeightPrecision precision = WeightPrecision.Float32) =>
+    /// <summary>How the fixture's engines store the experts' factors.</summary>
+    public virtual WeightPrecision Precision => WeightPrecision.Float32;
+
+    /// <summary>How they store linear routers' prototypes: as the factors, on every backend.</summary>
+    public WeightPrecision PrototypePrecision => Precision;
+
+    /// <summary>Factors as the engines hold them (the reference's input): rounded by the test's own rounding (<see cref="Stored"/>).</summary>
+    public RawFactors?[] Stored(IReadOnlyList<RawFactors?> experts) => MoErging.Tests.Stored.Factors(experts, Precision);
+
+    /// <summary>Prototypes as the engines hold them.</summary>
+    public float[] StoredPrototypes(ReadOnlySpan<float> prototypes) => MoErging.Tests.Stored.Values(prototypes, PrototypePrecision);
+
+    protected virtual Engine Open(int threads, WeightPrecision precision) =>
         Engine.Create(new EngineOptions { Backend = Backend, CpuThreads = threads, WeightPrecision = precision });
 
     public void Dispose()
@@ -38,9 +50,22 @@ public abstract class EngineFixture : IDisposable
     }
 }
 
-public sealed class CpuEngines : EngineFixture
+/// <summary>CPU engines storing float32 (and the base of the 16-bit CPU fixtures).</summary>
+public class CpuEngines : EngineFixture
 {
     public override Backend Backend => Backend.Cpu;
+}
+
+/// <summary>CPU engines storing factors and prototypes as bfloat16; the libraries the tests build hold float32, so the engines convert them.</summary>
+public sealed class CpuBFloat16Engines : CpuEngines
+{
+    public override WeightPrecision Precision => WeightPrecision.BFloat16;
+}
+
+/// <summary>CPU engines storing factors and prototypes as IEEE binary16.</summary>
+public sealed class CpuFloat16Engines : CpuEngines
+{
+    public override WeightPrecision Precision => WeightPrecision.Float16;
 }
 
 /// <summary>
@@ -56,7 +81,7 @@ public abstract class GpuEngineFixture(TestDevice device) : EngineFixture
         _ => Backend.OpenCL,
     };
 
-    protected override Engine Open(int threads, WeightPrecision precision = WeightPrecision.Float32)
+    protected override Engine Open(int threads, WeightPrecision precision)
     {
         using GpuDevice shared = SharedDevices.Hold(device); // opens it for the run if this is the first use
         return Engine.Create(new EngineOptions

@@ -5,10 +5,12 @@ using MoErging.Routing;
 namespace MoErging.Tests;
 
 /// <summary>
-/// The routed forward against the float64 reference, for every router, on odd shapes and mixed ranks.
-/// Tolerance: float32 outputs within 1e-5 of the size of the update, plus the rounding of y itself
-/// (<see cref="Reference.CheckFloat32"/>); Half outputs within half a Half ulp of the float64 result
-/// (<see cref="Reference.CheckHalf"/>).
+/// The routed forward against the float64 reference, for every router, on odd shapes and mixed ranks, at the fixture's
+/// weight precision: the reference takes the factors and prototypes as the engine stores them (rounded to the
+/// precision by the test's own rounding, <see cref="Stored"/>), so the tolerances are those of float32 arithmetic
+/// and of the activations' rounding, at every precision. Float32 outputs within 1e-5 of the size of the update, plus
+/// the rounding of y itself (<see cref="Reference.CheckFloat32"/>); Half outputs within half a Half ulp of the float64
+/// result (<see cref="Reference.CheckHalf"/>).
 /// </summary>
 public abstract class ForwardTests(EngineFixture engines)
 {
@@ -63,8 +65,8 @@ public abstract class ForwardTests(EngineFixture engines)
             session.Forward(module, decision, xh, yh);
         }
         var (refIds, refWeights) = ReferenceDecision(data, r, x, decision);
-        ReferenceOutput expected = Reference.Forward(lib.Raw[Module], x, yBase, tokens, refIds, refWeights, decision.TopK);
-        Reference.CheckHalf(yh, expected, yBase, $"{data} ({router}, k={k}, T={tokens})");
+        ReferenceOutput expected = Reference.Forward(engines.Stored(lib.Raw[Module]), x, yBase, tokens, refIds, refWeights, decision.TopK);
+        Reference.CheckHalf(yh, expected, yBase, $"{data} ({router}, k={k}, T={tokens}, {engines.Precision})");
     }
 
     [Fact]
@@ -170,7 +172,7 @@ public abstract class ForwardTests(EngineFixture engines)
         decision.Assign(ids, weights, k, module.ExpertCount);
         // The reference reads the slots the decision holds (Assign orders each token's slots), in float64.
         double[] given = decision.Weights.ToArray().Select(w => (double)w).ToArray();
-        ReferenceOutput expected = Reference.Forward(lib.Raw[Module], x, yBase, tokens, decision.ExpertIds.ToArray(), given, k);
+        ReferenceOutput expected = Reference.Forward(engines.Stored(lib.Raw[Module]), x, yBase, tokens, decision.ExpertIds.ToArray(), given, k);
         using Session session = engines.CreateSession(2);
 
         var y = (float[])yBase.Clone();
@@ -214,8 +216,8 @@ public abstract class ForwardTests(EngineFixture engines)
         var y = (float[])yBase.Clone();
         session.Forward(lib.Module(other), decision, x, y);
         double[] weights = decision.Weights.ToArray().Select(w => (double)w).ToArray();
-        ReferenceOutput expected = Reference.Forward(lib.Raw[other], x, yBase, 6, decision.ExpertIds.ToArray(), weights, 2);
-        Reference.CheckFloat32(y, expected, yBase, 2, data.ToString());
+        ReferenceOutput expected = Reference.Forward(engines.Stored(lib.Raw[other]), x, yBase, 6, decision.ExpertIds.ToArray(), weights, 2);
+        Reference.CheckFloat32(y, expected, yBase, 2, $"{data} ({engines.Precision})");
     }
 
     private static object MakeRouter(TestData data, TestLibrary lib, string kind, int k, int tokens)
@@ -257,17 +259,17 @@ public abstract class ForwardTests(EngineFixture engines)
             session.Forward(module, decision, x, y);
         }
         var (refIds, refWeights) = ReferenceDecision(data, router, x, decision);
-        ReferenceOutput expected = Reference.Forward(lib.Raw[Module], x, yBase, tokens, refIds, refWeights, decision.TopK);
-        Reference.CheckFloat32(y, expected, yBase, decision.TopK, $"{data} ({router.GetType().Name}, T={tokens})");
+        ReferenceOutput expected = Reference.Forward(engines.Stored(lib.Raw[Module]), x, yBase, tokens, refIds, refWeights, decision.TopK);
+        Reference.CheckFloat32(y, expected, yBase, decision.TopK, $"{data} ({router.GetType().Name}, T={tokens}, {engines.Precision})");
         return decision;
     }
 
     /// <summary>
     /// The decision the reference applies, checked against the engine's: fixed weights exactly, in the
-    /// documented order; score-based routers through float64 scores (the engine's top-k must be a valid
-    /// top-k, its weights within 1e-5 of the float64 softmax); assignments as the host gave them.
+    /// documented order; score-based routers through float64 scores of the prototypes as the engine stores them (the
+    /// engine's top-k must be a valid top-k, its weights within 1e-5 of the float64 softmax); assignments as the host gave them.
     /// </summary>
-    private static (int[] Ids, double[] Weights) ReferenceDecision(TestData data, object router, float[] x, RoutingDecision decision)
+    private (int[] Ids, double[] Weights) ReferenceDecision(TestData data, object router, float[] x, RoutingDecision decision)
     {
         int tokens = decision.TokenCount, k = decision.TopK;
         var ids = new int[tokens * k];
@@ -288,9 +290,10 @@ public abstract class ForwardTests(EngineFixture engines)
                 }
                 break;
             case LinearRouter lr:
+                float[] prototypes = engines.StoredPrototypes(lr.Prototypes);
                 for (int t = 0; t < tokens; t++)
                 {
-                    double[] scores = Reference.Scores(x.AsSpan(t * lr.InputDim, lr.InputDim), lr.Prototypes, lr.Normalization,
+                    double[] scores = Reference.Scores(x.AsSpan(t * lr.InputDim, lr.InputDim), prototypes, lr.Normalization,
                         lr.ScoreFunction, lr.Options.Temperature, lr.Bias);
                     double[] w = Reference.CheckTopKAndWeigh(scores, decision.ExpertIdsOf(t), 1e-4, $"{data}, token {t}");
                     for (int s = 0; s < k; s++)
@@ -313,6 +316,10 @@ public abstract class ForwardTests(EngineFixture engines)
 }
 
 public sealed class ForwardTestsOnCpu(CpuEngines engines) : ForwardTests(engines), IClassFixture<CpuEngines>;
+
+public sealed class ForwardTestsOnCpuBFloat16(CpuBFloat16Engines engines) : ForwardTests(engines), IClassFixture<CpuBFloat16Engines>;
+
+public sealed class ForwardTestsOnCpuFloat16(CpuFloat16Engines engines) : ForwardTests(engines), IClassFixture<CpuFloat16Engines>;
 
 public sealed class ForwardTestsOnGpuSimulator(SimulatorEngine engines) : ForwardTests(engines), IClassFixture<SimulatorEngine>;
 

@@ -8,7 +8,10 @@ namespace MoErging.Tests;
 /// PHATGOOSE, centroid and classifier routers against their formulas written plainly in float64: the
 /// softmax over ALL experts, then the kept ones renormalised (the papers' statement, not the engine's
 /// softmax over the kept scores). The choice must be a valid top-k (slack 1e-4 for near ties) and the
-/// weights within 1e-5. On the CPU and, through the GPU gating kernel, on the simulator (small shapes).
+/// weights within 1e-5. On the CPU and, through the GPU gating kernel, on the simulator (small shapes). Where the
+/// engine stores prototypes at a 16-bit precision, it scores with them rounded: the reference is then the float64
+/// linear score of the router's prototypes rounded by the test's own rounding (<see cref="Stored"/>), with the same
+/// tolerances (the formulas themselves are checked by the float32 classes).
 /// </summary>
 public abstract class RouterTests(EngineFixture engines)
 {
@@ -57,15 +60,18 @@ public abstract class RouterTests(EngineFixture engines)
             .Select(e => Enumerable.Range(0, InputDim).Sum(i => (double)w[e * InputDim + i] * x[t * InputDim + i]) + b[e]).ToArray());
     }
 
-    private void Check(TestData data, TestLibrary lib, LinearRouter router, float[] x, Func<int, double[]> referenceScores)
+    private void Check(TestData data, TestLibrary lib, LinearRouter router, float[] x, Func<int, double[]> formulaScores)
     {
+        float[] stored = engines.StoredPrototypes(router.Prototypes);
+        Func<int, double[]> referenceScores = engines.PrototypePrecision == WeightPrecision.Float32 ? formulaScores
+            : t => Reference.Scores(x.AsSpan(t * InputDim, InputDim), stored, router.Normalization, router.ScoreFunction, router.Options.Temperature, router.Bias);
         using Session session = engines.CreateSession(2);
         var decision = new RoutingDecision();
         session.Route(lib.Module(Module), router, x, decision);
         Assert.Equal(Tokens, decision.TokenCount);
         for (int t = 0; t < Tokens; t++)
         {
-            string where = $"{data}, {router.GetType().Name} k={router.TopK}, token {t}";
+            string where = $"{data}, {router.GetType().Name} k={router.TopK}, token {t}, {engines.PrototypePrecision} prototypes";
             double[] expected = Reference.RenormalisedTopK(referenceScores(t), decision.ExpertIdsOf(t), 1e-4, where);
             for (int s = 0; s < router.TopK; s++)
             {
@@ -106,19 +112,24 @@ public abstract class RouterTests(EngineFixture engines)
             Assert.Contains($"token {bad}:", Assert.Throws<ArgumentException>(() => session.Route(module, router, x, new RoutingDecision())).Message);
         }
 
-        // A score of -inf is never chosen, and would get weight 0 if it were: the token is refused all the same.
+        // A score of -inf is never chosen, and would get weight 0 if it were: the token is refused all the same. The
+        // prototype is within every storage format's range (F16's ends at 65,504); the row's length makes the score overflow.
         float[] prototypes = data.Normal(3 * 16);
-        prototypes.AsSpan(2 * 16, 16).Fill(-3e38f);
+        prototypes.AsSpan(2 * 16, 16).Fill(-6e4f);
         var linear = new LinearRouter(prototypes, 16, new RoutingOptions(2));
         float[] rows = new float[Tokens * 16];
         int token = data.Rng.Next(Tokens);
-        rows.AsSpan(token * 16, 16).Fill(1f);
+        rows.AsSpan(token * 16, 16).Fill(1e35f);
         var refused = Assert.Throws<ArgumentException>(() => session.Forward(module, linear, rows, new RoutingDecision(), new float[Tokens * 8]));
         Assert.StartsWith($"token {token}: its router scores are not finite", refused.Message);
     }
 }
 
 public sealed class RouterTestsOnCpu(CpuEngines engines) : RouterTests(engines), IClassFixture<CpuEngines>;
+
+public sealed class RouterTestsOnCpuBFloat16(CpuBFloat16Engines engines) : RouterTests(engines), IClassFixture<CpuBFloat16Engines>;
+
+public sealed class RouterTestsOnCpuFloat16(CpuFloat16Engines engines) : RouterTests(engines), IClassFixture<CpuFloat16Engines>;
 
 public sealed class RouterTestsOnGpuSimulator(SimulatorEngine engines) : RouterTests(engines), IClassFixture<SimulatorEngine>;
 

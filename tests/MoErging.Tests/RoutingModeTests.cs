@@ -9,6 +9,7 @@ namespace MoErging.Tests;
 /// through the session on each backend, against float64: pooled rows are formed in the test, scored by the
 /// router's formula, and the reference forward applies the decision to every row of its group. Tolerances
 /// as in <see cref="ForwardTests"/>; pooled scores get slack 1e-4 for near ties (the engine pools in float32).
+/// The reference takes the factors and prototypes as the fixture's engines store them (<see cref="Stored"/>).
 /// </summary>
 public abstract class RoutingModeTests(EngineFixture engines)
 {
@@ -43,11 +44,12 @@ public abstract class RoutingModeTests(EngineFixture engines)
         Assert.Equal(tokens, decision.TokenCount);
 
         var weights = new double[tokens * 2];
+        float[] prototypes = engines.StoredPrototypes(router.Prototypes);
         int start = 0;
         foreach (int length in lengths)
         {
             float[] pooled = Pooled(x, start, length, pool);
-            double[] scores = Reference.Scores(pooled, router.Prototypes, InputNormalization.None, ScoreFunction.AbsoluteValue, 0.8, default);
+            double[] scores = Reference.Scores(pooled, prototypes, InputNormalization.None, ScoreFunction.AbsoluteValue, 0.8, default);
             double[] w = Reference.CheckTopKAndWeigh(scores, decision.ExpertIdsOf(start), 1e-4, where);
             for (int t = start; t < start + length; t++)
             {
@@ -61,7 +63,7 @@ public abstract class RoutingModeTests(EngineFixture engines)
             }
             start += length;
         }
-        ReferenceOutput expected = Reference.Forward(lib.Raw[Module], x, yBase, tokens, decision.ExpertIds.ToArray(), weights, 2);
+        ReferenceOutput expected = Reference.Forward(engines.Stored(lib.Raw[Module]), x, yBase, tokens, decision.ExpertIds.ToArray(), weights, 2);
         Reference.CheckFloat32(y, expected, yBase, 2, where);
 
         // Routing alone, from Half rows, gives the same groups.
@@ -114,9 +116,9 @@ public abstract class RoutingModeTests(EngineFixture engines)
         var decision = new RoutingDecision();
         decision.Assign(ids, weights, k, 4);
         using Session session = engines.CreateSession(2);
-        ReferenceOutput expected = Reference.ForwardParameterMixing(raw, x, yBase, tokens, decision.ExpertIds.ToArray(),
+        ReferenceOutput expected = Reference.ForwardParameterMixing(engines.Stored(raw), x, yBase, tokens, decision.ExpertIds.ToArray(),
             decision.Weights.ToArray().Select(w => (double)w).ToArray(), k);
-        string where = $"{data} (parameter mixing, Half {half})";
+        string where = $"{data} (parameter mixing, Half {half}, {engines.Precision})";
         if (half)
         {
             Half[] y = yBase.Select(v => (Half)v).ToArray();
@@ -133,7 +135,7 @@ public abstract class RoutingModeTests(EngineFixture engines)
         // It is a different function from output mixing (cross terms), which the same decision gives here.
         float[] output = (float[])yBase.Clone();
         session.Forward(module, decision, Aggregation.Output, x, output);
-        ReferenceOutput outputExpected = Reference.Forward(raw, x, yBase, tokens, decision.ExpertIds.ToArray(), decision.Weights.ToArray().Select(w => (double)w).ToArray(), k);
+        ReferenceOutput outputExpected = Reference.Forward(engines.Stored(raw), x, yBase, tokens, decision.ExpertIds.ToArray(), decision.Weights.ToArray().Select(w => (double)w).ToArray(), k);
         Reference.CheckFloat32(output, outputExpected, yBase, k, where);
         Assert.True(expected.Values.Zip(outputExpected.Values).Max(p => Math.Abs(p.First - p.Second)) > 1e-3, $"{where}: parameter and output mixing should differ");
     }
@@ -154,9 +156,9 @@ public abstract class RoutingModeTests(EngineFixture engines)
         {
             y = (float[])yBase.Clone();
             session.Forward(module, router, granularity, Aggregation.Parameter, x, decision, y);
-            ReferenceOutput expected = Reference.ForwardParameterMixing(raw, x, yBase, tokens, decision.ExpertIds.ToArray(),
+            ReferenceOutput expected = Reference.ForwardParameterMixing(engines.Stored(raw), x, yBase, tokens, decision.ExpertIds.ToArray(),
                 decision.Weights.ToArray().Select(w => (double)w).ToArray(), 2);
-            Reference.CheckFloat32(y, expected, yBase, 2, $"{data} ({granularity.Kind})");
+            Reference.CheckFloat32(y, expected, yBase, 2, $"{data} ({granularity.Kind}, {engines.Precision})");
         }
         Assert.Equal(decision.ExpertIdsOf(0).ToArray(), decision.ExpertIdsOf(tokens - 1).ToArray());
     }
@@ -196,6 +198,10 @@ public abstract class RoutingModeTests(EngineFixture engines)
 }
 
 public sealed class RoutingModeTestsOnCpu(CpuEngines engines) : RoutingModeTests(engines), IClassFixture<CpuEngines>;
+
+public sealed class RoutingModeTestsOnCpuBFloat16(CpuBFloat16Engines engines) : RoutingModeTests(engines), IClassFixture<CpuBFloat16Engines>;
+
+public sealed class RoutingModeTestsOnCpuFloat16(CpuFloat16Engines engines) : RoutingModeTests(engines), IClassFixture<CpuFloat16Engines>;
 
 public sealed class RoutingModeTestsOnGpuSimulator(SimulatorEngine engines) : RoutingModeTests(engines), IClassFixture<SimulatorEngine>;
 
