@@ -18,6 +18,7 @@
 #include <sched.h>
 #include <spawn.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1096,6 +1097,183 @@ static void test_readme_example(void)
     }
     rmdir(adapters);
     rmdir(directory);
+
+/* ---- 16-bit weight storage ---- */
+
+/* x rounded to a binary format with `mantissa_bits` stored mantissa bits, normal numbers from 2^min_exponent up to
+ * max_finite: to nearest, ties to even (nearbyint in the default rounding mode), straight from the definitions. */
+static double round_to_format(double x, int mantissa_bits, int min_exponent, double max_finite)
+{
+    if (x == 0 || !isfinite(x)) {
+        return x;
+    }
+    int exponent;
+    frexp(x, &exponent); /* |x| = f 2^exponent, f in [0.5, 1) */
+    exponent -= 1;       /* |x| in [2^exponent, 2^(exponent + 1)) */
+    if (exponent < min_exponent) {
+        exponent = min_exponent; /* subnormals share the smallest normals' quantum */
+    }
+    double quantum = ldexp(1.0, exponent - mantissa_bits);
+    double rounded = nearbyint(x / quantum) * quantum;
+    return fabs(rounded) > max_finite ? copysign(INFINITY, x) : rounded;
+}
+
+typedef struct weight_format {
+    int32_t precision; /* a moe_weight_precision */
+    int mantissa_bits;
+    int min_exponent;
+    double max_finite;
+    const char* name;
+} weight_format;
+
+static float* rounded_copy(const float* values, size_t count, const weight_format* format)
+{
+    float* copy = malloc(count * sizeof(float));
+    for (size_t i = 0; i < count; i++) {
+        copy[i] = (float)round_to_format(values[i], format->mantissa_bits, format->min_exponent, format->max_finite);
+    }
+    return copy;
+}
+
+/* The fixture with every factor rounded to the format: the factors as an engine of that precision holds them. */
+static void rounded_fixture(fixture_library* copy, const weight_format* format)
+{
+    *copy = fixture;
+    copy->experts = malloc(sizeof(fixture_expert) * (size_t)fixture.expert_count);
+    for (int e = 0; e < fixture.expert_count; e++) {
+        copy->experts[e] = fixture.experts[e];
+        for (int m = 0; m < fixture.module_count; m++) {
+            size_t rank = (size_t)fixture.experts[e].rank;
+            copy->experts[e].a[m] = rounded_copy(fixture.experts[e].a[m], rank * (size_t)fixture.modules[m].input_dim, format);
+            copy->experts[e].b[m] = rounded_copy(fixture.experts[e].b[m], rank * (size_t)fixture.modules[m].output_dim, format);
+        }
+    }
+}
+
+static void free_rounded_fixture(fixture_library* copy)
+{
+    for (int e = 0; e < copy->expert_count; e++) {
+        for (int m = 0; m < copy->module_count; m++) {
+            free(copy->experts[e].a[m]);
+            free(copy->experts[e].b[m]);
+        }
+    }
+    free(copy->experts);
+}
+
+/* An engine and a library at BF16 and at F16: assigned and routed forwards against the float64 reference of the
+ * rounded factors (and prototypes representable in the format, so routing is exact), the library loaded at the
+ * precision and the float32 library (which the engine converts) giving the same bits; the new option fields'
+ * defaults, bad values, a first-version struct, and BF16 refused on a GPU backend. */
+static void test_weight_precision(void)
+{
+    moe_engine_options options;
+    moe_library_options library_options;
+    CHECK_OK(moe_engine_default_options(&options, sizeof options));
+    CHECK_OK(moe_library_default_options(&library_options, sizeof library_options));
+    CHECK(options.weight_precision == MOE_WEIGHT_PRECISION_F32 && library_options.weight_precision == MOE_WEIGHT_PRECISION_F32,
+          "the default weight precision is F32 (engine %d, library %d)", options.weight_precision, library_options.weight_precision);
+    options.backend = MOE_BACKEND_CPU;
+    options.cpu_threads = 2;
+
+    const weight_format formats[] = {
+        {MOE_WEIGHT_PRECISION_BF16, 7, -126, 0x1.FEp127, "bf16"},
+        {MOE_WEIGHT_PRECISION_F16, 10, -14, 65504.0, "f16"},
+    };
+    enum { T = 9, K = 2 };
+    for (size_t f = 0; f < sizeof formats / sizeof formats[0]; f++) {
+        const weight_format* format = &formats[f];
+        moe_engine* sixteen = NULL;
+        moe_session* s = NULL;
+        moe_library* held = NULL;
+        moe_module* held_q0 = NULL;
+        options.weight_precision = format->precision;
+        library_options.weight_precision = format->precision;
+        CHECK_OK(moe_engine_create(&options, &sixteen));
+        CHECK_OK(moe_session_create(sixteen, &s));
+        CHECK_OK(moe_library_load_with_options((const char* const*)fixture.paths, EXPERTS, &library_options, &held));
+        CHECK_OK(moe_library_find_module(held, "model.layers.0.self_attn.q_proj", &held_q0));
+        fixture_library rounded;
+        rounded_fixture(&rounded, format);
+
+        int32_t ids[T * K];
+        float weights[T * K];
+        double wide_weights[T * K];
+        for (int i = 0; i < T * K; i++) {
+            ids[i] = (int32_t)(fixture_next(&rng) % (EXPERTS + 1)) - 1;
+            weights[i] = (float)fixture_normal(&rng);
+            wide_weights[i] = ids[i] < 0 ? 0.0 : weights[i];
+        }
+        float* x = random_floats(T * D_IN, 1.0);
+        float* base = random_floats(T * D_OUT, 1.0);
+        float y[T * D_OUT], converted[T * D_OUT];
+        double reference[T * D_OUT];
+        char what[64];
+        snprintf(what, sizeof what, "%s assigned", format->name);
+        CHECK_OK(moe_forward_assigned(s, held_q0, ids, weights, T * K, K, x, T * D_IN, base, y, T * D_OUT));
+        fixture_reference_forward(&rounded, Q0, x, T, base, ids, wide_weights, K, reference);
+        check_close(y, reference, base, T * D_OUT, K, what);
+        CHECK_OK(moe_forward_assigned(s, q0, ids, weights, T * K, K, x, T * D_IN, base, converted, T * D_OUT));
+        CHECK(memcmp(y, converted, sizeof y) == 0, "%s: the float32 library converted by the engine gives other bits", what);
+        /* The float32 engine reads the library as it holds it: the rounded factors, widened. */
+        snprintf(what, sizeof what, "%s library, F32 engine", format->name);
+        CHECK_OK(moe_forward_assigned(session, held_q0, ids, weights, T * K, K, x, T * D_IN, base, converted, T * D_OUT));
+        check_close(converted, reference, base, T * D_OUT, K, what);
+        snprintf(what, sizeof what, "%s assigned", format->name);
+
+        /* A linear router whose prototypes the format represents exactly. */
+        float prototypes[EXPERTS * D_IN];
+        double wide[EXPERTS * D_IN];
+        fixture_fill_normal(&rng, prototypes, EXPERTS * D_IN, 1.0 / sqrt(D_IN));
+        for (int i = 0; i < EXPERTS * D_IN; i++) {
+            wide[i] = round_to_format(prototypes[i], format->mantissa_bits, format->min_exponent, format->max_finite);
+            prototypes[i] = (float)wide[i];
+        }
+        moe_linear_router_options linear;
+        CHECK_OK(moe_linear_router_default_options(&linear, sizeof linear));
+        linear.top_k = K;
+        linear.score_function = MOE_SCORE_ABSOLUTE;
+        moe_router* router = NULL;
+        CHECK_OK(moe_router_create_linear(prototypes, EXPERTS * D_IN, EXPERTS, D_IN, &linear, &router));
+        int32_t routed_ids[T * K];
+        float routed_weights[T * K];
+        double routed_reference_weights[T * K];
+        snprintf(what, sizeof what, "%s linear", format->name);
+        CHECK_OK(moe_forward(s, held_q0, router, x, T * D_IN, base, y, T * D_OUT, routed_ids, routed_weights, T * K));
+        linear_reference ref = {wide, MOE_NORMALIZATION_NONE, MOE_SCORE_ABSOLUTE, 1.0, NULL, what};
+        check_linear(x, T, routed_ids, routed_weights, K, routed_reference_weights, &ref);
+        fixture_reference_forward(&rounded, Q0, x, T, base, routed_ids, routed_reference_weights, K, reference);
+        check_close(y, reference, base, T * D_OUT, K, what);
+        CHECK_OK(moe_router_free(router));
+
+        free(x);
+        free(base);
+        free_rounded_fixture(&rounded);
+        CHECK_OK(moe_library_free(held));
+        CHECK_OK(moe_session_free(s));
+        CHECK_OK(moe_engine_free(sixteen));
+    }
+
+    moe_engine* e = (moe_engine*)&e;
+    options.weight_precision = 9;
+    CHECK_FAILS(moe_engine_create(&options, &e), MOE_ERROR_INVALID_ARGUMENT, "weight_precision is 9");
+    CHECK(e == NULL, "the out-parameter was not cleared");
+    library_options.weight_precision = -1;
+    moe_library* l = (moe_library*)&l;
+    CHECK_FAILS(moe_library_load_with_options((const char* const*)fixture.paths, EXPERTS, &library_options, &l),
+                MOE_ERROR_INVALID_ARGUMENT, "weight_precision is -1");
+    CHECK(l == NULL, "the out-parameter was not cleared");
+
+    /* A caller of the first version: its struct ends at cpu_threads, so what lies beyond is not read. */
+    options.struct_size = (uint32_t)(offsetof(moe_engine_options, cpu_threads) + sizeof options.cpu_threads);
+    options.weight_precision = 9;
+    CHECK_OK(moe_engine_create(&options, &e));
+    CHECK_OK(moe_engine_free(e));
+
+    CHECK_OK(moe_engine_default_options(&options, sizeof options));
+    options.backend = MOE_BACKEND_GPU_SIMULATOR;
+    options.weight_precision = MOE_WEIGHT_PRECISION_BF16;
+    CHECK_FAILS(moe_engine_create(&options, &e), MOE_ERROR_INVALID_ARGUMENT, "BFloat16 weights run on the CPU backend only");
 }
 
 /* ---- Routers built from files: PHATGOOSE gates, centroids, a saved classifier ---- */
@@ -1928,6 +2106,8 @@ static const test_case CASES[] = {
     {"linear_forward", test_linear},
     {"assigned_forward", test_assigned},
     {"readme_example", test_readme_example},
+
+    {"weight_precision", test_weight_precision},
     {"phatgoose_forward", test_phatgoose},
     {"centroid_forward", test_centroid},
     {"classifier_forward", test_classifier},

@@ -429,6 +429,48 @@ class EngineTests(unittest.TestCase):
         self.assertTrue(np.array_equal(self.session.forward_assigned(self.up, ids.tolist(), weights.tolist(), x, base),
                                        y))
 
+    def test_weight_precision(self):
+        """weight_precision on the engine and the library: forwards against the float64 reference of the factors as
+        stored (rounded to nearest even here: numpy's float16, and bfloat16 on the float32 bits), with prototypes the
+        format represents, so routing is exact; the float32 library converted by the engine gives the same bits; the
+        float32 engine reads the 16-bit library as it holds it; bad values are refused."""
+        def bfloat16(v):
+            bits = np.ascontiguousarray(v, dtype=np.float32).view(np.uint32).astype(np.uint64)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            return bits.astype(np.uint32).view(np.float32)
+
+        rounding = {"bf16": bfloat16, "f16": lambda v: np.asarray(v, dtype=np.float32).astype(np.float16).astype(np.float32)}
+        module = "model.layers.0.mlp.up_proj"
+        for precision, rounded in rounding.items():
+            with self.subTest(precision=precision), moerging.Engine("cpu", cpu_threads=2, weight_precision=precision) as engine, \
+                    engine.session() as session, moerging.Library(self.paths, weight_precision=precision) as held:
+                stored = [{"factors": {m: (rounded(a), rounded(b), s) for m, (a, b, s) in e["factors"].items()}}
+                          for e in self.experts]
+                tokens, k = 9, 2
+                ids = self.rng.integers(-1, EXPERTS, (tokens, k)).astype(np.int32)
+                weights = self.normal(tokens, k)
+                x, base = self.normal(tokens, D_IN), self.normal(tokens, D_OUT)
+                up = held.module("up_proj")
+                y = session.forward_assigned(up, ids, weights, x, base)
+                assert_close(self, y, reference_forward(stored, module, x, base, ids, weights), base, k)
+                self.assertTrue(np.array_equal(session.forward_assigned(self.up, ids, weights, x, base), y),
+                                "the float32 library converted by the engine gives other bits")
+                assert_close(self, self.session.forward_assigned(up, ids, weights, x, base),
+                             reference_forward(stored, module, x, base, ids, weights), base, k)
+
+                prototypes = rounded(self.normal(EXPERTS, D_IN) / np.sqrt(D_IN))
+                with moerging.Router.linear(prototypes, k, 1.0, "none", "absolute") as router:
+                    y, routed, w = session.forward(up, router, x, base)
+                reference_weights = check_routing(self, np.abs(x.astype(np.float64) @ prototypes.astype(np.float64).T), routed, w)
+                assert_close(self, y, reference_forward(stored, module, x, base, routed, reference_weights), base, k)
+        with self.assertRaisesRegex(moerging.InvalidArgumentError, "weight_precision must be one of f32, f16, bf16, got 'f8'"):
+            moerging.Engine("cpu", weight_precision="f8")
+        with self.assertRaisesRegex(moerging.InvalidArgumentError, "weight_precision must be one of f32, f16, bf16, got 'fp16'"):
+            moerging.Library(self.paths, weight_precision="fp16")
+        # Refused before any backend opens, in the NativeAOT build as in the hosted one.
+        with self.assertRaisesRegex(moerging.InvalidArgumentError, "BFloat16 weights run on the CPU backend only"):
+            moerging.Engine("gpu-simulator", weight_precision="bf16")
+
     def test_forward_into_given_arrays(self):
         """out=, expert_ids_out= and expert_weights_out= receive bit for bit what the allocating call returns, and
         are the arrays returned; out may be base itself, for y += mixture in place."""
