@@ -179,7 +179,7 @@ internal static class DemoCommand
             }
             copyWhat = $"this machine ({engine.CpuThreads} threads, 2 × 128 MB, read + write)";
         }
-        ForwardCost routedCost = ForwardCost.Of(engine, q, decision, router), reusedCost = ForwardCost.Of(engine, v, decision);
+        ForwardCost routedCost = ForwardCost.Of(engine, q, decision, router), reusedCost = ForwardCost.Of(engine, v, decision, null);
         stdout.WriteLine();
         string where = engine.Accelerator is null ? "" : "; x and y on the device";
         stdout.WriteLine(string.Create(c, $"timing (median of {iterations} after 3 warm-up runs{where}; GB/s = minimum bytes / time):"));

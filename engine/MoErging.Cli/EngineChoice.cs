@@ -11,9 +11,9 @@ internal static class EngineChoice
           --device            a GPU device: an index from 'moerge devices', or a case-insensitive part of a
                               device's name, platform or vendor, such as rusticl or pocl (default: the
                               backend's first usable device)
-          --weight-precision  f32 (default), bf16 or f16: how the engine stores the experts' factors (and, on
-                              the CPU, the routers' prototypes), rounded once; the experts are loaded at it, and
-                              a factor stored in that format is kept bit for bit (bf16: the CPU backend only)
+          --weight-precision  f32 (default), bf16 or f16: how the engine stores the experts' factors and the
+                              routers' prototypes, rounded once; the experts are loaded at it, and a factor
+                              stored in that format is kept bit for bit
         """;
 
     /// <summary>The option names, added to a command's own.</summary>

@@ -119,8 +119,7 @@ typedef enum moe_backend {
  * nearest, ties to even, once, and widened to float32 in registers, where all arithmetic stays. Load a library at the
  * precision of the engines that use it: an engine reads factors of its own precision in place and converts others
  * into a copy of its own (per module, on first use, kept until the engine is freed). A factor stored in the file in
- * that very format keeps its bits. BF16 runs on the CPU backend only for now: a GPU backend refuses it with
- * MOE_ERROR_INVALID_ARGUMENT. */
+ * that very format keeps its bits. A GPU backend stores what it uploads at the same precision. */
 typedef enum moe_weight_precision {
     MOE_WEIGHT_PRECISION_F32 = 0,      /* float32 (default) */
     MOE_WEIGHT_PRECISION_F16 = 1,      /* IEEE binary16 (range +-65504; larger values become infinity) */

@@ -93,7 +93,6 @@ public sealed class WeightPrecisionCliTests
         Assert.Equal(2, code);
         Assert.Contains("--weight-precision must be f32, bf16 or f16, got 'f8'", error);
         (code, _, error) = Run([.. route[..^2], "--backend", "gpu-simulator", "--weight-precision", "bf16"]);
-        Assert.Equal(1, code);
-        Assert.Contains("BFloat16 weights run on the CPU backend only for now", error);
+        Assert.True(code == 0, $"{data}: {error}");
     }
 }

@@ -15,19 +15,18 @@ namespace MoErging.Execution;
 public readonly record struct ForwardCost(long MinimumBytes, long Flops, int SelectedExperts)
 {
     /// <summary>
-    /// The cost of applying <paramref name="decision"/> at <paramref name="module"/> on <paramref name="engine"/>: factors
-    /// counted at the engine's <see cref="Engine.WeightPrecision"/>, and prototypes too on the CPU (a GPU keeps them in float32).
+    /// The cost of applying <paramref name="decision"/> at <paramref name="module"/> on <paramref name="engine"/> to float32
+    /// activations: factors and prototypes counted at the engine's <see cref="Engine.WeightPrecision"/>, as every backend stores them.
     /// </summary>
     /// <param name="engine">The engine that runs the forward.</param>
     /// <param name="module">The module.</param>
     /// <param name="decision">The routing decision.</param>
     /// <param name="router">The router that made it, if its parameters are read in the same call (null for none).</param>
-    /// <param name="activationBytes">Bytes per activation element: 4 for float32, 2 for Half.</param>
-    public static ForwardCost Of(Engine engine, AdaptedModule module, RoutingDecision decision, Router? router = null, int activationBytes = sizeof(float))
+    public static ForwardCost Of(Engine engine, AdaptedModule module, RoutingDecision decision, Router? router)
     {
         ArgumentNullException.ThrowIfNull(engine);
         int weightBytes = engine.WeightPrecision == WeightPrecision.Float32 ? sizeof(float) : sizeof(ushort);
-        return Of(module, decision, router, activationBytes, weightBytes, engine.Accelerator is null ? weightBytes : sizeof(float));
+        return Of(module, decision, router, sizeof(float), weightBytes, weightBytes);
     }
 
     /// <summary>The cost of applying <paramref name="decision"/> at <paramref name="module"/>.</summary>
@@ -37,7 +36,7 @@ public readonly record struct ForwardCost(long MinimumBytes, long Flops, int Sel
     /// <param name="activationBytes">Bytes per activation element: 4 for float32, 2 for Half.</param>
     /// <param name="weightBytes">Bytes per stored factor element: 4 for float32, 2 for the 16-bit <see cref="WeightPrecision"/>s.</param>
     /// <param name="prototypeBytes">
-    /// Bytes per stored prototype element: 4 for float32, 2 on a CPU engine of a 16-bit precision (a GPU keeps prototypes in float32).
+    /// Bytes per stored prototype element: 4 for float32, 2 for the 16-bit <see cref="WeightPrecision"/>s.
     /// </param>
     public static ForwardCost Of(AdaptedModule module, RoutingDecision decision, Router? router = null,
         int activationBytes = sizeof(float), int weightBytes = sizeof(float), int prototypeBytes = sizeof(float))

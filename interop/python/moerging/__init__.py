@@ -302,8 +302,8 @@ class Engine(_Handle):
 
     cpu_threads: the threads a CPU forward uses, the caller's included; 0 uses every processor. At most 4 x the
     processor count (.NET's Environment.ProcessorCount); more, or a negative count, is an InvalidArgumentError.
-    weight_precision: how the engine stores the experts' factors (and, on the CPU, the routers' prototypes): "f32"
-    (default), "bf16" (the CPU backend only, for now) or "f16", each value rounded once and widened to float32 for the
+    weight_precision: how the engine stores the experts' factors and the routers' prototypes: "f32" (default),
+    "bf16" or "f16", each value rounded once and widened to float32 for the
     arithmetic. Give the Library the same one: the engine reads factors of its own precision in place and converts
     others into a copy of its own."""
 
