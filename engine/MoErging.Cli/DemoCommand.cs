@@ -84,7 +84,7 @@ internal static class DemoCommand
         CheckSize(root, experts, tokens, dim, rank, engineOptions.WeightPrecision);
 
         var c = CultureInfo.InvariantCulture;
-        stdout.WriteLine(string.Create(c, $"moerge demo: {experts} experts (d = {dim}, r = {rank}, {Modules.Length} modules each), {tokens} tokens, Arrow top-{topK}, seed {seed}"));
+        stdout.WriteLine(string.Create(c, $"moerge demo: {experts} experts (d = {dim}, r = {rank}, {Modules.Length} modules each), {tokens} tokens, Arrow top-{topK}, seed {seed}, {engineOptions.WeightPrecision} weights"));
         using Engine engine = Engine.Create(engineOptions);
         string threadCount = engine.Accelerator is null ? $"; {engine.CpuThreads} CPU thread{(engine.CpuThreads == 1 ? "" : "s")}" : "";
         stdout.WriteLine($"backend: {engine.Backend} ({engine.BackendReason}){threadCount}");

@@ -60,6 +60,7 @@ public sealed class WeightPrecisionCliTests
         var (code, output, error) = Run("demo", "--experts", $"{experts}", "--tokens", $"{tokens}", "--dim", $"{dim}", "--rank", $"{rank}",
             "--iterations", "2", "--threads", "2", "--backend", "cpu", "--weight-precision", "bf16", "--out", dir.Path);
         Assert.True(code == 0, $"{data}: {error}");
+        Assert.Contains("seed 1, BFloat16 weights", output);
         string[] adapters = [.. Directory.GetDirectories(dir.Path).Order()];
         using (SafeTensorsFile file = SafeTensorsFile.Open(Path.Combine(adapters[0], PeftAdapter.WeightsFileName)))
         {
