@@ -70,8 +70,7 @@ public sealed class Engine : IDisposable
     /// <summary>Creates an engine on the requested backend (and device, when <see cref="EngineOptions.Device"/> names one).</summary>
     /// <exception cref="BackendUnavailableException">The backend or device asked for is not present or does not run the kernels; the message says why.</exception>
     /// <exception cref="ArgumentOutOfRangeException">
-    /// An unknown backend or precision, <see cref="WeightPrecision.BFloat16"/> on a GPU backend (the CPU backend's only, for now), a
-    /// thread count outside 0 to <see cref="EngineOptions.MaxCpuThreads"/>, or simulator warps outside 1 to 32.
+    /// An unknown backend or precision, a thread count outside 0 to <see cref="EngineOptions.MaxCpuThreads"/>, or simulator warps outside 1 to 32.
     /// </exception>
     /// <exception cref="ArgumentException">A device named for a backend that takes none.</exception>
     public static Engine Create(EngineOptions? options = null)
