@@ -30,7 +30,7 @@ internal struct ScoresArgs<TX, TP>
     /// <summary>E.</summary>
     public int Experts;
 
-    /// <summary>P, row-major <c>[Experts, PrototypePitch]</c>, F32 or BF16, zero past d_in; 16-byte aligned.</summary>
+    /// <summary>P, row-major <c>[Experts, PrototypePitch]</c>, F32, F16 or BF16, zero past d_in; 16-byte aligned.</summary>
     public ArrayView<TP> Prototypes;
 
     /// <summary>Row pitch of <see cref="Prototypes"/>: d_in rounded up to a multiple of 8.</summary>
@@ -102,21 +102,21 @@ public sealed class GatingKernel
 
     private const int SelectGroup = 128;
 
-    private readonly Delegate?[] _scores; // in StorageVariant's order; none for F16 prototypes, which are never uploaded
+    private readonly Delegate[] _scores; // in StorageVariant's order
     private readonly Action<AcceleratorStream, KernelConfig, SelectArgs> _select;
 
     /// <summary>
-    /// Compiles the scores (F32 and F16 activations, F32 and BF16 prototypes; hardware F16 conversions with warps) and the
-    /// selection for an accelerator.
+    /// Compiles the six scores variants (F32 and F16 activations, F32, F16 and BF16 prototypes; hardware F16 conversions with
+    /// warps) and the selection for an accelerator.
     /// </summary>
     internal GatingKernel(Accelerator accelerator, bool warps)
     {
-        var (f32, f32Bf16, f16, f16Bf16) = Variants(warps);
+        var (f32f32, f32f16, f32bf16, f16f32, f16f16, f16bf16) = Variants(warps);
         int limit = int.MaxValue;
         _scores =
         [
-            KernelLoader.LoadVariant(accelerator, f32, ref limit), null, KernelLoader.LoadVariant(accelerator, f32Bf16, ref limit),
-            KernelLoader.LoadVariant(accelerator, f16, ref limit), null, KernelLoader.LoadVariant(accelerator, f16Bf16, ref limit),
+            KernelLoader.LoadVariant(accelerator, f32f32, ref limit), KernelLoader.LoadVariant(accelerator, f32f16, ref limit), KernelLoader.LoadVariant(accelerator, f32bf16, ref limit),
+            KernelLoader.LoadVariant(accelerator, f16f32, ref limit), KernelLoader.LoadVariant(accelerator, f16f16, ref limit), KernelLoader.LoadVariant(accelerator, f16bf16, ref limit),
         ];
         _select = KernelLoader.Load<SelectArgs>(accelerator, Select, out int c);
         ScoresGroupSize = ScoresGroupFor(limit);
@@ -147,15 +147,17 @@ public sealed class GatingKernel
     /// <summary>The entry points an accelerator with (or without) warps loads.</summary>
     internal static IEnumerable<MethodInfo> EntryPoints(bool warps)
     {
-        var (f32, f32Bf16, f16, f16Bf16) = Variants(warps);
-        return [f32.Method, f32Bf16.Method, f16.Method, f16Bf16.Method, ((Action<SelectArgs>)Select).Method];
+        var (f32f32, f32f16, f32bf16, f16f32, f16f16, f16bf16) = Variants(warps);
+        return [f32f32.Method, f32f16.Method, f32bf16.Method, f16f32.Method, f16f16.Method, f16bf16.Method, ((Action<SelectArgs>)Select).Method];
     }
 
-    /// <summary>The scores for F32 and F16 activations, each against F32 and BF16 prototypes.</summary>
-    private static (Action<ScoresArgs<float, float>>, Action<ScoresArgs<float, BFloat16Bits>>, Action<ScoresArgs<ushort, float>>,
-        Action<ScoresArgs<ushort, BFloat16Bits>>) Variants(bool warps) => warps
-        ? (Scores<float, F32, float, F32>, Scores<float, F32, BFloat16Bits, BF16>, Scores<ushort, F16Cuda, float, F32>, Scores<ushort, F16Cuda, BFloat16Bits, BF16>)
-        : (Scores<float, F32, float, F32>, Scores<float, F32, BFloat16Bits, BF16>, Scores<ushort, F16, float, F32>, Scores<ushort, F16, BFloat16Bits, BF16>);
+    /// <summary>The scores for F32 and F16 activations, each against F32, F16 and BF16 prototypes.</summary>
+    private static (Action<ScoresArgs<float, float>>, Action<ScoresArgs<float, ushort>>, Action<ScoresArgs<float, BFloat16Bits>>,
+        Action<ScoresArgs<ushort, float>>, Action<ScoresArgs<ushort, ushort>>, Action<ScoresArgs<ushort, BFloat16Bits>>) Variants(bool warps) => warps
+        ? (Scores<float, F32, float, F32>, Scores<float, F32, ushort, F16Cuda>, Scores<float, F32, BFloat16Bits, BF16>,
+            Scores<ushort, F16Cuda, float, F32>, Scores<ushort, F16Cuda, ushort, F16Cuda>, Scores<ushort, F16Cuda, BFloat16Bits, BF16>)
+        : (Scores<float, F32, float, F32>, Scores<float, F32, ushort, F16>, Scores<float, F32, BFloat16Bits, BF16>,
+            Scores<ushort, F16, float, F32>, Scores<ushort, F16, ushort, F16>, Scores<ushort, F16, BFloat16Bits, BF16>);
 
     /// <summary>Groups of the scores launch: one per tile.</summary>
     public static int ScoresGroups(int tokens, int experts) =>
@@ -164,16 +166,13 @@ public sealed class GatingKernel
     /// <summary>Groups of the selection launch.</summary>
     public static int SelectGroups(int tokens, int groupSize) => Math.Max(1, (tokens + groupSize - 1) / groupSize);
 
-    /// <summary>Launches the scores for F32 (float) or F16 (ushort) activations against F32 (float) or BF16 (<see cref="BFloat16Bits"/>) prototypes.</summary>
-    /// <exception cref="NotSupportedException">Any other storage (F16 prototypes have no compiled variant).</exception>
+    /// <summary>Launches the scores for F32 (float) or F16 (ushort) activations against F32 (float), F16 (ushort) or BF16 (<see cref="BFloat16Bits"/>) prototypes.</summary>
     internal void LaunchScores<TX, TP>(AcceleratorStream stream, in ScoresArgs<TX, TP> args)
         where TX : unmanaged
         where TP : unmanaged
     {
         var config = new KernelConfig(ScoresGroups(args.Tokens, args.Experts), ScoresGroupSize);
-        var launch = (Action<AcceleratorStream, KernelConfig, ScoresArgs<TX, TP>>?)_scores[StorageVariant.Of<TX, TP>()]
-            ?? throw new NotSupportedException($"prototypes of {typeof(TP).Name}: the scores take float (F32) or BFloat16Bits (BF16) prototypes");
-        launch(stream, config, args);
+        ((Action<AcceleratorStream, KernelConfig, ScoresArgs<TX, TP>>)_scores[StorageVariant.Of<TX, TP>()])(stream, config, args);
     }
 
     /// <summary>Launches the selection.</summary>
