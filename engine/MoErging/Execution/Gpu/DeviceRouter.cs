@@ -7,8 +7,8 @@ using MoErging.Routing;
 namespace MoErging.Execution.Gpu;
 
 /// <summary>
-/// A linear router's prototypes (rows padded with zeros to whole vectors; float32, or bfloat16 in <see cref="WeightPrecision.BFloat16"/>)
-/// and bias (float32) on the device, uploaded once per engine and router.
+/// A linear router's prototypes (rows padded with zeros to whole vectors; stored in the engine's <see cref="WeightPrecision"/>, as the
+/// factors are) and bias (float32) on the device, uploaded once per engine and router.
 /// </summary>
 internal sealed class DeviceRouter : IDisposable
 {
@@ -19,21 +19,30 @@ internal sealed class DeviceRouter : IDisposable
     {
         int n = router.InputDim;
         Pitch = VectorRows.Pitch(n);
-        BFloat16Prototypes = precision == WeightPrecision.BFloat16;
+        Precision = precision;
         var padded = new float[(long)router.ExpertCount * Pitch];
         for (int e = 0; e < router.ExpertCount; e++)
         {
             router.Prototypes.Slice(e * n, n).CopyTo(padded.AsSpan(e * Pitch, n));
         }
-        if (BFloat16Prototypes)
+        switch (precision)
         {
-            var bits = new BFloat16Bits[padded.Length];
-            FloatConversions.SingleToBFloat16(padded, System.Runtime.InteropServices.MemoryMarshal.Cast<BFloat16Bits, ushort>(bits.AsSpan()));
-            _prototypes = DeviceCopy.Of(accelerator, stream, bits);
-        }
-        else
-        {
-            _prototypes = DeviceCopy.Of(accelerator, stream, padded);
+            case WeightPrecision.Float16:
+                var half = new ushort[padded.Length];
+                for (int i = 0; i < padded.Length; i++)
+                {
+                    half[i] = HalfBits.FromSingle(padded[i]);
+                }
+                _prototypes = DeviceCopy.Of(accelerator, stream, half);
+                break;
+            case WeightPrecision.BFloat16:
+                var bits = new BFloat16Bits[padded.Length];
+                FloatConversions.SingleToBFloat16(padded, System.Runtime.InteropServices.MemoryMarshal.Cast<BFloat16Bits, ushort>(bits.AsSpan()));
+                _prototypes = DeviceCopy.Of(accelerator, stream, bits);
+                break;
+            default:
+                _prototypes = DeviceCopy.Of(accelerator, stream, padded);
+                break;
         }
         try
         {
@@ -49,8 +58,8 @@ internal sealed class DeviceRouter : IDisposable
     /// <summary>Row pitch of the prototypes.</summary>
     public int Pitch { get; }
 
-    /// <summary>True when the prototypes are stored as <see cref="BFloat16Bits"/>, false for float.</summary>
-    public bool BFloat16Prototypes { get; }
+    /// <summary>The prototypes' storage: float, ushort (F16 bits) or <see cref="BFloat16Bits"/>.</summary>
+    public WeightPrecision Precision { get; }
 
     public ArrayView<TP> Prototypes<TP>() where TP : unmanaged => _prototypes.AsArrayView<TP>(0, _prototypes.LengthInBytes / _prototypes.ElementSize);
 

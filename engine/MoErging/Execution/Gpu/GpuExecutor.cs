@@ -242,9 +242,12 @@ internal sealed class GpuExecutor : IExecutor
     private ArrayView<float> Score<TX>(LinearRouter router, ArrayView<TX> x, int tokens) where TX : unmanaged
     {
         DeviceRouter uploaded = _backend.Upload(router, _stream);
-        return uploaded.BFloat16Prototypes
-            ? Score<TX, BFloat16Bits>(router, uploaded, x, tokens)
-            : Score<TX, float>(router, uploaded, x, tokens);
+        return uploaded.Precision switch
+        {
+            WeightPrecision.Float16 => Score<TX, ushort>(router, uploaded, x, tokens),
+            WeightPrecision.BFloat16 => Score<TX, BFloat16Bits>(router, uploaded, x, tokens),
+            _ => Score<TX, float>(router, uploaded, x, tokens),
+        };
     }
 
     private ArrayView<float> Score<TX, TP>(LinearRouter router, DeviceRouter uploaded, ArrayView<TX> x, int tokens)
