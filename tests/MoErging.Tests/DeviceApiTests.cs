@@ -52,7 +52,7 @@ public abstract class DeviceApiTests(EngineFixture engines)
     }
 
     /// <summary>
-    /// An engine storing its factors in F16 or BF16 (and, in BF16, its routers' prototypes) routes and forwards through a
+    /// An engine storing its factors and its routers' prototypes in F16 or BF16 routes and forwards through a
     /// session, on the span and the device APIs, in F32 and F16 activations, as the float64 reference does from the
     /// factors and prototypes as stored (rounded to nearest even by the tests' own rounding). The tolerances are those
     /// of F32 storage: the rounding happened before the reference, so what is left is float32 arithmetic and the
@@ -69,7 +69,7 @@ public abstract class DeviceApiTests(EngineFixture engines)
         AdaptedModule module = lib.Module(Module);
         var router = new ArrowRouter(module, new RoutingOptions(2));
         RawFactors?[] stored = lib.Raw[Module].Select(f => f is null ? null : f with { A = DeviceIo.AsStored(f.A, precision), B = DeviceIo.AsStored(f.B, precision) }).ToArray();
-        float[] prototypes = DeviceIo.AsStored(router.Prototypes.ToArray(), precision == WeightPrecision.BFloat16 ? WeightPrecision.BFloat16 : WeightPrecision.Float32);
+        float[] prototypes = DeviceIo.AsStored(router.Prototypes.ToArray(), precision);
         using Engine engine = engines.CreateEngine(1, precision);
         using Session session = engine.CreateSession();
         Accelerator accelerator = engine.Accelerator!;

@@ -10,30 +10,35 @@ namespace MoErging.Tests.Kernels;
 /// <summary>
 /// The gating's scores and selection against float64: each score within 1e-4 of the float64 score (relative,
 /// floored at 1), the kept experts a valid top-k (slack 1e-4 for near ties) in order, and the weights within
-/// 1e-5 of the float64 softmax over them; d_in 37 takes the bounded scalar loads, 40 the vector loads. With BF16
-/// prototypes the reference scores the BF16-rounded prototypes, the values the kernel reads, with the same tolerances.
+/// 1e-5 of the float64 softmax over them; d_in 37 takes the bounded scalar loads, 40 the vector loads. With F16 or BF16
+/// prototypes the reference scores the rounded prototypes, the values the kernel reads, with the same tolerances.
 /// Outputs are poisoned first.
 /// </summary>
 public abstract class GatingKernelTests(DeviceFixture fixture)
 {
-    public static TheoryData<int, int, int, int, bool, bool, bool, int, bool> Cases() => new()
+    public static TheoryData<int, int, int, int, bool, bool, bool, int, WeightPrecision> Cases() => new()
     {
-        // tokens, experts, k, normalization (0 none, 1 LayerNorm, 2 L2), |·|, bias, F16 x, d_in, BF16 prototypes
-        { 1, 5, 1, 0, true, false, false, 37, false },
-        { 9, 5, 2, 1, false, true, false, 37, false },
-        { 5, 5, 5, 2, false, false, false, 40, false },
-        { 3, 37, 2, 0, true, false, true, 37, false },
-        { 6, 7, 3, 1, true, true, true, 40, false },
-        { 13, 70, 4, 2, true, false, true, 16, false },
-        { 9, 6, 2, 1, false, true, false, 40, true },
-        { 4, 37, 3, 0, true, false, false, 37, true },
-        { 7, 9, 2, 2, true, true, true, 40, true },
-        { 5, 11, 4, 1, false, false, true, 37, true },
+        // tokens, experts, k, normalization (0 none, 1 LayerNorm, 2 L2), |·|, bias, F16 x, d_in, prototype storage
+        { 1, 5, 1, 0, true, false, false, 37, WeightPrecision.Float32 },
+        { 9, 5, 2, 1, false, true, false, 37, WeightPrecision.Float32 },
+        { 5, 5, 5, 2, false, false, false, 40, WeightPrecision.Float32 },
+        { 3, 37, 2, 0, true, false, true, 37, WeightPrecision.Float32 },
+        { 6, 7, 3, 1, true, true, true, 40, WeightPrecision.Float32 },
+        { 13, 70, 4, 2, true, false, true, 16, WeightPrecision.Float32 },
+        { 8, 6, 2, 2, true, true, false, 40, WeightPrecision.Float16 },
+        { 5, 37, 3, 1, false, false, false, 37, WeightPrecision.Float16 },
+        { 6, 9, 2, 0, true, true, true, 40, WeightPrecision.Float16 },
+        { 3, 11, 4, 1, false, true, true, 37, WeightPrecision.Float16 },
+        { 9, 6, 2, 1, false, true, false, 40, WeightPrecision.BFloat16 },
+        { 4, 37, 3, 0, true, false, false, 37, WeightPrecision.BFloat16 },
+        { 7, 9, 2, 2, true, true, true, 40, WeightPrecision.BFloat16 },
+        { 5, 11, 4, 1, false, false, true, 37, WeightPrecision.BFloat16 },
     };
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void MatchesTheFloat64Reference(int tokens, int experts, int k, int normalization, bool absolute, bool bias, bool half, int n, bool bf16)
+    public void MatchesTheFloat64Reference(int tokens, int experts, int k, int normalization, bool absolute, bool bias, bool half, int n,
+        WeightPrecision storage)
     {
         GpuDevice device = fixture.Device;
         var data = new TestData();
@@ -42,10 +47,7 @@ public abstract class GatingKernelTests(DeviceFixture fixture)
         {
             x = DeviceIo.FromHalfBits(DeviceIo.ToHalfBits(x));
         }
-        if (bf16)
-        {
-            p = DeviceIo.AsStored(p, WeightPrecision.BFloat16);
-        }
+        p = DeviceIo.AsStored(p, storage);
         float temperature = 0.5f + (float)data.Rng.NextDouble();
         int pitch = VectorRows.Pitch(n);
         var padded = new float[experts * pitch];
@@ -54,8 +56,12 @@ public abstract class GatingKernelTests(DeviceFixture fixture)
             p.AsSpan(e * n, n).CopyTo(padded.AsSpan(e * pitch));
         }
         Accelerator accelerator = device.Accelerator;
-        using var prototypes = bf16 ? null : DeviceIo.Upload(accelerator, padded);
-        using var bf16Prototypes = bf16 ? DeviceIo.Upload(accelerator, DeviceIo.ToBFloat16Bits(padded)) : null;
+        using MemoryBuffer prototypes = storage switch
+        {
+            WeightPrecision.Float16 => DeviceIo.Upload(accelerator, DeviceIo.ToHalfBits(padded)),
+            WeightPrecision.BFloat16 => DeviceIo.Upload(accelerator, DeviceIo.ToBFloat16Bits(padded)),
+            _ => DeviceIo.Upload(accelerator, padded),
+        };
         using var biasBuffer = DeviceIo.Upload(accelerator, b);
         using var scores = DeviceIo.Poisoned(accelerator, experts * tokens, float.NaN);
         using var ids = DeviceIo.Poisoned(accelerator, tokens * k, int.MinValue);
@@ -95,16 +101,22 @@ public abstract class GatingKernelTests(DeviceFixture fixture)
         void Score<TX>(TX[] xValues) where TX : unmanaged
         {
             using var xb = DeviceIo.Upload(accelerator, xValues);
-            if (bf16Prototypes is not null)
+            switch (storage)
             {
-                device.Kernels.Gating.LaunchScores(stream, Args(xb.View.BaseView, bf16Prototypes.View.BaseView));
-            }
-            else
-            {
-                device.Kernels.Gating.LaunchScores(stream, Args(xb.View.BaseView, prototypes!.View.BaseView));
+                case WeightPrecision.Float16:
+                    device.Kernels.Gating.LaunchScores(stream, Args(xb.View.BaseView, Prototypes<ushort>()));
+                    break;
+                case WeightPrecision.BFloat16:
+                    device.Kernels.Gating.LaunchScores(stream, Args(xb.View.BaseView, Prototypes<BFloat16Bits>()));
+                    break;
+                default:
+                    device.Kernels.Gating.LaunchScores(stream, Args(xb.View.BaseView, Prototypes<float>()));
+                    break;
             }
             stream.Synchronize();
         }
+
+        ArrayView<TP> Prototypes<TP>() where TP : unmanaged => prototypes.AsArrayView<TP>(0, prototypes.LengthInBytes / prototypes.ElementSize);
 
         ScoresArgs<TX, TP> Args<TX, TP>(ArrayView<TX> xv, ArrayView<TP> pv)
             where TX : unmanaged
