@@ -68,8 +68,8 @@ public abstract class DeviceApiTests(EngineFixture engines)
         TestLibrary lib = data.Library(experts: 6, dIn: dIn, dOut: dOut, ranks: [4, 1, 9, 16]);
         AdaptedModule module = lib.Module(Module);
         var router = new ArrowRouter(module, new RoutingOptions(2));
-        RawFactors?[] stored = lib.Raw[Module].Select(f => f is null ? null : f with { A = DeviceIo.AsStored(f.A, precision), B = DeviceIo.AsStored(f.B, precision) }).ToArray();
-        float[] prototypes = DeviceIo.AsStored(router.Prototypes.ToArray(), precision);
+        RawFactors?[] stored = Stored.Factors(lib.Raw[Module], precision);
+        float[] prototypes = Stored.Values(router.Prototypes, precision);
         using Engine engine = engines.CreateEngine(1, precision);
         using Session session = engine.CreateSession();
         Accelerator accelerator = engine.Accelerator!;

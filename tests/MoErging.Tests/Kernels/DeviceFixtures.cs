@@ -1,6 +1,5 @@
 using ILGPU;
 using ILGPU.Runtime;
-using MoErging.Execution;
 using MoErging.Kernels;
 
 [assembly: AssemblyFixture(typeof(MoErging.Tests.Kernels.SharedDevices))]
@@ -224,13 +223,4 @@ public static class DeviceIo
     public static BFloat16Bits[] ToBFloat16Bits(float[] values) => values.Select(v => new BFloat16Bits(Narrow.ToBFloat16Bits(v))).ToArray();
 
     public static float[] FromBFloat16Bits(BFloat16Bits[] values) => values.Select(b => (float)Narrow.BFloat16Value(b.Bits)).ToArray();
-
-    /// <summary>Finite values as a weight storage holds them: as they are (F32), or rounded to F16 or BF16 by the tests' own rounding (<see cref="Narrow"/>).</summary>
-    public static float[] AsStored(float[] values, WeightPrecision storage) => storage switch
-    {
-        WeightPrecision.Float32 => values,
-        WeightPrecision.Float16 => values.Select(v => (float)Narrow.HalfValue(Narrow.ToHalfBits(v))).ToArray(),
-        WeightPrecision.BFloat16 => FromBFloat16Bits(ToBFloat16Bits(values)),
-        _ => throw new ArgumentOutOfRangeException(nameof(storage), storage, "no such storage"),
-    };
 }

@@ -61,8 +61,8 @@ public sealed class KernelPipeline : IDisposable
                 }
             }
         }
-        PaddedA = DeviceIo.AsStored([.. a], storage);
-        PaddedBTransposed = DeviceIo.AsStored([.. bT], storage);
+        PaddedA = Stored.Values([.. a], storage);
+        PaddedBTransposed = Stored.Values([.. bT], storage);
         AOffsets = aOffset;
         AOffset = Own(DeviceIo.Upload(accelerator, aOffset));
         BOffset = Own(DeviceIo.Upload(accelerator, bOffset));

@@ -47,7 +47,7 @@ public abstract class GatingKernelTests(DeviceFixture fixture)
         {
             x = DeviceIo.FromHalfBits(DeviceIo.ToHalfBits(x));
         }
-        p = DeviceIo.AsStored(p, storage);
+        p = Stored.Values(p, storage);
         float temperature = 0.5f + (float)data.Rng.NextDouble();
         int pitch = VectorRows.Pitch(n);
         var padded = new float[experts * pitch];
@@ -276,7 +276,7 @@ public abstract class ExpandKernelTests(DeviceFixture fixture)
         int[] ids = Enumerable.Range(0, tokens * k).Select(_ => data.Rng.Next(-1, 4)).ToArray();
         float[] weights = data.Normal(tokens * k), x = data.Normal(tokens * n), yBase = data.Normal(tokens * m);
         using var run = new KernelPipeline(fixture.Device, experts, ids, weights, k, storage);
-        RawFactors?[] seen = Stored(experts, storage);
+        RawFactors?[] seen = MoErging.Tests.Stored.Factors(experts, storage); // the factors as the kernels read them
         string where = $"{data} (T={tokens}, k={k}, F16 activations {halfActivations}, {storage} weights)";
         ReferenceOutput expected;
         if (halfActivations)
@@ -311,7 +311,7 @@ public abstract class ExpandKernelTests(DeviceFixture fixture)
         ids[0] = ids[1] = 2; // a repeated expert adds up in both sums
         float[] weights = data.Normal(tokens * k), x = data.Normal(tokens * n), yBase = data.Normal(tokens * m);
         using var run = new KernelPipeline(fixture.Device, experts, ids, weights, k, storage, parameterMixing: true);
-        RawFactors?[] seen = Stored(experts, storage);
+        RawFactors?[] seen = MoErging.Tests.Stored.Factors(experts, storage); // the factors as the kernels read them
         string where = $"{data} (parameter mixing, F16 activations {halfActivations}, {storage} weights)";
         if (halfActivations)
         {
@@ -332,10 +332,6 @@ public abstract class ExpandKernelTests(DeviceFixture fixture)
     }
 
     private static float[] Round(float[] values) => DeviceIo.FromHalfBits(DeviceIo.ToHalfBits(values));
-
-    /// <summary>The factors as the kernels read them: rounded to the storage (the reference's input, so its tolerances cover float32 arithmetic alone).</summary>
-    private static RawFactors?[] Stored(RawFactors?[] experts, WeightPrecision storage) =>
-        experts.Select(f => f is null ? null : f with { A = DeviceIo.AsStored(f.A, storage), B = DeviceIo.AsStored(f.B, storage) }).ToArray();
 }
 
 public sealed class GatingKernelTestsOnSimulator(SimulatorFixture f) : GatingKernelTests(f), IClassFixture<SimulatorFixture>;
