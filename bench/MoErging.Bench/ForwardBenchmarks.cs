@@ -5,7 +5,10 @@ namespace MoErging.Bench;
 
 /// <summary>
 /// The standard CPU workload: route (Arrow top-2) and forward T tokens, ours against the naive scalar
-/// baseline, rotating among four libraries so that weights come from memory.
+/// baseline, rotating among four libraries so that weights come from memory, at each weight precision: the
+/// libraries are built at it and the engine created with it, so the engine reads the factors in place. The naive
+/// baseline stays float32: it holds float32 copies of the same (rounded) factors, so it does the same work at every
+/// precision and its rows differ only by noise.
 /// </summary>
 [MemoryDiagnoser]
 public class ForwardBenchmarks
@@ -19,12 +22,15 @@ public class ForwardBenchmarks
     [Params(64, 512)]
     public int Tokens { get; set; }
 
+    [Params(WeightPrecision.Float32, WeightPrecision.BFloat16, WeightPrecision.Float16)]
+    public WeightPrecision Precision { get; set; }
+
     [GlobalSetup]
     public void Setup()
     {
-        _set = Workload.Set(Tokens);
+        _set = Workload.Set(Tokens, precision: Precision);
         _naive = [.. _set.Select(w => new NaiveForward(w))];
-        _engine = Engine.Create(new EngineOptions { Backend = Backend.Cpu });
+        _engine = Engine.Create(new EngineOptions { Backend = Backend.Cpu, WeightPrecision = Precision });
         _session = _engine.CreateSession();
     }
 

@@ -41,9 +41,12 @@ IConfig config = DefaultConfig.Instance
 BenchmarkSwitcher.FromAssembly(typeof(ForwardBenchmarks).Assembly).Run(args, config);
 return 0;
 
+// A forward's bytes at the precision it reads: the engine's, or float32 for the naive baseline, which holds float32 copies.
 static long? MinimumBytes(BenchmarkCase benchmark) =>
     benchmark.Descriptor.Type == typeof(CopyBenchmarks) ? CopyBenchmarks.BytesMoved
-    : benchmark.Descriptor.Type == typeof(ForwardBenchmarks) ? Workload.CostOf((int)benchmark.Parameters["Tokens"]).MinimumBytes
+    : benchmark.Descriptor.Type == typeof(ForwardBenchmarks) ? Workload.CostOf((int)benchmark.Parameters["Tokens"],
+        precision: benchmark.Descriptor.WorkloadMethod.Name == nameof(ForwardBenchmarks.NaiveScalar)
+            ? WeightPrecision.Float32 : (WeightPrecision)benchmark.Parameters["Precision"]).MinimumBytes
     : null;
 
 // The first engine of a process pays for whatever its backend choice asks the drivers: run it in a fresh process.
