@@ -9,6 +9,7 @@ using BenchmarkDotNet.Running;
 using BenchmarkDotNet.Toolchains.InProcess.Emit;
 using MoErging.Bench;
 using MoErging.Bench.Peers;
+using MoErging.Execution;
 
 // dotnet run -c Release --project bench/MoErging.Bench.Peers -- [--machine NAME] [--results DIR]
 //     [--summary RESULTS.md] [--artifacts DIR] [--filter GLOB] [--short]
@@ -35,7 +36,8 @@ IConfig config = DefaultConfig.Instance
     .AddJob(job)
     .AddColumn(StatisticColumn.Median, new GigabytesPerSecondColumn(MinimumBytes))
     .AddExporter(MarkdownExporter.GitHub)
-    .WithArtifactsPath(artifacts);
+    .WithArtifactsPath(artifacts)
+    .AddFilter(new SimpleFilter(PeerBenchmarks.Runs));
 if (Option("--filter", "") is { Length: > 0 } filter)
 {
     config = config.AddFilter(new GlobFilter([filter]));
@@ -46,8 +48,9 @@ if (summary.HasCriticalValidationErrors || summary.Reports.Any(report => !report
     Console.Error.WriteLine("some benchmarks failed; no results written");
     return 1;
 }
-Dictionary<Shape, double> allocations = summary.BenchmarksCases
-    .Select(c => (Shape)c.Parameters["Shape"]).Distinct().ToDictionary(shape => shape, EngineAllocations.PerForward);
+Dictionary<(Shape, WeightPrecision), double> allocations = summary.BenchmarksCases
+    .Select(c => ((Shape)c.Parameters["Shape"], (WeightPrecision)c.Parameters["Precision"])).Distinct()
+    .ToDictionary(key => key, key => EngineAllocations.PerForward(key.Item1, key.Item2));
 var report = new PeerReport(summary, allocations, Option("--machine",
     $"{RuntimeInformation.OSArchitecture}-{Environment.ProcessorCount}core".ToLowerInvariant()));
 if (results is not null)
@@ -68,5 +71,7 @@ if (summaryFile is not null)
 }
 return 0;
 
+// Every case reads its weights at the case's precision: the engine's storage, or TorchSharp's tensors.
 static long? MinimumBytes(BenchmarkCase benchmark) =>
-    benchmark.Parameters["Shape"] is Shape shape ? Workload.CostOf(shape.Tokens, shape.Experts).MinimumBytes : null;
+    benchmark.Parameters["Shape"] is Shape shape
+        ? Workload.CostOf(shape.Tokens, shape.Experts, (WeightPrecision)benchmark.Parameters["Precision"]).MinimumBytes : null;

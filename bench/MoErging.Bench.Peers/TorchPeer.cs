@@ -13,6 +13,9 @@ namespace MoErging.Bench.Peers;
 /// <item><see cref="Gather"/>: gather every (token, slot)'s A and B and contract them with two batched matmuls.</item>
 /// </list>
 /// The workload's factors, prototypes and tokens are copied into tensors once; a call reads and writes only those.
+/// The factors, prototypes and scalings are held, and the routing and mixture computed, in float32 or bfloat16 (libtorch's
+/// CPU matmul and bmm take both); x and y stay float32, as the engine's are: the bfloat16 variant rounds x to bfloat16 on
+/// every call and adds its bfloat16 mixture into the float32 y.
 /// </summary>
 internal sealed class TorchPeer : IDisposable
 {
@@ -24,9 +27,13 @@ internal sealed class TorchPeer : IDisposable
     private readonly Tensor _scaling; // [E]
     private readonly int _topK;
     private readonly double _temperature;
+    private readonly ScalarType _dtype;
 
-    public TorchPeer(Workload w)
+    /// <param name="w">The workload, whose factors are held at the precision <paramref name="dtype"/> represents exactly.</param>
+    /// <param name="dtype">Float32 or BFloat16: how the tensors hold the weights and what the calls compute in.</param>
+    public TorchPeer(Workload w, ScalarType dtype)
     {
+        _dtype = dtype;
         int experts = w.Module.ExpertCount, rank = Workload.Rank, dIn = w.Module.InputDim, dOut = w.Module.OutputDim;
         var a = new float[experts * rank * dIn];
         var b = new float[experts * dOut * rank];
@@ -40,10 +47,10 @@ internal sealed class TorchPeer : IDisposable
         }
         _x = tensor(w.X, [w.Tokens, dIn]);
         _y = zeros(w.Tokens, dOut);
-        _prototypes = tensor(w.Router.Prototypes.ToArray(), [experts, dIn]);
-        _a = tensor(a, [experts, rank, dIn]);
-        _b = tensor(b, [experts, dOut, rank]);
-        _scaling = tensor(scaling);
+        _prototypes = Held(tensor(w.Router.Prototypes.ToArray(), [experts, dIn]));
+        _a = Held(tensor(a, [experts, rank, dIn]));
+        _b = Held(tensor(b, [experts, dOut, rank]));
+        _scaling = Held(tensor(scaling));
         _topK = w.Router.Options.TopK;
         _temperature = w.Router.Options.Temperature;
     }
@@ -56,32 +63,51 @@ internal sealed class TorchPeer : IDisposable
     public void Loop()
     {
         using DisposeScope scope = NewDisposeScope();
-        (Tensor ids, Tensor weights) = Route();
+        Tensor x = Input();
+        (Tensor ids, Tensor weights) = Route(x);
         Tensor flatWeights = weights.flatten();
         foreach (long e in ids.unique().output.data<long>().ToArray())
         {
             Tensor slots = ids.flatten().eq(e).nonzero().squeeze(1); // flat (token, slot) indices
             Tensor rows = slots.div(_topK, rounding_mode: RoundingMode.floor);
-            Tensor v = _x.index_select(0, rows).matmul(_a[e].t()); // [n, r]
+            Tensor v = x.index_select(0, rows).matmul(_a[e].t()); // [n, r]
             Tensor coefficient = flatWeights.index_select(0, slots).mul(_scaling[e]);
-            _y.index_add_(0, rows, v.matmul(_b[e].t()).mul_(coefficient.unsqueeze(1)), 1);
+            _y.index_add_(0, rows, Output32(v.matmul(_b[e].t()).mul_(coefficient.unsqueeze(1))), 1);
         }
     }
 
     public void Gather()
     {
         using DisposeScope scope = NewDisposeScope();
-        (Tensor ids, Tensor weights) = Route();
+        Tensor x = Input();
+        (Tensor ids, Tensor weights) = Route(x);
         Tensor flat = ids.flatten(); // [T k]
-        Tensor v = bmm(_a.index_select(0, flat), _x.repeat_interleave(_topK, 0).unsqueeze(2)); // [T k, r, 1]
+        Tensor v = bmm(_a.index_select(0, flat), x.repeat_interleave(_topK, 0).unsqueeze(2)); // [T k, r, 1]
         v.mul_(weights.flatten().mul(_scaling.index_select(0, flat)).view(-1, 1, 1));
         Tensor y = bmm(_b.index_select(0, flat), v); // [T k, d_out, 1]
-        _y.add_(y.view(ids.shape[0], _topK, -1).sum(1));
+        _y.add_(Output32(y.view(ids.shape[0], _topK, -1).sum(1)));
     }
 
-    private (Tensor Ids, Tensor Weights) Route()
+    private Tensor Held(Tensor values)
     {
-        Tensor scores = _x.matmul(_prototypes.t()).abs_().div_(_temperature);
+        if (_dtype == ScalarType.Float32)
+        {
+            return values;
+        }
+        using (values)
+        {
+            return values.to(_dtype);
+        }
+    }
+
+    /// <summary>x in the compute dtype (inside the caller's dispose scope).</summary>
+    private Tensor Input() => _dtype == ScalarType.Float32 ? _x : _x.to(_dtype);
+
+    private Tensor Output32(Tensor values) => _dtype == ScalarType.Float32 ? values : values.to(ScalarType.Float32);
+
+    private (Tensor Ids, Tensor Weights) Route(Tensor x)
+    {
+        Tensor scores = x.matmul(_prototypes.t()).abs_().div_(_temperature);
         (Tensor values, Tensor ids) = scores.topk(_topK, dim: 1);
         return (ids, values.softmax(1));
     }
