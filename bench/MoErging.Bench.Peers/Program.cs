@@ -12,9 +12,10 @@ using MoErging.Bench.Peers;
 using MoErging.Execution;
 
 // dotnet run -c Release --project bench/MoErging.Bench.Peers -- [--machine NAME] [--results DIR]
-//     [--summary RESULTS.md] [--artifacts DIR] [--filter GLOB] [--short]
+//     [--summary RESULTS.md] [--artifacts DIR] [--filter GLOB]... [--short]
 // Runs PeerBenchmarks, copies BenchmarkDotNet's markdown table and the scaling plots into --results, and puts
-// the headline ratios between the peers markers of --summary. --short: 3 iterations, to check the pipeline.
+// the headline ratios between the peers markers of --summary. --filter may be repeated: a case runs when any glob
+// matches its full name (for example '*T=64 E=64*'). --short: 3 iterations, to check the pipeline.
 if (LibstdcxxCompat.Ensure(args) is int rerun)
 {
     return rerun;
@@ -38,9 +39,10 @@ IConfig config = DefaultConfig.Instance
     .AddExporter(MarkdownExporter.GitHub)
     .WithArtifactsPath(artifacts)
     .AddFilter(new SimpleFilter(PeerBenchmarks.Runs));
-if (Option("--filter", "") is { Length: > 0 } filter)
+string[] filters = [.. args.Where((_, i) => i > 0 && args[i - 1] == "--filter")];
+if (filters.Length > 0)
 {
-    config = config.AddFilter(new GlobFilter([filter]));
+    config = config.AddFilter(new GlobFilter(filters));
 }
 Summary summary = BenchmarkRunner.Run<PeerBenchmarks>(config);
 if (summary.HasCriticalValidationErrors || summary.Reports.Any(report => !report.Success))
