@@ -48,8 +48,11 @@ internal sealed class PeerReport
         }
     }
 
-    /// <summary>The headline block, markers included; <paramref name="results"/> is where the full table went.</summary>
-    public string Headline(string? results)
+    /// <summary>
+    /// The headline block, markers included; <paramref name="results"/> is where the full table went, <paramref name="reduced"/>
+    /// the options of a short or filtered run (empty for the full one).
+    /// </summary>
+    public string Headline(string? results, string reduced)
     {
         var text = new StringBuilder();
         text.AppendLine(Begin);
@@ -58,9 +61,13 @@ internal sealed class PeerReport
         text.AppendLine(Invariant($"- **Date:** {DateTime.UtcNow:yyyy-MM-dd}"));
         long memory = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes >> 30;
         string torch = Invariant($"TorchSharp {typeof(TorchSharp.torch).Assembly.GetName().Version?.ToString(3)} (libtorch {TorchSharp.torch.__version__}, {TorchSharp.torch.get_num_threads()} threads, as many as the engine's pool)");
-        text.AppendLine(Invariant($"- **Machine:** `{_machine}`: {Processor()} ({Environment.ProcessorCount} logical cores), {memory} GiB; {RuntimeInformation.FrameworkDescription}; {torch}; BenchmarkDotNet, in-process job."));
+        string job = reduced.Contains("--short", StringComparison.Ordinal) ? "in-process short job (3 iterations)" : "in-process job";
+        text.AppendLine(Invariant($"- **Machine:** `{_machine}`: {Processor()} ({Environment.ProcessorCount} logical cores), {memory} GiB; {RuntimeInformation.FrameworkDescription}; {torch}; BenchmarkDotNet, {job}."));
         string where = results is null ? "" : $" (table and plots in `{Relative(results)}/`)";
-        text.AppendLine($"- **Command:** `dotnet tool restore && dotnet cake --target=Peers`{where}");
+        text.AppendLine(reduced.Length == 0
+            ? $"- **Command:** `dotnet tool restore && dotnet cake --target=Peers`{where}"
+            : $"- **Command:** `dotnet run -c Release --project bench/MoErging.Bench.Peers -- {reduced}`{where}: a reduced run, only " +
+              "the cases it names (the full one: `dotnet tool restore && dotnet cake --target=Peers`)");
         text.AppendLine("- Mean per forward (routing included). Storage is the weight precision: the engine's (created with it, the " +
             "library built at it, factors and prototypes read in place); TorchSharp's tensors hold the same rounded weights in float32 at " +
             "F32 and in bfloat16 at BF16 (computing in it), and it has no F16 variant. GB/s are over the minimum bytes at the row's " +

@@ -64,7 +64,10 @@ if (results is not null)
     }
     report.SavePlots(results);
 }
-string headline = report.Headline(results);
+// A reduced or short run says so in its headline, with the options that made it so.
+string reduced = string.Join(' ', filters.Select(f => $"--filter '{f}'").Prepend(args.Contains("--short") ? "--short" : ""))
+    .Trim();
+string headline = report.Headline(results, reduced);
 Console.WriteLine(headline);
 if (summaryFile is not null)
 {
