@@ -1097,6 +1097,7 @@ static void test_readme_example(void)
     }
     rmdir(adapters);
     rmdir(directory);
+}
 
 /* ---- 16-bit weight storage ---- */
 
