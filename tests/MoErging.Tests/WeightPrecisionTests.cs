@@ -332,33 +332,46 @@ public sealed class WeightPrecisionTests
 
     /// <summary>
     /// The kernels' loads widen every one of the 65,536 patterns exactly, vector and scalar alike (at every lane of the
-    /// vector): the value the tests decode from the IEEE definitions, the sign of zero included, and a NaN with its
-    /// sign and payload.
+    /// vector, at every register width the kernels have, emulated where this machine lacks it): the value the tests
+    /// decode from the IEEE definitions, the sign of zero included, and a NaN with its sign and payload.
     /// </summary>
     [Theory]
     [MemberData(nameof(SixteenBit))]
-    public unsafe void TheKernelsWidenEveryPatternExactly(WeightPrecision precision)
+    public void TheKernelsWidenEveryPatternExactly(WeightPrecision precision)
     {
-        int lanes = System.Numerics.Vector<float>.Count;
+        WidenEveryPattern<Lanes128>(precision);
+        WidenEveryPattern<Lanes256>(precision);
+        WidenEveryPattern<Lanes512>(precision);
+    }
+
+    private static unsafe void WidenEveryPattern<TV>(WeightPrecision precision) where TV : unmanaged, ILanes<TV>
+    {
+        int lanes = TV.Count;
         ushort[] patterns = GC.AllocateUninitializedArray<ushort>(65536 + lanes, pinned: true);
         for (int i = 0; i < patterns.Length; i++)
         {
             patterns[i] = (ushort)i;
         }
         int mantissaBits = precision == WeightPrecision.Float16 ? 10 : 7;
+        float* register = stackalloc float[lanes];
+        float Lane(TV value, int lane)
+        {
+            TV.Store(value, register);
+            return register[lane];
+        }
         fixed (ushort* p = patterns)
         {
             for (int i = 0; i < 65536; i++)
             {
                 // Each pattern at lane i % lanes of one load, and at lane 0 of another.
-                float vector = (precision == WeightPrecision.Float16 ? Float16Weights.Load(p + i / lanes * lanes) : BFloat16Weights.Load(p + i / lanes * lanes))[i % lanes];
-                float first = (precision == WeightPrecision.Float16 ? Float16Weights.Load(p + i) : BFloat16Weights.Load(p + i))[0];
+                float vector = Lane(precision == WeightPrecision.Float16 ? Float16Weights.Load<TV>(p + i / lanes * lanes) : BFloat16Weights.Load<TV>(p + i / lanes * lanes), i % lanes);
+                float first = Lane(precision == WeightPrecision.Float16 ? Float16Weights.Load<TV>(p + i) : BFloat16Weights.Load<TV>(p + i), 0);
                 float one = precision == WeightPrecision.Float16 ? Float16Weights.LoadOne(p + i) : BFloat16Weights.LoadOne(p + i);
                 double expected = Stored.Value((ushort)i, precision);
                 foreach (float widened in new[] { vector, first, one })
                 {
                     uint bits = BitConverter.SingleToUInt32Bits(widened);
-                    string what = $"{precision} 0x{i:X4} widened to {widened:R} (0x{bits:X8})";
+                    string what = $"{precision} 0x{i:X4} widened ({typeof(TV).Name}) to {widened:R} (0x{bits:X8})";
                     if (double.IsNaN(expected))
                     {
                         Assert.True(float.IsNaN(widened) && bits >> 31 == (uint)i >> 15, $"{what}: not a NaN of its sign");

@@ -12,7 +12,7 @@ namespace MoErging.Execution.Cpu;
 /// <summary>
 /// One session's CPU execution: routing (normalise, score, select) and the routed forward (dispatch by
 /// expert, shrink, expand with the weighted sum fused in). Work is split across the engine's worker pool:
-/// shrink by (expert, block of rank rows), expand by fixed blocks of output columns, so every expert's A
+/// shrink by (expert, block of rank rows), expand by blocks of output columns (one per worker), so every expert's A
 /// and B are read once per call and no two threads write the same output element. All buffers live on
 /// the pinned heap and grow only when a call needs more than any before it. Factors and prototypes are read at the
 /// engine's precision (<see cref="CpuBackend.Weights(AdaptedModule)"/>): in place, or from the engine's converted copy.
@@ -21,7 +21,7 @@ internal sealed unsafe class CpuExecutor : IExecutor
 {
     private const int RowBlock = 8;          // shrink: rank rows per work item
     private const int PairBlock = 64;        // shrink: routed tokens per work item
-    private const int ColumnBlock = 512;     // expand: output columns per work item
+    private const int MinColumnBlock = 256;  // expand: fewest output columns per work item
     private const int TokenBlock = 16;       // scoring: tokens per work item
     private const int ExpertBlock = 16;      // scoring: experts per work item
 
@@ -234,9 +234,16 @@ internal sealed unsafe class CpuExecutor : IExecutor
         {
             MixParameters(module, tokens);
         }
-        _expand.Set(module, accumulate, roundInto, tokens);
-        _pool.Run(_expand, (module.OutputDim + ColumnBlock - 1) / ColumnBlock);
+        _expand.Set(module, accumulate, roundInto, tokens, ColumnBlock(module.OutputDim));
+        _pool.Run(_expand, (module.OutputDim + _expand.ColumnBlock - 1) / _expand.ColumnBlock);
     }
+
+    /// <summary>
+    /// Output columns per expand work item: one block per worker where that is at least <see cref="MinColumnBlock"/>
+    /// columns, so each expert's Bᵀ rows are read in the longest runs the split allows. The block boundaries do not
+    /// change any result: every column is summed the same way whichever block holds it.
+    /// </summary>
+    private int ColumnBlock(int dOut) => Math.Max(MinColumnBlock, (dOut + _pool.Threads - 1) / _pool.Threads + 63 & ~63);
 
     /// <summary>
     /// Parameter mixing between shrink and expand. The shrink left V[p] = w_p · A_e x_t (coefficient w, no
@@ -427,8 +434,11 @@ internal sealed unsafe class CpuExecutor : IExecutor
         private int _vStride;
         private int _tokens;
 
-        public void Set(AdaptedModule module, float* accumulate, Half* roundInto, int tokens)
+        public int ColumnBlock { get; private set; }
+
+        public void Set(AdaptedModule module, float* accumulate, Half* roundInto, int tokens, int columnBlock)
         {
+            ColumnBlock = columnBlock;
             _y = accumulate;
             _roundInto = roundInto;
             _dOut = module.OutputDim;
@@ -450,6 +460,8 @@ internal sealed unsafe class CpuExecutor : IExecutor
                     new Span<float>(y + (long)t * dOut + j0, j1 - j0).Clear();
                 }
             }
+            float** vs = stackalloc float*[4];
+            float** ys = stackalloc float*[4];
             fixed (int* token = o._pairToken)
             fixed (float* v = o._v)
             {
@@ -458,17 +470,15 @@ internal sealed unsafe class CpuExecutor : IExecutor
                     int e = o._active[a];
                     void* bT = o._bTransposed[e];
                     int rank = o._rank[e];
-                    int p = o._segmentStart[e], end = o._segmentEnd[e];
-                    for (; p + 4 <= end; p += 4)
+                    for (int p = o._segmentStart[e], end = o._segmentEnd[e]; p < end; p += 4)
                     {
-                        CpuKernels.Expand4(o._precision, bT, dOut, rank,
-                            v + (long)p * stride, v + (long)(p + 1) * stride, v + (long)(p + 2) * stride, v + (long)(p + 3) * stride,
-                            y + (long)token[p] * dOut, y + (long)token[p + 1] * dOut, y + (long)token[p + 2] * dOut, y + (long)token[p + 3] * dOut,
-                            j0, j1);
-                    }
-                    for (; p < end; p++)
-                    {
-                        CpuKernels.Expand1(o._precision, bT, dOut, rank, v + (long)p * stride, y + (long)token[p] * dOut, j0, j1);
+                        int m = Math.Min(4, end - p);
+                        for (int i = 0; i < m; i++)
+                        {
+                            vs[i] = v + (long)(p + i) * stride;
+                            ys[i] = y + (long)token[p + i] * dOut;
+                        }
+                        CpuKernels.Expand(o._precision, bT, dOut, rank, m, vs, ys, j0, j1);
                     }
                 }
             }

@@ -1,26 +1,24 @@
-using System.Numerics;
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 
 namespace MoErging.Execution.Cpu;
 
 /// <summary>
 /// SIMD building blocks of the CPU backend. Each reads its weight row once for several tokens
-/// (register blocking), because the weights are what must stream from memory. The expand kernels sum an
-/// expert's rank terms from zero with fused multiply-adds, in the same order on every path (vector, scalar
-/// tail, one token or four), and add the sum to y once: y is rounded once per expert, not once per rank
+/// (register blocking), because the weights are what must stream from memory. The expand kernel sums an
+/// expert's rank terms from zero with fused multiply-adds, in the same order on every path (vector or scalar
+/// tail, one token or four), and adds the sum to y once: y is rounded once per expert, not once per rank
 /// term, and a result never depends on how the work was split.
 /// Kernels skip tiered compilation: a latency-critical host must get SIMD code from the first call.
-/// The weight operand (factor and prototype rows) is read through <see cref="IWeights{T}"/>, so one body serves
-/// float32, bfloat16 and float16 storage: only the load differs, widened exactly in registers, and the sums run in
-/// the same order, so 16-bit weights give the float32 result on their widened values bit for bit. The entry points
-/// taking a <see cref="WeightPrecision"/> pick the specialisation once per call.
+/// The bodies are generic over the register width (<see cref="ILanes{TV}"/>, the widest the hardware runs at full
+/// speed, chosen once per call) and over the weight operand (factor and prototype rows) read through
+/// <see cref="IWeights{T}"/>, so one body serves float32, bfloat16 and float16 storage: only the load differs, widened
+/// exactly in registers, and the sums run in the same order, so 16-bit weights give the float32 result on their
+/// widened values bit for bit. A tile's token count is a type too (<see cref="ITileTokens"/>), so a tile of fewer than
+/// four tokens computes only the products it stores.
 /// </summary>
 internal static unsafe class CpuKernels
 {
-    // A JIT-time constant. A static readonly field would not be one in AggressiveOptimization methods
-    // (compiled before the class initialiser runs), and the loops then spill every accumulator: 4× slower.
-    private static int W => Vector<float>.Count;
-
     /// <summary>Reduction chunk: a block's operand rows stay in L1 while one chunk of them is summed.</summary>
     public const int Chunk = 256;
 
@@ -31,24 +29,24 @@ internal static unsafe class CpuKernels
     /// out[t · tokenStride + r · rowStride] = rows[r] · tokens[t] over n elements, for <paramref name="rowCount"/>
     /// consecutive rows (stride n) and <paramref name="tokenCount"/> token rows given by address; the shared
     /// core of router scoring (prototypes × tokens) and of the shrink step (A rows × an expert's tokens).
-    /// The reduction runs in chunks of <see cref="Chunk"/>; within a chunk, 2-row × 4-token register tiles
-    /// read their operands from L1 and carry vector partial sums to the next chunk, so each dot product is
-    /// reduced horizontally once. A short last group repeats a token, an odd last row repeats a row; the
-    /// repeats are computed and not stored.
+    /// The reduction runs in chunks of <see cref="Chunk"/>; within a chunk, register tiles of
+    /// <see cref="ILanes{TV}.TileRows"/> rows × up to 4 tokens read their operands from L1 and carry vector partial sums
+    /// to the next chunk, so each dot product is reduced horizontally once. A short last row tile repeats its last row;
+    /// the repeats are computed and not stored.
     /// </summary>
     public static void DotBlock(WeightPrecision precision, void* rows, int rowCount, float** tokens, int tokenCount, int n, float* output, int tokenStride, int rowStride)
     {
-        switch (precision)
+        if (Vector512.IsHardwareAccelerated)
         {
-            case WeightPrecision.Float32:
-                DotBlock<float, Float32Weights>((float*)rows, rowCount, tokens, tokenCount, n, output, tokenStride, rowStride);
-                break;
-            case WeightPrecision.BFloat16:
-                DotBlock<ushort, BFloat16Weights>((ushort*)rows, rowCount, tokens, tokenCount, n, output, tokenStride, rowStride);
-                break;
-            default:
-                DotBlock<ushort, Float16Weights>((ushort*)rows, rowCount, tokens, tokenCount, n, output, tokenStride, rowStride);
-                break;
+            DotBlock<Lanes512>(precision, rows, rowCount, tokens, tokenCount, n, output, tokenStride, rowStride);
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            DotBlock<Lanes256>(precision, rows, rowCount, tokens, tokenCount, n, output, tokenStride, rowStride);
+        }
+        else
+        {
+            DotBlock<Lanes128>(precision, rows, rowCount, tokens, tokenCount, n, output, tokenStride, rowStride);
         }
     }
 
@@ -59,55 +57,93 @@ internal static unsafe class CpuKernels
     public static void* Row(WeightPrecision precision, void* rows, long row, int n) =>
         (byte*)rows + row * n * (precision == WeightPrecision.Float32 ? sizeof(float) : sizeof(ushort));
 
+    internal static void DotBlock<TV>(WeightPrecision precision, void* rows, int rowCount, float** tokens, int tokenCount, int n, float* output, int tokenStride, int rowStride)
+        where TV : unmanaged, ILanes<TV>
+    {
+        switch (precision)
+        {
+            case WeightPrecision.Float32:
+                DotBlock<TV, float, Float32Weights>((float*)rows, rowCount, tokens, tokenCount, n, output, tokenStride, rowStride);
+                break;
+            case WeightPrecision.BFloat16:
+                DotBlock<TV, ushort, BFloat16Weights>((ushort*)rows, rowCount, tokens, tokenCount, n, output, tokenStride, rowStride);
+                break;
+            default:
+                DotBlock<TV, ushort, Float16Weights>((ushort*)rows, rowCount, tokens, tokenCount, n, output, tokenStride, rowStride);
+                break;
+        }
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void DotBlock<T, TW>(T* rows, int rowCount, float** tokens, int tokenCount, int n, float* output, int tokenStride, int rowStride)
+    private static void DotBlock<TV, T, TW>(T* rows, int rowCount, float** tokens, int tokenCount, int n, float* output, int tokenStride, int rowStride)
+        where TV : unmanaged, ILanes<TV>
         where T : unmanaged
         where TW : struct, IWeights<T>
     {
-        int pairs = (rowCount + 1) / 2, groups = (tokenCount + 3) / 4;
-        if (pairs * groups * 8 > MaxBlock)
+        int tileRows = TV.TileRows, rowTiles = (rowCount + tileRows - 1) / tileRows, groups = (tokenCount + 3) / 4;
+        int tileSize = 4 * tileRows;
+        if (rowTiles * tileRows * groups * 4 > MaxBlock)
         {
             throw new ArgumentOutOfRangeException(nameof(rowCount), "block too large for the stack accumulators");
         }
-        Vector<float>* acc = stackalloc Vector<float>[pairs * groups * 8];
-        new Span<Vector<float>>(acc, pairs * groups * 8).Clear();
+        TV* acc = stackalloc TV[rowTiles * groups * tileSize];
+        new Span<TV>(acc, rowTiles * groups * tileSize).Clear();
         float** x = stackalloc float*[4];
-        int vectorEnd = n - n % W;
+        T** a = stackalloc T*[4];
+        int vectorEnd = n - n % TV.Count;
         for (int k0 = 0; k0 < vectorEnd; k0 += Chunk)
         {
             int length = Math.Min(Chunk, vectorEnd - k0);
             for (int g = 0; g < groups; g++)
             {
+                int m = Math.Min(4, tokenCount - 4 * g);
                 for (int i = 0; i < 4; i++)
                 {
-                    x[i] = tokens[Math.Min(4 * g + i, tokenCount - 1)] + k0;
+                    x[i] = tokens[4 * g + Math.Min(i, m - 1)] + k0;
                 }
-                for (int p = 0; p < pairs; p++)
+                for (int p = 0; p < rowTiles; p++)
                 {
-                    T* a0 = rows + (long)(2 * p) * n + k0;
-                    T* a1 = 2 * p + 1 < rowCount ? a0 + n : a0;
-                    Dot2x4<T, TW>(a0, a1, x[0], x[1], x[2], x[3], length, acc + (g * pairs + p) * 8);
+                    for (int i = 0; i < 4; i++)
+                    {
+                        a[i] = rows + (long)Math.Min(p * tileRows + i, rowCount - 1) * n + k0;
+                    }
+                    TV* tile = acc + (g * rowTiles + p) * tileSize;
+                    switch (m)
+                    {
+                        case 1:
+                            Tile<TV, T, TW, OneToken>(a, x, length, tile);
+                            break;
+                        case 2:
+                            Tile<TV, T, TW, TwoTokens>(a, x, length, tile);
+                            break;
+                        case 3:
+                            Tile<TV, T, TW, ThreeTokens>(a, x, length, tile);
+                            break;
+                        default:
+                            Tile<TV, T, TW, FourTokens>(a, x, length, tile);
+                            break;
+                    }
                 }
             }
         }
         for (int g = 0; g < groups; g++)
         {
-            for (int p = 0; p < pairs; p++)
+            for (int p = 0; p < rowTiles; p++)
             {
-                Vector<float>* tile = acc + (g * pairs + p) * 8;
-                for (int j = 0; j < 8; j++)
+                TV* tile = acc + (g * rowTiles + p) * tileSize;
+                for (int j = 0; j < tileSize; j++)
                 {
-                    int r = 2 * p + j / 4, t = 4 * g + j % 4;
+                    int r = p * tileRows + j / 4, t = 4 * g + j % 4;
                     if (r >= rowCount || t >= tokenCount)
                     {
                         continue;
                     }
-                    float sum = Vector.Sum(tile[j]);
-                    T* a = rows + (long)r * n;
+                    float sum = TV.Sum(tile[j]);
+                    T* row = rows + (long)r * n;
                     float* xt = tokens[t];
                     for (int i = vectorEnd; i < n; i++)
                     {
-                        sum = MathF.FusedMultiplyAdd(TW.LoadOne(a + i), xt[i], sum);
+                        sum = MathF.FusedMultiplyAdd(TW.LoadOne(row + i), xt[i], sum);
                     }
                     output[(long)t * tokenStride + (long)r * rowStride] = sum;
                 }
@@ -115,96 +151,226 @@ internal static unsafe class CpuKernels
         }
     }
 
-    /// <summary>Two rows against four tokens, adding into the tile's eight vector accumulators: acc[4r + t] += a_r ⊙ x_t.</summary>
+    /// <summary>
+    /// <see cref="ILanes{TV}.TileRows"/> rows a[r] against <typeparamref name="TM"/> tokens x[t], adding into the tile's
+    /// vector accumulators: acc[4r + t] += a_r ⊙ x_t. Accumulators of absent rows and tokens are neither read nor
+    /// written (the conditions are JIT-time constants).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Dot2x4<T, TW>(T* a0, T* a1, float* x0, float* x1, float* x2, float* x3, int n, Vector<float>* acc)
+    private static void Tile<TV, T, TW, TM>(T** a, float** x, int n, TV* acc)
+        where TV : unmanaged, ILanes<TV>
         where T : unmanaged
         where TW : struct, IWeights<T>
+        where TM : struct, ITileTokens
     {
-        Vector<float> s00 = acc[0], s01 = acc[1], s02 = acc[2], s03 = acc[3];
-        Vector<float> s10 = acc[4], s11 = acc[5], s12 = acc[6], s13 = acc[7];
-        for (int i = 0; i < n; i += W)
+        bool four = TV.TileRows == 4, t1 = TM.Count > 1, t2 = TM.Count > 2, t3 = TM.Count > 3;
+        T* a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+        float* x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
+        TV s00 = acc[0], s01 = t1 ? acc[1] : default, s02 = t2 ? acc[2] : default, s03 = t3 ? acc[3] : default;
+        TV s10 = acc[4], s11 = t1 ? acc[5] : default, s12 = t2 ? acc[6] : default, s13 = t3 ? acc[7] : default;
+        TV s20 = four ? acc[8] : default, s21 = four && t1 ? acc[9] : default, s22 = four && t2 ? acc[10] : default, s23 = four && t3 ? acc[11] : default;
+        TV s30 = four ? acc[12] : default, s31 = four && t1 ? acc[13] : default, s32 = four && t2 ? acc[14] : default, s33 = four && t3 ? acc[15] : default;
+        for (int i = 0; i < n; i += TV.Count)
         {
-            Vector<float> va = TW.Load(a0 + i), vb = TW.Load(a1 + i), vx = Load(x0 + i);
-            s00 = Vector.FusedMultiplyAdd(va, vx, s00);
-            s10 = Vector.FusedMultiplyAdd(vb, vx, s10);
-            vx = Load(x1 + i);
-            s01 = Vector.FusedMultiplyAdd(va, vx, s01);
-            s11 = Vector.FusedMultiplyAdd(vb, vx, s11);
-            vx = Load(x2 + i);
-            s02 = Vector.FusedMultiplyAdd(va, vx, s02);
-            s12 = Vector.FusedMultiplyAdd(vb, vx, s12);
-            vx = Load(x3 + i);
-            s03 = Vector.FusedMultiplyAdd(va, vx, s03);
-            s13 = Vector.FusedMultiplyAdd(vb, vx, s13);
+            TV r0 = TW.Load<TV>(a0 + i), r1 = TW.Load<TV>(a1 + i);
+            TV r2 = four ? TW.Load<TV>(a2 + i) : default, r3 = four ? TW.Load<TV>(a3 + i) : default;
+            TV xt = TV.Load(x0 + i);
+            s00 = TV.FusedMultiplyAdd(r0, xt, s00);
+            s10 = TV.FusedMultiplyAdd(r1, xt, s10);
+            if (four)
+            {
+                s20 = TV.FusedMultiplyAdd(r2, xt, s20);
+                s30 = TV.FusedMultiplyAdd(r3, xt, s30);
+            }
+            if (t1)
+            {
+                xt = TV.Load(x1 + i);
+                s01 = TV.FusedMultiplyAdd(r0, xt, s01);
+                s11 = TV.FusedMultiplyAdd(r1, xt, s11);
+                if (four)
+                {
+                    s21 = TV.FusedMultiplyAdd(r2, xt, s21);
+                    s31 = TV.FusedMultiplyAdd(r3, xt, s31);
+                }
+            }
+            if (t2)
+            {
+                xt = TV.Load(x2 + i);
+                s02 = TV.FusedMultiplyAdd(r0, xt, s02);
+                s12 = TV.FusedMultiplyAdd(r1, xt, s12);
+                if (four)
+                {
+                    s22 = TV.FusedMultiplyAdd(r2, xt, s22);
+                    s32 = TV.FusedMultiplyAdd(r3, xt, s32);
+                }
+            }
+            if (t3)
+            {
+                xt = TV.Load(x3 + i);
+                s03 = TV.FusedMultiplyAdd(r0, xt, s03);
+                s13 = TV.FusedMultiplyAdd(r1, xt, s13);
+                if (four)
+                {
+                    s23 = TV.FusedMultiplyAdd(r2, xt, s23);
+                    s33 = TV.FusedMultiplyAdd(r3, xt, s33);
+                }
+            }
         }
         acc[0] = s00;
-        acc[1] = s01;
-        acc[2] = s02;
-        acc[3] = s03;
         acc[4] = s10;
-        acc[5] = s11;
-        acc[6] = s12;
-        acc[7] = s13;
+        if (t1)
+        {
+            acc[1] = s01;
+            acc[5] = s11;
+        }
+        if (t2)
+        {
+            acc[2] = s02;
+            acc[6] = s12;
+        }
+        if (t3)
+        {
+            acc[3] = s03;
+            acc[7] = s13;
+        }
+        if (four)
+        {
+            acc[8] = s20;
+            acc[12] = s30;
+            if (t1)
+            {
+                acc[9] = s21;
+                acc[13] = s31;
+            }
+            if (t2)
+            {
+                acc[10] = s22;
+                acc[14] = s32;
+            }
+            if (t3)
+            {
+                acc[11] = s23;
+                acc[15] = s33;
+            }
+        }
     }
 
     /// <summary>
-    /// Four tokens' expand over columns [j0, j1): y_i[j] += Σ_k v_i[k] · bT[k, j] for a rank-r expert with
-    /// Bᵀ row-major <c>[r, stride]</c>. Each Bᵀ element is loaded once for the four tokens.
+    /// The expand for <paramref name="tokens"/> (1 to 4) of one expert over columns [j0, j1):
+    /// y_i[j] += Σ_k v_i[k] · bT[k, j] for a rank-r expert with Bᵀ row-major <c>[r, stride]</c>. Each Bᵀ element is
+    /// loaded once for all the tokens, so an expert's Bᵀ block is read in one pass.
     /// </summary>
-    public static void Expand4(WeightPrecision precision, void* bT, int stride, int rank, float* v0, float* v1, float* v2, float* v3,
-        float* y0, float* y1, float* y2, float* y3, int j0, int j1)
+    public static void Expand(WeightPrecision precision, void* bT, int stride, int rank, int tokens, float** v, float** y, int j0, int j1)
+    {
+        if (Vector512.IsHardwareAccelerated)
+        {
+            Expand<Lanes512>(precision, bT, stride, rank, tokens, v, y, j0, j1);
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            Expand<Lanes256>(precision, bT, stride, rank, tokens, v, y, j0, j1);
+        }
+        else
+        {
+            Expand<Lanes128>(precision, bT, stride, rank, tokens, v, y, j0, j1);
+        }
+    }
+
+    internal static void Expand<TV>(WeightPrecision precision, void* bT, int stride, int rank, int tokens, float** v, float** y, int j0, int j1)
+        where TV : unmanaged, ILanes<TV>
     {
         switch (precision)
         {
             case WeightPrecision.Float32:
-                Expand4<float, Float32Weights>((float*)bT, stride, rank, v0, v1, v2, v3, y0, y1, y2, y3, j0, j1);
+                Expand<TV, float, Float32Weights>((float*)bT, stride, rank, tokens, v, y, j0, j1);
                 break;
             case WeightPrecision.BFloat16:
-                Expand4<ushort, BFloat16Weights>((ushort*)bT, stride, rank, v0, v1, v2, v3, y0, y1, y2, y3, j0, j1);
+                Expand<TV, ushort, BFloat16Weights>((ushort*)bT, stride, rank, tokens, v, y, j0, j1);
                 break;
             default:
-                Expand4<ushort, Float16Weights>((ushort*)bT, stride, rank, v0, v1, v2, v3, y0, y1, y2, y3, j0, j1);
+                Expand<TV, ushort, Float16Weights>((ushort*)bT, stride, rank, tokens, v, y, j0, j1);
                 break;
         }
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Expand4<T, TW>(T* bT, int stride, int rank, float* v0, float* v1, float* v2, float* v3,
-        float* y0, float* y1, float* y2, float* y3, int j0, int j1)
+    private static void Expand<TV, T, TW>(T* bT, int stride, int rank, int tokens, float** v, float** y, int j0, int j1)
+        where TV : unmanaged, ILanes<TV>
         where T : unmanaged
         where TW : struct, IWeights<T>
     {
-        int j = j0;
-        for (; j <= j1 - 2 * W; j += 2 * W)
+        switch (tokens)
         {
-            Vector<float> a0 = default, b0 = default, a1 = default, b1 = default;
-            Vector<float> a2 = default, b2 = default, a3 = default, b3 = default;
+            case 1:
+                Expand<TV, T, TW, OneToken>(bT, stride, rank, v, y, j0, j1);
+                break;
+            case 2:
+                Expand<TV, T, TW, TwoTokens>(bT, stride, rank, v, y, j0, j1);
+                break;
+            case 3:
+                Expand<TV, T, TW, ThreeTokens>(bT, stride, rank, v, y, j0, j1);
+                break;
+            default:
+                Expand<TV, T, TW, FourTokens>(bT, stride, rank, v, y, j0, j1);
+                break;
+        }
+    }
+
+    /// <summary>Two vectors of columns per step: up to eight accumulators, and one token's two chains still outrun memory.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Expand<TV, T, TW, TM>(T* bT, int stride, int rank, float** v, float** y, int j0, int j1)
+        where TV : unmanaged, ILanes<TV>
+        where T : unmanaged
+        where TW : struct, IWeights<T>
+        where TM : struct, ITileTokens
+    {
+        int w = TV.Count;
+        bool t1 = TM.Count > 1, t2 = TM.Count > 2, t3 = TM.Count > 3;
+        float* v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3];
+        float* y0 = y[0], y1 = y[1], y2 = y[2], y3 = y[3];
+        int j = j0;
+        for (; j <= j1 - 2 * w; j += 2 * w)
+        {
+            TV a0 = default, b0 = default, a1 = default, b1 = default;
+            TV a2 = default, b2 = default, a3 = default, b3 = default;
             T* col = bT + j;
             for (int k = 0; k < rank; k++, col += stride)
             {
-                Vector<float> lo = TW.Load(col), hi = TW.Load(col + W);
-                var c = new Vector<float>(v0[k]);
-                a0 = Vector.FusedMultiplyAdd(lo, c, a0);
-                b0 = Vector.FusedMultiplyAdd(hi, c, b0);
-                c = new Vector<float>(v1[k]);
-                a1 = Vector.FusedMultiplyAdd(lo, c, a1);
-                b1 = Vector.FusedMultiplyAdd(hi, c, b1);
-                c = new Vector<float>(v2[k]);
-                a2 = Vector.FusedMultiplyAdd(lo, c, a2);
-                b2 = Vector.FusedMultiplyAdd(hi, c, b2);
-                c = new Vector<float>(v3[k]);
-                a3 = Vector.FusedMultiplyAdd(lo, c, a3);
-                b3 = Vector.FusedMultiplyAdd(hi, c, b3);
+                TV lo = TW.Load<TV>(col), hi = TW.Load<TV>(col + w);
+                TV c = TV.Broadcast(v0[k]);
+                a0 = TV.FusedMultiplyAdd(lo, c, a0);
+                b0 = TV.FusedMultiplyAdd(hi, c, b0);
+                if (t1)
+                {
+                    c = TV.Broadcast(v1[k]);
+                    a1 = TV.FusedMultiplyAdd(lo, c, a1);
+                    b1 = TV.FusedMultiplyAdd(hi, c, b1);
+                }
+                if (t2)
+                {
+                    c = TV.Broadcast(v2[k]);
+                    a2 = TV.FusedMultiplyAdd(lo, c, a2);
+                    b2 = TV.FusedMultiplyAdd(hi, c, b2);
+                }
+                if (t3)
+                {
+                    c = TV.Broadcast(v3[k]);
+                    a3 = TV.FusedMultiplyAdd(lo, c, a3);
+                    b3 = TV.FusedMultiplyAdd(hi, c, b3);
+                }
             }
-            Store(Load(y0 + j) + a0, y0 + j);
-            Store(Load(y0 + j + W) + b0, y0 + j + W);
-            Store(Load(y1 + j) + a1, y1 + j);
-            Store(Load(y1 + j + W) + b1, y1 + j + W);
-            Store(Load(y2 + j) + a2, y2 + j);
-            Store(Load(y2 + j + W) + b2, y2 + j + W);
-            Store(Load(y3 + j) + a3, y3 + j);
-            Store(Load(y3 + j + W) + b3, y3 + j + W);
+            AddInto(y0 + j, w, a0, b0);
+            if (t1)
+            {
+                AddInto(y1 + j, w, a1, b1);
+            }
+            if (t2)
+            {
+                AddInto(y2 + j, w, a2, b2);
+            }
+            if (t3)
+            {
+                AddInto(y3 + j, w, a3, b3);
+            }
         }
         for (; j < j1; j++)
         {
@@ -214,82 +380,57 @@ internal static unsafe class CpuKernels
             {
                 float b = TW.LoadOne(col);
                 s0 = MathF.FusedMultiplyAdd(b, v0[k], s0);
-                s1 = MathF.FusedMultiplyAdd(b, v1[k], s1);
-                s2 = MathF.FusedMultiplyAdd(b, v2[k], s2);
-                s3 = MathF.FusedMultiplyAdd(b, v3[k], s3);
+                s1 = t1 ? MathF.FusedMultiplyAdd(b, v1[k], s1) : 0f;
+                s2 = t2 ? MathF.FusedMultiplyAdd(b, v2[k], s2) : 0f;
+                s3 = t3 ? MathF.FusedMultiplyAdd(b, v3[k], s3) : 0f;
             }
             y0[j] += s0;
-            y1[j] += s1;
-            y2[j] += s2;
-            y3[j] += s3;
+            if (t1)
+            {
+                y1[j] += s1;
+            }
+            if (t2)
+            {
+                y2[j] += s2;
+            }
+            if (t3)
+            {
+                y3[j] += s3;
+            }
         }
     }
 
-    /// <summary>One token's expand over columns [j0, j1): y[j] += Σ_k v[k] · bT[k, j].</summary>
-    public static void Expand1(WeightPrecision precision, void* bT, int stride, int rank, float* v, float* y, int j0, int j1)
-    {
-        switch (precision)
-        {
-            case WeightPrecision.Float32:
-                Expand1<float, Float32Weights>((float*)bT, stride, rank, v, y, j0, j1);
-                break;
-            case WeightPrecision.BFloat16:
-                Expand1<ushort, BFloat16Weights>((ushort*)bT, stride, rank, v, y, j0, j1);
-                break;
-            default:
-                Expand1<ushort, Float16Weights>((ushort*)bT, stride, rank, v, y, j0, j1);
-                break;
-        }
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Expand1<T, TW>(T* bT, int stride, int rank, float* v, float* y, int j0, int j1)
-        where T : unmanaged
-        where TW : struct, IWeights<T>
-    {
-        int j = j0;
-        for (; j <= j1 - 4 * W; j += 4 * W)
-        {
-            Vector<float> a0 = default, a1 = default, a2 = default, a3 = default;
-            T* col = bT + j;
-            for (int k = 0; k < rank; k++, col += stride)
-            {
-                var c = new Vector<float>(v[k]);
-                a0 = Vector.FusedMultiplyAdd(TW.Load(col), c, a0);
-                a1 = Vector.FusedMultiplyAdd(TW.Load(col + W), c, a1);
-                a2 = Vector.FusedMultiplyAdd(TW.Load(col + 2 * W), c, a2);
-                a3 = Vector.FusedMultiplyAdd(TW.Load(col + 3 * W), c, a3);
-            }
-            Store(Load(y + j) + a0, y + j);
-            Store(Load(y + j + W) + a1, y + j + W);
-            Store(Load(y + j + 2 * W) + a2, y + j + 2 * W);
-            Store(Load(y + j + 3 * W) + a3, y + j + 3 * W);
-        }
-        for (; j <= j1 - W; j += W)
-        {
-            Vector<float> a = default;
-            T* col = bT + j;
-            for (int k = 0; k < rank; k++, col += stride)
-            {
-                a = Vector.FusedMultiplyAdd(TW.Load(col), new Vector<float>(v[k]), a);
-            }
-            Store(Load(y + j) + a, y + j);
-        }
-        for (; j < j1; j++)
-        {
-            float s = 0f;
-            T* col = bT + j;
-            for (int k = 0; k < rank; k++, col += stride)
-            {
-                s = MathF.FusedMultiplyAdd(TW.LoadOne(col), v[k], s);
-            }
-            y[j] += s;
-        }
-    }
-
+    /// <summary>y[0 .. 2w) += (lo, hi).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector<float> Load(float* p) => Unsafe.ReadUnaligned<Vector<float>>(p);
+    private static void AddInto<TV>(float* y, int w, TV lo, TV hi) where TV : unmanaged, ILanes<TV>
+    {
+        TV.Store(TV.Add(TV.Load(y), lo), y);
+        TV.Store(TV.Add(TV.Load(y + w), hi), y + w);
+    }
+}
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Store(Vector<float> v, float* p) => Unsafe.WriteUnaligned(p, v);
+/// <summary>The number of tokens (1 to 4) a kernel tile computes, as a JIT-time constant.</summary>
+internal interface ITileTokens
+{
+    static abstract int Count { get; }
+}
+
+internal readonly struct OneToken : ITileTokens
+{
+    public static int Count => 1;
+}
+
+internal readonly struct TwoTokens : ITileTokens
+{
+    public static int Count => 2;
+}
+
+internal readonly struct ThreeTokens : ITileTokens
+{
+    public static int Count => 3;
+}
+
+internal readonly struct FourTokens : ITileTokens
+{
+    public static int Count => 4;
 }

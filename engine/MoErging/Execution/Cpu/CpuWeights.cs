@@ -1,20 +1,18 @@
-using System.Numerics;
 using System.Runtime.CompilerServices;
-using System.Runtime.Intrinsics;
 
 namespace MoErging.Execution.Cpu;
 
 /// <summary>
 /// How the CPU kernels read a weight row (expert factors, router prototypes) held at one <see cref="WeightPrecision"/>:
-/// a vector of <see cref="Vector{T}.Count"/> float32 lanes, or one value, widened exactly in registers. The kernels are
-/// generic over it (a struct, so the JIT compiles one body per precision with the load inlined and no per-element
-/// branch); the arithmetic after the load is the same float32 for all three.
+/// a register of float32 lanes at any width (<see cref="ILanes{TV}"/>), or one value, widened exactly in registers. The
+/// kernels are generic over it (a struct, so the JIT compiles one body per precision with the load inlined and no
+/// per-element branch); the arithmetic after the load is the same float32 for all three.
 /// </summary>
 /// <typeparam name="T">The element type in memory: float, or ushort bit patterns.</typeparam>
 internal unsafe interface IWeights<T> where T : unmanaged
 {
-    /// <summary>Elements p[0] to p[W - 1] as float32 lanes.</summary>
-    static abstract Vector<float> Load(T* p);
+    /// <summary>Elements p[0] to p[TV.Count - 1] as float32 lanes.</summary>
+    static abstract TV Load<TV>(T* p) where TV : unmanaged, ILanes<TV>;
 
     /// <summary>Element p[0] as float32.</summary>
     static abstract float LoadOne(T* p);
@@ -24,7 +22,7 @@ internal unsafe interface IWeights<T> where T : unmanaged
 internal readonly unsafe struct Float32Weights : IWeights<float>
 {
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector<float> Load(float* p) => Unsafe.ReadUnaligned<Vector<float>>(p);
+    public static TV Load<TV>(float* p) where TV : unmanaged, ILanes<TV> => TV.Load(p);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float LoadOne(float* p) => *p;
@@ -34,7 +32,7 @@ internal readonly unsafe struct Float32Weights : IWeights<float>
 internal readonly unsafe struct BFloat16Weights : IWeights<ushort>
 {
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector<float> Load(ushort* p) => Vector.ShiftLeft(Wide16.Load(p), 16).As<uint, float>();
+    public static TV Load<TV>(ushort* p) where TV : unmanaged, ILanes<TV> => TV.ShiftLeft(TV.Widen16(p), 16);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float LoadOne(ushort* p) => BitConverter.UInt32BitsToSingle((uint)*p << 16);
@@ -55,16 +53,15 @@ internal readonly unsafe struct Float16Weights : IWeights<ushort>
     private const float Rebias = (float)(1UL << 56) * (1UL << 56);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector<float> Load(ushort* p)
+    public static TV Load<TV>(ushort* p) where TV : unmanaged, ILanes<TV>
     {
-        Vector<uint> bits = Wide16.Load(p);
-        Vector<uint> magnitude = bits & new Vector<uint>(Magnitude);
-        Vector<uint> scaled = (Vector.ShiftLeft(magnitude, 13).As<uint, float>() * new Vector<float>(Rebias)).As<float, uint>();
+        TV bits = TV.Widen16(p);
+        TV magnitude = TV.And(bits, Magnitude);
+        TV scaled = TV.Multiply(TV.ShiftLeft(magnitude, 13), TV.Broadcast(Rebias));
         // The magnitude is below 2¹⁵, so a signed compare (one instruction on x64) is the unsigned one.
-        Vector<uint> special = Vector.GreaterThan(magnitude.As<uint, int>(), new Vector<int>((int)Infinity - 1)).As<int, uint>()
-            & new Vector<uint>(AllOnesExponent);
-        Vector<uint> sign = Vector.ShiftLeft(bits, 16) & new Vector<uint>(SignBit);
-        return (scaled | special | sign).As<uint, float>();
+        TV special = TV.And(TV.GreaterThan(magnitude, (int)Infinity - 1), AllOnesExponent);
+        TV sign = TV.And(TV.ShiftLeft(bits, 16), SignBit);
+        return TV.Or(TV.Or(scaled, special), sign);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -74,24 +71,5 @@ internal readonly unsafe struct Float16Weights : IWeights<ushort>
         uint scaled = BitConverter.SingleToUInt32Bits(BitConverter.UInt32BitsToSingle(magnitude << 13) * Rebias);
         uint special = magnitude >= Infinity ? AllOnesExponent : 0u;
         return BitConverter.UInt32BitsToSingle(scaled | special | ((bits << 16) & SignBit));
-    }
-}
-
-/// <summary>W 16-bit elements zero-extended to 32-bit lanes, reading exactly 2 · W bytes (never past a row's end).</summary>
-internal static unsafe class Wide16
-{
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector<uint> Load(ushort* p)
-    {
-        // Vector<T>'s width is a JIT-time constant: one branch survives, a single zero-extending load (vpmovzxwd).
-        if (Vector<uint>.Count == Vector256<uint>.Count)
-        {
-            return Vector256.WidenLower(Vector128.Load(p).ToVector256Unsafe()).AsVector();
-        }
-        if (Vector<uint>.Count == Vector512<uint>.Count)
-        {
-            return Vector512.WidenLower(Vector256.Load(p).ToVector512Unsafe()).AsVector();
-        }
-        return Vector128.WidenLower(Vector64.Load(p).ToVector128Unsafe()).AsVector();
     }
 }

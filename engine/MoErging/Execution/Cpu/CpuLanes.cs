@@ -1,0 +1,198 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace MoErging.Execution.Cpu;
+
+/// <summary>
+/// One SIMD register of float32 lanes, at one width. The CPU kernels are generic over it (a struct, so the JIT compiles
+/// one body per width with every operation inlined), and <see cref="CpuKernels"/> picks the widest the hardware runs at
+/// full speed: 512 bits where <see cref="Vector512.IsHardwareAccelerated"/> (AVX-512 machines that do not slow down for
+/// it), else 256, else 128. <c>Vector&lt;T&gt;</c> cannot serve: the runtime keeps it at 256 bits on AVX-512 hardware
+/// unless the host process opts in, and that halves the FMA peak of a core with 512-bit units.
+/// The bit operations serve the exact widening of 16-bit weights (<see cref="IWeights{T}"/>).
+/// </summary>
+internal unsafe interface ILanes<TV> where TV : unmanaged, ILanes<TV>
+{
+    /// <summary>float32 lanes per register.</summary>
+    static abstract int Count { get; }
+
+    /// <summary>
+    /// Weight rows a dot-product tile spans (<see cref="CpuKernels"/>): 4 where the register file holds 32 vectors
+    /// (AVX-512), so a 4 × 4 tile's 16 accumulators and its operands stay in registers, else 2.
+    /// </summary>
+    static abstract int TileRows { get; }
+
+    static abstract TV Load(float* p);
+
+    static abstract void Store(TV value, float* p);
+
+    static abstract TV Broadcast(float value);
+
+    /// <summary>a · b + c, rounded once.</summary>
+    static abstract TV FusedMultiplyAdd(TV a, TV b, TV c);
+
+    static abstract TV Add(TV a, TV b);
+
+    static abstract TV Multiply(TV a, TV b);
+
+    /// <summary>The sum of the lanes, in a fixed order for the width.</summary>
+    static abstract float Sum(TV value);
+
+    /// <summary>Count 16-bit elements zero-extended to 32-bit lanes (raw bits), reading exactly 2 · Count bytes.</summary>
+    static abstract TV Widen16(ushort* p);
+
+    /// <summary>Each lane's bits shifted left.</summary>
+    static abstract TV ShiftLeft(TV bits, int count);
+
+    /// <summary>Each lane's bits and <paramref name="mask"/>.</summary>
+    static abstract TV And(TV bits, uint mask);
+
+    static abstract TV Or(TV a, TV b);
+
+    /// <summary>All ones in the lanes whose bits, read as a signed integer, exceed <paramref name="value"/>; zero elsewhere.</summary>
+    static abstract TV GreaterThan(TV bits, int value);
+}
+
+/// <summary>512-bit registers (AVX-512).</summary>
+internal readonly unsafe struct Lanes512 : ILanes<Lanes512>
+{
+    private readonly Vector512<float> _v;
+
+    private Lanes512(Vector512<float> v) => _v = v;
+
+    public static int Count => Vector512<float>.Count;
+
+    public static int TileRows => 4;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes512 Load(float* p) => new(Vector512.Load(p));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Store(Lanes512 value, float* p) => value._v.Store(p);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes512 Broadcast(float value) => new(Vector512.Create(value));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes512 FusedMultiplyAdd(Lanes512 a, Lanes512 b, Lanes512 c) => new(Vector512.FusedMultiplyAdd(a._v, b._v, c._v));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes512 Add(Lanes512 a, Lanes512 b) => new(a._v + b._v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes512 Multiply(Lanes512 a, Lanes512 b) => new(a._v * b._v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Sum(Lanes512 value) => Vector512.Sum(value._v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes512 Widen16(ushort* p) => new(Vector512.WidenLower(Vector256.Load(p).ToVector512Unsafe()).AsSingle());
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes512 ShiftLeft(Lanes512 bits, int count) => new(Vector512.ShiftLeft(bits._v.AsUInt32(), count).AsSingle());
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes512 And(Lanes512 bits, uint mask) => new((bits._v.AsUInt32() & Vector512.Create(mask)).AsSingle());
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes512 Or(Lanes512 a, Lanes512 b) => new(a._v | b._v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes512 GreaterThan(Lanes512 bits, int value) => new(Vector512.GreaterThan(bits._v.AsInt32(), Vector512.Create(value)).AsSingle());
+}
+
+/// <summary>256-bit registers (AVX2).</summary>
+internal readonly unsafe struct Lanes256 : ILanes<Lanes256>
+{
+    private readonly Vector256<float> _v;
+
+    private Lanes256(Vector256<float> v) => _v = v;
+
+    public static int Count => Vector256<float>.Count;
+
+    public static int TileRows => 2;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes256 Load(float* p) => new(Vector256.Load(p));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Store(Lanes256 value, float* p) => value._v.Store(p);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes256 Broadcast(float value) => new(Vector256.Create(value));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes256 FusedMultiplyAdd(Lanes256 a, Lanes256 b, Lanes256 c) => new(Vector256.FusedMultiplyAdd(a._v, b._v, c._v));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes256 Add(Lanes256 a, Lanes256 b) => new(a._v + b._v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes256 Multiply(Lanes256 a, Lanes256 b) => new(a._v * b._v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Sum(Lanes256 value) => Vector256.Sum(value._v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes256 Widen16(ushort* p) => new(Vector256.WidenLower(Vector128.Load(p).ToVector256Unsafe()).AsSingle());
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes256 ShiftLeft(Lanes256 bits, int count) => new(Vector256.ShiftLeft(bits._v.AsUInt32(), count).AsSingle());
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes256 And(Lanes256 bits, uint mask) => new((bits._v.AsUInt32() & Vector256.Create(mask)).AsSingle());
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes256 Or(Lanes256 a, Lanes256 b) => new(a._v | b._v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes256 GreaterThan(Lanes256 bits, int value) => new(Vector256.GreaterThan(bits._v.AsInt32(), Vector256.Create(value)).AsSingle());
+}
+
+/// <summary>128-bit registers (SSE, Arm NEON), and the software fallback where no SIMD is accelerated.</summary>
+internal readonly unsafe struct Lanes128 : ILanes<Lanes128>
+{
+    private readonly Vector128<float> _v;
+
+    private Lanes128(Vector128<float> v) => _v = v;
+
+    public static int Count => Vector128<float>.Count;
+
+    public static int TileRows => 2;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes128 Load(float* p) => new(Vector128.Load(p));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Store(Lanes128 value, float* p) => value._v.Store(p);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes128 Broadcast(float value) => new(Vector128.Create(value));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes128 FusedMultiplyAdd(Lanes128 a, Lanes128 b, Lanes128 c) => new(Vector128.FusedMultiplyAdd(a._v, b._v, c._v));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes128 Add(Lanes128 a, Lanes128 b) => new(a._v + b._v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes128 Multiply(Lanes128 a, Lanes128 b) => new(a._v * b._v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Sum(Lanes128 value) => Vector128.Sum(value._v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes128 Widen16(ushort* p) => new(Vector128.WidenLower(Vector64.Load(p).ToVector128Unsafe()).AsSingle());
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes128 ShiftLeft(Lanes128 bits, int count) => new(Vector128.ShiftLeft(bits._v.AsUInt32(), count).AsSingle());
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes128 And(Lanes128 bits, uint mask) => new((bits._v.AsUInt32() & Vector128.Create(mask)).AsSingle());
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes128 Or(Lanes128 a, Lanes128 b) => new(a._v | b._v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes128 GreaterThan(Lanes128 bits, int value) => new(Vector128.GreaterThan(bits._v.AsInt32(), Vector128.Create(value)).AsSingle());
+}

@@ -1,0 +1,155 @@
+using MoErging.Execution;
+using MoErging.Execution.Cpu;
+
+namespace MoErging.Tests;
+
+/// <summary>
+/// The CPU kernels at every register width they have (128, 256 and 512 bits; a width this machine lacks runs
+/// emulated, so every width is checked everywhere) and every weight precision, against float64 sums written here, on
+/// fresh seeded shapes that hit every tile remainder: row counts that leave a short row tile, token counts that leave
+/// one to three tokens, lengths that leave a scalar tail, column ranges that start and end off a vector boundary.
+/// Tolerance: float32 summation of n terms, 2 · n · 2⁻²⁴ · Σ|terms| (plus y's own rounding in the expand); the weights
+/// are compared as stored (<see cref="Stored"/>), so the bound is the arithmetic's alone.
+/// </summary>
+public sealed unsafe class CpuKernelTests
+{
+    private const double Unit = 1.0 / (1 << 24);
+
+    public static TheoryData<string, WeightPrecision> Widths()
+    {
+        var data = new TheoryData<string, WeightPrecision>();
+        foreach (string width in new[] { "128", "256", "512" })
+        {
+            foreach (WeightPrecision precision in Enum.GetValues<WeightPrecision>())
+            {
+                data.Add(width, precision);
+            }
+        }
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(Widths))]
+    public void DotBlockMatchesTheFloat64DotProductsAndWritesOnlyItsOutputs(string width, WeightPrecision precision)
+    {
+        var data = new TestData();
+        float** tokenRows = stackalloc float*[16];
+        foreach ((int rows, int tokens, int n) in new[] { (1, 1, 37), (3, 2, 300), (5, 3, 517), (8, 5, 4096), (16, 7, 1029), (6, 9, 64), (16, 16, 256) })
+        {
+            float[] a = Stored.Values(data.Normal(rows * n), precision);
+            float[] x = data.Normal(tokens * n);
+            ushort[] bits = [.. a.Select(v => precision == WeightPrecision.Float32 ? (ushort)0 : Stored.Bits(v, precision))];
+            int tokenStride = rows + 3; // a gap after each token's outputs, which must stay untouched
+            float[] output = [.. Enumerable.Repeat(float.NaN, tokens * tokenStride)];
+            fixed (float* pa = a, px = x, po = output)
+            fixed (ushort* pb = bits)
+            {
+                for (int t = 0; t < tokens; t++)
+                {
+                    tokenRows[t] = px + (long)t * n;
+                }
+                void* weights = precision == WeightPrecision.Float32 ? pa : pb;
+                switch (width)
+                {
+                    case "128":
+                        CpuKernels.DotBlock<Lanes128>(precision, weights, rows, tokenRows, tokens, n, po, tokenStride, 1);
+                        break;
+                    case "256":
+                        CpuKernels.DotBlock<Lanes256>(precision, weights, rows, tokenRows, tokens, n, po, tokenStride, 1);
+                        break;
+                    default:
+                        CpuKernels.DotBlock<Lanes512>(precision, weights, rows, tokenRows, tokens, n, po, tokenStride, 1);
+                        break;
+                }
+            }
+            for (int t = 0; t < tokens; t++)
+            {
+                for (int r = 0; r < tokenStride; r++)
+                {
+                    float got = output[t * tokenStride + r];
+                    string what = $"{data}: {width}-bit {precision} block {rows} rows × {tokens} tokens, n = {n}: token {t} row {r}";
+                    if (r >= rows)
+                    {
+                        Assert.True(float.IsNaN(got), $"{what} is past the block but was written ({got:R})");
+                        continue;
+                    }
+                    double sum = 0, magnitude = 0;
+                    for (int i = 0; i < n; i++)
+                    {
+                        double term = (double)a[r * n + i] * x[t * n + i];
+                        sum += term;
+                        magnitude += Math.Abs(term);
+                    }
+                    Assert.True(Math.Abs(got - sum) <= 2 * n * Unit * magnitude, $"{what}: {got:R}, expected {sum:R}");
+                }
+            }
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Widths))]
+    public void ExpandAddsEachTokensRankSumIntoItsColumnsOnly(string width, WeightPrecision precision)
+    {
+        var data = new TestData();
+        float** vs = stackalloc float*[4];
+        float** ys = stackalloc float*[4];
+        foreach ((int tokens, int rank, int j0, int j1, int stride) in new[] { (1, 1, 0, 7, 7), (2, 5, 3, 130, 140), (3, 16, 64, 1000, 1029), (4, 16, 0, 512, 512), (4, 3, 17, 18, 40) })
+        {
+            float[] bT = Stored.Values(data.Normal(rank * stride), precision);
+            ushort[] bits = [.. bT.Select(v => precision == WeightPrecision.Float32 ? (ushort)0 : Stored.Bits(v, precision))];
+            float[] v = data.Normal(tokens * rank);
+            // Two slots of one token (a repeated expert is a pair of its own) add into the same row, one after the other.
+            int rows = tokens == 4 ? 3 : tokens;
+            float[] y = data.Normal(rows * stride);
+            float[] before = [.. y];
+            fixed (float* pb = bT, pv = v, py = y)
+            fixed (ushort* pbits = bits)
+            {
+                for (int i = 0; i < tokens; i++)
+                {
+                    vs[i] = pv + (long)i * rank;
+                    ys[i] = py + (long)Math.Min(i, rows - 1) * stride;
+                }
+                void* weights = precision == WeightPrecision.Float32 ? pb : pbits;
+                switch (width)
+                {
+                    case "128":
+                        CpuKernels.Expand<Lanes128>(precision, weights, stride, rank, tokens, vs, ys, j0, j1);
+                        break;
+                    case "256":
+                        CpuKernels.Expand<Lanes256>(precision, weights, stride, rank, tokens, vs, ys, j0, j1);
+                        break;
+                    default:
+                        CpuKernels.Expand<Lanes512>(precision, weights, stride, rank, tokens, vs, ys, j0, j1);
+                        break;
+                }
+            }
+            for (int row = 0; row < rows; row++)
+            {
+                for (int j = 0; j < stride; j++)
+                {
+                    double expected = before[row * stride + j], magnitude = Math.Abs(expected);
+                    if (j >= j0 && j < j1)
+                    {
+                        for (int i = 0; i < tokens; i++)
+                        {
+                            if (Math.Min(i, rows - 1) != row)
+                            {
+                                continue;
+                            }
+                            for (int k = 0; k < rank; k++)
+                            {
+                                double term = (double)v[i * rank + k] * bT[k * stride + j];
+                                expected += term;
+                                magnitude += Math.Abs(term);
+                            }
+                        }
+                    }
+                    float got = y[row * stride + j];
+                    string what = $"{data}: {width}-bit {precision} expand of {tokens} tokens, rank {rank}, columns [{j0}, {j1}): y[{row}][{j}]";
+                    Assert.True(Math.Abs(got - expected) <= 2 * (rank + 2) * Unit * magnitude, $"{what} = {got:R}, expected {expected:R}");
+                }
+            }
+        }
+    }
+}
