@@ -25,6 +25,9 @@ internal static unsafe class CpuKernels
     /// <summary>Largest rows × tokens block <see cref="DotBlock"/> takes (its vector accumulators live on the stack).</summary>
     public const int MaxBlock = 16 * 64;
 
+    /// <summary>Most rows <see cref="DotBlock"/> widens into a float32 chunk (16 KiB on the stack).</summary>
+    private const int MaxWidenedRows = 16;
+
     /// <summary>
     /// out[t · tokenStride + r · rowStride] = rows[r] · tokens[t] over n elements, for <paramref name="rowCount"/>
     /// consecutive rows (stride n) and <paramref name="tokenCount"/> token rows given by address; the shared
@@ -88,42 +91,30 @@ internal static unsafe class CpuKernels
         }
         TV* acc = stackalloc TV[rowTiles * groups * tileSize];
         new Span<TV>(acc, rowTiles * groups * tileSize).Clear();
-        float** x = stackalloc float*[4];
-        T** a = stackalloc T*[4];
+        // 16-bit rows that several token groups read are first widened into one float32 chunk, so each element is widened
+        // once instead of once per group (F16's widening costs more than the products it feeds). float32 rows are read
+        // in place: copying them measured no faster.
+        bool widen = typeof(T) != typeof(float) && groups > 1 && rowCount <= MaxWidenedRows;
+        float* widened = stackalloc float[widen ? MaxWidenedRows * Chunk : 0];
         int vectorEnd = n - n % TV.Count;
         for (int k0 = 0; k0 < vectorEnd; k0 += Chunk)
         {
             int length = Math.Min(Chunk, vectorEnd - k0);
-            for (int g = 0; g < groups; g++)
+            if (widen)
             {
-                int m = Math.Min(4, tokenCount - 4 * g);
-                for (int i = 0; i < 4; i++)
+                for (int r = 0; r < rowCount; r++)
                 {
-                    x[i] = tokens[4 * g + Math.Min(i, m - 1)] + k0;
-                }
-                for (int p = 0; p < rowTiles; p++)
-                {
-                    for (int i = 0; i < 4; i++)
+                    T* source = rows + (long)r * n + k0;
+                    for (int i = 0; i < length; i += TV.Count)
                     {
-                        a[i] = rows + (long)Math.Min(p * tileRows + i, rowCount - 1) * n + k0;
-                    }
-                    TV* tile = acc + (g * rowTiles + p) * tileSize;
-                    switch (m)
-                    {
-                        case 1:
-                            Tile<TV, T, TW, OneToken>(a, x, length, tile);
-                            break;
-                        case 2:
-                            Tile<TV, T, TW, TwoTokens>(a, x, length, tile);
-                            break;
-                        case 3:
-                            Tile<TV, T, TW, ThreeTokens>(a, x, length, tile);
-                            break;
-                        default:
-                            Tile<TV, T, TW, FourTokens>(a, x, length, tile);
-                            break;
+                        TV.Store(TW.Load<TV>(source + i), widened + r * Chunk + i);
                     }
                 }
+                ChunkTiles<TV, float, Float32Weights>(widened, Chunk, rowCount, tokens, tokenCount, k0, length, acc);
+            }
+            else
+            {
+                ChunkTiles<TV, T, TW>(rows + k0, n, rowCount, tokens, tokenCount, k0, length, acc);
             }
         }
         for (int g = 0; g < groups; g++)
@@ -146,6 +137,54 @@ internal static unsafe class CpuKernels
                         sum = MathF.FusedMultiplyAdd(TW.LoadOne(row + i), xt[i], sum);
                     }
                     output[(long)t * tokenStride + (long)r * rowStride] = sum;
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// One chunk of <see cref="DotBlock"/>: every tile of rows (row r at rows + r · rowStride, this chunk's first element)
+    /// against every group of up to four tokens (each from element <paramref name="k0"/>), over
+    /// <paramref name="length"/> elements, into the block's accumulators.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void ChunkTiles<TV, T, TW>(T* rows, long rowStride, int rowCount, float** tokens, int tokenCount, int k0, int length, TV* acc)
+        where TV : unmanaged, ILanes<TV>
+        where T : unmanaged
+        where TW : struct, IWeights<T>
+    {
+        int tileRows = TV.TileRows, rowTiles = (rowCount + tileRows - 1) / tileRows, groups = (tokenCount + 3) / 4;
+        int tileSize = 4 * tileRows;
+        float** x = stackalloc float*[4];
+        T** a = stackalloc T*[4];
+        for (int g = 0; g < groups; g++)
+        {
+            int m = Math.Min(4, tokenCount - 4 * g);
+            for (int i = 0; i < 4; i++)
+            {
+                x[i] = tokens[4 * g + Math.Min(i, m - 1)] + k0;
+            }
+            for (int p = 0; p < rowTiles; p++)
+            {
+                for (int i = 0; i < 4; i++)
+                {
+                    a[i] = rows + Math.Min(p * tileRows + i, rowCount - 1) * rowStride;
+                }
+                TV* tile = acc + (g * rowTiles + p) * tileSize;
+                switch (m)
+                {
+                    case 1:
+                        Tile<TV, T, TW, OneToken>(a, x, length, tile);
+                        break;
+                    case 2:
+                        Tile<TV, T, TW, TwoTokens>(a, x, length, tile);
+                        break;
+                    case 3:
+                        Tile<TV, T, TW, ThreeTokens>(a, x, length, tile);
+                        break;
+                    default:
+                        Tile<TV, T, TW, FourTokens>(a, x, length, tile);
+                        break;
                 }
             }
         }
