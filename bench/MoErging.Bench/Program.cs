@@ -15,6 +15,7 @@ using MoErging.Samples;
 // "boundary DIR": the managed peer of the C boundary benchmark (moerging_bench) on the adapters it wrote;
 // "library write|load ...": the large-library load measurement (see LargeLibrary);
 // "startup [BACKEND]": how long this fresh process takes to open an engine (Auto unless named) and why it chose it;
+// "peak": the machine's measured FMA peak at 256 and 512 bits, all cores (the "share of FMA peak" figures' reference);
 // anything else goes to BenchmarkDotNet (for example: --filter '*' --artifacts DIR).
 // The GPU workloads are in bench/MoErging.Bench.Gpu.
 if (args.Length > 0 && args[0] == "quick")
@@ -28,6 +29,10 @@ if (args.Length == 2 && args[0] == "boundary")
 if (args.Length is 1 or 2 && args[0] == "startup")
 {
     return Startup(args.Length == 2 ? Enum.Parse<Backend>(args[1], ignoreCase: true) : Backend.Auto);
+}
+if (args.Length == 1 && args[0] == "peak")
+{
+    return FmaPeak.Run();
 }
 if (args.Length > 0 && args[0] == "library")
 {
@@ -110,8 +115,10 @@ static int Quick(string[] args)
         copy = parallelCopy.BestGigabytesPerSecond(5);
     }
     double reached = cost.MinimumBytes / both / 1e3;
+    // Arrow scores every token against every prototype; ForwardCost.Flops counts the experts' path (2 per FMA).
+    double fma = (double)tokens * Workload.Experts * Workload.Dim + cost.Flops / 2.0;
     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-        $"T={tokens}: route {route:F0} µs, forward {forward:F0} µs, both {both:F0} µs; {precision} weights, min bytes {cost.MinimumBytes / 1e6:F1} MB → {reached:F2} GB/s, {100 * reached / copy:F0}% of the copy bandwidth ({copy:F1} GB/s, {engine.CpuThreads} threads)"));
+        $"T={tokens}: route {route:F0} µs, forward {forward:F0} µs, both {both:F0} µs; {precision} weights, min bytes {cost.MinimumBytes / 1e6:F1} MB → {reached:F2} GB/s, {100 * reached / copy:F0}% of the copy bandwidth ({copy:F1} GB/s, {engine.CpuThreads} threads), {fma / both / 1e3:F1} GFMA/s (router and experts; compare with peak)"));
     return 0;
 }
 
