@@ -243,7 +243,7 @@ internal sealed unsafe class CpuExecutor : IExecutor
     /// columns, so each expert's Bᵀ rows are read in the longest runs the split allows. The block boundaries do not
     /// change any result: every column is summed the same way whichever block holds it.
     /// </summary>
-    private int ColumnBlock(int dOut) => Math.Max(MinColumnBlock, (dOut + _pool.Threads - 1) / _pool.Threads + 63 & ~63);
+    private int ColumnBlock(int dOut) => Math.Max(MinColumnBlock, ((dOut + _pool.Threads - 1) / _pool.Threads + 63) & ~63);
 
     /// <summary>
     /// Parameter mixing between shrink and expand. The shrink left V[p] = w_p · A_e x_t (coefficient w, no
