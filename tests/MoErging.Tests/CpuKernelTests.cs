@@ -1,5 +1,6 @@
 using MoErging.Execution;
 using MoErging.Execution.Cpu;
+using MoErging.Experts;
 
 namespace MoErging.Tests;
 
@@ -84,6 +85,105 @@ public sealed unsafe class CpuKernelTests
                 }
             }
         }
+    }
+
+    [Theory]
+    [MemberData(nameof(Widths))]
+    public void ScoreMatchesTheFloat64DotProductsOfThePackedPrototypesAndWritesOnlyItsOutputs(string width, WeightPrecision precision)
+    {
+        var data = new TestData();
+        foreach ((int experts, int tokens, int n) in ScoreShapes)
+        {
+            float[] prototypes = Stored.Values(data.Normal(experts * n), precision);
+            float[] x = data.Normal(tokens * n);
+            int tokenStride = experts + 3; // a gap after each token's scores, which must stay untouched
+            float[] scores = Score(width, precision, prototypes, experts, x, tokens, n, tokenStride);
+            for (int t = 0; t < tokens; t++)
+            {
+                for (int e = 0; e < tokenStride; e++)
+                {
+                    float got = scores[t * tokenStride + e];
+                    string what = $"{data}: {width}-bit {precision} scores of {tokens} tokens × {experts} experts, n = {n}: token {t} expert {e}";
+                    if (e >= experts)
+                    {
+                        Assert.True(float.IsNaN(got), $"{what} is past the experts but was written ({got:R})");
+                        continue;
+                    }
+                    double sum = 0, magnitude = 0;
+                    for (int i = 0; i < n; i++)
+                    {
+                        double term = (double)prototypes[e * n + i] * x[t * n + i];
+                        sum += term;
+                        magnitude += Math.Abs(term);
+                    }
+                    // Blocked summation: a chain of at most Block terms per block, then one addition per block.
+                    double bound = 2 * (Math.Min(n, CpuScores.Block) + n / CpuScores.Block + 1) * Unit * magnitude;
+                    Assert.True(Math.Abs(got - sum) <= bound, $"{what}: {got:R}, expected {sum:R}");
+                }
+            }
+        }
+    }
+
+    [Theory]
+    [InlineData(WeightPrecision.Float32)]
+    [InlineData(WeightPrecision.BFloat16)]
+    [InlineData(WeightPrecision.Float16)]
+    public void ScoresAreTheSameBitsAtEveryRegisterWidth(WeightPrecision precision)
+    {
+        var data = new TestData();
+        foreach ((int experts, int tokens, int n) in ScoreShapes)
+        {
+            float[] prototypes = Stored.Values(data.Normal(experts * n), precision);
+            float[] x = data.Normal(tokens * n);
+            float[] at128 = Score("128", precision, prototypes, experts, x, tokens, n, experts);
+            foreach (string width in new[] { "256", "512" })
+            {
+                float[] other = Score(width, precision, prototypes, experts, x, tokens, n, experts);
+                for (int i = 0; i < other.Length; i++)
+                {
+                    Assert.True(BitConverter.SingleToInt32Bits(other[i]) == BitConverter.SingleToInt32Bits(at128[i]),
+                        $"{data}: {precision} {tokens} tokens × {experts} experts, n = {n}: score {i} is {other[i]:R} at {width} bits, {at128[i]:R} at 128");
+                }
+            }
+        }
+    }
+
+    /// <summary>(experts, tokens, n): one panel or several with a short last one, token tiles with every remainder.</summary>
+    private static readonly (int Experts, int Tokens, int N)[] ScoreShapes =
+        [(1, 1, 37), (5, 3, 300), (37, 9, 517), (64, 16, 4096), (20, 13, 1029), (33, 8, 256), (8, 7, 255)];
+
+    /// <summary>The scores of every token against every prototype, through <see cref="CpuScores.Pack"/> and one call per panel.</summary>
+    private static float[] Score(string width, WeightPrecision precision, float[] prototypes, int experts, float[] x, int tokens, int n, int tokenStride)
+    {
+        int panelWidth = width switch
+        {
+            "128" => CpuScores.PanelWidthOf<Lanes128>(),
+            "256" => CpuScores.PanelWidthOf<Lanes256>(),
+            _ => CpuScores.PanelWidthOf<Lanes512>(),
+        };
+        Array panels = CpuScores.Pack(prototypes, experts, n, panelWidth, precision);
+        float[] scores = [.. Enumerable.Repeat(float.NaN, tokens * tokenStride)];
+        fixed (float* px = x, ps = scores)
+        {
+            for (int e0 = 0; e0 < experts; e0 += panelWidth)
+            {
+                void* panel = (byte*)WeightStorage.Address(panels) + (long)e0 * n * WeightStorage.ElementSize(precision);
+                int count = Math.Min(panelWidth, experts - e0);
+                switch (width)
+                {
+                    case "128":
+                        CpuScores.Score<Lanes128>(precision, panel, count, px, tokens, n, ps + e0, tokenStride);
+                        break;
+                    case "256":
+                        CpuScores.Score<Lanes256>(precision, panel, count, px, tokens, n, ps + e0, tokenStride);
+                        break;
+                    default:
+                        CpuScores.Score<Lanes512>(precision, panel, count, px, tokens, n, ps + e0, tokenStride);
+                        break;
+                }
+            }
+        }
+        return scores;
     }
 
     [Theory]

@@ -9,8 +9,8 @@ namespace MoErging.Execution.Cpu;
 /// <summary>
 /// The CPU backend: the engine's worker threads, shared by its sessions' executors, and the engine's
 /// <see cref="WeightPrecision"/>. It runs every case. Factors a library holds at the engine's precision are read in
-/// place; a module whose factors it holds at another gets a converted copy (<see cref="ConvertedModule"/>), and at a
-/// 16-bit precision so does a linear router's prototypes (<see cref="ConvertedPrototypes"/>), each made on first use
+/// place; a module whose factors it holds at another gets a converted copy (<see cref="ConvertedModule"/>), and a linear
+/// router's prototypes are always packed for the scoring kernel (<see cref="PackedPrototypes"/>), each made on first use
 /// and freed like a GPU's upload (<see cref="HostCopies"/>): on <see cref="Release"/>, once its host is collected, or
 /// at disposal.
 /// </summary>
@@ -48,14 +48,13 @@ internal sealed class CpuBackend(int threads, WeightPrecision precision) : IBack
     public ConvertedModule? Weights(AdaptedModule module) =>
         module.Precision == precision ? null : _copies.Find<ConvertedModule>(module) ?? Convert(module);
 
-    /// <summary>The router's prototypes at the engine's precision: null at float32 (read them in place), else the converted copy.</summary>
-    public ConvertedPrototypes? Weights(LinearRouter router) =>
-        precision == WeightPrecision.Float32 ? null : _copies.Find<ConvertedPrototypes>(router) ?? Convert(router);
+    /// <summary>The router's prototypes packed into scoring panels at the engine's precision, made on first use.</summary>
+    public PackedPrototypes Weights(LinearRouter router) => _copies.Find<PackedPrototypes>(router) ?? Pack(router);
 
     // The first conversions live in methods of their own: a lambda's captures would allocate on every call.
     private ConvertedModule Convert(AdaptedModule module) => _copies.GetOrMake(module, () => new ConvertedModule(module, precision));
 
-    private ConvertedPrototypes Convert(LinearRouter router) => _copies.GetOrMake(router, () => new ConvertedPrototypes(router, precision));
+    private PackedPrototypes Pack(LinearRouter router) => _copies.GetOrMake(router, () => new PackedPrototypes(router, precision));
 
     public IExecutor CreateExecutor() => new CpuExecutor(this);
 
@@ -101,11 +100,21 @@ internal sealed unsafe class ConvertedModule
     public void* BTransposed(int expert) => _bTransposed[expert] is Array b ? WeightStorage.Address(b) : null;
 }
 
-/// <summary>A linear router's prototypes at a 16-bit precision, rounded once, pinned.</summary>
-internal sealed unsafe class ConvertedPrototypes(LinearRouter router, WeightPrecision precision)
+/// <summary>
+/// A linear router's prototypes in the scoring kernel's panels (<see cref="CpuScores.Pack"/>) at this machine's register
+/// width, rounded once to the engine's precision, pinned. A float32 engine holds them twice (the router's rows and these
+/// panels): prototypes are the smallest weights of a library, and the packed layout doubles the scoring speed.
+/// </summary>
+internal sealed unsafe class PackedPrototypes(LinearRouter router, WeightPrecision precision)
 {
-    private readonly Array _rows = WeightStorage.From(router.Prototypes, precision);
+    private readonly Array _panels = CpuScores.Pack(router.Prototypes, router.ExpertCount, router.InputDim, CpuScores.PanelWidth, precision);
 
-    /// <summary>Address of the first prototype row.</summary>
-    public void* Rows => WeightStorage.Address(_rows);
+    /// <summary>Experts per panel.</summary>
+    public int Width { get; } = CpuScores.PanelWidth;
+
+    /// <summary>Address of the first panel.</summary>
+    public void* Address => WeightStorage.Address(_panels);
+
+    /// <summary>Bytes from one panel to the next.</summary>
+    public long PanelBytes { get; } = (long)router.InputDim * CpuScores.PanelWidth * WeightStorage.ElementSize(precision);
 }

@@ -14,16 +14,16 @@ namespace MoErging.Execution.Cpu;
 /// expert, shrink, expand with the weighted sum fused in). Work is split across the engine's worker pool:
 /// shrink by (expert, block of rank rows), expand by blocks of output columns (one per worker), so every expert's A
 /// and B are read once per call and no two threads write the same output element. All buffers live on
-/// the pinned heap and grow only when a call needs more than any before it. Factors and prototypes are read at the
-/// engine's precision (<see cref="CpuBackend.Weights(AdaptedModule)"/>): in place, or from the engine's converted copy.
+/// the pinned heap and grow only when a call needs more than any before it. Factors are read at the engine's precision
+/// (<see cref="CpuBackend.Weights(AdaptedModule)"/>): in place, or from the engine's converted copy; prototypes from
+/// the engine's packed copy (<see cref="CpuBackend.Weights(LinearRouter)"/>).
 /// </summary>
 internal sealed unsafe class CpuExecutor : IExecutor
 {
     private const int RowBlock = 8;          // shrink: rank rows per work item
     private const int PairBlock = 64;        // shrink: routed tokens per work item
     private const int MinColumnBlock = 256;  // expand: fewest output columns per work item
-    private const int TokenBlock = 16;       // scoring: tokens per work item
-    private const int ExpertBlock = 16;      // scoring: experts per work item
+    private const int TokenBlock = 16;       // scoring and selection: tokens per work item
 
     private readonly CpuBackend _backend;
     private readonly WorkerPool _pool;
@@ -171,15 +171,11 @@ internal sealed unsafe class CpuExecutor : IExecutor
             _pool.Run(_normalize, tokens);
         }
         Grow(ref _scores, (long)tokens * experts);
-        ConvertedPrototypes? converted = _backend.Weights(router);
-        fixed (float* own = router.Prototypes)
-        {
-            int tokenBlocks = (tokens + TokenBlock - 1) / TokenBlock;
-            int expertBlocks = (experts + ExpertBlock - 1) / ExpertBlock;
-            _score.Set(rows, converted is null ? own : converted.Rows, _precision, n, tokens, experts, expertBlocks);
-            _pool.Run(_score, tokenBlocks * expertBlocks);
-        }
-        GC.KeepAlive(converted); // the workers read it through a pointer
+        PackedPrototypes packed = _backend.Weights(router);
+        int panels = (experts + packed.Width - 1) / packed.Width;
+        _score.Set(rows, packed.Address, packed.PanelBytes, packed.Width, _precision, n, tokens, experts, panels);
+        _pool.Run(_score, (tokens + TokenBlock - 1) / TokenBlock * panels);
+        GC.KeepAlive(packed); // the workers read it through a pointer
         _select.Set(router, destination, tokens);
         _pool.Run(_select, (tokens + TokenBlock - 1) / TokenBlock);
         if (_select.FirstNonFinite < tokens)
@@ -532,42 +528,40 @@ internal sealed unsafe class CpuExecutor : IExecutor
         }
     }
 
-    /// <summary>Raw dot products x_t · p_e for a block of tokens and a block of experts.</summary>
+    /// <summary>Raw dot products x_t · p_e for a block of tokens and one panel of experts.</summary>
     private sealed class ScoreJob(CpuExecutor owner) : ParallelJob
     {
         private float* _rows;
-        private void* _prototypes;
+        private byte* _panel0;
+        private long _panelBytes;
+        private int _width;
         private WeightPrecision _precision;
         private int _n;
         private int _tokens;
         private int _experts;
-        private int _expertBlocks;
+        private int _panels;
 
-        public void Set(float* rows, void* prototypes, WeightPrecision precision, int n, int tokens, int experts, int expertBlocks)
+        public void Set(float* rows, void* panel0, long panelBytes, int width, WeightPrecision precision, int n, int tokens, int experts, int panels)
         {
             _rows = rows;
-            _prototypes = prototypes;
+            _panel0 = (byte*)panel0;
+            _panelBytes = panelBytes;
+            _width = width;
             _precision = precision;
             _n = n;
             _tokens = tokens;
             _experts = experts;
-            _expertBlocks = expertBlocks;
+            _panels = panels;
         }
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public override void Execute(int item)
         {
-            int t0 = item / _expertBlocks * TokenBlock, t1 = Math.Min(t0 + TokenBlock, _tokens);
-            int e0 = item % _expertBlocks * ExpertBlock, e1 = Math.Min(e0 + ExpertBlock, _experts);
-            float** tokens = stackalloc float*[TokenBlock];
-            for (int t = t0; t < t1; t++)
-            {
-                tokens[t - t0] = _rows + (long)t * _n;
-            }
+            int t0 = item / _panels * TokenBlock, panel = item % _panels, e0 = panel * _width;
             fixed (float* scores = owner._scores)
             {
-                CpuKernels.DotBlock(_precision, CpuKernels.Row(_precision, _prototypes, e0, _n), e1 - e0, tokens, t1 - t0, _n,
-                    scores + (long)t0 * _experts + e0, _experts, 1);
+                CpuScores.Score(_precision, _panel0 + panel * _panelBytes, Math.Min(_width, _experts - e0), _rows + (long)t0 * _n,
+                    Math.Min(TokenBlock, _tokens - t0), _n, scores + (long)t0 * _experts + e0, _experts);
             }
         }
     }

@@ -11,7 +11,7 @@ namespace MoErging.Execution.Cpu;
 /// term, and a result never depends on how the work was split.
 /// Kernels skip tiered compilation: a latency-critical host must get SIMD code from the first call.
 /// The bodies are generic over the register width (<see cref="ILanes{TV}"/>, the widest the hardware runs at full
-/// speed, chosen once per call) and over the weight operand (factor and prototype rows) read through
+/// speed, chosen once per call) and over the weight operand (factor rows) read through
 /// <see cref="IWeights{T}"/>, so one body serves float32, bfloat16 and float16 storage: only the load differs, widened
 /// exactly in registers, and the sums run in the same order, so 16-bit weights give the float32 result on their
 /// widened values bit for bit. A tile's token count is a type too (<see cref="ITileTokens"/>), so a tile of fewer than
@@ -30,8 +30,9 @@ internal static unsafe class CpuKernels
 
     /// <summary>
     /// out[t · tokenStride + r · rowStride] = rows[r] · tokens[t] over n elements, for <paramref name="rowCount"/>
-    /// consecutive rows (stride n) and <paramref name="tokenCount"/> token rows given by address; the shared
-    /// core of router scoring (prototypes × tokens) and of the shrink step (A rows × an expert's tokens).
+    /// consecutive rows (stride n) and <paramref name="tokenCount"/> token rows given by address: the shrink step (A rows ×
+    /// an expert's tokens, gathered by address). Router scoring, where every token meets every prototype, has its own
+    /// kernel on packed prototypes (<see cref="CpuScores"/>).
     /// The reduction runs in chunks of <see cref="Chunk"/>; within a chunk, register tiles of
     /// <see cref="ILanes{TV}.TileRows"/> rows × up to 4 tokens read their operands from L1 and carry vector partial sums
     /// to the next chunk, so each dot product is reduced horizontally once. A short last row tile repeats its last row;
@@ -52,6 +53,9 @@ internal static unsafe class CpuKernels
             DotBlock<Lanes128>(precision, rows, rowCount, tokens, tokenCount, n, output, tokenStride, rowStride);
         }
     }
+
+    /// <summary>float32 lanes per register at the width the kernels run at on this machine (the entry points' choice).</summary>
+    public static int Lanes => Vector512.IsHardwareAccelerated ? Lanes512.Count : Vector256.IsHardwareAccelerated ? Lanes256.Count : Lanes128.Count;
 
     /// <summary>
     /// Address of row <paramref name="row"/> of a row-major matrix of <paramref name="n"/> columns held at
@@ -441,14 +445,14 @@ internal static unsafe class CpuKernels
 
     /// <summary>y[0 .. 2w) += (lo, hi).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void AddInto<TV>(float* y, int w, TV lo, TV hi) where TV : unmanaged, ILanes<TV>
+    internal static void AddInto<TV>(float* y, int w, TV lo, TV hi) where TV : unmanaged, ILanes<TV>
     {
         TV.Store(TV.Add(TV.Load(y), lo), y);
         TV.Store(TV.Add(TV.Load(y + w), hi), y + w);
     }
 }
 
-/// <summary>The number of tokens (1 to 4) a kernel tile computes, as a JIT-time constant.</summary>
+/// <summary>The number of tokens (1 to 4, and to 8 in a score tile) a kernel tile computes, as a JIT-time constant.</summary>
 internal interface ITileTokens
 {
     static abstract int Count { get; }
@@ -472,4 +476,24 @@ internal readonly struct ThreeTokens : ITileTokens
 internal readonly struct FourTokens : ITileTokens
 {
     public static int Count => 4;
+}
+
+internal readonly struct FiveTokens : ITileTokens
+{
+    public static int Count => 5;
+}
+
+internal readonly struct SixTokens : ITileTokens
+{
+    public static int Count => 6;
+}
+
+internal readonly struct SevenTokens : ITileTokens
+{
+    public static int Count => 7;
+}
+
+internal readonly struct EightTokens : ITileTokens
+{
+    public static int Count => 8;
 }

@@ -22,6 +22,12 @@ internal unsafe interface ILanes<TV> where TV : unmanaged, ILanes<TV>
     /// </summary>
     static abstract int TileRows { get; }
 
+    /// <summary>
+    /// Tokens a score tile spans (<see cref="CpuScores"/>): 8 where the register file holds 32 vectors (AVX-512), so
+    /// 8 tokens × 2 vectors of experts accumulate in registers beside the operands, else 4.
+    /// </summary>
+    static abstract int ScoreTokens { get; }
+
     static abstract TV Load(float* p);
 
     static abstract void Store(TV value, float* p);
@@ -63,6 +69,8 @@ internal readonly unsafe struct Lanes512 : ILanes<Lanes512>
     public static int Count => Vector512<float>.Count;
 
     public static int TileRows => 4;
+
+    public static int ScoreTokens => 8;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Lanes512 Load(float* p) => new(Vector512.Load(p));
@@ -112,6 +120,8 @@ internal readonly unsafe struct Lanes256 : ILanes<Lanes256>
 
     public static int TileRows => 2;
 
+    public static int ScoreTokens => 4;
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Lanes256 Load(float* p) => new(Vector256.Load(p));
 
@@ -159,6 +169,8 @@ internal readonly unsafe struct Lanes128 : ILanes<Lanes128>
     public static int Count => Vector128<float>.Count;
 
     public static int TileRows => 2;
+
+    public static int ScoreTokens => 4;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Lanes128 Load(float* p) => new(Vector128.Load(p));

@@ -1,0 +1,235 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using MoErging.Experts;
+
+namespace MoErging.Execution.Cpu;
+
+/// <summary>
+/// Router scoring on the CPU: dot[t, e] = x_t · p_e for a block of tokens against the prototypes, as a matrix product in
+/// outer-product form. The prototypes are packed once (<see cref="Pack"/>) into panels of two registers' worth of experts,
+/// element k of every expert of a panel side by side (<c>[panel][k][expert]</c>), so a tile of tokens reads one
+/// contiguous stream of prototype vectors and one broadcast element per token, and keeps two vectors of experts per token
+/// in registers without horizontal sums (the dot-product form of <see cref="CpuKernels.DotBlock"/> ran at half the
+/// speed here: its many short row streams and reductions). Each score is summed in blocks of <see cref="Block"/>
+/// elements, each block a fused multiply-add chain from zero in ascending k, the blocks added to the running sum in order:
+/// the result is the same at every register width and whatever tile a token falls in.
+/// </summary>
+internal static unsafe class CpuScores
+{
+    /// <summary>Elements per summation block: short chains keep the rounding error near that of a blocked sum.</summary>
+    public const int Block = 256;
+
+    /// <summary>Experts per panel at the width the kernels run at on this machine.</summary>
+    public static int PanelWidth => 2 * CpuKernels.Lanes;
+
+    /// <summary>Experts per panel at width <typeparamref name="TV"/>: two registers of float32 lanes.</summary>
+    public static int PanelWidthOf<TV>() where TV : unmanaged, ILanes<TV> => 2 * TV.Count;
+
+    /// <summary>
+    /// The <paramref name="experts"/> prototype rows of <paramref name="n"/> float32 elements packed into panels of
+    /// <paramref name="width"/> experts, rounded once to <paramref name="precision"/>, the last panel's missing experts
+    /// zero: a pinned array of <c>⌈experts / width⌉ · n · width</c> elements.
+    /// </summary>
+    public static Array Pack(ReadOnlySpan<float> prototypes, int experts, int n, int width, WeightPrecision precision)
+    {
+        int panels = (experts + width - 1) / width;
+        float[] packed = GC.AllocateArray<float>(checked(panels * n * width), pinned: true);
+        for (int e = 0; e < experts; e++)
+        {
+            ReadOnlySpan<float> row = prototypes.Slice(e * n, n);
+            int first = e / width * n * width + e % width;
+            for (int k = 0; k < n; k++)
+            {
+                packed[first + k * width] = row[k];
+            }
+        }
+        return WeightStorage.Keep(packed, precision);
+    }
+
+    /// <summary>
+    /// scores[t · tokenStride + j] = x_t · p_j for the <paramref name="tokenCount"/> token rows from
+    /// <paramref name="x"/> (stride <paramref name="n"/>) and the first <paramref name="experts"/> experts of one panel
+    /// (<see cref="Pack"/> at <see cref="PanelWidth"/>, held at <paramref name="precision"/>); nothing else is written.
+    /// </summary>
+    public static void Score(WeightPrecision precision, void* panel, int experts, float* x, int tokenCount, int n, float* scores, int tokenStride)
+    {
+        if (Vector512.IsHardwareAccelerated)
+        {
+            Score<Lanes512>(precision, panel, experts, x, tokenCount, n, scores, tokenStride);
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            Score<Lanes256>(precision, panel, experts, x, tokenCount, n, scores, tokenStride);
+        }
+        else
+        {
+            Score<Lanes128>(precision, panel, experts, x, tokenCount, n, scores, tokenStride);
+        }
+    }
+
+    internal static void Score<TV>(WeightPrecision precision, void* panel, int experts, float* x, int tokenCount, int n, float* scores, int tokenStride)
+        where TV : unmanaged, ILanes<TV>
+    {
+        switch (precision)
+        {
+            case WeightPrecision.Float32:
+                Score<TV, float, Float32Weights>((float*)panel, experts, x, tokenCount, n, scores, tokenStride);
+                break;
+            case WeightPrecision.BFloat16:
+                Score<TV, ushort, BFloat16Weights>((ushort*)panel, experts, x, tokenCount, n, scores, tokenStride);
+                break;
+            default:
+                Score<TV, ushort, Float16Weights>((ushort*)panel, experts, x, tokenCount, n, scores, tokenStride);
+                break;
+        }
+    }
+
+    /// <summary>The block in tiles of <see cref="ILanes{TV}.ScoreTokens"/> tokens, the last tile exactly as long as what is left.</summary>
+    private static void Score<TV, T, TW>(T* panel, int experts, float* x, int tokenCount, int n, float* scores, int tokenStride)
+        where TV : unmanaged, ILanes<TV>
+        where T : unmanaged
+        where TW : struct, IWeights<T>
+    {
+        int width = 2 * TV.Count;
+        float* sums = stackalloc float[8 * width];
+        for (int t0 = 0; t0 < tokenCount; t0 += TV.ScoreTokens)
+        {
+            int m = Math.Min(TV.ScoreTokens, tokenCount - t0);
+            float* xt = x + (long)t0 * n;
+            switch (m)
+            {
+                case 1:
+                    Tile<TV, T, TW, OneToken>(panel, xt, n, sums);
+                    break;
+                case 2:
+                    Tile<TV, T, TW, TwoTokens>(panel, xt, n, sums);
+                    break;
+                case 3:
+                    Tile<TV, T, TW, ThreeTokens>(panel, xt, n, sums);
+                    break;
+                case 4:
+                    Tile<TV, T, TW, FourTokens>(panel, xt, n, sums);
+                    break;
+                case 5:
+                    Tile<TV, T, TW, FiveTokens>(panel, xt, n, sums);
+                    break;
+                case 6:
+                    Tile<TV, T, TW, SixTokens>(panel, xt, n, sums);
+                    break;
+                case 7:
+                    Tile<TV, T, TW, SevenTokens>(panel, xt, n, sums);
+                    break;
+                default:
+                    Tile<TV, T, TW, EightTokens>(panel, xt, n, sums);
+                    break;
+            }
+            for (int t = 0; t < m; t++)
+            {
+                new ReadOnlySpan<float>(sums + t * width, experts).CopyTo(new Span<float>(scores + (long)(t0 + t) * tokenStride, experts));
+            }
+        }
+    }
+
+    /// <summary>
+    /// <typeparamref name="TM"/> tokens (rows of <paramref name="n"/> from <paramref name="x"/>) against one panel:
+    /// sums[t · width + j] = x_t · p_j, in blocks of <see cref="Block"/>. Absent tokens are neither computed nor stored
+    /// (the conditions are JIT-time constants).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile<TV, T, TW, TM>(T* panel, float* x, int n, float* sums)
+        where TV : unmanaged, ILanes<TV>
+        where T : unmanaged
+        where TW : struct, IWeights<T>
+        where TM : struct, ITileTokens
+    {
+        int w = TV.Count, width = 2 * w;
+        bool t1 = TM.Count > 1, t2 = TM.Count > 2, t3 = TM.Count > 3, t4 = TM.Count > 4, t5 = TM.Count > 5, t6 = TM.Count > 6, t7 = TM.Count > 7;
+        float* x0 = x, x1 = x0 + n, x2 = x1 + n, x3 = x2 + n, x4 = x3 + n, x5 = x4 + n, x6 = x5 + n, x7 = x6 + n;
+        new Span<float>(sums, TM.Count * width).Clear();
+        for (int k0 = 0; k0 < n; k0 += Block)
+        {
+            int k1 = Math.Min(n, k0 + Block);
+            TV a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
+            TV a4 = default, b4 = default, a5 = default, b5 = default, a6 = default, b6 = default, a7 = default, b7 = default;
+            T* p = panel + (long)k0 * width;
+            for (int k = k0; k < k1; k++, p += width)
+            {
+                TV lo = TW.Load<TV>(p), hi = TW.Load<TV>(p + w);
+                TV c = TV.Broadcast(x0[k]);
+                a0 = TV.FusedMultiplyAdd(lo, c, a0);
+                b0 = TV.FusedMultiplyAdd(hi, c, b0);
+                if (t1)
+                {
+                    c = TV.Broadcast(x1[k]);
+                    a1 = TV.FusedMultiplyAdd(lo, c, a1);
+                    b1 = TV.FusedMultiplyAdd(hi, c, b1);
+                }
+                if (t2)
+                {
+                    c = TV.Broadcast(x2[k]);
+                    a2 = TV.FusedMultiplyAdd(lo, c, a2);
+                    b2 = TV.FusedMultiplyAdd(hi, c, b2);
+                }
+                if (t3)
+                {
+                    c = TV.Broadcast(x3[k]);
+                    a3 = TV.FusedMultiplyAdd(lo, c, a3);
+                    b3 = TV.FusedMultiplyAdd(hi, c, b3);
+                }
+                if (t4)
+                {
+                    c = TV.Broadcast(x4[k]);
+                    a4 = TV.FusedMultiplyAdd(lo, c, a4);
+                    b4 = TV.FusedMultiplyAdd(hi, c, b4);
+                }
+                if (t5)
+                {
+                    c = TV.Broadcast(x5[k]);
+                    a5 = TV.FusedMultiplyAdd(lo, c, a5);
+                    b5 = TV.FusedMultiplyAdd(hi, c, b5);
+                }
+                if (t6)
+                {
+                    c = TV.Broadcast(x6[k]);
+                    a6 = TV.FusedMultiplyAdd(lo, c, a6);
+                    b6 = TV.FusedMultiplyAdd(hi, c, b6);
+                }
+                if (t7)
+                {
+                    c = TV.Broadcast(x7[k]);
+                    a7 = TV.FusedMultiplyAdd(lo, c, a7);
+                    b7 = TV.FusedMultiplyAdd(hi, c, b7);
+                }
+            }
+            CpuKernels.AddInto(sums, w, a0, b0);
+            if (t1)
+            {
+                CpuKernels.AddInto(sums + width, w, a1, b1);
+            }
+            if (t2)
+            {
+                CpuKernels.AddInto(sums + 2 * width, w, a2, b2);
+            }
+            if (t3)
+            {
+                CpuKernels.AddInto(sums + 3 * width, w, a3, b3);
+            }
+            if (t4)
+            {
+                CpuKernels.AddInto(sums + 4 * width, w, a4, b4);
+            }
+            if (t5)
+            {
+                CpuKernels.AddInto(sums + 5 * width, w, a5, b5);
+            }
+            if (t6)
+            {
+                CpuKernels.AddInto(sums + 6 * width, w, a6, b6);
+            }
+            if (t7)
+            {
+                CpuKernels.AddInto(sums + 7 * width, w, a7, b7);
+            }
+        }
+    }
+}
