@@ -8,9 +8,12 @@ namespace MoErging.Tests;
 /// The CPU kernels at every register width they have (128, 256 and 512 bits; a width this machine lacks runs
 /// emulated, so every width is checked everywhere) and every weight precision, against float64 sums written here, on
 /// fresh seeded shapes that hit every tile remainder: row counts that leave a short row tile, token counts that leave
-/// one to three tokens, lengths that leave a scalar tail, column ranges that start and end off a vector boundary.
-/// Tolerance: float32 summation of n terms, 2 · n · 2⁻²⁴ · Σ|terms| (plus y's own rounding in the expand); the weights
-/// are compared as stored (<see cref="Stored"/>), so the bound is the arithmetic's alone.
+/// every shorter token tile (1 to 3, and 1 to 7 in a score tile), lengths that leave a scalar tail, column ranges that
+/// start and end off a vector boundary, expert counts that leave a short last panel.
+/// Tolerance: float32 summation of n terms, 2 · n · 2⁻²⁴ · Σ|terms| (plus y's own rounding in the expand), and for the
+/// blocked scores a chain of at most <see cref="CpuScores.Block"/> terms per block plus one addition per block,
+/// 2 · (min(n, Block) + n / Block + 1) · 2⁻²⁴ · Σ|terms|; the weights are compared as stored (<see cref="Stored"/>), so
+/// the bound is the arithmetic's alone.
 /// </summary>
 public sealed unsafe class CpuKernelTests
 {
@@ -150,9 +153,13 @@ public sealed unsafe class CpuKernelTests
 
     /// <summary>(experts, tokens, n): one panel or several with a short last one, token tiles with every remainder.</summary>
     private static readonly (int Experts, int Tokens, int N)[] ScoreShapes =
-        [(1, 1, 37), (5, 3, 300), (37, 9, 517), (64, 16, 4096), (20, 13, 1029), (33, 8, 256), (8, 7, 255)];
+        [(1, 1, 37), (3, 2, 64), (5, 3, 300), (37, 9, 517), (64, 16, 4096), (20, 13, 1029), (33, 8, 256), (8, 7, 255),
+         (17, 6, 100), (40, 12, 130), (9, 14, 77), (2, 4, 1)];
 
-    /// <summary>The scores of every token against every prototype, through <see cref="CpuScores.Pack"/> and one call per panel.</summary>
+    /// <summary>
+    /// The scores of every token against every prototype, through <see cref="CpuScores.Pack"/> and one call per panel; the
+    /// panel width picks the register width (emulated where the machine lacks it).
+    /// </summary>
     private static float[] Score(string width, WeightPrecision precision, float[] prototypes, int experts, float[] x, int tokens, int n, int tokenStride)
     {
         int panelWidth = width switch
@@ -167,20 +174,8 @@ public sealed unsafe class CpuKernelTests
         {
             for (int e0 = 0; e0 < experts; e0 += panelWidth)
             {
-                void* panel = (byte*)WeightStorage.Address(panels) + (long)e0 * n * WeightStorage.ElementSize(precision);
-                int count = Math.Min(panelWidth, experts - e0);
-                switch (width)
-                {
-                    case "128":
-                        CpuScores.Score<Lanes128>(precision, panel, count, px, tokens, n, ps + e0, tokenStride);
-                        break;
-                    case "256":
-                        CpuScores.Score<Lanes256>(precision, panel, count, px, tokens, n, ps + e0, tokenStride);
-                        break;
-                    default:
-                        CpuScores.Score<Lanes512>(precision, panel, count, px, tokens, n, ps + e0, tokenStride);
-                        break;
-                }
+                void* panel = (byte*)WeightStorage.Address(panels) + e0 / panelWidth * CpuScores.PanelElements(n, panelWidth) * WeightStorage.ElementSize(precision);
+                CpuScores.Score(precision, panelWidth, panel, Math.Min(panelWidth, experts - e0), px, tokens, n, ps + e0, tokenStride);
             }
         }
         return scores;

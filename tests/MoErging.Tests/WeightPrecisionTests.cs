@@ -12,8 +12,8 @@ namespace MoErging.Tests;
 /// <summary>
 /// 16-bit weight storage on the CPU (<see cref="WeightPrecision.BFloat16"/>, <see cref="WeightPrecision.Float16"/>): a
 /// 16-bit run equals the float32 run on the widened values bit for bit (same summation order); an engine converts a
-/// library held at another precision once per module and router, reads one held at its own in place, and frees its
-/// copies on Release; adapters stored in the format keep their bits, eagerly and lazily, and other dtypes are rounded
+/// library held at another precision once per module, reads one held at its own in place, packs each router's
+/// prototypes once, and frees its copies on Release; adapters stored in the format keep their bits, eagerly and lazily, and other dtypes are rounded
 /// once (checked against the tests' own IEEE rounding, <see cref="Narrow"/>); NaN, infinities, overflow, subnormals and
 /// ties; the exact widening of every 16-bit pattern by the kernels' loads. (The forward and router tests against the
 /// float64 reference run at each precision through their <c>...OnCpuBFloat16</c> and <c>...OnCpuFloat16</c> classes.)

@@ -206,7 +206,7 @@ public sealed class Engine : IDisposable
     }
 
     /// <summary>
-    /// Frees the engine's copy of a linear router's prototypes now (a GPU's upload; a 16-bit CPU engine's rounded copy),
+    /// Frees the engine's copy of a linear router's prototypes now (a GPU's upload; a CPU engine's packed copy),
     /// as <see cref="Release(AdaptedModule)"/> does for a module.
     /// </summary>
     public bool Release(LinearRouter router)

@@ -32,7 +32,7 @@ internal sealed class CpuBackend(int threads, WeightPrecision precision) : IBack
 
     public Accelerator? Accelerator => null;
 
-    /// <summary>Converted copies held (for tests).</summary>
+    /// <summary>Copies held, converted modules and packed prototypes (for tests).</summary>
     public int CopyCount => _copies.Count;
 
     public bool Supports(Router? router, AdaptedModule module, Aggregation aggregation, [NotNullWhen(false)] out string? reason)
@@ -103,7 +103,8 @@ internal sealed unsafe class ConvertedModule
 /// <summary>
 /// A linear router's prototypes in the scoring kernel's panels (<see cref="CpuScores.Pack"/>) at this machine's register
 /// width, rounded once to the engine's precision, pinned. A float32 engine holds them twice (the router's rows and these
-/// panels): prototypes are the smallest weights of a library, and the packed layout doubles the scoring speed.
+/// panels, padded to whole panels): prototypes are the smallest weights of a library, and the packed layout doubled the
+/// scoring speed at 64 experts.
 /// </summary>
 internal sealed unsafe class PackedPrototypes(LinearRouter router, WeightPrecision precision)
 {
@@ -116,5 +117,5 @@ internal sealed unsafe class PackedPrototypes(LinearRouter router, WeightPrecisi
     public void* Address => WeightStorage.Address(_panels);
 
     /// <summary>Bytes from one panel to the next.</summary>
-    public long PanelBytes { get; } = (long)router.InputDim * CpuScores.PanelWidth * WeightStorage.ElementSize(precision);
+    public long PanelBytes { get; } = CpuScores.PanelElements(router.InputDim, CpuScores.PanelWidth) * WeightStorage.ElementSize(precision);
 }

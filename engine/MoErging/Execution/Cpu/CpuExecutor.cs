@@ -560,7 +560,7 @@ internal sealed unsafe class CpuExecutor : IExecutor
             int t0 = item / _panels * TokenBlock, panel = item % _panels, e0 = panel * _width;
             fixed (float* scores = owner._scores)
             {
-                CpuScores.Score(_precision, _panel0 + panel * _panelBytes, Math.Min(_width, _experts - e0), _rows + (long)t0 * _n,
+                CpuScores.Score(_precision, _width, _panel0 + panel * _panelBytes, Math.Min(_width, _experts - e0), _rows + (long)t0 * _n,
                     Math.Min(TokenBlock, _tokens - t0), _n, scores + (long)t0 * _experts + e0, _experts);
             }
         }

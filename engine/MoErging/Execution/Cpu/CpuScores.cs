@@ -1,5 +1,4 @@
 using System.Runtime.CompilerServices;
-using System.Runtime.Intrinsics;
 using MoErging.Experts;
 
 namespace MoErging.Execution.Cpu;
@@ -16,7 +15,7 @@ namespace MoErging.Execution.Cpu;
 /// </summary>
 internal static unsafe class CpuScores
 {
-    /// <summary>Elements per summation block: short chains keep the rounding error near that of a blocked sum.</summary>
+    /// <summary>Elements per summation block: the rounding error grows with Block + n / Block terms, not with n.</summary>
     public const int Block = 256;
 
     /// <summary>Experts per panel at the width the kernels run at on this machine.</summary>
@@ -25,19 +24,24 @@ internal static unsafe class CpuScores
     /// <summary>Experts per panel at width <typeparamref name="TV"/>: two registers of float32 lanes.</summary>
     public static int PanelWidthOf<TV>() where TV : unmanaged, ILanes<TV> => 2 * TV.Count;
 
+    /// <summary>Elements of one panel of <paramref name="width"/> experts over <paramref name="n"/> inputs.</summary>
+    public static long PanelElements(int n, int width) => (long)n * width;
+
     /// <summary>
     /// The <paramref name="experts"/> prototype rows of <paramref name="n"/> float32 elements packed into panels of
     /// <paramref name="width"/> experts, rounded once to <paramref name="precision"/>, the last panel's missing experts
-    /// zero: a pinned array of <c>⌈experts / width⌉ · n · width</c> elements.
+    /// zero (so a router of few experts takes a whole panel: 32 at 512 bits): a pinned array of
+    /// <c>⌈experts / width⌉ · n · width</c> elements.
     /// </summary>
     public static Array Pack(ReadOnlySpan<float> prototypes, int experts, int n, int width, WeightPrecision precision)
     {
         int panels = (experts + width - 1) / width;
-        float[] packed = GC.AllocateArray<float>(checked(panels * n * width), pinned: true);
+        // At float32 this array is the copy (pinned, read in place); at 16 bits only its rounding is kept.
+        float[] packed = GC.AllocateArray<float>(checked((int)(panels * PanelElements(n, width))), pinned: precision == WeightPrecision.Float32);
         for (int e = 0; e < experts; e++)
         {
             ReadOnlySpan<float> row = prototypes.Slice(e * n, n);
-            int first = e / width * n * width + e % width;
+            int first = (int)(e / width * PanelElements(n, width)) + e % width;
             for (int k = 0; k < n; k++)
             {
                 packed[first + k * width] = row[k];
@@ -49,25 +53,34 @@ internal static unsafe class CpuScores
     /// <summary>
     /// scores[t · tokenStride + j] = x_t · p_j for the <paramref name="tokenCount"/> token rows from
     /// <paramref name="x"/> (stride <paramref name="n"/>) and the first <paramref name="experts"/> experts of one panel
-    /// (<see cref="Pack"/> at <see cref="PanelWidth"/>, held at <paramref name="precision"/>); nothing else is written.
+    /// (<see cref="Pack"/> at <paramref name="width"/> experts a panel, held at <paramref name="precision"/>); nothing
+    /// else is written. The register width follows from the panel width, so a panel is never read at another.
     /// </summary>
-    public static void Score(WeightPrecision precision, void* panel, int experts, float* x, int tokenCount, int n, float* scores, int tokenStride)
+    public static void Score(WeightPrecision precision, int width, void* panel, int experts, float* x, int tokenCount, int n, float* scores, int tokenStride)
     {
-        if (Vector512.IsHardwareAccelerated)
+        if (experts < 1 || experts > width)
+        {
+            throw new ArgumentOutOfRangeException(nameof(experts), experts, $"a panel holds 1 to {width} experts");
+        }
+        if (width == PanelWidthOf<Lanes512>())
         {
             Score<Lanes512>(precision, panel, experts, x, tokenCount, n, scores, tokenStride);
         }
-        else if (Vector256.IsHardwareAccelerated)
+        else if (width == PanelWidthOf<Lanes256>())
         {
             Score<Lanes256>(precision, panel, experts, x, tokenCount, n, scores, tokenStride);
         }
-        else
+        else if (width == PanelWidthOf<Lanes128>())
         {
             Score<Lanes128>(precision, panel, experts, x, tokenCount, n, scores, tokenStride);
         }
+        else
+        {
+            throw new ArgumentOutOfRangeException(nameof(width), width, "no register width packs panels of this many experts");
+        }
     }
 
-    internal static void Score<TV>(WeightPrecision precision, void* panel, int experts, float* x, int tokenCount, int n, float* scores, int tokenStride)
+    private static void Score<TV>(WeightPrecision precision, void* panel, int experts, float* x, int tokenCount, int n, float* scores, int tokenStride)
         where TV : unmanaged, ILanes<TV>
     {
         switch (precision)
@@ -90,8 +103,8 @@ internal static unsafe class CpuScores
         where T : unmanaged
         where TW : struct, IWeights<T>
     {
-        int width = 2 * TV.Count;
-        float* sums = stackalloc float[8 * width];
+        int width = PanelWidthOf<TV>();
+        float* sums = stackalloc float[TV.ScoreTokens * width];
         for (int t0 = 0; t0 < tokenCount; t0 += TV.ScoreTokens)
         {
             int m = Math.Min(TV.ScoreTokens, tokenCount - t0);
@@ -142,7 +155,7 @@ internal static unsafe class CpuScores
         where TW : struct, IWeights<T>
         where TM : struct, ITileTokens
     {
-        int w = TV.Count, width = 2 * w;
+        int w = TV.Count, width = PanelWidthOf<TV>();
         bool t1 = TM.Count > 1, t2 = TM.Count > 2, t3 = TM.Count > 3, t4 = TM.Count > 4, t5 = TM.Count > 5, t6 = TM.Count > 6, t7 = TM.Count > 7;
         float* x0 = x, x1 = x0 + n, x2 = x1 + n, x3 = x2 + n, x4 = x3 + n, x5 = x4 + n, x6 = x5 + n, x7 = x6 + n;
         new Span<float>(sums, TM.Count * width).Clear();

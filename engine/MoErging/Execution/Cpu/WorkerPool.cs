@@ -17,8 +17,9 @@ internal abstract class ParallelJob
 /// yielding, never blocking: they are then at most one item from done, and a blocking wait on a thread-pool thread makes
 /// the runtime allocate). A helper that wakes late finds the job closed and goes back to waiting, so the caller never
 /// idles for a thread that has not started: waking a blocked thread measured 0.3 to 3 ms on a virtual machine, longer
-/// than a whole decode-sized job. Between jobs a helper spins for <see cref="SpinTime"/> before it blocks, so the
-/// several jobs of one forward, and forwards called back to back, find it awake.
+/// than a whole decode-sized job. Between jobs a helper polls for <see cref="SpinTime"/> before it blocks, so the
+/// several jobs of one forward, and forwards called back to back, find it awake; the semaphore's wake-ups are for the
+/// blocked ones, and the caller takes back those left unused.
 /// </summary>
 internal sealed class WorkerPool : IDisposable
 {
@@ -95,6 +96,10 @@ internal sealed class WorkerPool : IDisposable
             {
                 spinner.SpinOnce(sleep1Threshold: -1);
             }
+            while (_start.Wait(0))
+            {
+                // Take back the wake-ups no blocked helper used: left over, they would wake a helper for a closed job.
+            }
             (own ?? _failure)?.Throw();
         }
         finally
@@ -124,12 +129,15 @@ internal sealed class WorkerPool : IDisposable
             {
                 spinner.SpinOnce(sleep1Threshold: -1);
             }
-            _start.Wait();
-            seen = Volatile.Read(ref _generation);
+            if (Volatile.Read(ref _generation) == seen && !_disposed)
+            {
+                _start.Wait(); // no job within the spin: block until one (or Dispose) releases a wake-up
+            }
             if (_disposed)
             {
                 return;
             }
+            seen = Volatile.Read(ref _generation);
             if (!TryJoin())
             {
                 continue; // the job this wake was for closed without this helper
