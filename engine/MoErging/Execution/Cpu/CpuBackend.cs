@@ -101,21 +101,21 @@ internal sealed unsafe class ConvertedModule
 }
 
 /// <summary>
-/// A linear router's prototypes in the scoring kernel's panels (<see cref="CpuScores.Pack"/>) at this machine's register
-/// width, rounded once to the engine's precision, pinned. A float32 engine holds them twice (the router's rows and these
-/// panels, padded to whole panels): prototypes are the smallest weights of a library, and the packed layout doubled the
-/// scoring speed at 64 experts.
+/// A linear router's prototypes in the scoring kernel's panels (<see cref="CpuScores.Pack"/>, of
+/// <see cref="CpuScores.PanelWidth"/> experts), rounded once to the engine's precision, pinned. A float32 engine holds
+/// them twice (the router's rows and these panels, padded to whole panels): prototypes are the smallest weights of a
+/// library, and the packed layout doubled the scoring speed at 64 experts.
 /// </summary>
 internal sealed unsafe class PackedPrototypes(LinearRouter router, WeightPrecision precision)
 {
-    private readonly Array _panels = CpuScores.Pack(router.Prototypes, router.ExpertCount, router.InputDim, CpuScores.PanelWidth, precision);
+    private readonly Array _panels = CpuScores.Pack(router.Prototypes, router.ExpertCount, router.InputDim, CpuScores.PanelWidth(router.ExpertCount), precision);
 
     /// <summary>Experts per panel.</summary>
-    public int Width { get; } = CpuScores.PanelWidth;
+    public int Width { get; } = CpuScores.PanelWidth(router.ExpertCount);
 
     /// <summary>Address of the first panel.</summary>
     public void* Address => WeightStorage.Address(_panels);
 
     /// <summary>Bytes from one panel to the next.</summary>
-    public long PanelBytes { get; } = CpuScores.PanelElements(router.InputDim, CpuScores.PanelWidth) * WeightStorage.ElementSize(precision);
+    public long PanelBytes => CpuScores.PanelElements(router.InputDim, Width) * WeightStorage.ElementSize(precision);
 }

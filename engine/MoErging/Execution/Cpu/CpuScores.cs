@@ -18,8 +18,20 @@ internal static unsafe class CpuScores
     /// <summary>Elements per summation block: the rounding error grows with Block + n / Block terms, not with n.</summary>
     public const int Block = 256;
 
-    /// <summary>Experts per panel at the width the kernels run at on this machine.</summary>
-    public static int PanelWidth => 2 * CpuKernels.Lanes;
+    /// <summary>
+    /// Experts per panel for a router of <paramref name="experts"/>: two registers at the width the kernels run at on
+    /// this machine, or at a narrower one where that holds them all, so a small router is not padded to 32 experts. Every
+    /// width gives the same scores.
+    /// </summary>
+    public static int PanelWidth(int experts)
+    {
+        int width = 2 * CpuKernels.Lanes;
+        while (width > PanelWidthOf<Lanes128>() && width / 2 >= experts)
+        {
+            width /= 2;
+        }
+        return width;
+    }
 
     /// <summary>Experts per panel at width <typeparamref name="TV"/>: two registers of float32 lanes.</summary>
     public static int PanelWidthOf<TV>() where TV : unmanaged, ILanes<TV> => 2 * TV.Count;
@@ -30,7 +42,7 @@ internal static unsafe class CpuScores
     /// <summary>
     /// The <paramref name="experts"/> prototype rows of <paramref name="n"/> float32 elements packed into panels of
     /// <paramref name="width"/> experts, rounded once to <paramref name="precision"/>, the last panel's missing experts
-    /// zero (so a router of few experts takes a whole panel: 32 at 512 bits): a pinned array of
+    /// zero: a pinned array of
     /// <c>⌈experts / width⌉ · n · width</c> elements.
     /// </summary>
     public static Array Pack(ReadOnlySpan<float> prototypes, int experts, int n, int width, WeightPrecision precision)
