@@ -154,7 +154,7 @@ public sealed unsafe class CpuKernelTests
     /// <summary>(experts, tokens, n): one panel or several with a short last one, token tiles with every remainder.</summary>
     private static readonly (int Experts, int Tokens, int N)[] ScoreShapes =
         [(1, 1, 37), (3, 2, 64), (5, 3, 300), (37, 9, 517), (64, 16, 4096), (20, 13, 1029), (33, 8, 256), (8, 7, 255),
-         (17, 6, 100), (40, 12, 130), (9, 14, 77), (2, 4, 1)];
+         (17, 6, 100), (40, 12, 130), (9, 14, 77), (2, 4, 1), (33, 64, 520), (6, 45, 300)];
 
     /// <summary>
     /// The scores of every token against every prototype, through <see cref="CpuScores.Pack"/> and one call per panel; the

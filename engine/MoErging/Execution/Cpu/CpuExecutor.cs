@@ -23,7 +23,7 @@ internal sealed unsafe class CpuExecutor : IExecutor
     private const int RowBlock = 8;          // shrink: rank rows per work item
     private const int PairBlock = 64;        // shrink: routed tokens per work item
     private const int MinColumnBlock = 256;  // expand: fewest output columns per work item
-    private const int TokenBlock = 16;       // scoring and selection: tokens per work item
+    private const int TokenBlock = 16;       // selection: tokens per work item
 
     private readonly CpuBackend _backend;
     private readonly WorkerPool _pool;
@@ -173,8 +173,9 @@ internal sealed unsafe class CpuExecutor : IExecutor
         Grow(ref _scores, (long)tokens * experts);
         PackedPrototypes packed = _backend.Weights(router);
         int panels = (experts + packed.Width - 1) / packed.Width;
-        _score.Set(rows, packed.Address, packed.PanelBytes, packed.Width, _precision, n, tokens, experts, panels);
-        _pool.Run(_score, (tokens + TokenBlock - 1) / TokenBlock * panels);
+        int scoreBlock = ScoreBlock(tokens, panels);
+        _score.Set(rows, packed.Address, packed.PanelBytes, packed.Width, _precision, n, tokens, experts, panels, scoreBlock);
+        _pool.Run(_score, (tokens + scoreBlock - 1) / scoreBlock * panels);
         GC.KeepAlive(packed); // the workers read it through a pointer
         _select.Set(router, destination, tokens);
         _pool.Run(_select, (tokens + TokenBlock - 1) / TokenBlock);
@@ -182,6 +183,20 @@ internal sealed unsafe class CpuExecutor : IExecutor
         {
             throw RoutingDecision.NonFiniteScores(_select.FirstNonFinite);
         }
+    }
+
+    /// <summary>
+    /// Tokens per scoring work item: up to <see cref="CpuScores.MaxTokens"/>, so that each block of a panel read into L1
+    /// serves many token tiles, but halved down to 8 while that leaves fewer than two items per worker.
+    /// </summary>
+    private int ScoreBlock(int tokens, int panels)
+    {
+        int block = CpuScores.MaxTokens;
+        while (block > 8 && (tokens + block - 1) / block * panels < 2 * _pool.Threads)
+        {
+            block /= 2;
+        }
+        return block;
     }
 
     /// <summary>Widens Half rows into the float workspace and returns its address.</summary>
@@ -540,9 +555,12 @@ internal sealed unsafe class CpuExecutor : IExecutor
         private int _tokens;
         private int _experts;
         private int _panels;
+        private int _tokenBlock;
 
-        public void Set(float* rows, void* panel0, long panelBytes, int width, WeightPrecision precision, int n, int tokens, int experts, int panels)
+        public void Set(float* rows, void* panel0, long panelBytes, int width, WeightPrecision precision, int n, int tokens, int experts, int panels,
+            int tokenBlock)
         {
+            _tokenBlock = tokenBlock;
             _rows = rows;
             _panel0 = (byte*)panel0;
             _panelBytes = panelBytes;
@@ -557,11 +575,11 @@ internal sealed unsafe class CpuExecutor : IExecutor
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public override void Execute(int item)
         {
-            int t0 = item / _panels * TokenBlock, panel = item % _panels, e0 = panel * _width;
+            int t0 = item / _panels * _tokenBlock, panel = item % _panels, e0 = panel * _width;
             fixed (float* scores = owner._scores)
             {
                 CpuScores.Score(_precision, _width, _panel0 + panel * _panelBytes, Math.Min(_width, _experts - e0), _rows + (long)t0 * _n,
-                    Math.Min(TokenBlock, _tokens - t0), _n, scores + (long)t0 * _experts + e0, _experts);
+                    Math.Min(_tokenBlock, _tokens - t0), _n, scores + (long)t0 * _experts + e0, _experts);
             }
         }
     }

@@ -18,6 +18,9 @@ internal static unsafe class CpuScores
     /// <summary>Elements per summation block: the rounding error grows with Block + n / Block terms, not with n.</summary>
     public const int Block = 256;
 
+    /// <summary>Most tokens one <see cref="Score"/> call takes (its running sums live on the stack: 8 KiB at 512 bits).</summary>
+    public const int MaxTokens = 64;
+
     /// <summary>
     /// Experts per panel for a router of <paramref name="experts"/>: two registers at the width the kernels run at on
     /// this machine, or at a narrower one where that holds them all, so a small router is not padded to 32 experts. Every
@@ -63,7 +66,7 @@ internal static unsafe class CpuScores
     }
 
     /// <summary>
-    /// scores[t · tokenStride + j] = x_t · p_j for the <paramref name="tokenCount"/> token rows from
+    /// scores[t · tokenStride + j] = x_t · p_j for the <paramref name="tokenCount"/> (at most <see cref="MaxTokens"/>) token rows from
     /// <paramref name="x"/> (stride <paramref name="n"/>) and the first <paramref name="experts"/> experts of one panel
     /// (<see cref="Pack"/> at <paramref name="width"/> experts a panel, held at <paramref name="precision"/>); nothing
     /// else is written. The register width follows from the panel width, so a panel is never read at another.
@@ -73,6 +76,10 @@ internal static unsafe class CpuScores
         if (experts < 1 || experts > width)
         {
             throw new ArgumentOutOfRangeException(nameof(experts), experts, $"a panel holds 1 to {width} experts");
+        }
+        if (tokenCount < 1 || tokenCount > MaxTokens)
+        {
+            throw new ArgumentOutOfRangeException(nameof(tokenCount), tokenCount, $"a call scores 1 to {MaxTokens} tokens");
         }
         if (width == PanelWidthOf<Lanes512>())
         {
@@ -109,59 +116,69 @@ internal static unsafe class CpuScores
         }
     }
 
-    /// <summary>The block in tiles of <see cref="ILanes{TV}.ScoreTokens"/> tokens, the last tile exactly as long as what is left.</summary>
+    /// <summary>
+    /// The block in tiles of <see cref="ILanes{TV}.ScoreTokens"/> tokens, the last tile exactly as long as what is left,
+    /// one summation block at a time for all of them: the panel's block (32 KiB at 512 bits) is read from L1 by every
+    /// tile after the first, not streamed again from the outer caches once per tile.
+    /// </summary>
     private static void Score<TV, T, TW>(T* panel, int experts, float* x, int tokenCount, int n, float* scores, int tokenStride)
         where TV : unmanaged, ILanes<TV>
         where T : unmanaged
         where TW : struct, IWeights<T>
     {
         int width = PanelWidthOf<TV>();
-        float* sums = stackalloc float[TV.ScoreTokens * width];
-        for (int t0 = 0; t0 < tokenCount; t0 += TV.ScoreTokens)
+        float* sums = stackalloc float[MaxTokens * width];
+        new Span<float>(sums, tokenCount * width).Clear();
+        for (int k0 = 0; k0 < n; k0 += Block)
         {
-            int m = Math.Min(TV.ScoreTokens, tokenCount - t0);
-            float* xt = x + (long)t0 * n;
-            switch (m)
+            int length = Math.Min(Block, n - k0);
+            T* block = panel + (long)k0 * width;
+            for (int t0 = 0; t0 < tokenCount; t0 += TV.ScoreTokens)
             {
-                case 1:
-                    Tile<TV, T, TW, OneToken>(panel, xt, n, sums);
-                    break;
-                case 2:
-                    Tile<TV, T, TW, TwoTokens>(panel, xt, n, sums);
-                    break;
-                case 3:
-                    Tile<TV, T, TW, ThreeTokens>(panel, xt, n, sums);
-                    break;
-                case 4:
-                    Tile<TV, T, TW, FourTokens>(panel, xt, n, sums);
-                    break;
-                case 5:
-                    Tile<TV, T, TW, FiveTokens>(panel, xt, n, sums);
-                    break;
-                case 6:
-                    Tile<TV, T, TW, SixTokens>(panel, xt, n, sums);
-                    break;
-                case 7:
-                    Tile<TV, T, TW, SevenTokens>(panel, xt, n, sums);
-                    break;
-                default:
-                    Tile<TV, T, TW, EightTokens>(panel, xt, n, sums);
-                    break;
+                float* xt = x + (long)t0 * n + k0, tile = sums + t0 * width;
+                switch (Math.Min(TV.ScoreTokens, tokenCount - t0))
+                {
+                    case 1:
+                        Tile<TV, T, TW, OneToken>(block, xt, n, length, tile);
+                        break;
+                    case 2:
+                        Tile<TV, T, TW, TwoTokens>(block, xt, n, length, tile);
+                        break;
+                    case 3:
+                        Tile<TV, T, TW, ThreeTokens>(block, xt, n, length, tile);
+                        break;
+                    case 4:
+                        Tile<TV, T, TW, FourTokens>(block, xt, n, length, tile);
+                        break;
+                    case 5:
+                        Tile<TV, T, TW, FiveTokens>(block, xt, n, length, tile);
+                        break;
+                    case 6:
+                        Tile<TV, T, TW, SixTokens>(block, xt, n, length, tile);
+                        break;
+                    case 7:
+                        Tile<TV, T, TW, SevenTokens>(block, xt, n, length, tile);
+                        break;
+                    default:
+                        Tile<TV, T, TW, EightTokens>(block, xt, n, length, tile);
+                        break;
+                }
             }
-            for (int t = 0; t < m; t++)
-            {
-                new ReadOnlySpan<float>(sums + t * width, experts).CopyTo(new Span<float>(scores + (long)(t0 + t) * tokenStride, experts));
-            }
+        }
+        for (int t = 0; t < tokenCount; t++)
+        {
+            new ReadOnlySpan<float>(sums + t * width, experts).CopyTo(new Span<float>(scores + (long)t * tokenStride, experts));
         }
     }
 
     /// <summary>
-    /// <typeparamref name="TM"/> tokens (rows of <paramref name="n"/> from <paramref name="x"/>) against one panel:
-    /// sums[t · width + j] = x_t · p_j, in blocks of <see cref="Block"/>. Absent tokens are neither computed nor stored
-    /// (the conditions are JIT-time constants).
+    /// One summation block of <typeparamref name="TM"/> tokens (rows <paramref name="n"/> apart from
+    /// <paramref name="x"/>) against a panel's block of <paramref name="length"/> elements: sums[t · width + j] += the
+    /// block's chain of x_t · p_j from zero. Absent tokens are neither computed nor stored (the conditions are JIT-time
+    /// constants).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile<TV, T, TW, TM>(T* panel, float* x, int n, float* sums)
+    private static void Tile<TV, T, TW, TM>(T* block, float* x, int n, int length, float* sums)
         where TV : unmanaged, ILanes<TV>
         where T : unmanaged
         where TW : struct, IWeights<T>
@@ -170,91 +187,86 @@ internal static unsafe class CpuScores
         int w = TV.Count, width = PanelWidthOf<TV>();
         bool t1 = TM.Count > 1, t2 = TM.Count > 2, t3 = TM.Count > 3, t4 = TM.Count > 4, t5 = TM.Count > 5, t6 = TM.Count > 6, t7 = TM.Count > 7;
         float* x0 = x, x1 = x0 + n, x2 = x1 + n, x3 = x2 + n, x4 = x3 + n, x5 = x4 + n, x6 = x5 + n, x7 = x6 + n;
-        new Span<float>(sums, TM.Count * width).Clear();
-        for (int k0 = 0; k0 < n; k0 += Block)
+        TV a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
+        TV a4 = default, b4 = default, a5 = default, b5 = default, a6 = default, b6 = default, a7 = default, b7 = default;
+        T* p = block;
+        for (int k = 0; k < length; k++, p += width)
         {
-            int k1 = Math.Min(n, k0 + Block);
-            TV a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
-            TV a4 = default, b4 = default, a5 = default, b5 = default, a6 = default, b6 = default, a7 = default, b7 = default;
-            T* p = panel + (long)k0 * width;
-            for (int k = k0; k < k1; k++, p += width)
-            {
-                TV lo = TW.Load<TV>(p), hi = TW.Load<TV>(p + w);
-                TV c = TV.Broadcast(x0[k]);
-                a0 = TV.FusedMultiplyAdd(lo, c, a0);
-                b0 = TV.FusedMultiplyAdd(hi, c, b0);
-                if (t1)
-                {
-                    c = TV.Broadcast(x1[k]);
-                    a1 = TV.FusedMultiplyAdd(lo, c, a1);
-                    b1 = TV.FusedMultiplyAdd(hi, c, b1);
-                }
-                if (t2)
-                {
-                    c = TV.Broadcast(x2[k]);
-                    a2 = TV.FusedMultiplyAdd(lo, c, a2);
-                    b2 = TV.FusedMultiplyAdd(hi, c, b2);
-                }
-                if (t3)
-                {
-                    c = TV.Broadcast(x3[k]);
-                    a3 = TV.FusedMultiplyAdd(lo, c, a3);
-                    b3 = TV.FusedMultiplyAdd(hi, c, b3);
-                }
-                if (t4)
-                {
-                    c = TV.Broadcast(x4[k]);
-                    a4 = TV.FusedMultiplyAdd(lo, c, a4);
-                    b4 = TV.FusedMultiplyAdd(hi, c, b4);
-                }
-                if (t5)
-                {
-                    c = TV.Broadcast(x5[k]);
-                    a5 = TV.FusedMultiplyAdd(lo, c, a5);
-                    b5 = TV.FusedMultiplyAdd(hi, c, b5);
-                }
-                if (t6)
-                {
-                    c = TV.Broadcast(x6[k]);
-                    a6 = TV.FusedMultiplyAdd(lo, c, a6);
-                    b6 = TV.FusedMultiplyAdd(hi, c, b6);
-                }
-                if (t7)
-                {
-                    c = TV.Broadcast(x7[k]);
-                    a7 = TV.FusedMultiplyAdd(lo, c, a7);
-                    b7 = TV.FusedMultiplyAdd(hi, c, b7);
-                }
-            }
-            CpuKernels.AddInto(sums, w, a0, b0);
+            TV lo = TW.Load<TV>(p), hi = TW.Load<TV>(p + w);
+            TV c = TV.Broadcast(x0[k]);
+            a0 = TV.FusedMultiplyAdd(lo, c, a0);
+            b0 = TV.FusedMultiplyAdd(hi, c, b0);
             if (t1)
             {
-                CpuKernels.AddInto(sums + width, w, a1, b1);
+                c = TV.Broadcast(x1[k]);
+                a1 = TV.FusedMultiplyAdd(lo, c, a1);
+                b1 = TV.FusedMultiplyAdd(hi, c, b1);
             }
             if (t2)
             {
-                CpuKernels.AddInto(sums + 2 * width, w, a2, b2);
+                c = TV.Broadcast(x2[k]);
+                a2 = TV.FusedMultiplyAdd(lo, c, a2);
+                b2 = TV.FusedMultiplyAdd(hi, c, b2);
             }
             if (t3)
             {
-                CpuKernels.AddInto(sums + 3 * width, w, a3, b3);
+                c = TV.Broadcast(x3[k]);
+                a3 = TV.FusedMultiplyAdd(lo, c, a3);
+                b3 = TV.FusedMultiplyAdd(hi, c, b3);
             }
             if (t4)
             {
-                CpuKernels.AddInto(sums + 4 * width, w, a4, b4);
+                c = TV.Broadcast(x4[k]);
+                a4 = TV.FusedMultiplyAdd(lo, c, a4);
+                b4 = TV.FusedMultiplyAdd(hi, c, b4);
             }
             if (t5)
             {
-                CpuKernels.AddInto(sums + 5 * width, w, a5, b5);
+                c = TV.Broadcast(x5[k]);
+                a5 = TV.FusedMultiplyAdd(lo, c, a5);
+                b5 = TV.FusedMultiplyAdd(hi, c, b5);
             }
             if (t6)
             {
-                CpuKernels.AddInto(sums + 6 * width, w, a6, b6);
+                c = TV.Broadcast(x6[k]);
+                a6 = TV.FusedMultiplyAdd(lo, c, a6);
+                b6 = TV.FusedMultiplyAdd(hi, c, b6);
             }
             if (t7)
             {
-                CpuKernels.AddInto(sums + 7 * width, w, a7, b7);
+                c = TV.Broadcast(x7[k]);
+                a7 = TV.FusedMultiplyAdd(lo, c, a7);
+                b7 = TV.FusedMultiplyAdd(hi, c, b7);
             }
+        }
+        CpuKernels.AddInto(sums, w, a0, b0);
+        if (t1)
+        {
+            CpuKernels.AddInto(sums + width, w, a1, b1);
+        }
+        if (t2)
+        {
+            CpuKernels.AddInto(sums + 2 * width, w, a2, b2);
+        }
+        if (t3)
+        {
+            CpuKernels.AddInto(sums + 3 * width, w, a3, b3);
+        }
+        if (t4)
+        {
+            CpuKernels.AddInto(sums + 4 * width, w, a4, b4);
+        }
+        if (t5)
+        {
+            CpuKernels.AddInto(sums + 5 * width, w, a5, b5);
+        }
+        if (t6)
+        {
+            CpuKernels.AddInto(sums + 6 * width, w, a6, b6);
+        }
+        if (t7)
+        {
+            CpuKernels.AddInto(sums + 7 * width, w, a7, b7);
         }
     }
 }
