@@ -39,24 +39,29 @@ internal unsafe interface ILanes<TV> where TV : unmanaged, ILanes<TV>
 
     static abstract TV Add(TV a, TV b);
 
-    static abstract TV Multiply(TV a, TV b);
-
     /// <summary>The sum of the lanes, in a fixed order for the width.</summary>
     static abstract float Sum(TV value);
 
-    /// <summary>Count 16-bit elements zero-extended to 32-bit lanes (raw bits), reading exactly 2 · Count bytes.</summary>
+    /// <summary>Count 16-bit elements sign-extended to 32-bit lanes (raw bits), reading exactly 2 · Count bytes.</summary>
     static abstract TV Widen16(ushort* p);
 
     /// <summary>Each lane's bits shifted left.</summary>
     static abstract TV ShiftLeft(TV bits, int count);
+
+    /// <summary>Each lane's bits plus <paramref name="value"/>, as integers (wrapping).</summary>
+    static abstract TV AddBits(TV bits, int value);
 
     /// <summary>Each lane's bits and <paramref name="mask"/>.</summary>
     static abstract TV And(TV bits, uint mask);
 
     static abstract TV Or(TV a, TV b);
 
-    /// <summary>All ones in the lanes whose bits, read as a signed integer, exceed <paramref name="value"/>; zero elsewhere.</summary>
-    static abstract TV GreaterThan(TV bits, int value);
+    /// <summary>
+    /// Each lane from <paramref name="whereAbove"/> where <paramref name="bits"/>, read as a signed integer, exceed
+    /// <paramref name="value"/>, else from <paramref name="elsewhere"/> (one expression, so that AVX-512 compiles it to
+    /// a compare into a mask register and a masked operation).
+    /// </summary>
+    static abstract TV SelectAbove(TV bits, int value, TV whereAbove, TV elsewhere);
 }
 
 /// <summary>512-bit registers (AVX-512).</summary>
@@ -88,16 +93,16 @@ internal readonly unsafe struct Lanes512 : ILanes<Lanes512>
     public static Lanes512 Add(Lanes512 a, Lanes512 b) => new(a._v + b._v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes512 Multiply(Lanes512 a, Lanes512 b) => new(a._v * b._v);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Sum(Lanes512 value) => Vector512.Sum(value._v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes512 Widen16(ushort* p) => new(Vector512.WidenLower(Vector256.Load(p).ToVector512Unsafe()).AsSingle());
+    public static Lanes512 Widen16(ushort* p) => new(Vector512.WidenLower(Vector256.Load((short*)p).ToVector512Unsafe()).AsSingle());
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Lanes512 ShiftLeft(Lanes512 bits, int count) => new(Vector512.ShiftLeft(bits._v.AsUInt32(), count).AsSingle());
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes512 AddBits(Lanes512 bits, int value) => new((bits._v.AsInt32() + Vector512.Create(value)).AsSingle());
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Lanes512 And(Lanes512 bits, uint mask) => new((bits._v.AsUInt32() & Vector512.Create(mask)).AsSingle());
@@ -106,7 +111,8 @@ internal readonly unsafe struct Lanes512 : ILanes<Lanes512>
     public static Lanes512 Or(Lanes512 a, Lanes512 b) => new(a._v | b._v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes512 GreaterThan(Lanes512 bits, int value) => new(Vector512.GreaterThan(bits._v.AsInt32(), Vector512.Create(value)).AsSingle());
+    public static Lanes512 SelectAbove(Lanes512 bits, int value, Lanes512 whereAbove, Lanes512 elsewhere) =>
+        new(Vector512.ConditionalSelect(Vector512.GreaterThan(bits._v.AsInt32(), Vector512.Create(value)).AsSingle(), whereAbove._v, elsewhere._v));
 }
 
 /// <summary>256-bit registers (AVX2).</summary>
@@ -138,16 +144,16 @@ internal readonly unsafe struct Lanes256 : ILanes<Lanes256>
     public static Lanes256 Add(Lanes256 a, Lanes256 b) => new(a._v + b._v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes256 Multiply(Lanes256 a, Lanes256 b) => new(a._v * b._v);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Sum(Lanes256 value) => Vector256.Sum(value._v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes256 Widen16(ushort* p) => new(Vector256.WidenLower(Vector128.Load(p).ToVector256Unsafe()).AsSingle());
+    public static Lanes256 Widen16(ushort* p) => new(Vector256.WidenLower(Vector128.Load((short*)p).ToVector256Unsafe()).AsSingle());
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Lanes256 ShiftLeft(Lanes256 bits, int count) => new(Vector256.ShiftLeft(bits._v.AsUInt32(), count).AsSingle());
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes256 AddBits(Lanes256 bits, int value) => new((bits._v.AsInt32() + Vector256.Create(value)).AsSingle());
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Lanes256 And(Lanes256 bits, uint mask) => new((bits._v.AsUInt32() & Vector256.Create(mask)).AsSingle());
@@ -156,7 +162,8 @@ internal readonly unsafe struct Lanes256 : ILanes<Lanes256>
     public static Lanes256 Or(Lanes256 a, Lanes256 b) => new(a._v | b._v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes256 GreaterThan(Lanes256 bits, int value) => new(Vector256.GreaterThan(bits._v.AsInt32(), Vector256.Create(value)).AsSingle());
+    public static Lanes256 SelectAbove(Lanes256 bits, int value, Lanes256 whereAbove, Lanes256 elsewhere) =>
+        new(Vector256.ConditionalSelect(Vector256.GreaterThan(bits._v.AsInt32(), Vector256.Create(value)).AsSingle(), whereAbove._v, elsewhere._v));
 }
 
 /// <summary>128-bit registers (SSE, Arm NEON), and the software fallback where no SIMD is accelerated.</summary>
@@ -188,16 +195,16 @@ internal readonly unsafe struct Lanes128 : ILanes<Lanes128>
     public static Lanes128 Add(Lanes128 a, Lanes128 b) => new(a._v + b._v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes128 Multiply(Lanes128 a, Lanes128 b) => new(a._v * b._v);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Sum(Lanes128 value) => Vector128.Sum(value._v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes128 Widen16(ushort* p) => new(Vector128.WidenLower(Vector64.Load(p).ToVector128Unsafe()).AsSingle());
+    public static Lanes128 Widen16(ushort* p) => new(Vector128.WidenLower(Vector64.Load((short*)p).ToVector128Unsafe()).AsSingle());
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Lanes128 ShiftLeft(Lanes128 bits, int count) => new(Vector128.ShiftLeft(bits._v.AsUInt32(), count).AsSingle());
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes128 AddBits(Lanes128 bits, int value) => new((bits._v.AsInt32() + Vector128.Create(value)).AsSingle());
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Lanes128 And(Lanes128 bits, uint mask) => new((bits._v.AsUInt32() & Vector128.Create(mask)).AsSingle());
@@ -206,5 +213,6 @@ internal readonly unsafe struct Lanes128 : ILanes<Lanes128>
     public static Lanes128 Or(Lanes128 a, Lanes128 b) => new(a._v | b._v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes128 GreaterThan(Lanes128 bits, int value) => new(Vector128.GreaterThan(bits._v.AsInt32(), Vector128.Create(value)).AsSingle());
+    public static Lanes128 SelectAbove(Lanes128 bits, int value, Lanes128 whereAbove, Lanes128 elsewhere) =>
+        new(Vector128.ConditionalSelect(Vector128.GreaterThan(bits._v.AsInt32(), Vector128.Create(value)).AsSingle(), whereAbove._v, elsewhere._v));
 }
