@@ -186,15 +186,19 @@ public sealed unsafe class CpuKernelTests
     public void ExpandAddsEachTokensRankSumIntoItsColumnsOnly(string width, WeightPrecision precision)
     {
         var data = new TestData();
-        float** vs = stackalloc float*[4];
-        float** ys = stackalloc float*[4];
-        foreach ((int tokens, int rank, int j0, int j1, int stride) in new[] { (1, 1, 0, 7, 7), (2, 5, 3, 130, 140), (3, 16, 64, 1000, 1029), (4, 16, 0, 512, 512), (4, 3, 17, 18, 40) })
+        float** vs = stackalloc float*[8];
+        float** ys = stackalloc float*[8];
+        foreach ((int tokens, int rank, int j0, int j1, int stride) in new[]
+        {
+            (1, 1, 0, 7, 7), (2, 5, 3, 130, 140), (3, 16, 64, 1000, 1029), (4, 16, 0, 512, 512), (4, 3, 17, 18, 40),
+            (5, 16, 0, 96, 100), (6, 7, 32, 200, 230), (7, 16, 1, 64, 70), (8, 16, 0, 1024, 1030), (8, 2, 5, 37, 40),
+        })
         {
             float[] bT = Stored.Values(data.Normal(rank * stride), precision);
             ushort[] bits = [.. bT.Select(v => precision == WeightPrecision.Float32 ? (ushort)0 : Stored.Bits(v, precision))];
             float[] v = data.Normal(tokens * rank);
             // Two slots of one token (a repeated expert is a pair of its own) add into the same row, one after the other.
-            int rows = tokens == 4 ? 3 : tokens;
+            int rows = tokens is 4 or 8 ? tokens - 1 : tokens;
             float[] y = data.Normal(rows * stride);
             float[] before = [.. y];
             fixed (float* pb = bT, pv = v, py = y)

@@ -471,8 +471,9 @@ internal sealed unsafe class CpuExecutor : IExecutor
                     new Span<float>(y + (long)t * dOut + j0, j1 - j0).Clear();
                 }
             }
-            float** vs = stackalloc float*[4];
-            float** ys = stackalloc float*[4];
+            int group = CpuKernels.ExpandTokens;
+            float** vs = stackalloc float*[group];
+            float** ys = stackalloc float*[group];
             fixed (int* token = o._pairToken)
             fixed (float* v = o._v)
             {
@@ -481,9 +482,9 @@ internal sealed unsafe class CpuExecutor : IExecutor
                     int e = o._active[a];
                     void* bT = o._bTransposed[e];
                     int rank = o._rank[e];
-                    for (int p = o._segmentStart[e], end = o._segmentEnd[e]; p < end; p += 4)
+                    for (int p = o._segmentStart[e], end = o._segmentEnd[e]; p < end; p += group)
                     {
-                        int m = Math.Min(4, end - p);
+                        int m = Math.Min(group, end - p);
                         for (int i = 0; i < m; i++)
                         {
                             vs[i] = v + (long)(p + i) * stride;

@@ -7,7 +7,7 @@ namespace MoErging.Execution.Cpu;
 /// SIMD building blocks of the CPU backend. Each reads its weight row once for several tokens
 /// (register blocking), because the weights are what must stream from memory. The expand kernel sums an
 /// expert's rank terms from zero with fused multiply-adds, in the same order on every path (vector or scalar
-/// tail, one token or four), and adds the sum to y once: y is rounded once per expert, not once per rank
+/// tail, one token or eight), and adds the sum to y once: y is rounded once per expert, not once per rank
 /// term, and a result never depends on how the work was split.
 /// Kernels skip tiered compilation: a latency-critical host must get SIMD code from the first call.
 /// The bodies are generic over the register width (<see cref="ILanes{TV}"/>, the widest the hardware runs at full
@@ -56,6 +56,9 @@ internal static unsafe class CpuKernels
 
     /// <summary>float32 lanes per register at the width the kernels run at on this machine (the entry points' choice).</summary>
     public static int Lanes => Vector512.IsHardwareAccelerated ? Lanes512.Count : Vector256.IsHardwareAccelerated ? Lanes256.Count : Lanes128.Count;
+
+    /// <summary>Tokens an <see cref="Expand"/> call takes at full speed at that width (<see cref="ILanes{TV}.TileTokens"/>).</summary>
+    public static int ExpandTokens => Vector512.IsHardwareAccelerated ? Lanes512.TileTokens : Vector256.IsHardwareAccelerated ? Lanes256.TileTokens : Lanes128.TileTokens;
 
     /// <summary>
     /// Address of row <paramref name="row"/> of a row-major matrix of <paramref name="n"/> columns held at
@@ -299,7 +302,7 @@ internal static unsafe class CpuKernels
     }
 
     /// <summary>
-    /// The expand for <paramref name="tokens"/> (1 to 4) of one expert over columns [j0, j1):
+    /// The expand for <paramref name="tokens"/> (1 to 8; <see cref="ExpandTokens"/> at full speed) of one expert over columns [j0, j1):
     /// y_i[j] += Σ_k v_i[k] · bT[k, j] for a rank-r expert with Bᵀ row-major <c>[r, stride]</c>. Each Bᵀ element is
     /// loaded once for all the tokens, so an expert's Bᵀ block is read in one pass.
     /// </summary>
@@ -352,13 +355,30 @@ internal static unsafe class CpuKernels
             case 3:
                 Expand<TV, T, TW, ThreeTokens>(bT, stride, rank, v, y, j0, j1);
                 break;
-            default:
+            case 4:
                 Expand<TV, T, TW, FourTokens>(bT, stride, rank, v, y, j0, j1);
                 break;
+            case 5:
+                Expand<TV, T, TW, FiveTokens>(bT, stride, rank, v, y, j0, j1);
+                break;
+            case 6:
+                Expand<TV, T, TW, SixTokens>(bT, stride, rank, v, y, j0, j1);
+                break;
+            case 7:
+                Expand<TV, T, TW, SevenTokens>(bT, stride, rank, v, y, j0, j1);
+                break;
+            case 8:
+                Expand<TV, T, TW, EightTokens>(bT, stride, rank, v, y, j0, j1);
+                break;
+            default:
+                throw new ArgumentOutOfRangeException(nameof(tokens), tokens, "an expand call takes 1 to 8 tokens");
         }
     }
 
-    /// <summary>Two vectors of columns per step: up to eight accumulators, and one token's two chains still outrun memory.</summary>
+    /// <summary>
+    /// Two vectors of columns per step: up to sixteen accumulators (eight tokens), and one token's two chains still
+    /// outrun memory.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Expand<TV, T, TW, TM>(T* bT, int stride, int rank, float** v, float** y, int j0, int j1)
         where TV : unmanaged, ILanes<TV>
@@ -367,14 +387,14 @@ internal static unsafe class CpuKernels
         where TM : struct, ITileTokens
     {
         int w = TV.Count;
-        bool t1 = TM.Count > 1, t2 = TM.Count > 2, t3 = TM.Count > 3;
-        float* v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3];
-        float* y0 = y[0], y1 = y[1], y2 = y[2], y3 = y[3];
+        bool t1 = TM.Count > 1, t2 = TM.Count > 2, t3 = TM.Count > 3, t4 = TM.Count > 4, t5 = TM.Count > 5, t6 = TM.Count > 6, t7 = TM.Count > 7;
+        float* v0 = v[0], v1 = t1 ? v[1] : null, v2 = t2 ? v[2] : null, v3 = t3 ? v[3] : null;
+        float* v4 = t4 ? v[4] : null, v5 = t5 ? v[5] : null, v6 = t6 ? v[6] : null, v7 = t7 ? v[7] : null;
         int j = j0;
         for (; j <= j1 - 2 * w; j += 2 * w)
         {
-            TV a0 = default, b0 = default, a1 = default, b1 = default;
-            TV a2 = default, b2 = default, a3 = default, b3 = default;
+            TV a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
+            TV a4 = default, b4 = default, a5 = default, b5 = default, a6 = default, b6 = default, a7 = default, b7 = default;
             T* col = bT + j;
             for (int k = 0; k < rank; k++, col += stride)
             {
@@ -400,45 +420,74 @@ internal static unsafe class CpuKernels
                     a3 = TV.FusedMultiplyAdd(lo, c, a3);
                     b3 = TV.FusedMultiplyAdd(hi, c, b3);
                 }
+                if (t4)
+                {
+                    c = TV.Broadcast(v4[k]);
+                    a4 = TV.FusedMultiplyAdd(lo, c, a4);
+                    b4 = TV.FusedMultiplyAdd(hi, c, b4);
+                }
+                if (t5)
+                {
+                    c = TV.Broadcast(v5[k]);
+                    a5 = TV.FusedMultiplyAdd(lo, c, a5);
+                    b5 = TV.FusedMultiplyAdd(hi, c, b5);
+                }
+                if (t6)
+                {
+                    c = TV.Broadcast(v6[k]);
+                    a6 = TV.FusedMultiplyAdd(lo, c, a6);
+                    b6 = TV.FusedMultiplyAdd(hi, c, b6);
+                }
+                if (t7)
+                {
+                    c = TV.Broadcast(v7[k]);
+                    a7 = TV.FusedMultiplyAdd(lo, c, a7);
+                    b7 = TV.FusedMultiplyAdd(hi, c, b7);
+                }
             }
-            AddInto(y0 + j, w, a0, b0);
+            AddInto(y[0] + j, w, a0, b0);
             if (t1)
             {
-                AddInto(y1 + j, w, a1, b1);
+                AddInto(y[1] + j, w, a1, b1);
             }
             if (t2)
             {
-                AddInto(y2 + j, w, a2, b2);
+                AddInto(y[2] + j, w, a2, b2);
             }
             if (t3)
             {
-                AddInto(y3 + j, w, a3, b3);
+                AddInto(y[3] + j, w, a3, b3);
+            }
+            if (t4)
+            {
+                AddInto(y[4] + j, w, a4, b4);
+            }
+            if (t5)
+            {
+                AddInto(y[5] + j, w, a5, b5);
+            }
+            if (t6)
+            {
+                AddInto(y[6] + j, w, a6, b6);
+            }
+            if (t7)
+            {
+                AddInto(y[7] + j, w, a7, b7);
             }
         }
         for (; j < j1; j++)
         {
-            float s0 = 0f, s1 = 0f, s2 = 0f, s3 = 0f;
-            T* col = bT + j;
-            for (int k = 0; k < rank; k++, col += stride)
+            // The tail column by column, each token's chain in the same order as in the vector loop.
+            for (int i = 0; i < TM.Count; i++)
             {
-                float b = TW.LoadOne(col);
-                s0 = MathF.FusedMultiplyAdd(b, v0[k], s0);
-                s1 = t1 ? MathF.FusedMultiplyAdd(b, v1[k], s1) : 0f;
-                s2 = t2 ? MathF.FusedMultiplyAdd(b, v2[k], s2) : 0f;
-                s3 = t3 ? MathF.FusedMultiplyAdd(b, v3[k], s3) : 0f;
-            }
-            y0[j] += s0;
-            if (t1)
-            {
-                y1[j] += s1;
-            }
-            if (t2)
-            {
-                y2[j] += s2;
-            }
-            if (t3)
-            {
-                y3[j] += s3;
+                float s = 0f;
+                T* col = bT + j;
+                float* vi = v[i];
+                for (int k = 0; k < rank; k++, col += stride)
+                {
+                    s = MathF.FusedMultiplyAdd(TW.LoadOne(col), vi[k], s);
+                }
+                y[i][j] += s;
             }
         }
     }
@@ -452,7 +501,7 @@ internal static unsafe class CpuKernels
     }
 }
 
-/// <summary>The number of tokens (1 to 4, and to 8 in a score tile) a kernel tile computes, as a JIT-time constant.</summary>
+/// <summary>The number of tokens (1 to 8; the shrink's dot tiles take up to 4) a kernel tile computes, as a JIT-time constant.</summary>
 internal interface ITileTokens
 {
     static abstract int Count { get; }

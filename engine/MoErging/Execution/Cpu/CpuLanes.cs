@@ -23,10 +23,11 @@ internal unsafe interface ILanes<TV> where TV : unmanaged, ILanes<TV>
     static abstract int TileRows { get; }
 
     /// <summary>
-    /// Tokens a score tile spans (<see cref="CpuScores"/>): 8 where the register file holds 32 vectors (AVX-512), so
-    /// 8 tokens × 2 vectors of experts accumulate in registers beside the operands, else 4.
+    /// Tokens an outer-product tile spans (router scores, <see cref="CpuScores"/>, and the expand): 8 where the register
+    /// file holds 32 vectors (AVX-512), so 8 tokens × 2 vectors of outputs accumulate in registers beside the operands,
+    /// else 4.
     /// </summary>
-    static abstract int ScoreTokens { get; }
+    static abstract int TileTokens { get; }
 
     static abstract TV Load(float* p);
 
@@ -75,7 +76,7 @@ internal readonly unsafe struct Lanes512 : ILanes<Lanes512>
 
     public static int TileRows => 4;
 
-    public static int ScoreTokens => 8;
+    public static int TileTokens => 8;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Lanes512 Load(float* p) => new(Vector512.Load(p));
@@ -126,7 +127,7 @@ internal readonly unsafe struct Lanes256 : ILanes<Lanes256>
 
     public static int TileRows => 2;
 
-    public static int ScoreTokens => 4;
+    public static int TileTokens => 4;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Lanes256 Load(float* p) => new(Vector256.Load(p));
@@ -177,7 +178,7 @@ internal readonly unsafe struct Lanes128 : ILanes<Lanes128>
 
     public static int TileRows => 2;
 
-    public static int ScoreTokens => 4;
+    public static int TileTokens => 4;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Lanes128 Load(float* p) => new(Vector128.Load(p));

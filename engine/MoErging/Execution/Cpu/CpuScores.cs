@@ -117,7 +117,7 @@ internal static unsafe class CpuScores
     }
 
     /// <summary>
-    /// The block in tiles of <see cref="ILanes{TV}.ScoreTokens"/> tokens, the last tile exactly as long as what is left,
+    /// The block in tiles of <see cref="ILanes{TV}.TileTokens"/> tokens, the last tile exactly as long as what is left,
     /// one summation block at a time for all of them: the panel's block (32 KiB at 512 bits) is read from L1 by every
     /// tile after the first, not streamed again from the outer caches once per tile.
     /// </summary>
@@ -133,10 +133,10 @@ internal static unsafe class CpuScores
         {
             int length = Math.Min(Block, n - k0);
             T* block = panel + (long)k0 * width;
-            for (int t0 = 0; t0 < tokenCount; t0 += TV.ScoreTokens)
+            for (int t0 = 0; t0 < tokenCount; t0 += TV.TileTokens)
             {
                 float* xt = x + (long)t0 * n + k0, tile = sums + t0 * width;
-                switch (Math.Min(TV.ScoreTokens, tokenCount - t0))
+                switch (Math.Min(TV.TileTokens, tokenCount - t0))
                 {
                     case 1:
                         Tile<TV, T, TW, OneToken>(block, xt, n, length, tile);
