@@ -472,8 +472,8 @@ internal sealed unsafe class CpuExecutor : IExecutor
                 }
             }
             int group = CpuKernels.ExpandTokens;
-            float** vs = stackalloc float*[group];
-            float** ys = stackalloc float*[group];
+            float** vs = stackalloc float*[CpuKernels.MaxExpandTokens];
+            float** ys = stackalloc float*[CpuKernels.MaxExpandTokens];
             fixed (int* token = o._pairToken)
             fixed (float* v = o._v)
             {

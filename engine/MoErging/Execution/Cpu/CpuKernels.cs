@@ -14,8 +14,8 @@ namespace MoErging.Execution.Cpu;
 /// speed, chosen once per call) and over the weight operand (factor rows) read through
 /// <see cref="IWeights{T}"/>, so one body serves float32, bfloat16 and float16 storage: only the load differs, widened
 /// exactly in registers, and the sums run in the same order, so 16-bit weights give the float32 result on their
-/// widened values bit for bit. A tile's token count is a type too (<see cref="ITileTokens"/>), so a tile of fewer than
-/// four tokens computes only the products it stores.
+/// widened values bit for bit. A tile's token count is a type too (<see cref="ITileTokens"/>), so a tile of fewer tokens
+/// than its kernel takes computes only the products it stores.
 /// </summary>
 internal static unsafe class CpuKernels
 {
@@ -56,6 +56,9 @@ internal static unsafe class CpuKernels
 
     /// <summary>float32 lanes per register at the width the kernels run at on this machine (the entry points' choice).</summary>
     public static int Lanes => Vector512.IsHardwareAccelerated ? Lanes512.Count : Vector256.IsHardwareAccelerated ? Lanes256.Count : Lanes128.Count;
+
+    /// <summary>Most tokens one <see cref="Expand"/> call takes.</summary>
+    public const int MaxExpandTokens = 8;
 
     /// <summary>Tokens an <see cref="Expand"/> call takes at full speed at that width (<see cref="ILanes{TV}.TileTokens"/>).</summary>
     public static int ExpandTokens => Vector512.IsHardwareAccelerated ? Lanes512.TileTokens : Vector256.IsHardwareAccelerated ? Lanes256.TileTokens : Lanes128.TileTokens;
@@ -302,7 +305,7 @@ internal static unsafe class CpuKernels
     }
 
     /// <summary>
-    /// The expand for <paramref name="tokens"/> (1 to 8; <see cref="ExpandTokens"/> at full speed) of one expert over columns [j0, j1):
+    /// The expand for <paramref name="tokens"/> (1 to <see cref="MaxExpandTokens"/>; <see cref="ExpandTokens"/> at full speed) of one expert over columns [j0, j1):
     /// y_i[j] += Σ_k v_i[k] · bT[k, j] for a rank-r expert with Bᵀ row-major <c>[r, stride]</c>. Each Bᵀ element is
     /// loaded once for all the tokens, so an expert's Bᵀ block is read in one pass.
     /// </summary>
@@ -371,7 +374,7 @@ internal static unsafe class CpuKernels
                 Expand<TV, T, TW, EightTokens>(bT, stride, rank, v, y, j0, j1);
                 break;
             default:
-                throw new ArgumentOutOfRangeException(nameof(tokens), tokens, "an expand call takes 1 to 8 tokens");
+                throw new ArgumentOutOfRangeException(nameof(tokens), tokens, $"an expand call takes 1 to {MaxExpandTokens} tokens");
         }
     }
 

@@ -28,7 +28,7 @@ internal readonly unsafe struct Float32Weights : IWeights<float>
     public static float LoadOne(float* p) => *p;
 }
 
-/// <summary>bfloat16 weights: a bfloat16 is the upper half of a float32, so widening is a zero extension and a 16-bit shift.</summary>
+/// <summary>bfloat16 weights: a bfloat16 is the upper half of a float32, so widening is a 16-bit shift (which drops the widening's extension bits).</summary>
 internal readonly unsafe struct BFloat16Weights : IWeights<ushort>
 {
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -43,11 +43,11 @@ internal readonly unsafe struct BFloat16Weights : IWeights<ushort>
 /// conversion (no <c>vcvtph2ps</c> intrinsic; <c>System.Half</c> and TensorPrimitives.ConvertToSingle convert in
 /// software), so this is the fallback, branch-free and exact. A half shifted left 13 has its magnitude's bits in
 /// float32's place, so adding 112 (float32's exponent bias, 127, minus binary16's, 15) to the exponent gives a normal
-/// half's value. A subnormal half (exponent 0) comes out as 2⁻¹⁵ · (1 + m), and 2 · that − 2⁻¹⁴ (one fused, exact
-/// multiply-add) is its value 2⁻¹⁴ · m. No operand is a float32 subnormal: multiplying the shifted bits by 2¹¹² instead
-/// is a step fewer, but subnormal operands take a slow path on x64 (a scoring loop over weights with 1.6% subnormal
-/// halves, as small trained factors have, ran 2.4 times slower than over weights with none), and this does not.
-/// Infinities and NaNs (exponent 31) get float32's all-ones exponent, their mantissa (a NaN's payload) kept.
+/// half's value. A subnormal half (exponent 0, 10-bit mantissa m) comes out as 2⁻¹⁵ · (1 + m / 2¹⁰), and 2 · that −
+/// 2⁻¹⁴ (one exact fused multiply-add) is its value 2⁻²⁴ · m. No operand is a float32 subnormal: multiplying the
+/// shifted bits by 2¹¹² would be a step fewer, but subnormal operands take a slow path on x64, and small trained
+/// factors hold many subnormal halves. Infinities and NaNs (exponent 31) get float32's all-ones exponent, their
+/// mantissa (a NaN's payload) kept.
 /// </summary>
 internal readonly unsafe struct Float16Weights : IWeights<ushort>
 {
