@@ -106,16 +106,23 @@ internal sealed unsafe class ConvertedModule
 /// them twice (the router's rows and these panels, padded to whole panels): prototypes are the smallest weights of a
 /// library, and the packed layout doubled the scoring speed at 64 experts.
 /// </summary>
-internal sealed unsafe class PackedPrototypes(LinearRouter router, WeightPrecision precision)
+internal sealed unsafe class PackedPrototypes
 {
-    private readonly Array _panels = CpuScores.Pack(router.Prototypes, router.ExpertCount, router.InputDim, CpuScores.PanelWidth(router.ExpertCount), precision);
+    private readonly Array _panels;
+
+    public PackedPrototypes(LinearRouter router, WeightPrecision precision)
+    {
+        Width = CpuScores.PanelWidth(router.ExpertCount);
+        _panels = CpuScores.Pack(router.Prototypes, router.ExpertCount, router.InputDim, Width, precision);
+        PanelBytes = CpuScores.PanelElements(router.InputDim, Width) * WeightStorage.ElementSize(precision);
+    }
 
     /// <summary>Experts per panel.</summary>
-    public int Width { get; } = CpuScores.PanelWidth(router.ExpertCount);
+    public int Width { get; }
 
     /// <summary>Address of the first panel.</summary>
     public void* Address => WeightStorage.Address(_panels);
 
     /// <summary>Bytes from one panel to the next.</summary>
-    public long PanelBytes => CpuScores.PanelElements(router.InputDim, Width) * WeightStorage.ElementSize(precision);
+    public long PanelBytes { get; }
 }
