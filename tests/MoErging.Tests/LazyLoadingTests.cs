@@ -87,6 +87,35 @@ public sealed class LazyLoadingTests
         }
     }
 
+    /// <summary>
+    /// A CPU engine at another precision than the library's converts an expert the first time a forward runs it, so a
+    /// lazy library decodes only the experts routed to; the forward is bit-identical to the eager library's.
+    /// </summary>
+    [Theory]
+    [InlineData(WeightPrecision.BFloat16)]
+    [InlineData(WeightPrecision.Float16)]
+    public void AConvertingCpuEngineDecodesOnlyTheExpertsItRuns(WeightPrecision precision)
+    {
+        var data = new TestData();
+        using var tmp = new TempDir();
+        string[] dirs = WriteLibrary(data, tmp);
+        ExpertLibrary eager = ExpertLibrary.Load(dirs);
+        ExpertLibrary lazy = ExpertLibrary.Load(dirs, lazy: true);
+        const int tokens = 5;
+        float[] x = data.Normal(tokens * 24), yEager = data.Normal(tokens * 16), yLazy = (float[])yEager.Clone();
+        using Engine engine = Engine.Create(new EngineOptions { Backend = Backend.Cpu, CpuThreads = 2, WeightPrecision = precision });
+        using Session session = engine.CreateSession();
+        // A zero weight routes nothing: only expert 1 runs.
+        var router = new FixedRouter([0f, 1f, 0f]);
+        session.Forward(lazy.Module("q_proj"), router, x, new RoutingDecision(), yLazy);
+        for (int e = 0; e < 3; e++)
+        {
+            Assert.True(lazy.Module("q_proj").Factors(e)!.IsLoaded == (e == 1), $"{data}: {precision} engine, expert {e} decoded: {lazy.Module("q_proj").Factors(e)!.IsLoaded}");
+        }
+        session.Forward(eager.Module("q_proj"), router, x, new RoutingDecision(), yEager);
+        Assert.True(yEager.AsSpan().SequenceEqual(yLazy), $"{data}: {precision} engine: lazy and eager forwards differ");
+    }
+
     [Fact]
     public void FirstUseFromManyThreadsDecodesOnce()
     {

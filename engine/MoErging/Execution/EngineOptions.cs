@@ -22,8 +22,9 @@ public sealed record EngineOptions
     /// <summary>
     /// How the engine stores expert factors and linear routers' prototypes for its forwards (default float32). The CPU
     /// reads factors held at this precision in place: load the library at it
-    /// (<see cref="Experts.ExpertLibraryOptions.WeightPrecision"/>), or the engine converts each module on first use into
-    /// a copy of its own, freed by <see cref="Engine.Release(Experts.AdaptedModule)"/>. A GPU converts while uploading.
+    /// (<see cref="Experts.ExpertLibraryOptions.WeightPrecision"/>), or the engine converts each expert the first time a
+    /// forward runs it into a copy of its own, freed by <see cref="Engine.Release(Experts.AdaptedModule)"/>. A GPU
+    /// converts while uploading.
     /// </summary>
     public WeightPrecision WeightPrecision { get; init; } = WeightPrecision.Float32;
 

@@ -69,35 +69,54 @@ internal sealed class CpuBackend(int threads, WeightPrecision precision) : IBack
 
 /// <summary>
 /// A module's experts at a CPU engine's precision where the library holds some at another: each such expert's A and Bᵀ
-/// widened exactly and rounded once to the engine's precision, in pinned arrays; null for the experts whose own
-/// factors already have it (read in place) and those that do not adapt the module. Lazy factors are decoded here.
+/// widened exactly and rounded once to the engine's precision, in pinned arrays, made the first time a forward runs the
+/// expert (so a lazy library decodes only the experts that are routed to); none for the experts whose own factors
+/// already have the precision (read in place) and those that do not adapt the module.
 /// </summary>
 internal sealed unsafe class ConvertedModule
 {
+    private readonly WeightPrecision _precision;
     private readonly Array?[] _a;
     private readonly Array?[] _bTransposed;
+    private readonly Lock _converting = new();
 
     public ConvertedModule(AdaptedModule module, WeightPrecision precision)
     {
-        int experts = module.ExpertCount;
-        _a = new Array?[experts];
-        _bTransposed = new Array?[experts];
-        for (int e = 0; e < experts; e++)
+        _precision = precision;
+        _a = new Array?[module.ExpertCount];
+        _bTransposed = new Array?[module.ExpertCount];
+    }
+
+    /// <summary>
+    /// Address of expert <paramref name="expert"/>'s converted A, converting its factors on first use, or null when its
+    /// own is read. May throw what decoding lazy factors throws; nothing is kept then, and the next call tries again.
+    /// The module is passed in, not held: a copy must not keep its host alive (<see cref="HostCopies"/>).
+    /// </summary>
+    public void* A(AdaptedModule module, int expert)
+    {
+        if (Volatile.Read(ref _a[expert]) is Array a)
         {
-            if (module.Factors(e) is LoraFactors f && f.Precision != precision)
+            return WeightStorage.Address(a);
+        }
+        if (module.Factors(expert) is not LoraFactors f || f.Precision == _precision)
+        {
+            return null;
+        }
+        lock (_converting)
+        {
+            if (_a[expert] is null)
             {
-                var (a, bTransposed) = f.Held;
-                _a[e] = WeightStorage.Convert(a, f.Precision, precision);
-                _bTransposed[e] = WeightStorage.Convert(bTransposed, f.Precision, precision);
+                var (held, heldTransposed) = f.Held;
+                // Bᵀ is published first: a reader that sees A finds Bᵀ too.
+                _bTransposed[expert] = WeightStorage.Convert(heldTransposed, f.Precision, _precision);
+                Volatile.Write(ref _a[expert], WeightStorage.Convert(held, f.Precision, _precision));
             }
+            return WeightStorage.Address(_a[expert]!);
         }
     }
 
-    /// <summary>Address of expert <paramref name="expert"/>'s converted A, or null when its own is read.</summary>
-    public void* A(int expert) => _a[expert] is Array a ? WeightStorage.Address(a) : null;
-
-    /// <summary>Address of expert <paramref name="expert"/>'s converted Bᵀ, or null when its own is read.</summary>
-    public void* BTransposed(int expert) => _bTransposed[expert] is Array b ? WeightStorage.Address(b) : null;
+    /// <summary>Address of expert <paramref name="expert"/>'s converted Bᵀ, or null when its own is read or <see cref="A"/> has not converted it yet.</summary>
+    public void* BTransposed(int expert) => Volatile.Read(ref _bTransposed[expert]) is Array b ? WeightStorage.Address(b) : null;
 }
 
 /// <summary>
