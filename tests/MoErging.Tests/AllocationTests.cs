@@ -230,7 +230,7 @@ public sealed class AllocationCollection;
 [Collection(nameof(AllocationCollection))]
 public sealed class AllocationTestsOnCpu(CpuEngines engines) : AllocationTests(engines), IClassFixture<CpuEngines>;
 
-/// <summary>A 16-bit engine converts the float32 library's module and the router's prototypes in the warm-up calls; warm calls then allocate nothing.</summary>
+/// <summary>A 16-bit engine converts the float32 library's routed experts and the router's prototypes in the warm-up calls; warm calls then allocate nothing.</summary>
 [Collection(nameof(AllocationCollection))]
 public sealed class AllocationTestsOnCpuBFloat16(CpuBFloat16Engines engines) : AllocationTests(engines), IClassFixture<CpuBFloat16Engines>;
 

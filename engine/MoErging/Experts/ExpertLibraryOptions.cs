@@ -17,7 +17,8 @@ public sealed record ExpertLibraryOptions
     /// <summary>
     /// How the library holds the factors in memory (default float32). Load it at the precision of the engines that will
     /// use it: an engine reads factors of its own precision in place, and converts those of another precision into a
-    /// copy of its own (per module, on first use). Factors stored in the file in that very format are kept bit for bit;
+    /// copy of its own (a GPU per module as it uploads it, the CPU per expert the first time a forward runs it). Factors
+    /// stored in the file in that very format are kept bit for bit;
     /// others are rounded to nearest, ties to even, once (see <see cref="Formats.PeftAdapter.Load"/>).
     /// </summary>
     public WeightPrecision WeightPrecision { get; init; } = WeightPrecision.Float32;

@@ -107,9 +107,11 @@ internal sealed unsafe class ConvertedModule
             if (_a[expert] is null)
             {
                 var (held, heldTransposed) = f.Held;
+                Array convertedA = WeightStorage.Convert(held, f.Precision, _precision);
+                Array convertedBTransposed = WeightStorage.Convert(heldTransposed, f.Precision, _precision);
                 // Bᵀ is published first: a reader that sees A finds Bᵀ too.
-                _bTransposed[expert] = WeightStorage.Convert(heldTransposed, f.Precision, _precision);
-                Volatile.Write(ref _a[expert], WeightStorage.Convert(held, f.Precision, _precision));
+                _bTransposed[expert] = convertedBTransposed;
+                Volatile.Write(ref _a[expert], convertedA);
             }
             return WeightStorage.Address(_a[expert]!);
         }
