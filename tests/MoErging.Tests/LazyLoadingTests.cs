@@ -127,6 +127,36 @@ public sealed class LazyLoadingTests
         Assert.False(module.Factors(2)!.IsLoaded);
     }
 
+    /// <summary>
+    /// A weights file that vanished before its expert's first conversion fails that forward with the loader's error and
+    /// leaves y as it was; nothing half-converted is kept, and the forward succeeds once the file is back.
+    /// </summary>
+    [Fact]
+    public void AConversionWhoseFileVanishedFailsTheForwardCleanlyAndRetries()
+    {
+        var data = new TestData();
+        using var tmp = new TempDir();
+        string[] dirs = WriteLibrary(data, tmp);
+        ExpertLibrary lazy = ExpertLibrary.Load(dirs, lazy: true);
+        ExpertLibrary held = ExpertLibrary.Load(dirs, new ExpertLibraryOptions { WeightPrecision = WeightPrecision.BFloat16 });
+        const int tokens = 3;
+        float[] x = data.Normal(tokens * 24), yBase = data.Normal(tokens * 16);
+        using Engine engine = Engine.Create(new EngineOptions { Backend = Backend.Cpu, CpuThreads = 2, WeightPrecision = WeightPrecision.BFloat16 });
+        using Session session = engine.CreateSession();
+        var router = new FixedRouter([0.25f, 0.75f, 0f]);
+        string weights = Path.Combine(dirs[0], PeftAdapter.WeightsFileName), away = weights + ".away";
+        File.Move(weights, away);
+        float[] y = (float[])yBase.Clone();
+        var gone = Assert.Throws<FileNotFoundException>(() => session.Forward(lazy.Module("q_proj"), router, x, new RoutingDecision(), y));
+        Assert.Contains($"{weights}: removed since the adapter was loaded", gone.Message);
+        Assert.True(yBase.AsSpan().SequenceEqual(y), $"{data}: a failed forward changed y");
+        File.Move(away, weights); // the same file, modification time kept
+        session.Forward(lazy.Module("q_proj"), router, x, new RoutingDecision(), y);
+        float[] expected = (float[])yBase.Clone();
+        session.Forward(held.Module("q_proj"), router, x, new RoutingDecision(), expected);
+        Assert.True(expected.AsSpan().SequenceEqual(y), $"{data}: the retried forward differs from the one read in place");
+    }
+
     [Fact]
     public void FirstUseFromManyThreadsDecodesOnce()
     {
