@@ -88,17 +88,18 @@ internal sealed unsafe class ConvertedModule
     }
 
     /// <summary>
-    /// Address of expert <paramref name="expert"/>'s converted A, converting its factors on first use, or null when its
-    /// own is read. May throw what decoding lazy factors throws; nothing is kept then, and the next call tries again.
-    /// The module is passed in, not held: a copy must not keep its host alive (<see cref="HostCopies"/>).
+    /// Address of expert <paramref name="expert"/>'s converted A, converting its factors <paramref name="f"/> on first
+    /// use, or null when its own is read. May throw what decoding lazy factors throws; nothing is kept then, and the next
+    /// call tries again. The factors are passed in, not held: a copy must not keep its host alive
+    /// (<see cref="HostCopies"/>).
     /// </summary>
-    public void* A(AdaptedModule module, int expert)
+    public void* A(LoraFactors f, int expert)
     {
         if (Volatile.Read(ref _a[expert]) is Array a)
         {
             return WeightStorage.Address(a);
         }
-        if (module.Factors(expert) is not LoraFactors f || f.Precision == _precision)
+        if (f.Precision == _precision)
         {
             return null;
         }

@@ -362,7 +362,7 @@ internal sealed unsafe class CpuExecutor : IExecutor
             }
             LoraFactors f = module.Factors(e)!;
             _active[_activeCount++] = e;
-            void* a = converted is null ? null : converted.A(module, e);
+            void* a = converted is null ? null : converted.A(f, e);
             _a[e] = a is null ? f.APointer : a;
             _bTransposed[e] = a is null ? f.BTransposedPointer : converted!.BTransposed(e);
             _rank[e] = f.Rank;
