@@ -1,3 +1,4 @@
+using System.Globalization;
 using MoErging.Execution;
 using MoErging.Execution.Cpu;
 using MoErging.Experts;
@@ -195,13 +196,21 @@ public sealed unsafe class CpuKernelTests
         })
         {
             float[] bT = Stored.Values(data.Normal(rank * stride), precision);
-            ushort[] bits = [.. bT.Select(v => precision == WeightPrecision.Float32 ? (ushort)0 : Stored.Bits(v, precision))];
+            // The kernel reads Bᵀ in panels of two registers' worth of columns at the width under test.
+            int panelColumns = 2 * int.Parse(width, CultureInfo.InvariantCulture) / 32, elements = CpuKernels.PanelElements(rank, stride, panelColumns);
+            float[] panels = new float[elements];
+            ushort[] bits = new ushort[elements];
+            CpuKernels.PackPanels<float>(bT, rank, stride, panelColumns, panels);
+            if (precision != WeightPrecision.Float32)
+            {
+                CpuKernels.PackPanels<ushort>([.. bT.Select(v => Stored.Bits(v, precision))], rank, stride, panelColumns, bits);
+            }
             float[] v = data.Normal(tokens * rank);
             // Two slots of one token (a repeated expert is a pair of its own) add into the same row, one after the other.
             int rows = tokens is 4 or 8 ? tokens - 1 : tokens;
             float[] y = data.Normal(rows * stride);
             float[] before = [.. y];
-            fixed (float* pb = bT, pv = v, py = y)
+            fixed (float* pb = panels, pv = v, py = y)
             fixed (ushort* pbits = bits)
             {
                 for (int i = 0; i < tokens; i++)
@@ -213,13 +222,13 @@ public sealed unsafe class CpuKernelTests
                 switch (width)
                 {
                     case "128":
-                        CpuKernels.Expand<Lanes128>(precision, weights, stride, rank, tokens, vs, ys, j0, j1);
+                        CpuKernels.Expand<Lanes128>(precision, weights, rank, tokens, vs, ys, j0, j1);
                         break;
                     case "256":
-                        CpuKernels.Expand<Lanes256>(precision, weights, stride, rank, tokens, vs, ys, j0, j1);
+                        CpuKernels.Expand<Lanes256>(precision, weights, rank, tokens, vs, ys, j0, j1);
                         break;
                     default:
-                        CpuKernels.Expand<Lanes512>(precision, weights, stride, rank, tokens, vs, ys, j0, j1);
+                        CpuKernels.Expand<Lanes512>(precision, weights, rank, tokens, vs, ys, j0, j1);
                         break;
                 }
             }

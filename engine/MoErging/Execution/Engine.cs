@@ -192,9 +192,9 @@ public sealed class Engine : IDisposable
 
     /// <summary>
     /// Frees the engine's copy of <paramref name="module"/>'s experts now: a GPU engine uploads them on first use, and a
-    /// CPU engine whose <see cref="WeightPrecision"/> differs from the precision the library holds them at converts
-    /// each into a copy of its own the first time a forward runs it. Later forwards make the copies again as they run the
-    /// experts. Waits for the
+    /// CPU engine packs each expert's Bᵀ into its expand panels the first time a forward runs it (and converts its A
+    /// where its <see cref="WeightPrecision"/> differs from the precision the library holds it at). Later forwards make
+    /// the copies again as they run the experts. Waits for the
     /// work every session has queued; must not run while another thread forwards at the module. Also frees the copies
     /// of modules and routers the host no longer holds, which otherwise go when something new is copied. False when
     /// the engine held no copy of it.

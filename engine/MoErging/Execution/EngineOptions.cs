@@ -21,10 +21,11 @@ public sealed record EngineOptions
 
     /// <summary>
     /// How the engine stores expert factors and linear routers' prototypes for its forwards (default float32). The CPU
-    /// reads factors held at this precision in place: load the library at it
-    /// (<see cref="Experts.ExpertLibraryOptions.WeightPrecision"/>), or the engine converts each expert the first time a
-    /// forward runs it into a copy of its own, freed by <see cref="Engine.Release(Experts.AdaptedModule)"/>. A GPU
-    /// converts while uploading.
+    /// reads A held at this precision in place: load the library at it
+    /// (<see cref="Experts.ExpertLibraryOptions.WeightPrecision"/>), or the engine converts each expert's A the first time
+    /// a forward runs it into a copy of its own. Bᵀ it always copies then, at this precision, into the panels its expand
+    /// kernel streams; both copies are freed by <see cref="Engine.Release(Experts.AdaptedModule)"/>. A GPU converts
+    /// while uploading.
     /// </summary>
     public WeightPrecision WeightPrecision { get; init; } = WeightPrecision.Float32;
 

@@ -10,8 +10,8 @@ namespace MoErging.Execution;
 /// <summary>
 /// A per-thread workspace in which routing and forwards run. Spans in, destination last; activations
 /// are row-major: X <c>[T, d_in]</c>, Y <c>[T, d_out]</c>. Buffers grow to the largest batch seen, so a
-/// warm call allocates nothing (warm: the engine has already run the call's experts once, which uploads or converts
-/// them where it must). One thread at a time: concurrent use of one session throws.
+/// warm call allocates nothing (warm: the engine has already run the call's experts once, which uploads or packs
+/// them). One thread at a time: concurrent use of one session throws.
 /// </summary>
 /// <remarks>
 /// On a GPU backend the span calls copy through page-locked staging and return when the result is on the

@@ -68,7 +68,7 @@ public sealed class AdaptedModule
 
     /// <summary>
     /// The precision every expert's factors are held at, or null when they differ (experts built in memory at
-    /// different precisions): an engine of this precision reads them all in place.
+    /// different precisions): an engine of this precision converts none of them.
     /// </summary>
     internal WeightPrecision? Precision { get; }
 

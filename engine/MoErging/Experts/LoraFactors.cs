@@ -231,9 +231,6 @@ public sealed unsafe class LoraFactors
     /// <summary>Address of A as held (stable: pinned), decoding on first use.</summary>
     internal void* APointer => WeightStorage.Address(Loaded.A);
 
-    /// <summary>Address of Bᵀ as held (stable: pinned), decoding on first use.</summary>
-    internal void* BTransposedPointer => WeightStorage.Address(Loaded.BTransposed);
-
     /// <summary>Copies B in PEFT's layout, row-major <c>[d_out, r]</c>, widening 16-bit factors as it goes (no allocation).</summary>
     public void CopyB(Span<float> destination)
     {

@@ -15,8 +15,8 @@ namespace MoErging.Execution.Cpu;
 /// shrink by (expert, block of rank rows), expand by blocks of output columns (one per worker), so every expert's A
 /// and B are read once per call and no two threads write the same output element. All buffers live on
 /// the pinned heap and grow only when a call needs more than any before it. Factors are read at the engine's precision
-/// (<see cref="CpuBackend.Weights(AdaptedModule)"/>): in place, or from the engine's converted copy; prototypes from
-/// the engine's packed copy (<see cref="CpuBackend.Weights(LinearRouter)"/>).
+/// from the engine's packed module (<see cref="CpuBackend.Weights(AdaptedModule)"/>: Bᵀ in panels, A in place or
+/// converted), prototypes from its packed panels (<see cref="CpuBackend.Weights(LinearRouter)"/>).
 /// </summary>
 internal sealed unsafe class CpuExecutor : IExecutor
 {
@@ -49,8 +49,8 @@ internal sealed unsafe class CpuExecutor : IExecutor
     private float[] _pairCoefficient = [];
     private float[] _v = [];
     private float[] _u = [];                 // parameter mixing: A_tok x per token
-    private void*[] _a = [];                 // per expert: A and Bᵀ at the engine's precision
-    private void*[] _bTransposed = [];
+    private void*[] _a = [];                 // per expert: A and Bᵀ's panels at the engine's precision
+    private void*[] _panels = [];
     private int[] _rank = [];
     private int _activeCount;
     private int _shrinkItemCount;
@@ -215,26 +215,26 @@ internal sealed unsafe class CpuExecutor : IExecutor
     /// </summary>
     private void Forward(AdaptedModule module, RoutingDecision decision, float* x, float* y, Aggregation aggregation)
     {
-        ConvertedModule? converted = _backend.Weights(module);
-        if (Dispatch(module, converted, decision, aggregation) == 0)
+        PackedModule packed = _backend.Weights(module);
+        if (Dispatch(module, packed, decision, aggregation) == 0)
         {
             return;
         }
         RunShrinkAndExpand(module, x, y, null, decision.TokenCount, aggregation);
-        GC.KeepAlive(converted); // the workers read it through pointers
+        GC.KeepAlive(packed); // the workers read it through pointers
     }
 
     /// <summary>The same for Half y: accumulate in float32, round into y once.</summary>
     private void Forward(AdaptedModule module, RoutingDecision decision, float* x, Half* y, Aggregation aggregation)
     {
-        ConvertedModule? converted = _backend.Weights(module);
-        if (Dispatch(module, converted, decision, aggregation) == 0)
+        PackedModule packed = _backend.Weights(module);
+        if (Dispatch(module, packed, decision, aggregation) == 0)
         {
             return;
         }
         Grow(ref _yAccumulator, (long)decision.TokenCount * module.OutputDim);
         RunShrinkAndExpand(module, x, Address(_yAccumulator), y, decision.TokenCount, aggregation);
-        GC.KeepAlive(converted);
+        GC.KeepAlive(packed);
     }
 
     private void RunShrinkAndExpand(AdaptedModule module, float* x, float* accumulate, Half* roundInto, int tokens, Aggregation aggregation)
@@ -251,8 +251,9 @@ internal sealed unsafe class CpuExecutor : IExecutor
 
     /// <summary>
     /// Output columns per expand work item: one block per worker where that is at least <see cref="MinColumnBlock"/>
-    /// columns, so each expert's Bᵀ rows are read in the longest runs the split allows. The block boundaries do not
-    /// change any result: every column is summed the same way whichever block holds it.
+    /// columns, so each expert's Bᵀ panels are read in the longest runs the split allows (a multiple of 64 columns: whole
+    /// panels at every width). The block boundaries do not change any result: every column is summed the same way
+    /// whichever block holds it.
     /// </summary>
     private int ColumnBlock(int dOut) => Math.Max(MinColumnBlock, ((dOut + _pool.Threads - 1) / _pool.Threads + 63) & ~63);
 
@@ -294,11 +295,11 @@ internal sealed unsafe class CpuExecutor : IExecutor
     /// coefficient (for parameter mixing the weight alone: the scaling is applied once after the mix). Slots
     /// that do not contribute (<see cref="AdaptedModule.Contributing"/>) are dropped; a repeat of an expert
     /// within one token is a pair of its own, as in the kernels (the routing contract). Returns the number of
-    /// experts with work. Each active expert's factors are read from <paramref name="converted"/> where it holds them,
-    /// else in place.
+    /// experts with work. Each active expert's factors are read through <paramref name="packed"/>, which packs them on the
+    /// expert's first run.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private int Dispatch(AdaptedModule module, ConvertedModule? converted, RoutingDecision decision, Aggregation aggregation)
+    private int Dispatch(AdaptedModule module, PackedModule packed, RoutingDecision decision, Aggregation aggregation)
     {
         int experts = module.ExpertCount, tokens = decision.TokenCount, k = decision.TopK;
         ReadOnlySpan<int> ids = decision.ExpertIds;
@@ -312,7 +313,7 @@ internal sealed unsafe class CpuExecutor : IExecutor
         if (_a.Length < experts)
         {
             _a = new void*[experts];
-            _bTransposed = new void*[experts];
+            _panels = new void*[experts];
         }
         Span<int> count = _segmentEnd.AsSpan(0, experts);
         count.Clear();
@@ -362,9 +363,8 @@ internal sealed unsafe class CpuExecutor : IExecutor
             }
             LoraFactors f = module.Factors(e)!;
             _active[_activeCount++] = e;
-            void* a = converted is null ? null : converted.A(f, e);
-            _a[e] = a is null ? f.APointer : a;
-            _bTransposed[e] = a is null ? f.BTransposedPointer : converted!.BTransposed(e);
+            _panels[e] = packed.Expert(f, e, out void* a);
+            _a[e] = a;
             _rank[e] = f.Rank;
             _shrinkItemCount += (f.Rank + RowBlock - 1) / RowBlock * ((_segmentEnd[e] - _segmentStart[e] + PairBlock - 1) / PairBlock);
         }
@@ -434,7 +434,7 @@ internal sealed unsafe class CpuExecutor : IExecutor
     }
 
     /// <summary>
-    /// One block of output columns: for every active expert in ascending order, y[t] += Σ_k V[p, k] Bᵀ_e[k];
+    /// One block of output columns: for every active expert in ascending order, y[t] += Σ_k V[p, k] Bᵀ_e[k] (Bᵀ read from its panels);
     /// for Half outputs, accumulate in float32 and round into y once at the end.
     /// </summary>
     private sealed class ExpandJob(CpuExecutor owner) : ParallelJob
@@ -480,7 +480,7 @@ internal sealed unsafe class CpuExecutor : IExecutor
                 for (int a = 0; a < o._activeCount; a++)
                 {
                     int e = o._active[a];
-                    void* bT = o._bTransposed[e];
+                    void* panels = o._panels[e];
                     int rank = o._rank[e];
                     for (int p = o._segmentStart[e], end = o._segmentEnd[e]; p < end; p += group)
                     {
@@ -490,7 +490,7 @@ internal sealed unsafe class CpuExecutor : IExecutor
                             vs[i] = v + (long)(p + i) * stride;
                             ys[i] = y + (long)token[p + i] * dOut;
                         }
-                        CpuKernels.Expand(o._precision, bT, dOut, rank, m, vs, ys, j0, j1);
+                        CpuKernels.Expand(o._precision, panels, rank, m, vs, ys, j0, j1);
                     }
                 }
             }

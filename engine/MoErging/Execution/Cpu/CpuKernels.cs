@@ -304,45 +304,73 @@ internal static unsafe class CpuKernels
         }
     }
 
+    /// <summary>Bᵀ columns per expand panel at the width the kernels run at on this machine (<see cref="PackPanels{T}"/>).</summary>
+    public static int PanelColumns => 2 * Lanes;
+
+    /// <summary>Elements of <see cref="PackPanels{T}"/>'s layout for a rank-<paramref name="rank"/> Bᵀ of <paramref name="columns"/> columns.</summary>
+    public static int PanelElements(int rank, int columns, int panelColumns) => (columns + panelColumns - 1) / panelColumns * rank * panelColumns;
+
     /// <summary>
-    /// The expand for <paramref name="tokens"/> (1 to <see cref="MaxExpandTokens"/>; <see cref="ExpandTokens"/> at full speed) of one expert over columns [j0, j1):
-    /// y_i[j] += Σ_k v_i[k] · bT[k, j] for a rank-r expert with Bᵀ row-major <c>[r, stride]</c>. Each Bᵀ element is
-    /// loaded once for all the tokens, so an expert's Bᵀ block is read in one pass.
+    /// Bᵀ (row-major <c>[rank, columns]</c>) in the expand's layout: panels of <paramref name="panelColumns"/> consecutive
+    /// columns (two registers' worth), each holding its rank rows one after another, so element (k, j) sits at
+    /// (j / P) · rank · P + k · P + j % P, and the last panel is padded with zeros. An expand step then reads one
+    /// contiguous run instead of a short piece of each of rank rows a whole row apart; in the engine's expand that
+    /// measured an eighth to a third faster.
     /// </summary>
-    public static void Expand(WeightPrecision precision, void* bT, int stride, int rank, int tokens, float** v, float** y, int j0, int j1)
+    public static void PackPanels<T>(ReadOnlySpan<T> bT, int rank, int columns, int panelColumns, Span<T> panels) where T : unmanaged
     {
-        if (Vector512.IsHardwareAccelerated)
+        panels[..PanelElements(rank, columns, panelColumns)].Clear();
+        for (int k = 0; k < rank; k++)
         {
-            Expand<Lanes512>(precision, bT, stride, rank, tokens, v, y, j0, j1);
-        }
-        else if (Vector256.IsHardwareAccelerated)
-        {
-            Expand<Lanes256>(precision, bT, stride, rank, tokens, v, y, j0, j1);
-        }
-        else
-        {
-            Expand<Lanes128>(precision, bT, stride, rank, tokens, v, y, j0, j1);
+            ReadOnlySpan<T> row = bT.Slice(k * columns, columns);
+            for (int j0 = 0; j0 < columns; j0 += panelColumns)
+            {
+                row[j0..Math.Min(columns, j0 + panelColumns)].CopyTo(panels[((j0 / panelColumns * rank + k) * panelColumns)..]);
+            }
         }
     }
 
-    internal static void Expand<TV>(WeightPrecision precision, void* bT, int stride, int rank, int tokens, float** v, float** y, int j0, int j1)
+    /// <summary>
+    /// The expand for <paramref name="tokens"/> (1 to <see cref="MaxExpandTokens"/>; <see cref="ExpandTokens"/> at full speed) of one expert over columns [j0, j1):
+    /// y_i[j] += Σ_k v_i[k] · bT[k, j] for a rank-r expert with Bᵀ in panels of <see cref="PanelColumns"/>
+    /// (<see cref="PackPanels{T}"/>). Each Bᵀ element is loaded once for all the tokens, so an expert's Bᵀ block is read
+    /// in one pass.
+    /// </summary>
+    public static void Expand(WeightPrecision precision, void* panels, int rank, int tokens, float** v, float** y, int j0, int j1)
+    {
+        if (Vector512.IsHardwareAccelerated)
+        {
+            Expand<Lanes512>(precision, panels, rank, tokens, v, y, j0, j1);
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            Expand<Lanes256>(precision, panels, rank, tokens, v, y, j0, j1);
+        }
+        else
+        {
+            Expand<Lanes128>(precision, panels, rank, tokens, v, y, j0, j1);
+        }
+    }
+
+    /// <summary>The expand at one register width, on panels of 2 · <typeparamref name="TV"/>.Count columns.</summary>
+    internal static void Expand<TV>(WeightPrecision precision, void* panels, int rank, int tokens, float** v, float** y, int j0, int j1)
         where TV : unmanaged, ILanes<TV>
     {
         switch (precision)
         {
             case WeightPrecision.Float32:
-                Expand<TV, float, Float32Weights>((float*)bT, stride, rank, tokens, v, y, j0, j1);
+                Expand<TV, float, Float32Weights>((float*)panels, rank, tokens, v, y, j0, j1);
                 break;
             case WeightPrecision.BFloat16:
-                Expand<TV, ushort, BFloat16Weights>((ushort*)bT, stride, rank, tokens, v, y, j0, j1);
+                Expand<TV, ushort, BFloat16Weights>((ushort*)panels, rank, tokens, v, y, j0, j1);
                 break;
             default:
-                Expand<TV, ushort, Float16Weights>((ushort*)bT, stride, rank, tokens, v, y, j0, j1);
+                Expand<TV, ushort, Float16Weights>((ushort*)panels, rank, tokens, v, y, j0, j1);
                 break;
         }
     }
 
-    private static void Expand<TV, T, TW>(T* bT, int stride, int rank, int tokens, float** v, float** y, int j0, int j1)
+    private static void Expand<TV, T, TW>(T* panels, int rank, int tokens, float** v, float** y, int j0, int j1)
         where TV : unmanaged, ILanes<TV>
         where T : unmanaged
         where TW : struct, IWeights<T>
@@ -350,28 +378,28 @@ internal static unsafe class CpuKernels
         switch (tokens)
         {
             case 1:
-                Expand<TV, T, TW, OneToken>(bT, stride, rank, v, y, j0, j1);
+                Expand<TV, T, TW, OneToken>(panels, rank, v, y, j0, j1);
                 break;
             case 2:
-                Expand<TV, T, TW, TwoTokens>(bT, stride, rank, v, y, j0, j1);
+                Expand<TV, T, TW, TwoTokens>(panels, rank, v, y, j0, j1);
                 break;
             case 3:
-                Expand<TV, T, TW, ThreeTokens>(bT, stride, rank, v, y, j0, j1);
+                Expand<TV, T, TW, ThreeTokens>(panels, rank, v, y, j0, j1);
                 break;
             case 4:
-                Expand<TV, T, TW, FourTokens>(bT, stride, rank, v, y, j0, j1);
+                Expand<TV, T, TW, FourTokens>(panels, rank, v, y, j0, j1);
                 break;
             case 5:
-                Expand<TV, T, TW, FiveTokens>(bT, stride, rank, v, y, j0, j1);
+                Expand<TV, T, TW, FiveTokens>(panels, rank, v, y, j0, j1);
                 break;
             case 6:
-                Expand<TV, T, TW, SixTokens>(bT, stride, rank, v, y, j0, j1);
+                Expand<TV, T, TW, SixTokens>(panels, rank, v, y, j0, j1);
                 break;
             case 7:
-                Expand<TV, T, TW, SevenTokens>(bT, stride, rank, v, y, j0, j1);
+                Expand<TV, T, TW, SevenTokens>(panels, rank, v, y, j0, j1);
                 break;
             case 8:
-                Expand<TV, T, TW, EightTokens>(bT, stride, rank, v, y, j0, j1);
+                Expand<TV, T, TW, EightTokens>(panels, rank, v, y, j0, j1);
                 break;
             default:
                 throw new ArgumentOutOfRangeException(nameof(tokens), tokens, $"an expand call takes 1 to {MaxExpandTokens} tokens");
@@ -379,27 +407,28 @@ internal static unsafe class CpuKernels
     }
 
     /// <summary>
-    /// Two vectors of columns per step: up to sixteen accumulators (eight tokens), and one token's two chains still
-    /// outrun memory.
+    /// One panel (two vectors of columns) per step: up to sixteen accumulators (eight tokens), and one token's two chains
+    /// still outrun memory. Columns before the first whole panel and after the last run through <see cref="Columns"/>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Expand<TV, T, TW, TM>(T* bT, int stride, int rank, float** v, float** y, int j0, int j1)
+    private static void Expand<TV, T, TW, TM>(T* panels, int rank, float** v, float** y, int j0, int j1)
         where TV : unmanaged, ILanes<TV>
         where T : unmanaged
         where TW : struct, IWeights<T>
         where TM : struct, ITileTokens
     {
-        int w = TV.Count;
+        int w = TV.Count, width = 2 * w;
         bool t1 = TM.Count > 1, t2 = TM.Count > 2, t3 = TM.Count > 3, t4 = TM.Count > 4, t5 = TM.Count > 5, t6 = TM.Count > 6, t7 = TM.Count > 7;
         float* v0 = v[0], v1 = t1 ? v[1] : null, v2 = t2 ? v[2] : null, v3 = t3 ? v[3] : null;
         float* v4 = t4 ? v[4] : null, v5 = t5 ? v[5] : null, v6 = t6 ? v[6] : null, v7 = t7 ? v[7] : null;
-        int j = j0;
-        for (; j <= j1 - 2 * w; j += 2 * w)
+        int j = Math.Min(j1, (j0 + width - 1) / width * width);
+        Columns<T, TW>(panels, rank, width, TM.Count, v, y, j0, j);
+        for (; j <= j1 - width; j += width)
         {
             TV a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
             TV a4 = default, b4 = default, a5 = default, b5 = default, a6 = default, b6 = default, a7 = default, b7 = default;
-            T* col = bT + j;
-            for (int k = 0; k < rank; k++, col += stride)
+            T* col = panels + (long)(j / width) * rank * width;
+            for (int k = 0; k < rank; k++, col += width)
             {
                 TV lo = TW.Load<TV>(col), hi = TW.Load<TV>(col + w);
                 TV c = TV.Broadcast(v0[k]);
@@ -478,15 +507,23 @@ internal static unsafe class CpuKernels
                 AddInto(y[7] + j, w, a7, b7);
             }
         }
-        for (; j < j1; j++)
+        Columns<T, TW>(panels, rank, width, TM.Count, v, y, j, j1);
+    }
+
+    /// <summary>Columns [j0, j1) of the expand one by one, each token's chain in the same order as in the vector loop.</summary>
+    private static void Columns<T, TW>(T* panels, int rank, int width, int tokens, float** v, float** y, int j0, int j1)
+        where T : unmanaged
+        where TW : struct, IWeights<T>
+    {
+        for (int j = j0; j < j1; j++)
         {
-            // The tail column by column, each token's chain in the same order as in the vector loop.
-            for (int i = 0; i < TM.Count; i++)
+            T* column = panels + (long)(j / width) * rank * width + j % width;
+            for (int i = 0; i < tokens; i++)
             {
                 float s = 0f;
-                T* col = bT + j;
+                T* col = column;
                 float* vi = v[i];
-                for (int k = 0; k < rank; k++, col += stride)
+                for (int k = 0; k < rank; k++, col += width)
                 {
                     s = MathF.FusedMultiplyAdd(TW.LoadOne(col), vi[k], s);
                 }
