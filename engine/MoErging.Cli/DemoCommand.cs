@@ -122,7 +122,7 @@ internal static class DemoCommand
         long written = dirs.Sum(d => new DirectoryInfo(d).EnumerateFiles().Sum(f => f.Length));
         stdout.WriteLine(string.Create(c, $"wrote {experts} PEFT adapters to {root} ({written / 1e6:F1} MB) in {clock.ElapsedMilliseconds} ms"));
 
-        // 2. Loaded back through the loader users use, at the engine's precision: read in place, not copied again.
+        // 2. Loaded back through the loader users use, at the engine's precision, so the engine converts nothing.
         clock.Restart();
         ExpertLibrary library = ExpertLibrary.Load(dirs, new ExpertLibraryOptions { WeightPrecision = engine.WeightPrecision });
         stdout.WriteLine($"loaded them back in {clock.ElapsedMilliseconds} ms");

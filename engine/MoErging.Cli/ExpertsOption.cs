@@ -48,8 +48,8 @@ internal static class ExpertsOption
     }
 
     /// <summary>
-    /// Loads --experts (at least one), their factors held at <paramref name="precision"/> (an engine's, so that it reads
-    /// them in place), and prints the library's warnings to stderr.
+    /// Loads --experts (at least one), their factors held at <paramref name="precision"/> (an engine's, so that it converts
+    /// none of them), and prints the library's warnings to stderr.
     /// </summary>
     public static (ExpertLibrary Library, string[] Directories) Load(CommandLine line, TextWriter stderr, bool lazy = false,
         WeightPrecision precision = WeightPrecision.Float32)

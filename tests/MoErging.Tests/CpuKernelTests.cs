@@ -191,15 +191,17 @@ public sealed unsafe class CpuKernelTests
         float** ys = stackalloc float*[CpuKernels.MaxExpandTokens];
         foreach ((int tokens, int rank, int j0, int j1, int stride) in new[]
         {
-            (1, 1, 0, 7, 7), (2, 5, 3, 130, 140), (3, 16, 64, 1000, 1029), (4, 16, 0, 512, 512), (4, 3, 17, 18, 40),
+            (1, 1, 0, 1, 1), (1, 1, 0, 7, 7), (2, 5, 3, 130, 140), (3, 16, 64, 1000, 1029), (4, 16, 0, 512, 512), (4, 3, 17, 18, 40),
             (5, 16, 0, 99, 100), (6, 7, 32, 200, 230), (7, 16, 1, 64, 70), (8, 16, 0, 1024, 1030), (8, 2, 5, 36, 40),
         })
         {
             float[] bT = Stored.Values(data.Normal(rank * stride), precision);
-            // The kernel reads Bᵀ in panels of two registers' worth of columns at the width under test.
+            // The kernel reads Bᵀ in panels of two registers' worth of columns at the width under test. NaN past the
+            // panels turns any read beyond them into a wrong result.
             int panelColumns = 2 * int.Parse(width, CultureInfo.InvariantCulture) / 32, elements = CpuKernels.PanelElements(rank, stride, panelColumns);
-            float[] panels = new float[elements];
-            ushort[] bits = new ushort[elements];
+            int guard = rank * panelColumns;
+            float[] panels = [.. Enumerable.Repeat(float.NaN, elements + guard)];
+            ushort[] bits = [.. Enumerable.Repeat(precision == WeightPrecision.Float16 ? (ushort)0x7E00 : (ushort)0x7FC0, elements + guard)]; // quiet NaNs
             CpuKernels.PackPanels<float>(bT, rank, stride, panelColumns, panels);
             if (precision != WeightPrecision.Float32)
             {
@@ -209,28 +211,22 @@ public sealed unsafe class CpuKernelTests
             // Two slots of one token (a repeated expert is a pair of its own) add into the same row, one after the other.
             int rows = tokens is 4 or 8 ? tokens - 1 : tokens;
             float[] y = data.Normal(rows * stride);
-            float[] before = [.. y];
-            fixed (float* pb = panels, pv = v, py = y)
+            float[] before = [.. y], split = [.. y];
+            // The same columns in two calls, split off a panel boundary: every column is summed the same way whichever call holds it.
+            int middle = Math.Min(j1, j0 + (j1 - j0) / 2 + 1);
+            fixed (float* pb = panels, pv = v, py = y, ps = split)
             fixed (ushort* pbits = bits)
             {
-                for (int i = 0; i < tokens; i++)
-                {
-                    vs[i] = pv + (long)i * rank;
-                    ys[i] = py + (long)Math.Min(i, rows - 1) * stride;
-                }
                 void* weights = precision == WeightPrecision.Float32 ? pb : pbits;
-                switch (width)
-                {
-                    case "128":
-                        CpuKernels.Expand<Lanes128>(precision, weights, rank, tokens, vs, ys, j0, j1);
-                        break;
-                    case "256":
-                        CpuKernels.Expand<Lanes256>(precision, weights, rank, tokens, vs, ys, j0, j1);
-                        break;
-                    default:
-                        CpuKernels.Expand<Lanes512>(precision, weights, rank, tokens, vs, ys, j0, j1);
-                        break;
-                }
+                Expand(width, precision, weights, rank, tokens, pv, py, rows, stride, j0, j1, vs, ys);
+                Expand(width, precision, weights, rank, tokens, pv, ps, rows, stride, j0, middle, vs, ys);
+                Expand(width, precision, weights, rank, tokens, pv, ps, rows, stride, middle, j1, vs, ys);
+            }
+            for (int i = 0; i < y.Length; i++)
+            {
+                Assert.True(BitConverter.SingleToInt32Bits(split[i]) == BitConverter.SingleToInt32Bits(y[i]),
+                    $"{data}: {width}-bit {precision} expand of {tokens} tokens, rank {rank}, columns [{j0}, {j1}) split at {middle}: " +
+                    $"element {i} = {split[i]:R}, in one call {y[i]:R}");
             }
             for (int row = 0; row < rows; row++)
             {
@@ -258,6 +254,31 @@ public sealed unsafe class CpuKernelTests
                     Assert.True(Math.Abs(got - expected) <= 2 * (rank + 2) * Unit * magnitude, $"{what} = {got:R}, expected {expected:R}");
                 }
             }
+        }
+    }
+
+    /// <summary>
+    /// One expand call at the width under test: token i's rank terms at v + i · rank, into row min(i, rows − 1) of y.
+    /// </summary>
+    private static void Expand(string width, WeightPrecision precision, void* panels, int rank, int tokens, float* v, float* y, int rows, int stride,
+        int j0, int j1, float** vs, float** ys)
+    {
+        for (int i = 0; i < tokens; i++)
+        {
+            vs[i] = v + (long)i * rank;
+            ys[i] = y + (long)Math.Min(i, rows - 1) * stride;
+        }
+        switch (width)
+        {
+            case "128":
+                CpuKernels.Expand<Lanes128>(precision, panels, rank, tokens, vs, ys, j0, j1);
+                break;
+            case "256":
+                CpuKernels.Expand<Lanes256>(precision, panels, rank, tokens, vs, ys, j0, j1);
+                break;
+            default:
+                CpuKernels.Expand<Lanes512>(precision, panels, rank, tokens, vs, ys, j0, j1);
+                break;
         }
     }
 }

@@ -4,7 +4,8 @@ namespace MoErging.Execution;
 
 /// <summary>
 /// A backend's own copies of host objects (a module's experts, a linear router's prototypes): a GPU's uploads, or the
-/// CPU's converted arrays where the engine's precision differs from the library's. Each copy is made once, on first
+/// CPU's packed modules (Bᵀ in the expand's panels, A converted where the engine's precision differs from the library's)
+/// and packed prototypes. Each copy is made once, on first
 /// use, by the first session that needs it while others wait for it alone; it is freed when its host object has been
 /// collected (checked whenever something new is copied), on <see cref="Release"/>, or at disposal, each time after
 /// <c>drain</c> has waited for the work that may still read it. A copy that is <see cref="IDisposable"/> is disposed

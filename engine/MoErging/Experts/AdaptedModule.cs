@@ -1,4 +1,3 @@
-using MoErging.Execution;
 using MoErging.Kernels;
 
 namespace MoErging.Experts;
@@ -20,19 +19,11 @@ public sealed class AdaptedModule
         OutputDim = outputDim;
         _factors = factors;
         int maxRank = 0;
-        WeightPrecision? precision = null;
-        bool mixed = false;
         foreach (LoraFactors? f in factors)
         {
             maxRank = Math.Max(maxRank, f?.Rank ?? 0);
-            if (f is not null)
-            {
-                mixed |= precision is WeightPrecision seen && seen != f.Precision;
-                precision = f.Precision;
-            }
         }
         MaxRank = maxRank;
-        Precision = mixed ? null : precision;
     }
 
     /// <summary>The library the module belongs to.</summary>
@@ -65,12 +56,6 @@ public sealed class AdaptedModule
         }
         return _factors[expert];
     }
-
-    /// <summary>
-    /// The precision every expert's factors are held at, or null when they differ (experts built in memory at
-    /// different precisions): an engine of this precision converts none of them.
-    /// </summary>
-    internal WeightPrecision? Precision { get; }
 
     /// <summary>Factors of every expert, by expert index (null where an expert does not adapt the module).</summary>
     internal ReadOnlySpan<LoraFactors?> AllFactors => _factors;

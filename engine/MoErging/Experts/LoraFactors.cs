@@ -10,8 +10,9 @@ namespace MoErging.Experts;
 /// <remarks>
 /// Both factors live on the pinned object heap, so the backends read them in place without pinning per call, at
 /// the factors' <see cref="Precision"/>: float32, or the bit patterns of a 16-bit format (half the memory and half the
-/// bytes a forward reads). B is kept transposed (<c>[r, d_out]</c>, rank-major like A) because the expand step of the
-/// forward pass streams it row by row along d_out; <see cref="CopyB"/> gives PEFT's layout back.
+/// bytes a forward reads). B is kept transposed (<c>[r, d_out]</c>, rank-major like A) because the GPUs' expand streams
+/// it row by row along d_out (the CPU engine packs it into column panels of its own); <see cref="CopyB"/> gives PEFT's
+/// layout back.
 /// Factors loaded lazily (<see cref="ExpertLibrary.Load(IEnumerable{string}, bool)"/>) know their shape and scaling
 /// from the start and decode their values on first use of <see cref="A"/>, <see cref="BTransposed"/>,
 /// <see cref="CopyB"/>, the bit accessors (or a forward pass), once, thread-safely; <see cref="IsLoaded"/> tells which.

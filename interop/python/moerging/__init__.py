@@ -304,8 +304,8 @@ class Engine(_Handle):
     processor count (.NET's Environment.ProcessorCount); more, or a negative count, is an InvalidArgumentError.
     weight_precision: how the engine stores the experts' factors and the routers' prototypes: "f32" (default),
     "bf16" or "f16", each value rounded once and widened to float32 for the
-    arithmetic. Give the Library the same one: the engine reads factors of its own precision in place and converts
-    others into a copy of its own."""
+    arithmetic. Give the Library the same one: the engine converts factors of another precision into a copy of its
+    own (the CPU engine reads A of its own precision in place and always packs Bᵀ into panels for its expand)."""
 
     _free = lib.moe_engine_free
 

@@ -308,7 +308,7 @@ internal static unsafe class CpuKernels
     public static int PanelColumns => 2 * Lanes;
 
     /// <summary>Elements of <see cref="PackPanels{T}"/>'s layout for a rank-<paramref name="rank"/> Bᵀ of <paramref name="columns"/> columns.</summary>
-    public static int PanelElements(int rank, int columns, int panelColumns) => (columns + panelColumns - 1) / panelColumns * rank * panelColumns;
+    public static int PanelElements(int rank, int columns, int panelColumns) => checked((columns + panelColumns - 1) / panelColumns * rank * panelColumns);
 
     /// <summary>
     /// Bᵀ (row-major <c>[rank, columns]</c>) in the expand's layout: panels of <paramref name="panelColumns"/> consecutive
@@ -511,6 +511,7 @@ internal static unsafe class CpuKernels
     }
 
     /// <summary>Columns [j0, j1) of the expand one by one, each token's chain in the same order as in the vector loop.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Columns<T, TW>(T* panels, int rank, int width, int tokens, float** v, float** y, int j0, int j1)
         where T : unmanaged
         where TW : struct, IWeights<T>
