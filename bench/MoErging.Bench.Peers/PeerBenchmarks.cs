@@ -15,7 +15,7 @@ public sealed record Shape(int Tokens, int Experts)
 /// <summary>
 /// The routed forward (Arrow top-2 scoring, then the expert mixture added into y), ours against the two
 /// TorchSharp variants, on the standard workload over T (E = 64) and over E (T = 64), at each weight precision: the
-/// libraries are built at it, the engine created with it (so it converts nothing: A read in place, Bᵀ packed into its
+/// libraries are built at it, the engine created with it (so it converts nothing: it packs A and Bᵀ into its
 /// panels on first use), and the TorchSharp
 /// variants hold the same rounded weights in float32 at F32 and in bfloat16 at BF16; TorchSharp has no F16 case
 /// (<see cref="Runs"/>). Every call rotates among the workload's libraries, so weights come from memory (see

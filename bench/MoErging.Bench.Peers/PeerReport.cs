@@ -69,7 +69,7 @@ internal sealed class PeerReport
             : $"- **Command:** `dotnet run -c Release --project bench/MoErging.Bench.Peers -- {reduced}`{where}: a reduced run, only " +
               "the cases it names (the full one: `dotnet tool restore && dotnet cake --target=Peers`)");
         text.AppendLine("- Mean per forward (routing included). Storage is the weight precision: the engine's (created with it, the " +
-            "library built at it, so nothing is converted: A read in place, Bᵀ and prototypes packed on first use); TorchSharp's tensors hold the same rounded weights in float32 at " +
+            "library built at it, so nothing is converted: factors and prototypes packed on first use); TorchSharp's tensors hold the same rounded weights in float32 at " +
             "F32 and in bfloat16 at BF16 (computing in it), and it has no F16 variant. GB/s are over the minimum bytes at the row's " +
             "storage (X and Y in float32, prototypes and selected experts at the storage). \"F32 ÷ this\" is the engine's F32 mean over " +
             "this row's; \"best peer ÷ engine\" is the fastest TorchSharp variant of the shape, of either dtype, over the engine's mean. " +

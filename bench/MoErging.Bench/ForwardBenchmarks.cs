@@ -6,8 +6,8 @@ namespace MoErging.Bench;
 /// <summary>
 /// The standard CPU workload: route (Arrow top-2) and forward T tokens, ours against the naive scalar
 /// baseline, rotating among four libraries so that weights come from memory, at each weight precision: the
-/// libraries are built at it and the engine created with it, so the engine converts nothing (it reads A in place and
-/// packs Bᵀ into its panels on first use). The naive
+/// libraries are built at it and the engine created with it, so the engine converts nothing (it packs A and Bᵀ into its
+/// panels on first use). The naive
 /// baseline stays float32: it holds float32 copies of the same (rounded) factors, so it does the same work at every
 /// precision and its rows differ only by noise.
 /// </summary>

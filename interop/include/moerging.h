@@ -118,9 +118,9 @@ typedef enum moe_backend {
  * library holds them in memory. The 16-bit formats halve the bytes a CPU forward reads: each value is rounded to
  * nearest, ties to even, once, and widened to float32 in registers, where all arithmetic stays. Load a library at the
  * precision of the engines that use it: an engine converts factors of another precision into a copy of its own (a GPU
- * per module as it uploads it, the CPU per expert the first time a forward runs it; kept until the engine is freed),
- * and the CPU reads A of its own precision in place (Bᵀ it always copies, into the panels its expand streams). A
- * factor stored in the file in that very format keeps its bits. A GPU backend stores what it uploads at the same
+ * per module as it uploads it, the CPU per expert the first time a forward runs it; kept until the engine is freed).
+ * The CPU copies every expert it runs, whatever the precisions, into the panels its kernels stream. A factor stored
+ * in the file in that very format keeps its bits. A GPU backend stores what it uploads at the same
  * precision. */
 typedef enum moe_weight_precision {
     MOE_WEIGHT_PRECISION_F32 = 0,      /* float32 (default) */

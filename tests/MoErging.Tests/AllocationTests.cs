@@ -122,8 +122,8 @@ public abstract class AllocationTests(EngineFixture engines)
 }
 
 /// <summary>
-/// A 16-bit CPU engine on a library held at its own precision (the factors read in place, the router's prototypes
-/// packed in the warm-up calls) allocates nothing warm, for routed and assigned forwards, float32 and Half activations.
+/// A 16-bit CPU engine on a library held at its own precision (the experts and the router's prototypes packed in the
+/// warm-up calls) allocates nothing warm, for routed and assigned forwards, float32 and Half activations.
 /// </summary>
 [Collection(nameof(AllocationCollection))]
 public sealed class SixteenBitLibraryAllocationTests

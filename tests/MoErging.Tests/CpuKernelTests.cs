@@ -8,11 +8,11 @@ namespace MoErging.Tests;
 /// <summary>
 /// The CPU kernels at every register width they have (128, 256 and 512 bits; a width this machine lacks runs
 /// emulated, so every width is checked everywhere) and every weight precision, against float64 sums written here, on
-/// fresh seeded shapes that hit every tile remainder: row counts that leave a short row tile, token counts that leave
-/// every shorter token tile (1 to 3, and 1 to 7 in a score tile), lengths that leave a scalar tail, column ranges that
-/// start and end off a vector boundary, expert counts that leave a short last panel.
-/// Tolerance: float32 summation of n terms, 2 · n · 2⁻²⁴ · Σ|terms| (plus y's own rounding in the expand), and for the
-/// blocked scores a chain of at most <see cref="CpuScores.Block"/> terms per block plus one addition per block,
+/// fresh seeded shapes that hit every tile remainder: ranks that leave a short last panel, token counts that leave
+/// every shorter token tile (1 to 7), lengths that leave an odd block or a scalar tail, column ranges that start and
+/// end off a vector boundary, expert counts that leave a short last panel.
+/// Tolerance: for the expand, float32 summation of its rank terms plus y's own rounding; for the blocked shrink and
+/// scores a chain of at most <see cref="CpuScores.Block"/> terms per block plus one addition per block,
 /// 2 · (min(n, Block) + n / Block + 1) · 2⁻²⁴ · Σ|terms|; the weights are compared as stored (<see cref="Stored"/>), so
 /// the bound is the arithmetic's alone.
 /// </summary>
@@ -33,49 +33,30 @@ public sealed unsafe class CpuKernelTests
         return data;
     }
 
+    /// <summary>(rank, tokens, n): one panel or several with a short last one, every token tile, odd blocks and tails.</summary>
+    private static readonly (int Rank, int Tokens, int N)[] ShrinkShapes =
+        [(1, 1, 37), (3, 2, 300), (5, 3, 517), (16, 5, 4096), (17, 7, 1029), (8, 8, 256), (33, 4, 64), (16, 8, 1), (2, 6, 255), (24, 1, 513)];
+
     [Theory]
     [MemberData(nameof(Widths))]
-    public void DotBlockMatchesTheFloat64DotProductsAndWritesOnlyItsOutputs(string width, WeightPrecision precision)
+    public void ShrinkMatchesTheFloat64DotProductsAndWritesOnlyItsOutputs(string width, WeightPrecision precision)
     {
         var data = new TestData();
-        float** tokenRows = stackalloc float*[16];
-        foreach ((int rows, int tokens, int n) in new[] { (1, 1, 37), (3, 2, 300), (5, 3, 517), (8, 5, 4096), (16, 7, 1029), (6, 9, 64), (16, 16, 256) })
+        foreach ((int rank, int tokens, int n) in ShrinkShapes)
         {
-            float[] a = Stored.Values(data.Normal(rows * n), precision);
+            float[] a = Stored.Values(data.Normal(rank * n), precision);
             float[] x = data.Normal(tokens * n);
-            ushort[] bits = [.. a.Select(v => precision == WeightPrecision.Float32 ? (ushort)0 : Stored.Bits(v, precision))];
-            int tokenStride = rows + 3; // a gap after each token's outputs, which must stay untouched
-            float[] output = [.. Enumerable.Repeat(float.NaN, tokens * tokenStride)];
-            fixed (float* pa = a, px = x, po = output)
-            fixed (ushort* pb = bits)
-            {
-                for (int t = 0; t < tokens; t++)
-                {
-                    tokenRows[t] = px + (long)t * n;
-                }
-                void* weights = precision == WeightPrecision.Float32 ? pa : pb;
-                switch (width)
-                {
-                    case "128":
-                        CpuKernels.DotBlock<Lanes128>(precision, weights, rows, tokenRows, tokens, n, po, tokenStride, 1);
-                        break;
-                    case "256":
-                        CpuKernels.DotBlock<Lanes256>(precision, weights, rows, tokenRows, tokens, n, po, tokenStride, 1);
-                        break;
-                    default:
-                        CpuKernels.DotBlock<Lanes512>(precision, weights, rows, tokenRows, tokens, n, po, tokenStride, 1);
-                        break;
-                }
-            }
+            int stride = rank + 3; // a gap after each token's outputs, which must stay untouched
+            float[] output = Shrink(width, precision, a, rank, x, tokens, n, stride);
             for (int t = 0; t < tokens; t++)
             {
-                for (int r = 0; r < tokenStride; r++)
+                for (int r = 0; r < stride; r++)
                 {
-                    float got = output[t * tokenStride + r];
-                    string what = $"{data}: {width}-bit {precision} block {rows} rows × {tokens} tokens, n = {n}: token {t} row {r}";
-                    if (r >= rows)
+                    float got = output[t * stride + r];
+                    string what = $"{data}: {width}-bit {precision} shrink of rank {rank} × {tokens} tokens, n = {n}: token {t} row {r}";
+                    if (r >= rank)
                     {
-                        Assert.True(float.IsNaN(got), $"{what} is past the block but was written ({got:R})");
+                        Assert.True(float.IsNaN(got), $"{what} is past the rank but was written ({got:R})");
                         continue;
                     }
                     double sum = 0, magnitude = 0;
@@ -85,10 +66,83 @@ public sealed unsafe class CpuKernelTests
                         sum += term;
                         magnitude += Math.Abs(term);
                     }
-                    Assert.True(Math.Abs(got - sum) <= 2 * n * Unit * magnitude, $"{what}: {got:R}, expected {sum:R}");
+                    // Blocked summation, as the scores: a chain of at most Block terms per block, then one addition per block.
+                    double bound = 2 * (Math.Min(n, CpuScores.Block) + n / CpuScores.Block + 1) * Unit * magnitude;
+                    Assert.True(Math.Abs(got - sum) <= bound, $"{what}: {got:R}, expected {sum:R}");
                 }
             }
         }
+    }
+
+    [Theory]
+    [InlineData(WeightPrecision.Float32)]
+    [InlineData(WeightPrecision.BFloat16)]
+    [InlineData(WeightPrecision.Float16)]
+    public void ShrinkIsTheSameBitsAtEveryRegisterWidth(WeightPrecision precision)
+    {
+        var data = new TestData();
+        foreach ((int rank, int tokens, int n) in ShrinkShapes)
+        {
+            float[] a = Stored.Values(data.Normal(rank * n), precision);
+            float[] x = data.Normal(tokens * n);
+            float[] at128 = Shrink("128", precision, a, rank, x, tokens, n, rank);
+            foreach (string width in new[] { "256", "512" })
+            {
+                float[] other = Shrink(width, precision, a, rank, x, tokens, n, rank);
+                for (int i = 0; i < other.Length; i++)
+                {
+                    Assert.True(BitConverter.SingleToInt32Bits(other[i]) == BitConverter.SingleToInt32Bits(at128[i]),
+                        $"{data}: {precision} shrink of rank {rank} × {tokens} tokens, n = {n}: output {i} is {other[i]:R} at {width} bits, {at128[i]:R} at 128");
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// v[t · stride + r] = A[r] · x[t] through <see cref="CpuKernels.PackPanels{T}"/> of Aᵀ and one call per panel of rank
+    /// rows (the register's lanes at the width under test), NaN elsewhere; NaN past the panels turns any read beyond
+    /// them into a wrong result.
+    /// </summary>
+    private static float[] Shrink(string width, WeightPrecision precision, float[] a, int rank, float[] x, int tokens, int n, int stride)
+    {
+        int lanes = int.Parse(width, CultureInfo.InvariantCulture) / 32, elements = CpuKernels.PanelElements(n, rank, lanes), guard = 2 * lanes;
+        float[] panels = [.. Enumerable.Repeat(float.NaN, elements + guard)];
+        ushort[] bits = [.. Enumerable.Repeat(precision == WeightPrecision.Float16 ? (ushort)0x7E00 : (ushort)0x7FC0, elements + guard)]; // quiet NaNs
+        CpuKernels.PackPanels<float>(a, n, rank, 1, n, lanes, panels);
+        if (precision != WeightPrecision.Float32)
+        {
+            CpuKernels.PackPanels<ushort>([.. a.Select(v => Stored.Bits(v, precision))], n, rank, 1, n, lanes, bits);
+        }
+        float[] output = [.. Enumerable.Repeat(float.NaN, tokens * stride)];
+        float** xs = stackalloc float*[CpuKernels.MaxTileTokens];
+        float** vs = stackalloc float*[CpuKernels.MaxTileTokens];
+        fixed (float* pa = panels, px = x, po = output)
+        fixed (ushort* pb = bits)
+        {
+            for (int r0 = 0; r0 < rank; r0 += lanes)
+            {
+                byte* panel = (precision == WeightPrecision.Float32 ? (byte*)pa : (byte*)pb) + (long)r0 * n * WeightStorage.ElementSize(precision);
+                for (int t = 0; t < tokens; t++)
+                {
+                    xs[t] = px + (long)t * n;
+                    vs[t] = po + (long)t * stride + r0;
+                }
+                int rows = Math.Min(lanes, rank - r0);
+                switch (width)
+                {
+                    case "128":
+                        CpuKernels.Shrink<Lanes128>(precision, panel, n, rows, tokens, xs, vs);
+                        break;
+                    case "256":
+                        CpuKernels.Shrink<Lanes256>(precision, panel, n, rows, tokens, xs, vs);
+                        break;
+                    default:
+                        CpuKernels.Shrink<Lanes512>(precision, panel, n, rows, tokens, xs, vs);
+                        break;
+                }
+            }
+        }
+        return output;
     }
 
     [Theory]
@@ -187,8 +241,8 @@ public sealed unsafe class CpuKernelTests
     public void ExpandAddsEachTokensRankSumIntoItsColumnsOnly(string width, WeightPrecision precision)
     {
         var data = new TestData();
-        float** vs = stackalloc float*[CpuKernels.MaxExpandTokens];
-        float** ys = stackalloc float*[CpuKernels.MaxExpandTokens];
+        float** vs = stackalloc float*[CpuKernels.MaxTileTokens];
+        float** ys = stackalloc float*[CpuKernels.MaxTileTokens];
         foreach ((int tokens, int rank, int j0, int j1, int stride) in new[]
         {
             (1, 1, 0, 1, 1), (1, 1, 0, 7, 7), (2, 5, 3, 130, 140), (3, 16, 64, 1000, 1029), (4, 16, 0, 512, 512), (4, 3, 17, 18, 40),
@@ -202,10 +256,10 @@ public sealed unsafe class CpuKernelTests
             int guard = rank * panelColumns;
             float[] panels = [.. Enumerable.Repeat(float.NaN, elements + guard)];
             ushort[] bits = [.. Enumerable.Repeat(precision == WeightPrecision.Float16 ? (ushort)0x7E00 : (ushort)0x7FC0, elements + guard)]; // quiet NaNs
-            CpuKernels.PackPanels<float>(bT, rank, stride, panelColumns, panels);
+            CpuKernels.PackPanels<float>(bT, rank, stride, stride, 1, panelColumns, panels);
             if (precision != WeightPrecision.Float32)
             {
-                CpuKernels.PackPanels<ushort>([.. bT.Select(v => Stored.Bits(v, precision))], rank, stride, panelColumns, bits);
+                CpuKernels.PackPanels<ushort>([.. bT.Select(v => Stored.Bits(v, precision))], rank, stride, stride, 1, panelColumns, bits);
             }
             float[] v = data.Normal(tokens * rank);
             // Two slots of one token (a repeated expert is a pair of its own) add into the same row, one after the other.

@@ -164,7 +164,7 @@ public sealed class WeightPrecisionTests
         GC.KeepAlive(other);
         GC.KeepAlive(mixed);
 
-        // A float32 engine reads a float32 library's A in place: its copies are the router's panels and Bᵀ's.
+        // A float32 engine on a float32 library converts nothing: its copies are the router's panels and the module's.
         using Engine plain = Engine.Create(new EngineOptions { Backend = Backend.Cpu, CpuThreads = 1 });
         using Session plainSession = plain.CreateSession();
         plainSession.Forward(float32.Module(Module), arrow, x, new RoutingDecision(), (float[])yBase.Clone());

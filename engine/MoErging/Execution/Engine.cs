@@ -192,8 +192,8 @@ public sealed class Engine : IDisposable
 
     /// <summary>
     /// Frees the engine's copy of <paramref name="module"/>'s experts now: a GPU engine uploads them on first use, and a
-    /// CPU engine packs each expert's Bᵀ into its expand panels the first time a forward runs it (and converts its A
-    /// where its <see cref="WeightPrecision"/> differs from the precision the library holds it at). Later forwards make
+    /// CPU engine packs each expert's A and Bᵀ into its kernels' panels the first time a forward runs it (at its
+    /// <see cref="WeightPrecision"/>, converting where the library holds another). Later forwards make
     /// the copies again as they run the experts. Waits for the
     /// work every session has queued; must not run while another thread forwards at the module. Also frees the copies
     /// of modules and routers the host no longer holds, which otherwise go when something new is copied. False when

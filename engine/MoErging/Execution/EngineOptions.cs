@@ -20,12 +20,11 @@ public sealed record EngineOptions
     public static int MaxCpuThreads => 4 * Environment.ProcessorCount;
 
     /// <summary>
-    /// How the engine stores expert factors and linear routers' prototypes for its forwards (default float32). The CPU
-    /// reads A held at this precision in place: load the library at it
-    /// (<see cref="Experts.ExpertLibraryOptions.WeightPrecision"/>), or the engine converts each expert's A the first time
-    /// a forward runs it into a copy of its own. Bᵀ it always copies then, at this precision, into the panels its expand
-    /// kernel streams; both copies are freed by <see cref="Engine.Release(Experts.AdaptedModule)"/>. A GPU converts
-    /// while uploading.
+    /// How the engine stores expert factors and linear routers' prototypes for its forwards (default float32). Load the
+    /// library at it (<see cref="Experts.ExpertLibraryOptions.WeightPrecision"/>), so that nothing is rounded twice. The
+    /// CPU copies each expert's A and Bᵀ, the first time a forward runs it, at this precision into the panels its shrink
+    /// and expand kernels stream (converting them where the library holds another precision); the copies are freed by
+    /// <see cref="Engine.Release(Experts.AdaptedModule)"/>. A GPU converts while uploading.
     /// </summary>
     public WeightPrecision WeightPrecision { get; init; } = WeightPrecision.Float32;
 

@@ -17,7 +17,7 @@ public sealed record ExpertLibraryOptions
     /// <summary>
     /// How the library holds the factors in memory (default float32). Load it at the precision of the engines that will
     /// use it: an engine converts factors of another precision into a copy of its own (a GPU per module as it uploads it,
-    /// the CPU per expert the first time a forward runs it), and the CPU reads A of its own precision in place. Factors
+    /// the CPU per expert the first time a forward runs it, as it packs the expert for its kernels). Factors
     /// stored in the file in that very format are kept bit for bit;
     /// others are rounded to nearest, ties to even, once (see <see cref="Formats.PeftAdapter.Load"/>).
     /// </summary>

@@ -305,7 +305,7 @@ class Engine(_Handle):
     weight_precision: how the engine stores the experts' factors and the routers' prototypes: "f32" (default),
     "bf16" or "f16", each value rounded once and widened to float32 for the
     arithmetic. Give the Library the same one: the engine converts factors of another precision into a copy of its
-    own (the CPU engine reads A of its own precision in place and always packs Bᵀ into panels for its expand)."""
+    own (the CPU engine copies every expert it runs into panels for its kernels in any case)."""
 
     _free = lib.moe_engine_free
 

@@ -9,9 +9,9 @@ namespace MoErging.Execution.Cpu;
 /// <summary>
 /// The CPU backend: the engine's worker threads, shared by its sessions' executors, and the engine's
 /// <see cref="WeightPrecision"/>. It runs every case. A module's experts are packed for the kernels
-/// (<see cref="PackedModule"/>: Bᵀ in the expand's panels, A read in place where the library holds it at the engine's
-/// precision), and a linear router's prototypes for the scoring kernel (<see cref="PackedPrototypes"/>), each made on first use
-/// and freed like a GPU's upload (<see cref="HostCopies"/>): on <see cref="Release"/>, once its host is collected, or
+/// (<see cref="PackedModule"/>: A and Bᵀ in the shrink's and the expand's panels, at the engine's precision), and a
+/// linear router's prototypes for the scoring kernel (<see cref="PackedPrototypes"/>), each made on first use and freed
+/// like a GPU's upload (<see cref="HostCopies"/>): on <see cref="Release"/>, once its host is collected, or
 /// at disposal.
 /// </summary>
 internal sealed class CpuBackend(int threads, WeightPrecision precision) : IBackend
@@ -64,12 +64,12 @@ internal sealed class CpuBackend(int threads, WeightPrecision precision) : IBack
 }
 
 /// <summary>
-/// A module's experts as a CPU engine's kernels read them: each expert's Bᵀ in the expand's panels
-/// (<see cref="CpuKernels.PackPanels{T}"/>) at the engine's precision, 64-byte aligned, and its A converted to that
-/// precision where the library holds it at another (else A is read in place). Each expert is packed, in pinned arrays,
-/// the first time a forward runs it, so a lazy library decodes only the experts that are routed to. The panels hold
-/// a second copy of Bᵀ (r · d_out elements, padded to whole panels): the expand on them took an eighth to a third less
-/// time.
+/// A module's experts as a CPU engine's kernels read them: each expert's A and Bᵀ in the kernels' panels
+/// (<see cref="CpuKernels.PackPanels{T}"/>: A in panels of <see cref="CpuKernels.ShrinkPanelRows"/> rank rows for the
+/// shrink, Bᵀ in panels of <see cref="CpuKernels.ExpandPanelColumns"/> columns for the expand) at the engine's precision,
+/// 64-byte aligned. Each expert is packed, in pinned arrays, the first time a forward runs it, so a lazy library decodes
+/// only the experts that are routed to. The panels are a second copy of the expert's factors (padded to whole panels):
+/// on them each step of either kernel reads one contiguous run.
 /// </summary>
 internal sealed unsafe class PackedModule
 {
@@ -77,56 +77,57 @@ internal sealed unsafe class PackedModule
 
     private readonly WeightPrecision _precision;
     private readonly Array?[] _a;
-    private readonly Array?[] _panels;
+    private readonly Array?[] _bT;
     private readonly Lock _packing = new();
 
     public PackedModule(AdaptedModule module, WeightPrecision precision)
     {
         _precision = precision;
         _a = new Array?[module.ExpertCount];
-        _panels = new Array?[module.ExpertCount];
+        _bT = new Array?[module.ExpertCount];
     }
 
     /// <summary>
-    /// Address of expert <paramref name="expert"/>'s Bᵀ panels, with its A's in <paramref name="a"/>, packing its factors
-    /// <paramref name="f"/> on first use. May throw what decoding lazy factors throws; nothing is kept then, and the next
-    /// call tries again. The factors are passed in, not held: a copy must not keep its host alive
-    /// (<see cref="HostCopies"/>).
+    /// Addresses of expert <paramref name="expert"/>'s A panels and Bᵀ panels, packing its factors <paramref name="f"/>
+    /// on first use. May throw what decoding lazy factors throws; nothing is kept then, and the next call tries again.
+    /// The factors are passed in, not held: a copy must not keep its host alive (<see cref="HostCopies"/>).
     /// </summary>
-    public void* Expert(LoraFactors f, int expert, out void* a)
+    public void Expert(LoraFactors f, int expert, out void* a, out void* bT)
     {
-        if (Volatile.Read(ref _panels[expert]) is not Array panels)
+        if (Volatile.Read(ref _bT[expert]) is not Array packedBT)
         {
             lock (_packing)
             {
-                if (_panels[expert] is null)
+                if (_bT[expert] is null)
                 {
                     var (heldA, heldTransposed) = f.Held;
-                    Array? convertedA = f.Precision == _precision ? null : WeightStorage.Convert(heldA, f.Precision, _precision);
-                    Array bT = f.Precision == _precision ? heldTransposed : WeightStorage.Convert(heldTransposed, f.Precision, _precision);
-                    Array packed = Pack(bT, f.Rank, f.OutputDim);
-                    // A is published first: a reader that sees the panels finds A too.
-                    _a[expert] = convertedA;
-                    Volatile.Write(ref _panels[expert], packed);
+                    // Aᵀ: k runs along A's rows (stride 1), the rank index across them (stride d_in).
+                    Array packedA = Pack(heldA, f.Precision, f.InputDim, f.Rank, 1, f.InputDim, CpuKernels.ShrinkPanelRows);
+                    Array packed = Pack(heldTransposed, f.Precision, f.Rank, f.OutputDim, f.OutputDim, 1, CpuKernels.ExpandPanelColumns);
+                    // A is published first: a reader that sees Bᵀ finds A too.
+                    _a[expert] = packedA;
+                    Volatile.Write(ref _bT[expert], packed);
                 }
-                panels = _panels[expert]!;
+                packedBT = _bT[expert]!;
             }
         }
-        a = _a[expert] is Array converted ? WeightStorage.Address(converted) : f.APointer;
-        return Aligned(panels);
+        a = Aligned(_a[expert]!);
+        bT = Aligned(packedBT);
     }
 
-    private Array Pack(Array bT, int rank, int columns)
+    /// <summary>A factor held at <paramref name="held"/>'s precision, packed at the engine's (converted first where they differ).</summary>
+    private Array Pack(Array held, WeightPrecision heldPrecision, int rows, int columns, int rowStride, int columnStride, int panelColumns)
     {
-        int panelColumns = CpuKernels.PanelColumns, elements = CpuKernels.PanelElements(rank, columns, panelColumns);
+        Array source = heldPrecision == _precision ? held : WeightStorage.Convert(held, heldPrecision, _precision);
+        int elements = CpuKernels.PanelElements(rows, columns, panelColumns);
         Array storage = WeightStorage.Allocate(_precision, checked(elements + Alignment / WeightStorage.ElementSize(_precision)));
-        if (bT is float[] floats)
+        if (source is float[] floats)
         {
-            CpuKernels.PackPanels<float>(floats, rank, columns, panelColumns, new Span<float>(Aligned(storage), elements));
+            CpuKernels.PackPanels<float>(floats, rows, columns, rowStride, columnStride, panelColumns, new Span<float>(Aligned(storage), elements));
         }
         else
         {
-            CpuKernels.PackPanels<ushort>((ushort[])bT, rank, columns, panelColumns, new Span<ushort>(Aligned(storage), elements));
+            CpuKernels.PackPanels<ushort>((ushort[])source, rows, columns, rowStride, columnStride, panelColumns, new Span<ushort>(Aligned(storage), elements));
         }
         return storage;
     }

@@ -12,15 +12,13 @@ namespace MoErging.Execution.Cpu;
 /// <summary>
 /// One session's CPU execution: routing (normalise, score, select) and the routed forward (dispatch by
 /// expert, shrink, expand with the weighted sum fused in). Work is split across the engine's worker pool:
-/// shrink by (expert, block of rank rows), expand by blocks of output columns (one per worker), so every expert's A
-/// and B are read once per call and no two threads write the same output element. All buffers live on
+/// shrink by (expert, panel of rank rows, block of its tokens), expand by blocks of output columns (one per worker), so
+/// every expert's A and B are read once per call and no two threads write the same output element. All buffers live on
 /// the pinned heap and grow only when a call needs more than any before it. Factors are read at the engine's precision
-/// from the engine's packed module (<see cref="CpuBackend.Weights(AdaptedModule)"/>: Bᵀ in panels, A in place or
-/// converted), prototypes from its packed panels (<see cref="CpuBackend.Weights(LinearRouter)"/>).
+/// from the engine's packed module (<see cref="CpuBackend.Weights(AdaptedModule)"/>: A and Bᵀ in panels), prototypes from its packed panels (<see cref="CpuBackend.Weights(LinearRouter)"/>).
 /// </summary>
 internal sealed unsafe class CpuExecutor : IExecutor
 {
-    private const int RowBlock = 8;          // shrink: rank rows per work item
     private const int PairBlock = 64;        // shrink: routed tokens per work item
     private const int MinColumnBlock = 256;  // expand: fewest output columns per work item
     private const int TokenBlock = 16;       // selection: tokens per work item
@@ -43,14 +41,14 @@ internal sealed unsafe class CpuExecutor : IExecutor
     private int[] _segmentEnd = [];
     private int[] _active = [];
     private int[] _shrinkExpert = [];
-    private int[] _shrinkRow = [];
+    private int[] _shrinkPanel = [];
     private int[] _shrinkPair = [];
     private int[] _pairToken = [];
     private float[] _pairCoefficient = [];
     private float[] _v = [];
     private float[] _u = [];                 // parameter mixing: A_tok x per token
-    private void*[] _a = [];                 // per expert: A and Bᵀ's panels at the engine's precision
-    private void*[] _panels = [];
+    private void*[] _a = [];                 // per expert: A's and Bᵀ's panels at the engine's precision
+    private void*[] _bT = [];
     private int[] _rank = [];
     private int _activeCount;
     private int _shrinkItemCount;
@@ -313,7 +311,7 @@ internal sealed unsafe class CpuExecutor : IExecutor
         if (_a.Length < experts)
         {
             _a = new void*[experts];
-            _panels = new void*[experts];
+            _bT = new void*[experts];
         }
         Span<int> count = _segmentEnd.AsSpan(0, experts);
         count.Clear();
@@ -363,24 +361,23 @@ internal sealed unsafe class CpuExecutor : IExecutor
             }
             LoraFactors f = module.Factors(e)!;
             _active[_activeCount++] = e;
-            _panels[e] = packed.Expert(f, e, out void* a);
-            _a[e] = a;
+            packed.Expert(f, e, out _a[e], out _bT[e]);
             _rank[e] = f.Rank;
-            _shrinkItemCount += (f.Rank + RowBlock - 1) / RowBlock * ((_segmentEnd[e] - _segmentStart[e] + PairBlock - 1) / PairBlock);
+            _shrinkItemCount += ShrinkPanels(f.Rank) * ((_segmentEnd[e] - _segmentStart[e] + PairBlock - 1) / PairBlock);
         }
         Grow(ref _shrinkExpert, _shrinkItemCount);
-        Grow(ref _shrinkRow, _shrinkItemCount);
+        Grow(ref _shrinkPanel, _shrinkItemCount);
         Grow(ref _shrinkPair, _shrinkItemCount);
         int item = 0;
         for (int a = 0; a < _activeCount; a++)
         {
             int e = _active[a];
-            for (int row = 0; row < _rank[e]; row += RowBlock)
+            for (int panel = 0; panel < ShrinkPanels(_rank[e]); panel++)
             {
                 for (int pair = _segmentStart[e]; pair < _segmentEnd[e]; pair += PairBlock, item++)
                 {
                     _shrinkExpert[item] = e;
-                    _shrinkRow[item] = row;
+                    _shrinkPanel[item] = panel;
                     _shrinkPair[item] = pair;
                 }
             }
@@ -388,9 +385,12 @@ internal sealed unsafe class CpuExecutor : IExecutor
         return _activeCount;
     }
 
+    /// <summary>Panels of <see cref="CpuKernels.ShrinkPanelRows"/> rank rows a rank-<paramref name="rank"/> A is packed in.</summary>
+    private static int ShrinkPanels(int rank) => (rank + CpuKernels.ShrinkPanelRows - 1) / CpuKernels.ShrinkPanelRows;
+
     // ---------------------------------------------------------------- jobs
 
-    /// <summary>V[p, k] = c_p · (A_e[k] · x_{t_p}) for one expert, a block of its rank rows and a block of its tokens.</summary>
+    /// <summary>V[p, k] = c_p · (A_e[k] · x_{t_p}) for one expert, a panel of its rank rows and a block of its tokens.</summary>
     private sealed class ShrinkJob(CpuExecutor owner) : ParallelJob
     {
         private float* _x;
@@ -408,19 +408,25 @@ internal sealed unsafe class CpuExecutor : IExecutor
         public override void Execute(int item)
         {
             CpuExecutor o = owner;
-            int e = o._shrinkExpert[item], row0 = o._shrinkRow[item], p0 = o._shrinkPair[item];
-            int rows = Math.Min(RowBlock, o._rank[e] - row0);
-            int p1 = Math.Min(p0 + PairBlock, o._segmentEnd[e]), n = _n, stride = _vStride;
-            float** tokens = stackalloc float*[PairBlock];
+            int e = o._shrinkExpert[item], p0 = o._shrinkPair[item], panelRows = CpuKernels.ShrinkPanelRows;
+            int row0 = o._shrinkPanel[item] * panelRows, rows = Math.Min(panelRows, o._rank[e] - row0);
+            int p1 = Math.Min(p0 + PairBlock, o._segmentEnd[e]), n = _n, stride = _vStride, group = CpuKernels.TileTokens;
+            void* panel = (byte*)o._a[e] + (long)row0 * n * WeightStorage.ElementSize(o._precision);
+            float** xs = stackalloc float*[CpuKernels.MaxTileTokens];
+            float** vs = stackalloc float*[CpuKernels.MaxTileTokens];
             fixed (int* token = o._pairToken)
             fixed (float* coefficient = o._pairCoefficient, v = o._v)
             {
-                for (int p = p0; p < p1; p++)
+                for (int p = p0; p < p1; p += group)
                 {
-                    tokens[p - p0] = _x + (long)token[p] * n;
+                    int m = Math.Min(group, p1 - p);
+                    for (int i = 0; i < m; i++)
+                    {
+                        xs[i] = _x + (long)token[p + i] * n;
+                        vs[i] = v + (long)(p + i) * stride + row0;
+                    }
+                    CpuKernels.Shrink(o._precision, panel, n, rows, m, xs, vs);
                 }
-                CpuKernels.DotBlock(o._precision, CpuKernels.Row(o._precision, o._a[e], row0, n), rows, tokens, p1 - p0, n,
-                    v + (long)p0 * stride + row0, stride, 1);
                 for (int p = p0; p < p1; p++)
                 {
                     float* row = v + (long)p * stride + row0;
@@ -471,16 +477,16 @@ internal sealed unsafe class CpuExecutor : IExecutor
                     new Span<float>(y + (long)t * dOut + j0, j1 - j0).Clear();
                 }
             }
-            int group = CpuKernels.ExpandTokens;
-            float** vs = stackalloc float*[CpuKernels.MaxExpandTokens];
-            float** ys = stackalloc float*[CpuKernels.MaxExpandTokens];
+            int group = CpuKernels.TileTokens;
+            float** vs = stackalloc float*[CpuKernels.MaxTileTokens];
+            float** ys = stackalloc float*[CpuKernels.MaxTileTokens];
             fixed (int* token = o._pairToken)
             fixed (float* v = o._v)
             {
                 for (int a = 0; a < o._activeCount; a++)
                 {
                     int e = o._active[a];
-                    void* panels = o._panels[e];
+                    void* panels = o._bT[e];
                     int rank = o._rank[e];
                     for (int p = o._segmentStart[e], end = o._segmentEnd[e]; p < end; p += group)
                     {

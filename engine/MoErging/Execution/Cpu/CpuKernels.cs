@@ -4,335 +4,326 @@ using System.Runtime.Intrinsics;
 namespace MoErging.Execution.Cpu;
 
 /// <summary>
-/// SIMD building blocks of the CPU backend. Each reads its weight row once for several tokens
-/// (register blocking), because the weights are what must stream from memory. The expand kernel sums an
-/// expert's rank terms from zero with fused multiply-adds, in the same order on every path (vector or scalar
-/// tail, one token or eight), and adds the sum to y once: y is rounded once per expert, not once per rank
-/// term, and a result never depends on how the work was split.
+/// SIMD building blocks of the CPU backend: the shrink and the expand of an expert, each on the expert's factors
+/// packed into panels (<see cref="PackPanels{T}"/>) so that a step reads one contiguous run of weights and uses it for a
+/// tile of tokens (register blocking), because the weights are what must stream from memory. Both are outer-product
+/// tiles: a register of weights times a broadcast activation per token, with no horizontal sums. Each output sums its
+/// terms from zero with fused multiply-adds in an order fixed by the shape alone (not by the register width, the tile
+/// or how the work was split), and the expand adds its sum to y once: y is rounded once per expert, not once per rank
+/// term.
 /// Kernels skip tiered compilation: a latency-critical host must get SIMD code from the first call.
 /// The bodies are generic over the register width (<see cref="ILanes{TV}"/>, the widest the hardware runs at full
-/// speed, chosen once per call) and over the weight operand (factor rows) read through
-/// <see cref="IWeights{T}"/>, so one body serves float32, bfloat16 and float16 storage: only the load differs, widened
-/// exactly in registers, and the sums run in the same order, so 16-bit weights give the float32 result on their
-/// widened values bit for bit. A tile's token count is a type too (<see cref="ITileTokens"/>), so a tile of fewer tokens
-/// than its kernel takes computes only the products it stores.
+/// speed, chosen once per call) and over the weight operand read through <see cref="IWeights{T}"/>, so one body serves
+/// float32, bfloat16 and float16 storage: only the load differs, widened exactly in registers, and the sums run in the
+/// same order, so 16-bit weights give the float32 result on their widened values bit for bit. A tile's token count is a
+/// type too (<see cref="ITileTokens"/>), so a tile of fewer tokens than its kernel takes computes only what it stores.
 /// </summary>
 internal static unsafe class CpuKernels
 {
-    /// <summary>Reduction chunk: a block's operand rows stay in L1 while one chunk of them is summed.</summary>
-    public const int Chunk = 256;
-
-    /// <summary>Largest rows × tokens block <see cref="DotBlock"/> takes (its vector accumulators live on the stack).</summary>
-    public const int MaxBlock = 16 * 64;
-
-    /// <summary>Most rows <see cref="DotBlock"/> widens into a float32 chunk (16 KiB on the stack).</summary>
-    private const int MaxWidenedRows = 16;
-
-    /// <summary>
-    /// out[t · tokenStride + r · rowStride] = rows[r] · tokens[t] over n elements, for <paramref name="rowCount"/>
-    /// consecutive rows (stride n) and <paramref name="tokenCount"/> token rows given by address: the shrink step (A rows ×
-    /// an expert's tokens, gathered by address). Router scoring, where every token meets every prototype, has its own
-    /// kernel on packed prototypes (<see cref="CpuScores"/>).
-    /// The reduction runs in chunks of <see cref="Chunk"/>; within a chunk, register tiles of
-    /// <see cref="ILanes{TV}.TileRows"/> rows × up to 4 tokens read their operands from L1 and carry vector partial sums
-    /// to the next chunk, so each dot product is reduced horizontally once. A short last row tile repeats its last row;
-    /// the repeats are computed and not stored.
-    /// </summary>
-    public static void DotBlock(WeightPrecision precision, void* rows, int rowCount, float** tokens, int tokenCount, int n, float* output, int tokenStride, int rowStride)
-    {
-        if (Vector512.IsHardwareAccelerated)
-        {
-            DotBlock<Lanes512>(precision, rows, rowCount, tokens, tokenCount, n, output, tokenStride, rowStride);
-        }
-        else if (Vector256.IsHardwareAccelerated)
-        {
-            DotBlock<Lanes256>(precision, rows, rowCount, tokens, tokenCount, n, output, tokenStride, rowStride);
-        }
-        else
-        {
-            DotBlock<Lanes128>(precision, rows, rowCount, tokens, tokenCount, n, output, tokenStride, rowStride);
-        }
-    }
-
     /// <summary>float32 lanes per register at the width the kernels run at on this machine (the entry points' choice).</summary>
     public static int Lanes => Vector512.IsHardwareAccelerated ? Lanes512.Count : Vector256.IsHardwareAccelerated ? Lanes256.Count : Lanes128.Count;
 
-    /// <summary>Most tokens one <see cref="Expand"/> call takes.</summary>
-    public const int MaxExpandTokens = 8;
+    /// <summary>Most tokens one <see cref="Shrink"/> or <see cref="Expand"/> call takes.</summary>
+    public const int MaxTileTokens = 8;
 
-    /// <summary>Tokens an <see cref="Expand"/> call takes at full speed at that width (<see cref="ILanes{TV}.TileTokens"/>).</summary>
-    public static int ExpandTokens => Vector512.IsHardwareAccelerated ? Lanes512.TileTokens : Vector256.IsHardwareAccelerated ? Lanes256.TileTokens : Lanes128.TileTokens;
+    /// <summary>Tokens a <see cref="Shrink"/> or <see cref="Expand"/> call takes at full speed at that width (<see cref="ILanes{TV}.TileTokens"/>).</summary>
+    public static int TileTokens => Vector512.IsHardwareAccelerated ? Lanes512.TileTokens : Vector256.IsHardwareAccelerated ? Lanes256.TileTokens : Lanes128.TileTokens;
+
+    /// <summary>Rank rows per shrink panel at the width the kernels run at on this machine: one register's lanes.</summary>
+    public static int ShrinkPanelRows => Lanes;
 
     /// <summary>
-    /// Address of row <paramref name="row"/> of a row-major matrix of <paramref name="n"/> columns held at
-    /// <paramref name="precision"/>.
+    /// The shrink for <paramref name="tokens"/> (1 to <see cref="MaxTileTokens"/>; <see cref="TileTokens"/> at full speed)
+    /// of one panel of an expert's A: v_i[r] = Σ_k A[r, k] · x_i[k] for the panel's first <paramref name="rows"/> rank
+    /// rows, with A in panels of <see cref="ShrinkPanelRows"/> rank rows (<see cref="PackPanels{T}"/> of Aᵀ: for each k,
+    /// the panel's rank values side by side). Each step loads one register of A for all the tokens. The even and the
+    /// odd terms of each block of a sum run in two chains, so that one token still keeps two multiply-adds in flight.
     /// </summary>
-    public static void* Row(WeightPrecision precision, void* rows, long row, int n) =>
-        (byte*)rows + row * n * (precision == WeightPrecision.Float32 ? sizeof(float) : sizeof(ushort));
+    public static void Shrink(WeightPrecision precision, void* panel, int n, int rows, int tokens, float** x, float** v)
+    {
+        if (Vector512.IsHardwareAccelerated)
+        {
+            Shrink<Lanes512>(precision, panel, n, rows, tokens, x, v);
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            Shrink<Lanes256>(precision, panel, n, rows, tokens, x, v);
+        }
+        else
+        {
+            Shrink<Lanes128>(precision, panel, n, rows, tokens, x, v);
+        }
+    }
 
-    internal static void DotBlock<TV>(WeightPrecision precision, void* rows, int rowCount, float** tokens, int tokenCount, int n, float* output, int tokenStride, int rowStride)
+    /// <summary>The shrink at one register width, on panels of <typeparamref name="TV"/>.Count rank rows.</summary>
+    internal static void Shrink<TV>(WeightPrecision precision, void* panel, int n, int rows, int tokens, float** x, float** v)
         where TV : unmanaged, ILanes<TV>
     {
         switch (precision)
         {
             case WeightPrecision.Float32:
-                DotBlock<TV, float, Float32Weights>((float*)rows, rowCount, tokens, tokenCount, n, output, tokenStride, rowStride);
+                Shrink<TV, float, Float32Weights>((float*)panel, n, rows, tokens, x, v);
                 break;
             case WeightPrecision.BFloat16:
-                DotBlock<TV, ushort, BFloat16Weights>((ushort*)rows, rowCount, tokens, tokenCount, n, output, tokenStride, rowStride);
+                Shrink<TV, ushort, BFloat16Weights>((ushort*)panel, n, rows, tokens, x, v);
                 break;
             default:
-                DotBlock<TV, ushort, Float16Weights>((ushort*)rows, rowCount, tokens, tokenCount, n, output, tokenStride, rowStride);
+                Shrink<TV, ushort, Float16Weights>((ushort*)panel, n, rows, tokens, x, v);
                 break;
         }
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void DotBlock<TV, T, TW>(T* rows, int rowCount, float** tokens, int tokenCount, int n, float* output, int tokenStride, int rowStride)
+    private static void Shrink<TV, T, TW>(T* panel, int n, int rows, int tokens, float** x, float** v)
         where TV : unmanaged, ILanes<TV>
         where T : unmanaged
         where TW : struct, IWeights<T>
     {
-        int tileRows = TV.TileRows, rowTiles = (rowCount + tileRows - 1) / tileRows, groups = (tokenCount + 3) / 4;
-        int tileSize = 4 * tileRows;
-        if (rowTiles * tileRows * groups * 4 > MaxBlock)
+        switch (tokens)
         {
-            throw new ArgumentOutOfRangeException(nameof(rowCount), "block too large for the stack accumulators");
-        }
-        TV* acc = stackalloc TV[rowTiles * groups * tileSize];
-        new Span<TV>(acc, rowTiles * groups * tileSize).Clear();
-        // 16-bit rows that several token groups read are first widened into one float32 chunk, so each element is widened
-        // once instead of once per group (F16's widening costs more than the products it feeds). float32 rows are read
-        // in place: copying them measured no faster.
-        bool widen = typeof(T) != typeof(float) && groups > 1 && rowCount <= MaxWidenedRows;
-        float* widened = stackalloc float[widen ? MaxWidenedRows * Chunk : 0];
-        int vectorEnd = n - n % TV.Count;
-        for (int k0 = 0; k0 < vectorEnd; k0 += Chunk)
-        {
-            int length = Math.Min(Chunk, vectorEnd - k0);
-            if (widen)
-            {
-                for (int r = 0; r < rowCount; r++)
-                {
-                    T* source = rows + (long)r * n + k0;
-                    for (int i = 0; i < length; i += TV.Count)
-                    {
-                        TV.Store(TW.Load<TV>(source + i), widened + r * Chunk + i);
-                    }
-                }
-                ChunkTiles<TV, float, Float32Weights>(widened, Chunk, rowCount, tokens, tokenCount, k0, length, acc);
-            }
-            else
-            {
-                ChunkTiles<TV, T, TW>(rows + k0, n, rowCount, tokens, tokenCount, k0, length, acc);
-            }
-        }
-        for (int g = 0; g < groups; g++)
-        {
-            for (int p = 0; p < rowTiles; p++)
-            {
-                TV* tile = acc + (g * rowTiles + p) * tileSize;
-                for (int j = 0; j < tileSize; j++)
-                {
-                    int r = p * tileRows + j / 4, t = 4 * g + j % 4;
-                    if (r >= rowCount || t >= tokenCount)
-                    {
-                        continue;
-                    }
-                    float sum = TV.Sum(tile[j]);
-                    T* row = rows + (long)r * n;
-                    float* xt = tokens[t];
-                    for (int i = vectorEnd; i < n; i++)
-                    {
-                        sum = MathF.FusedMultiplyAdd(TW.LoadOne(row + i), xt[i], sum);
-                    }
-                    output[(long)t * tokenStride + (long)r * rowStride] = sum;
-                }
-            }
+            case 1:
+                Shrink<TV, T, TW, OneToken>(panel, n, rows, x, v);
+                break;
+            case 2:
+                Shrink<TV, T, TW, TwoTokens>(panel, n, rows, x, v);
+                break;
+            case 3:
+                Shrink<TV, T, TW, ThreeTokens>(panel, n, rows, x, v);
+                break;
+            case 4:
+                Shrink<TV, T, TW, FourTokens>(panel, n, rows, x, v);
+                break;
+            case 5:
+                Shrink<TV, T, TW, FiveTokens>(panel, n, rows, x, v);
+                break;
+            case 6:
+                Shrink<TV, T, TW, SixTokens>(panel, n, rows, x, v);
+                break;
+            case 7:
+                Shrink<TV, T, TW, SevenTokens>(panel, n, rows, x, v);
+                break;
+            case 8:
+                Shrink<TV, T, TW, EightTokens>(panel, n, rows, x, v);
+                break;
+            default:
+                throw new ArgumentOutOfRangeException(nameof(tokens), tokens, $"a shrink call takes 1 to {MaxTileTokens} tokens");
         }
     }
 
     /// <summary>
-    /// One chunk of <see cref="DotBlock"/>: every tile of rows (row r at rows + r · rowStride, this chunk's first element)
-    /// against every group of up to four tokens (each from element <paramref name="k0"/>), over
-    /// <paramref name="length"/> elements, into the block's accumulators.
+    /// Two k per step, sums in blocks of <see cref="CpuScores.Block"/> terms as the router's scores are (each block's even
+    /// and odd chains added, then the block added to the running sum, so the rounding grows with the block, not with n):
+    /// up to 24 accumulators (eight tokens) beside two registers of A.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void ChunkTiles<TV, T, TW>(T* rows, long rowStride, int rowCount, float** tokens, int tokenCount, int k0, int length, TV* acc)
-        where TV : unmanaged, ILanes<TV>
-        where T : unmanaged
-        where TW : struct, IWeights<T>
-    {
-        int tileRows = TV.TileRows, rowTiles = (rowCount + tileRows - 1) / tileRows, groups = (tokenCount + 3) / 4;
-        int tileSize = 4 * tileRows;
-        float** x = stackalloc float*[4];
-        T** a = stackalloc T*[4];
-        for (int g = 0; g < groups; g++)
-        {
-            int m = Math.Min(4, tokenCount - 4 * g);
-            for (int i = 0; i < 4; i++)
-            {
-                x[i] = tokens[4 * g + Math.Min(i, m - 1)] + k0;
-            }
-            for (int p = 0; p < rowTiles; p++)
-            {
-                for (int i = 0; i < 4; i++)
-                {
-                    a[i] = rows + Math.Min(p * tileRows + i, rowCount - 1) * rowStride;
-                }
-                TV* tile = acc + (g * rowTiles + p) * tileSize;
-                switch (m)
-                {
-                    case 1:
-                        Tile<TV, T, TW, OneToken>(a, x, length, tile);
-                        break;
-                    case 2:
-                        Tile<TV, T, TW, TwoTokens>(a, x, length, tile);
-                        break;
-                    case 3:
-                        Tile<TV, T, TW, ThreeTokens>(a, x, length, tile);
-                        break;
-                    default:
-                        Tile<TV, T, TW, FourTokens>(a, x, length, tile);
-                        break;
-                }
-            }
-        }
-    }
-
-    /// <summary>
-    /// <see cref="ILanes{TV}.TileRows"/> rows a[r] against <typeparamref name="TM"/> tokens x[t], adding into the tile's
-    /// vector accumulators: acc[4r + t] += a_r ⊙ x_t. Accumulators of absent rows and tokens are neither read nor
-    /// written (the conditions are JIT-time constants).
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile<TV, T, TW, TM>(T** a, float** x, int n, TV* acc)
+    private static void Shrink<TV, T, TW, TM>(T* panel, int n, int rows, float** x, float** v)
         where TV : unmanaged, ILanes<TV>
         where T : unmanaged
         where TW : struct, IWeights<T>
         where TM : struct, ITileTokens
     {
-        bool four = TV.TileRows == 4, t1 = TM.Count > 1, t2 = TM.Count > 2, t3 = TM.Count > 3;
-        T* a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
-        float* x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];
-        TV s00 = acc[0], s01 = t1 ? acc[1] : default, s02 = t2 ? acc[2] : default, s03 = t3 ? acc[3] : default;
-        TV s10 = acc[4], s11 = t1 ? acc[5] : default, s12 = t2 ? acc[6] : default, s13 = t3 ? acc[7] : default;
-        TV s20 = four ? acc[8] : default, s21 = four && t1 ? acc[9] : default, s22 = four && t2 ? acc[10] : default, s23 = four && t3 ? acc[11] : default;
-        TV s30 = four ? acc[12] : default, s31 = four && t1 ? acc[13] : default, s32 = four && t2 ? acc[14] : default, s33 = four && t3 ? acc[15] : default;
-        for (int i = 0; i < n; i += TV.Count)
+        int w = TV.Count;
+        bool t1 = TM.Count > 1, t2 = TM.Count > 2, t3 = TM.Count > 3, t4 = TM.Count > 4, t5 = TM.Count > 5, t6 = TM.Count > 6, t7 = TM.Count > 7;
+        float* x0 = x[0], x1 = t1 ? x[1] : null, x2 = t2 ? x[2] : null, x3 = t3 ? x[3] : null;
+        float* x4 = t4 ? x[4] : null, x5 = t5 ? x[5] : null, x6 = t6 ? x[6] : null, x7 = t7 ? x[7] : null;
+        TV s0 = default, s1 = default, s2 = default, s3 = default, s4 = default, s5 = default, s6 = default, s7 = default;
+        T* a = panel;
+        for (int k0 = 0; k0 < n; k0 += CpuScores.Block)
         {
-            TV r0 = TW.Load<TV>(a0 + i), r1 = TW.Load<TV>(a1 + i);
-            TV r2 = four ? TW.Load<TV>(a2 + i) : default, r3 = four ? TW.Load<TV>(a3 + i) : default;
-            TV xt = TV.Load(x0 + i);
-            s00 = TV.FusedMultiplyAdd(r0, xt, s00);
-            s10 = TV.FusedMultiplyAdd(r1, xt, s10);
-            if (four)
+            int k = k0, k1 = Math.Min(n, k0 + CpuScores.Block);
+            TV e0 = default, o0 = default, e1 = default, o1 = default, e2 = default, o2 = default, e3 = default, o3 = default;
+            TV e4 = default, o4 = default, e5 = default, o5 = default, e6 = default, o6 = default, e7 = default, o7 = default;
+            for (; k < k1 - 1; k += 2, a += 2 * w)
             {
-                s20 = TV.FusedMultiplyAdd(r2, xt, s20);
-                s30 = TV.FusedMultiplyAdd(r3, xt, s30);
+                TV even = TW.Load<TV>(a), odd = TW.Load<TV>(a + w);
+                e0 = TV.FusedMultiplyAdd(even, TV.Broadcast(x0[k]), e0);
+                o0 = TV.FusedMultiplyAdd(odd, TV.Broadcast(x0[k + 1]), o0);
+                if (t1)
+                {
+                    e1 = TV.FusedMultiplyAdd(even, TV.Broadcast(x1[k]), e1);
+                    o1 = TV.FusedMultiplyAdd(odd, TV.Broadcast(x1[k + 1]), o1);
+                }
+                if (t2)
+                {
+                    e2 = TV.FusedMultiplyAdd(even, TV.Broadcast(x2[k]), e2);
+                    o2 = TV.FusedMultiplyAdd(odd, TV.Broadcast(x2[k + 1]), o2);
+                }
+                if (t3)
+                {
+                    e3 = TV.FusedMultiplyAdd(even, TV.Broadcast(x3[k]), e3);
+                    o3 = TV.FusedMultiplyAdd(odd, TV.Broadcast(x3[k + 1]), o3);
+                }
+                if (t4)
+                {
+                    e4 = TV.FusedMultiplyAdd(even, TV.Broadcast(x4[k]), e4);
+                    o4 = TV.FusedMultiplyAdd(odd, TV.Broadcast(x4[k + 1]), o4);
+                }
+                if (t5)
+                {
+                    e5 = TV.FusedMultiplyAdd(even, TV.Broadcast(x5[k]), e5);
+                    o5 = TV.FusedMultiplyAdd(odd, TV.Broadcast(x5[k + 1]), o5);
+                }
+                if (t6)
+                {
+                    e6 = TV.FusedMultiplyAdd(even, TV.Broadcast(x6[k]), e6);
+                    o6 = TV.FusedMultiplyAdd(odd, TV.Broadcast(x6[k + 1]), o6);
+                }
+                if (t7)
+                {
+                    e7 = TV.FusedMultiplyAdd(even, TV.Broadcast(x7[k]), e7);
+                    o7 = TV.FusedMultiplyAdd(odd, TV.Broadcast(x7[k + 1]), o7);
+                }
             }
+            if (k < k1)
+            {
+                // An odd-length block: its last term joins the even chain.
+                TV even = TW.Load<TV>(a);
+                a += w;
+                e0 = TV.FusedMultiplyAdd(even, TV.Broadcast(x0[k]), e0);
+                if (t1)
+                {
+                    e1 = TV.FusedMultiplyAdd(even, TV.Broadcast(x1[k]), e1);
+                }
+                if (t2)
+                {
+                    e2 = TV.FusedMultiplyAdd(even, TV.Broadcast(x2[k]), e2);
+                }
+                if (t3)
+                {
+                    e3 = TV.FusedMultiplyAdd(even, TV.Broadcast(x3[k]), e3);
+                }
+                if (t4)
+                {
+                    e4 = TV.FusedMultiplyAdd(even, TV.Broadcast(x4[k]), e4);
+                }
+                if (t5)
+                {
+                    e5 = TV.FusedMultiplyAdd(even, TV.Broadcast(x5[k]), e5);
+                }
+                if (t6)
+                {
+                    e6 = TV.FusedMultiplyAdd(even, TV.Broadcast(x6[k]), e6);
+                }
+                if (t7)
+                {
+                    e7 = TV.FusedMultiplyAdd(even, TV.Broadcast(x7[k]), e7);
+                }
+            }
+            s0 = TV.Add(s0, TV.Add(e0, o0));
             if (t1)
             {
-                xt = TV.Load(x1 + i);
-                s01 = TV.FusedMultiplyAdd(r0, xt, s01);
-                s11 = TV.FusedMultiplyAdd(r1, xt, s11);
-                if (four)
-                {
-                    s21 = TV.FusedMultiplyAdd(r2, xt, s21);
-                    s31 = TV.FusedMultiplyAdd(r3, xt, s31);
-                }
+                s1 = TV.Add(s1, TV.Add(e1, o1));
             }
             if (t2)
             {
-                xt = TV.Load(x2 + i);
-                s02 = TV.FusedMultiplyAdd(r0, xt, s02);
-                s12 = TV.FusedMultiplyAdd(r1, xt, s12);
-                if (four)
-                {
-                    s22 = TV.FusedMultiplyAdd(r2, xt, s22);
-                    s32 = TV.FusedMultiplyAdd(r3, xt, s32);
-                }
+                s2 = TV.Add(s2, TV.Add(e2, o2));
             }
             if (t3)
             {
-                xt = TV.Load(x3 + i);
-                s03 = TV.FusedMultiplyAdd(r0, xt, s03);
-                s13 = TV.FusedMultiplyAdd(r1, xt, s13);
-                if (four)
-                {
-                    s23 = TV.FusedMultiplyAdd(r2, xt, s23);
-                    s33 = TV.FusedMultiplyAdd(r3, xt, s33);
-                }
+                s3 = TV.Add(s3, TV.Add(e3, o3));
+            }
+            if (t4)
+            {
+                s4 = TV.Add(s4, TV.Add(e4, o4));
+            }
+            if (t5)
+            {
+                s5 = TV.Add(s5, TV.Add(e5, o5));
+            }
+            if (t6)
+            {
+                s6 = TV.Add(s6, TV.Add(e6, o6));
+            }
+            if (t7)
+            {
+                s7 = TV.Add(s7, TV.Add(e7, o7));
             }
         }
-        acc[0] = s00;
-        acc[4] = s10;
+        StoreRows(s0, rows, v[0]);
         if (t1)
         {
-            acc[1] = s01;
-            acc[5] = s11;
+            StoreRows(s1, rows, v[1]);
         }
         if (t2)
         {
-            acc[2] = s02;
-            acc[6] = s12;
+            StoreRows(s2, rows, v[2]);
         }
         if (t3)
         {
-            acc[3] = s03;
-            acc[7] = s13;
+            StoreRows(s3, rows, v[3]);
         }
-        if (four)
+        if (t4)
         {
-            acc[8] = s20;
-            acc[12] = s30;
-            if (t1)
-            {
-                acc[9] = s21;
-                acc[13] = s31;
-            }
-            if (t2)
-            {
-                acc[10] = s22;
-                acc[14] = s32;
-            }
-            if (t3)
-            {
-                acc[11] = s23;
-                acc[15] = s33;
-            }
+            StoreRows(s4, rows, v[4]);
+        }
+        if (t5)
+        {
+            StoreRows(s5, rows, v[5]);
+        }
+        if (t6)
+        {
+            StoreRows(s6, rows, v[6]);
+        }
+        if (t7)
+        {
+            StoreRows(s7, rows, v[7]);
         }
     }
 
-    /// <summary>Bᵀ columns per expand panel at the width the kernels run at on this machine (<see cref="PackPanels{T}"/>).</summary>
-    public static int PanelColumns => 2 * Lanes;
-
-    /// <summary>Elements of <see cref="PackPanels{T}"/>'s layout for a rank-<paramref name="rank"/> Bᵀ of <paramref name="columns"/> columns.</summary>
-    public static int PanelElements(int rank, int columns, int panelColumns) => checked((columns + panelColumns - 1) / panelColumns * rank * panelColumns);
-
-    /// <summary>
-    /// Bᵀ (row-major <c>[rank, columns]</c>) in the expand's layout: panels of <paramref name="panelColumns"/> consecutive
-    /// columns (two registers' worth), each holding its rank rows one after another, so element (k, j) sits at
-    /// (j / P) · rank · P + k · P + j % P, and the last panel is padded with zeros. An expand step then reads one
-    /// contiguous run instead of a short piece of each of rank rows a whole row apart; in the engine's expand that
-    /// measured an eighth to a third faster.
-    /// </summary>
-    public static void PackPanels<T>(ReadOnlySpan<T> bT, int rank, int columns, int panelColumns, Span<T> panels) where T : unmanaged
+    /// <summary>The first <paramref name="rows"/> lanes of <paramref name="value"/> into v (the rest are a short panel's padding).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreRows<TV>(TV value, int rows, float* v) where TV : unmanaged, ILanes<TV>
     {
-        panels[..PanelElements(rank, columns, panelColumns)].Clear();
-        for (int k = 0; k < rank; k++)
+        if (rows == TV.Count)
         {
-            ReadOnlySpan<T> row = bT.Slice(k * columns, columns);
-            for (int j0 = 0; j0 < columns; j0 += panelColumns)
+            TV.Store(value, v);
+            return;
+        }
+        float* lanes = stackalloc float[TV.Count];
+        TV.Store(value, lanes);
+        new ReadOnlySpan<float>(lanes, rows).CopyTo(new Span<float>(v, rows));
+    }
+
+    /// <summary>Bᵀ columns per expand panel at the width the kernels run at on this machine: two registers' lanes.</summary>
+    public static int ExpandPanelColumns => 2 * Lanes;
+
+    /// <summary>Elements of <see cref="PackPanels{T}"/>'s layout for a matrix of <paramref name="rows"/> × <paramref name="columns"/>.</summary>
+    public static int PanelElements(int rows, int columns, int panelColumns) => checked((columns + panelColumns - 1) / panelColumns * rows * panelColumns);
+
+    /// <summary>
+    /// A matrix M (rows × columns, element (k, j) at source[k · rowStride + j · columnStride]) in the kernels' layout:
+    /// panels of <paramref name="panelColumns"/> consecutive columns, each holding its rows one after another, so (k, j)
+    /// sits at (j / P) · rows · P + k · P + j % P, and the last panel is padded with zeros. The expand takes Bᵀ so
+    /// (M = Bᵀ, P = <see cref="ExpandPanelColumns"/>), the shrink A (M = Aᵀ, P = <see cref="ShrinkPanelRows"/>): each step
+    /// of either then reads one contiguous run, where on the factors as held it read a short piece of each of several
+    /// rows a whole row apart.
+    /// </summary>
+    public static void PackPanels<T>(ReadOnlySpan<T> source, int rows, int columns, int rowStride, int columnStride, int panelColumns, Span<T> panels)
+        where T : unmanaged
+    {
+        panels[..PanelElements(rows, columns, panelColumns)].Clear();
+        for (int j0 = 0; j0 < columns; j0 += panelColumns)
+        {
+            int width = Math.Min(panelColumns, columns - j0);
+            Span<T> panel = panels[(j0 / panelColumns * rows * panelColumns)..];
+            for (int k = 0; k < rows; k++)
             {
-                row[j0..Math.Min(columns, j0 + panelColumns)].CopyTo(panels[((j0 / panelColumns * rank + k) * panelColumns)..]);
+                Span<T> destination = panel.Slice(k * panelColumns, width);
+                if (columnStride == 1)
+                {
+                    source.Slice(k * rowStride + j0, width).CopyTo(destination);
+                    continue;
+                }
+                for (int j = 0; j < width; j++)
+                {
+                    destination[j] = source[k * rowStride + (j0 + j) * columnStride];
+                }
             }
         }
     }
 
     /// <summary>
-    /// The expand for <paramref name="tokens"/> (1 to <see cref="MaxExpandTokens"/>; <see cref="ExpandTokens"/> at full speed) of one expert over columns [j0, j1):
-    /// y_i[j] += Σ_k v_i[k] · bT[k, j] for a rank-r expert with Bᵀ in panels of <see cref="PanelColumns"/>
+    /// The expand for <paramref name="tokens"/> (1 to <see cref="MaxTileTokens"/>; <see cref="TileTokens"/> at full speed) of one expert over columns [j0, j1):
+    /// y_i[j] += Σ_k v_i[k] · bT[k, j] for a rank-r expert with Bᵀ in panels of <see cref="ExpandPanelColumns"/>
     /// (<see cref="PackPanels{T}"/>). Each Bᵀ element is loaded once for all the tokens, so an expert's Bᵀ block is read
     /// in one pass.
     /// </summary>
@@ -402,7 +393,7 @@ internal static unsafe class CpuKernels
                 Expand<TV, T, TW, EightTokens>(panels, rank, v, y, j0, j1);
                 break;
             default:
-                throw new ArgumentOutOfRangeException(nameof(tokens), tokens, $"an expand call takes 1 to {MaxExpandTokens} tokens");
+                throw new ArgumentOutOfRangeException(nameof(tokens), tokens, $"an expand call takes 1 to {MaxTileTokens} tokens");
         }
     }
 

@@ -17,15 +17,9 @@ internal unsafe interface ILanes<TV> where TV : unmanaged, ILanes<TV>
     static abstract int Count { get; }
 
     /// <summary>
-    /// Weight rows a dot-product tile spans (<see cref="CpuKernels"/>): 4 where the register file holds 32 vectors
-    /// (AVX-512), so a 4 × 4 tile's 16 accumulators and its operands stay in registers, else 2.
-    /// </summary>
-    static abstract int TileRows { get; }
-
-    /// <summary>
-    /// Tokens an outer-product tile spans (router scores, <see cref="CpuScores"/>, and the expand): 8 where the register
-    /// file holds 32 vectors (AVX-512), so 8 tokens × 2 vectors of outputs accumulate in registers beside the operands,
-    /// else 4.
+    /// Tokens an outer-product tile spans (router scores, <see cref="CpuScores"/>, and the shrink and the expand): 8 where
+    /// the register file holds 32 vectors (AVX-512), so 8 tokens × 2 or 3 vectors of sums accumulate in registers beside
+    /// the operands, else 4.
     /// </summary>
     static abstract int TileTokens { get; }
 
@@ -73,8 +67,6 @@ internal readonly unsafe struct Lanes512 : ILanes<Lanes512>
     private Lanes512(Vector512<float> v) => _v = v;
 
     public static int Count => Vector512<float>.Count;
-
-    public static int TileRows => 4;
 
     public static int TileTokens => 8;
 
@@ -125,8 +117,6 @@ internal readonly unsafe struct Lanes256 : ILanes<Lanes256>
 
     public static int Count => Vector256<float>.Count;
 
-    public static int TileRows => 2;
-
     public static int TileTokens => 4;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -175,8 +165,6 @@ internal readonly unsafe struct Lanes128 : ILanes<Lanes128>
     private Lanes128(Vector128<float> v) => _v = v;
 
     public static int Count => Vector128<float>.Count;
-
-    public static int TileRows => 2;
 
     public static int TileTokens => 4;
 

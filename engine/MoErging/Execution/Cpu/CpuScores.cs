@@ -8,8 +8,9 @@ namespace MoErging.Execution.Cpu;
 /// outer-product form. The prototypes are packed once (<see cref="Pack"/>) into panels of two registers' worth of experts,
 /// element k of every expert of a panel side by side (<c>[panel][k][expert]</c>), so a tile of tokens reads one
 /// contiguous stream of prototype vectors and one broadcast element per token, and keeps two vectors of experts per token
-/// in registers without horizontal sums (the dot-product form of <see cref="CpuKernels.DotBlock"/> ran at half the
-/// speed here: its many short row streams and reductions). Each score is summed in blocks of <see cref="Block"/>
+/// in registers without horizontal sums (a dot-product form, tiles of prototype rows against token rows, ran at half the
+/// speed here: its many short row streams and reductions; the shrink, <see cref="CpuKernels.Shrink"/>, is in this form
+/// too). Each score is summed in blocks of <see cref="Block"/>
 /// elements, each block a fused multiply-add chain from zero in ascending k, the blocks added to the running sum in order:
 /// the result is the same at every register width and whatever tile a token falls in.
 /// </summary>
