@@ -48,29 +48,7 @@ public sealed unsafe class CpuKernelTests
             float[] x = data.Normal(tokens * n);
             int stride = rank + 3; // a gap after each token's outputs, which must stay untouched
             float[] output = Shrink(width, precision, a, rank, x, tokens, n, stride);
-            for (int t = 0; t < tokens; t++)
-            {
-                for (int r = 0; r < stride; r++)
-                {
-                    float got = output[t * stride + r];
-                    string what = $"{data}: {width}-bit {precision} shrink of rank {rank} × {tokens} tokens, n = {n}: token {t} row {r}";
-                    if (r >= rank)
-                    {
-                        Assert.True(float.IsNaN(got), $"{what} is past the rank but was written ({got:R})");
-                        continue;
-                    }
-                    double sum = 0, magnitude = 0;
-                    for (int i = 0; i < n; i++)
-                    {
-                        double term = (double)a[r * n + i] * x[t * n + i];
-                        sum += term;
-                        magnitude += Math.Abs(term);
-                    }
-                    // Blocked summation, as the scores: a chain of at most Block terms per block, then one addition per block.
-                    double bound = 2 * (Math.Min(n, CpuScores.Block) + n / CpuScores.Block + 1) * Unit * magnitude;
-                    Assert.True(Math.Abs(got - sum) <= bound, $"{what}: {got:R}, expected {sum:R}");
-                }
-            }
+            AssertBlockedDots(a, rank, x, tokens, n, output, stride, $"{data}: {width}-bit {precision} shrink of rank {rank} × {tokens} tokens, n = {n}");
         }
     }
 
@@ -85,15 +63,52 @@ public sealed unsafe class CpuKernelTests
         {
             float[] a = Stored.Values(data.Normal(rank * n), precision);
             float[] x = data.Normal(tokens * n);
-            float[] at128 = Shrink("128", precision, a, rank, x, tokens, n, rank);
-            foreach (string width in new[] { "256", "512" })
+            AssertSameBitsAtEveryWidth(width => Shrink(width, precision, a, rank, x, tokens, n, rank),
+                $"{data}: {precision} shrink of rank {rank} × {tokens} tokens, n = {n}");
+        }
+    }
+
+    /// <summary>
+    /// output[t · stride + r] against the float64 dot product of row r of <paramref name="rows"/> and token t, within the
+    /// blocked summation's bound (a chain of at most Block terms per block, then one addition per block), and NaN, never
+    /// written, past the rows.
+    /// </summary>
+    private static void AssertBlockedDots(float[] rows, int rowCount, float[] x, int tokens, int n, float[] output, int stride, string what)
+    {
+        for (int t = 0; t < tokens; t++)
+        {
+            for (int r = 0; r < stride; r++)
             {
-                float[] other = Shrink(width, precision, a, rank, x, tokens, n, rank);
-                for (int i = 0; i < other.Length; i++)
+                float got = output[t * stride + r];
+                if (r >= rowCount)
                 {
-                    Assert.True(BitConverter.SingleToInt32Bits(other[i]) == BitConverter.SingleToInt32Bits(at128[i]),
-                        $"{data}: {precision} shrink of rank {rank} × {tokens} tokens, n = {n}: output {i} is {other[i]:R} at {width} bits, {at128[i]:R} at 128");
+                    Assert.True(float.IsNaN(got), $"{what}: token {t} row {r} is past the rows but was written ({got:R})");
+                    continue;
                 }
+                double sum = 0, magnitude = 0;
+                for (int i = 0; i < n; i++)
+                {
+                    double term = (double)rows[r * n + i] * x[t * n + i];
+                    sum += term;
+                    magnitude += Math.Abs(term);
+                }
+                double bound = 2 * (Math.Min(n, CpuScores.Block) + n / CpuScores.Block + 1) * Unit * magnitude;
+                Assert.True(Math.Abs(got - sum) <= bound, $"{what}: token {t} row {r}: {got:R}, expected {sum:R}");
+            }
+        }
+    }
+
+    /// <summary>The outputs of <paramref name="run"/> at 256 and 512 bits, bit for bit those at 128.</summary>
+    private static void AssertSameBitsAtEveryWidth(Func<string, float[]> run, string what)
+    {
+        float[] at128 = run("128");
+        foreach (string width in new[] { "256", "512" })
+        {
+            float[] other = run(width);
+            for (int i = 0; i < other.Length; i++)
+            {
+                Assert.True(BitConverter.SingleToInt32Bits(other[i]) == BitConverter.SingleToInt32Bits(at128[i]),
+                    $"{what}: output {i} is {other[i]:R} at {width} bits, {at128[i]:R} at 128");
             }
         }
     }
@@ -156,29 +171,8 @@ public sealed unsafe class CpuKernelTests
             float[] x = data.Normal(tokens * n);
             int tokenStride = experts + 3; // a gap after each token's scores, which must stay untouched
             float[] scores = Score(width, precision, prototypes, experts, x, tokens, n, tokenStride);
-            for (int t = 0; t < tokens; t++)
-            {
-                for (int e = 0; e < tokenStride; e++)
-                {
-                    float got = scores[t * tokenStride + e];
-                    string what = $"{data}: {width}-bit {precision} scores of {tokens} tokens × {experts} experts, n = {n}: token {t} expert {e}";
-                    if (e >= experts)
-                    {
-                        Assert.True(float.IsNaN(got), $"{what} is past the experts but was written ({got:R})");
-                        continue;
-                    }
-                    double sum = 0, magnitude = 0;
-                    for (int i = 0; i < n; i++)
-                    {
-                        double term = (double)prototypes[e * n + i] * x[t * n + i];
-                        sum += term;
-                        magnitude += Math.Abs(term);
-                    }
-                    // Blocked summation: a chain of at most Block terms per block, then one addition per block.
-                    double bound = 2 * (Math.Min(n, CpuScores.Block) + n / CpuScores.Block + 1) * Unit * magnitude;
-                    Assert.True(Math.Abs(got - sum) <= bound, $"{what}: {got:R}, expected {sum:R}");
-                }
-            }
+            AssertBlockedDots(prototypes, experts, x, tokens, n, scores, tokenStride,
+                $"{data}: {width}-bit {precision} scores of {tokens} tokens × {experts} experts, n = {n}");
         }
     }
 
@@ -193,16 +187,8 @@ public sealed unsafe class CpuKernelTests
         {
             float[] prototypes = Stored.Values(data.Normal(experts * n), precision);
             float[] x = data.Normal(tokens * n);
-            float[] at128 = Score("128", precision, prototypes, experts, x, tokens, n, experts);
-            foreach (string width in new[] { "256", "512" })
-            {
-                float[] other = Score(width, precision, prototypes, experts, x, tokens, n, experts);
-                for (int i = 0; i < other.Length; i++)
-                {
-                    Assert.True(BitConverter.SingleToInt32Bits(other[i]) == BitConverter.SingleToInt32Bits(at128[i]),
-                        $"{data}: {precision} {tokens} tokens × {experts} experts, n = {n}: score {i} is {other[i]:R} at {width} bits, {at128[i]:R} at 128");
-                }
-            }
+            AssertSameBitsAtEveryWidth(width => Score(width, precision, prototypes, experts, x, tokens, n, experts),
+                $"{data}: {precision} {tokens} tokens × {experts} experts, n = {n}");
         }
     }
 
