@@ -48,7 +48,8 @@ return 0;
 
 // A forward's bytes at the precision it reads: the engine's, or float32 for the naive baseline, which holds float32 copies.
 static long? MinimumBytes(BenchmarkCase benchmark) =>
-    benchmark.Descriptor.Type == typeof(CopyBenchmarks) ? CopyBenchmarks.BytesMoved
+    benchmark.Descriptor.Type == typeof(CopyBenchmarks)
+        ? benchmark.Descriptor.WorkloadMethod.Name == nameof(CopyBenchmarks.Read) ? CopyBenchmarks.Bytes : CopyBenchmarks.BytesMoved
     : benchmark.Descriptor.Type == typeof(ForwardBenchmarks) ? Workload.CostOf((int)benchmark.Parameters["Tokens"],
         precision: benchmark.Descriptor.WorkloadMethod.Name == nameof(ForwardBenchmarks.NaiveScalar)
             ? WeightPrecision.Float32 : (WeightPrecision)benchmark.Parameters["Precision"]).MinimumBytes
@@ -109,16 +110,17 @@ static int Quick(string[] args)
     double forward = Median(w => session.Forward(w.Module, w.Decision, w.X, w.Y));
     double both = Median(w => session.Forward(w.Module, w.Router, w.X, w.Decision, w.Y));
     ForwardCost cost = Workload.CostOf(tokens, precision: precision);
-    double copy;
+    double copy, read;
     using (var parallelCopy = new ParallelCopy(CopyBenchmarks.Bytes, engine.CpuThreads))
     {
         copy = parallelCopy.BestGigabytesPerSecond(5);
+        read = parallelCopy.BestReadGigabytesPerSecond(5);
     }
     double reached = cost.MinimumBytes / both / 1e3;
     // Arrow scores every token against every prototype; ForwardCost.Flops counts the experts' path (2 per FMA).
     double fma = (double)tokens * Workload.Experts * Workload.Dim + cost.Flops / 2.0;
     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-        $"T={tokens}: route {route:F0} µs, forward {forward:F0} µs, both {both:F0} µs; {precision} weights, min bytes {cost.MinimumBytes / 1e6:F1} MB → {reached:F2} GB/s, {100 * reached / copy:F0}% of the copy bandwidth ({copy:F1} GB/s, {engine.CpuThreads} threads), {fma / both / 1e3:F1} GFMA/s (router and experts; compare with peak)"));
+        $"T={tokens}: route {route:F0} µs, forward {forward:F0} µs, both {both:F0} µs; {precision} weights, min bytes {cost.MinimumBytes / 1e6:F1} MB → {reached:F2} GB/s, {100 * reached / copy:F0}% of the copy bandwidth ({copy:F1} GB/s, {engine.CpuThreads} threads), {100 * reached / read:F0}% of the read bandwidth ({read:F1} GB/s), {fma / both / 1e3:F1} GFMA/s (router and experts; compare with peak)"));
     return 0;
 }
 
