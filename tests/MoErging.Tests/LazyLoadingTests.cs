@@ -159,6 +159,63 @@ public sealed class LazyLoadingTests
         Assert.True(expected.AsSpan().SequenceEqual(y), $"{data}: the retried forward differs from the held library's");
     }
 
+    /// <summary>
+    /// Eight sessions of a fresh CPU engine make its first forward at once, on a fresh lazy library, so the decoding and
+    /// the packing of every expert race: each session's result is, bit for bit, that of an engine that ran the same call
+    /// alone on a library held in memory. A reader that found one factor's panels published without the other's, or
+    /// a half-packed panel, would differ.
+    /// </summary>
+    [Theory]
+    [InlineData(WeightPrecision.Float32)]
+    [InlineData(WeightPrecision.BFloat16)]
+    [InlineData(WeightPrecision.Float16)]
+    public void ACpuEnginesFirstForwardFromManySessionsAtOnceAgreesWithOneAlone(WeightPrecision precision)
+    {
+        var data = new TestData();
+        using var tmp = new TempDir();
+        string[] dirs = WriteLibrary(data, tmp);
+        const int tokens = 4, sessions = 8;
+        float[] x = data.Normal(tokens * 24), yBase = data.Normal(tokens * 16);
+        var router = new FixedRouter([0.2f, 0.3f, 0.5f]);
+        float[] expected = (float[])yBase.Clone();
+        using (Engine alone = Engine.Create(new EngineOptions { Backend = Backend.Cpu, CpuThreads = 1, WeightPrecision = precision }))
+        using (Session session = alone.CreateSession())
+        {
+            session.Forward(ExpertLibrary.Load(dirs, new ExpertLibraryOptions { WeightPrecision = precision }).Module("q_proj"), router, x,
+                new RoutingDecision(), expected);
+        }
+        for (int round = 0; round < 10; round++)
+        {
+            AdaptedModule module = ExpertLibrary.Load(dirs, lazy: true).Module("q_proj");
+            using Engine engine = Engine.Create(new EngineOptions { Backend = Backend.Cpu, CpuThreads = 1, WeightPrecision = precision });
+            var results = new float[sessions][];
+            var failures = new System.Collections.Concurrent.ConcurrentQueue<Exception>();
+            using var start = new Barrier(sessions);
+            var threads = Enumerable.Range(0, sessions).Select(s => new Thread(() =>
+            {
+                try
+                {
+                    using Session session = engine.CreateSession();
+                    float[] y = (float[])yBase.Clone();
+                    start.SignalAndWait();
+                    session.Forward(module, router, x, new RoutingDecision(), y);
+                    results[s] = y;
+                }
+                catch (Exception e)
+                {
+                    failures.Enqueue(e);
+                }
+            })).ToList();
+            threads.ForEach(t => t.Start());
+            threads.ForEach(t => t.Join());
+            Assert.True(failures.IsEmpty, $"{data}: {precision}, round {round}: {failures.FirstOrDefault()}");
+            for (int s = 0; s < sessions; s++)
+            {
+                Assert.True(expected.AsSpan().SequenceEqual(results[s]), $"{data}: {precision}, round {round}: session {s}'s first forward differs from the call alone");
+            }
+        }
+    }
+
     [Fact]
     public void FirstUseFromManyThreadsDecodesOnce()
     {
