@@ -17,7 +17,7 @@ namespace MoErging.Experts;
 /// from the start and decode their values on first use of <see cref="A"/>, <see cref="BTransposed"/>,
 /// <see cref="CopyB"/>, the bit accessors (or a forward pass), once, thread-safely; <see cref="IsLoaded"/> tells which.
 /// </remarks>
-public sealed unsafe class LoraFactors
+public sealed class LoraFactors
 {
     private readonly Func<(Array A, Array BTransposed)>? _load;
     private readonly Lock? _loading;
@@ -228,9 +228,6 @@ public sealed unsafe class LoraFactors
             return (loaded.A, loaded.BTransposed);
         }
     }
-
-    /// <summary>Address of A as held (stable: pinned), decoding on first use.</summary>
-    internal void* APointer => WeightStorage.Address(Loaded.A);
 
     /// <summary>Copies B in PEFT's layout, row-major <c>[d_out, r]</c>, widening 16-bit factors as it goes (no allocation).</summary>
     public void CopyB(Span<float> destination)

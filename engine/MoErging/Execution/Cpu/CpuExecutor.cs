@@ -15,7 +15,8 @@ namespace MoErging.Execution.Cpu;
 /// shrink by (expert, panel of rank rows, block of its tokens), expand by blocks of output columns (one per worker), so
 /// every expert's A and B are read once per call and no two threads write the same output element. All buffers live on
 /// the pinned heap and grow only when a call needs more than any before it. Factors are read at the engine's precision
-/// from the engine's packed module (<see cref="CpuBackend.Weights(AdaptedModule)"/>: A and Bᵀ in panels), prototypes from its packed panels (<see cref="CpuBackend.Weights(LinearRouter)"/>).
+/// from the engine's packed module (<see cref="CpuBackend.Weights(AdaptedModule)"/>: A and Bᵀ in panels), prototypes
+/// from its packed panels (<see cref="CpuBackend.Weights(LinearRouter)"/>).
 /// </summary>
 internal sealed unsafe class CpuExecutor : IExecutor
 {
