@@ -107,11 +107,17 @@ Task("Wheel")
 
 // The Test target's totals. AddJUnit counts a JUnit report (its root's tests, failures and errors; one test case per
 // case) and returns how many of its cases failed, or null when there is no report, for the caller to count as it knows.
+// Failures names each failed case with the first line of its message, printed again beside the summary: a log's
+// tail then says what failed.
 sealed class TestTotals
 {
     public int Passed { get; private set; }
     public int Failed { get; private set; }
     public int Skipped { get; private set; }
+    public List<string> Failures { get; } = new();
+
+    public void AddFailure(string name, string message) =>
+        Failures.Add($"{name}: {(message ?? "").Trim().Split('\n')[0]}");
 
     public void Add(int passed = 0, int failed = 0, int skipped = 0) => (Passed, Failed, Skipped) = (Passed + passed, Failed + failed, Skipped + skipped);
 
@@ -121,6 +127,13 @@ sealed class TestTotals
         var suite = XDocument.Load(report.FullPath).Root;
         int cases = (int)suite.Attribute("tests"), failures = (int)suite.Attribute("failures") + (int)suite.Attribute("errors");
         Add(passed: cases - failures, failed: failures);
+        foreach (var testCase in suite.Descendants("testcase"))
+        {
+            if ((testCase.Element("failure") ?? testCase.Element("error")) is { } failure)
+            {
+                AddFailure((string)testCase.Attribute("name"), (string)failure.Attribute("message") ?? failure.Value);
+            }
+        }
         return failures;
     }
 }
@@ -193,6 +206,10 @@ Task("Test")
             totals.Add((int)assembly.Attribute("passed"), (int)assembly.Attribute("failed") + (int)assembly.Attribute("errors"),
                 (int)assembly.Attribute("skipped"));
         }
+        foreach (var test in XDocument.Load(xml.FullPath).Descendants("test").Where(t => (string)t.Attribute("result") == "Fail"))
+        {
+            totals.AddFailure((string)test.Attribute("name"), (string)test.Element("failure")?.Element("message"));
+        }
     }
     if (exit != 0 && totals.Failed == 0)
     {
@@ -223,6 +240,10 @@ Task("Test")
         totals.Add(failed: 1);
     }
 
+    foreach (string failure in totals.Failures)
+    {
+        Error("failed: {0}", failure);
+    }
     string summary = $"{totals.Passed} passed, {totals.Failed} failed";
     System.IO.File.WriteAllText(summaryFile.FullPath, summary + "\n");
     Information($"{summary} ({totals.Skipped} skipped)");
