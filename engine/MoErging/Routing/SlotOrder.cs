@@ -1,4 +1,8 @@
 using System.Buffers;
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using MoErging.Kernels;
 using static MoErging.Kernels.SlotKeys;
 
@@ -11,6 +15,7 @@ namespace MoErging.Routing;
 internal static class SlotOrder
 {
     private const int InsertionLimit = 32;
+    private const int PassLimit = 8; // more slots than this: one pass per slot costs more than the keys
     private const int StackKeys = 512;
 
     /// <summary>Sorts slots (expert ids with their values) into the ordering, in place, without allocating.</summary>
@@ -63,6 +68,10 @@ internal static class SlotOrder
     {
         int k = experts.Length;
         int count = scores.Length;
+        if (k <= PassLimit && k <= count && Vector256.IsHardwareAccelerated && SelectByPasses(scores, experts, selected))
+        {
+            return;
+        }
         if (k <= InsertionLimit)
         {
             Span<ulong> best = stackalloc ulong[InsertionLimit];
@@ -107,6 +116,81 @@ internal static class SlotOrder
             ArrayPool<ulong>.Shared.Return(rented);
         }
     }
+
+    /// <summary>
+    /// The top k as k vector passes, each the best slot after the last one taken in the ordering: its largest value v
+    /// (a maximum over 8 lanes at a time), then the lowest expert holding v. Per token a few dozen vector operations
+    /// against a key and an unpredictable branch per score; -0 and +0 compare equal, as in <see cref="SlotKeys"/>.
+    /// False, with nothing written, when a score is NaN: NaN's place in the ordering is the keys' business.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static bool SelectByPasses(ReadOnlySpan<float> scores, Span<int> experts, Span<float> selected)
+    {
+        int count = scores.Length, whole = count & ~(Vector256<float>.Count - 1);
+        ref float first = ref MemoryMarshal.GetReference(scores);
+        Vector256<int> lane = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7);
+        Vector256<float> none = Vector256.Create(float.NegativeInfinity);
+        float last = 0;
+        int lastExpert = -1;
+        for (int slot = 0; slot < experts.Length; slot++)
+        {
+            // Eligible: after (last, lastExpert) in the ordering, that is a smaller value, or an equal one at a higher expert.
+            Vector256<float> lastValue = Vector256.Create(last), best = none;
+            Vector256<int> lastIndex = Vector256.Create(lastExpert);
+            Vector256<float> nan = Vector256<float>.Zero;
+            for (int i = 0; i < whole; i += Vector256<float>.Count)
+            {
+                Vector256<float> v = Vector256.LoadUnsafe(ref first, (nuint)i);
+                Vector256<float> eligible = Eligible(v, lastValue, lane + Vector256.Create(i), lastIndex, slot);
+                best = Vector256.Max(best, Vector256.ConditionalSelect(eligible, v, none));
+                nan |= ~Vector256.Equals(v, v);
+            }
+            if (slot == 0 && nan != Vector256<float>.Zero)
+            {
+                return false;
+            }
+            float top = float.NegativeInfinity;
+            for (int i = 0; i < Vector256<float>.Count; i++)
+            {
+                top = Math.Max(top, best[i]);
+            }
+            for (int e = whole; e < count; e++)
+            {
+                float v = scores[e];
+                if (float.IsNaN(v))
+                {
+                    return false;
+                }
+                if (slot == 0 || v < last || (v == last && e > lastExpert))
+                {
+                    top = Math.Max(top, v);
+                }
+            }
+            // The lowest eligible expert holding the maximum (which, -0 and +0 being equal, may be either zero).
+            int found = -1;
+            Vector256<float> topValue = Vector256.Create(top);
+            for (int i = 0; i < whole && found < 0; i += Vector256<float>.Count)
+            {
+                Vector256<float> v = Vector256.LoadUnsafe(ref first, (nuint)i);
+                uint hits = (Eligible(v, lastValue, lane + Vector256.Create(i), lastIndex, slot) & Vector256.Equals(v, topValue)).ExtractMostSignificantBits();
+                found = hits == 0 ? -1 : i + BitOperations.TrailingZeroCount(hits);
+            }
+            for (int e = whole; e < count && found < 0; e++)
+            {
+                float v = scores[e];
+                found = v == top && (slot == 0 || v < last || (v == last && e > lastExpert)) ? e : -1;
+            }
+            experts[slot] = found;
+            selected[slot] = top + 0f; // -0 becomes +0, as the keys make it
+            (last, lastExpert) = (top, found);
+        }
+        return true;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Eligible(Vector256<float> v, Vector256<float> last, Vector256<int> index, Vector256<int> lastExpert, int slot) =>
+        slot == 0 ? Vector256<float>.AllBitsSet
+            : Vector256.LessThan(v, last) | (Vector256.Equals(v, last) & Vector256.GreaterThan(index, lastExpert).AsSingle());
 
     /// <summary>
     /// In place: values (kept scores in decision order, so the first is the largest) become their softmax as the

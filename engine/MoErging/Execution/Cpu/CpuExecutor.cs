@@ -624,10 +624,14 @@ internal sealed unsafe class CpuExecutor : IExecutor
             for (int t = item * TokenBlock; t < t1; t++)
             {
                 Span<float> s = owner._scores.AsSpan(t * experts, experts);
-                for (int e = 0; e < experts; e++)
+                if (absolute)
                 {
-                    float score = (absolute ? MathF.Abs(s[e]) : s[e]) * inverseTemperature;
-                    s[e] = bias.IsEmpty ? score : score + bias[e];
+                    TensorPrimitives.Abs(s, s);
+                }
+                TensorPrimitives.Multiply(s, inverseTemperature, s);
+                if (!bias.IsEmpty)
+                {
+                    TensorPrimitives.Add(s, bias, s);
                 }
                 if (!TensorPrimitives.IsFiniteAll(s))
                 {
