@@ -35,7 +35,7 @@ public sealed unsafe class CpuKernelTests
 
     /// <summary>(rank, tokens, n): one panel or several with a short last one, every token tile, odd blocks and tails.</summary>
     private static readonly (int Rank, int Tokens, int N)[] ShrinkShapes =
-        [(1, 1, 37), (3, 2, 300), (5, 3, 517), (16, 5, 4096), (17, 7, 1029), (8, 8, 256), (33, 4, 64), (16, 8, 1), (2, 6, 255), (24, 1, 513)];
+        [(1, 1, 37), (3, 2, 300), (5, 3, 517), (16, 5, 4096), (17, 7, 1029), (8, 8, 256), (33, 4, 64), (16, 8, 1), (2, 6, 255), (24, 1, 513), (16, 2, 1029), (9, 1, 2048)];
 
     [Theory]
     [MemberData(nameof(Widths))]
@@ -65,6 +65,49 @@ public sealed unsafe class CpuKernelTests
             float[] x = data.Normal(tokens * n);
             AssertSameBitsAtEveryWidth(width => Shrink(width, precision, a, rank, x, tokens, n, rank),
                 $"{data}: {precision} shrink of rank {rank} × {tokens} tokens, n = {n}");
+        }
+    }
+
+    /// <summary>
+    /// The shrink's exact order, written here in scalar float32: each block of <see cref="CpuScores.Block"/> terms as
+    /// an even and an odd chain of fused multiply-adds, added together, then added to the running sum, block after
+    /// block. Every tile and every register width must give these bits, so no change of tiling may reorder a sum.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Widths))]
+    public void ShrinkSumsEachBlockAsTwoChainsInOrder(string width, WeightPrecision precision)
+    {
+        var data = new TestData();
+        foreach ((int rank, int tokens, int n) in ShrinkShapes)
+        {
+            float[] a = Stored.Values(data.Normal(rank * n), precision);
+            float[] x = data.Normal(tokens * n);
+            float[] output = Shrink(width, precision, a, rank, x, tokens, n, rank);
+            for (int t = 0; t < tokens; t++)
+            {
+                for (int r = 0; r < rank; r++)
+                {
+                    float sum = 0;
+                    for (int k0 = 0; k0 < n; k0 += CpuScores.Block)
+                    {
+                        int k = k0, k1 = Math.Min(n, k0 + CpuScores.Block);
+                        float even = 0, odd = 0;
+                        for (; k < k1 - 1; k += 2)
+                        {
+                            even = MathF.FusedMultiplyAdd(a[r * n + k], x[t * n + k], even);
+                            odd = MathF.FusedMultiplyAdd(a[r * n + k + 1], x[t * n + k + 1], odd);
+                        }
+                        if (k < k1)
+                        {
+                            even = MathF.FusedMultiplyAdd(a[r * n + k], x[t * n + k], even);
+                        }
+                        sum += even + odd;
+                    }
+                    float got = output[t * rank + r];
+                    Assert.True(BitConverter.SingleToInt32Bits(got) == BitConverter.SingleToInt32Bits(sum),
+                        $"{data}: {width}-bit {precision} shrink of rank {rank} × {tokens} tokens, n = {n}: token {t} row {r} is {got:R}, in order {sum:R}");
+                }
+            }
         }
     }
 
@@ -231,7 +274,7 @@ public sealed unsafe class CpuKernelTests
         float** ys = stackalloc float*[CpuKernels.MaxTileTokens];
         foreach ((int tokens, int rank, int j0, int j1, int stride) in new[]
         {
-            (1, 1, 0, 1, 1), (1, 1, 0, 7, 7), (2, 5, 3, 130, 140), (3, 16, 64, 1000, 1029), (4, 16, 0, 512, 512), (4, 3, 17, 18, 40),
+            (1, 1, 0, 1, 1), (1, 1, 0, 7, 7), (1, 16, 0, 1024, 1030), (2, 5, 3, 130, 140), (2, 16, 5, 700, 720), (3, 16, 64, 1000, 1029), (4, 16, 0, 512, 512), (4, 3, 17, 18, 40),
             (5, 16, 0, 99, 100), (6, 7, 32, 200, 230), (7, 16, 1, 64, 70), (8, 16, 0, 1024, 1030), (8, 2, 5, 36, 40),
         })
         {
