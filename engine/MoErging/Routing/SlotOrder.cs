@@ -119,8 +119,9 @@ internal static class SlotOrder
 
     /// <summary>
     /// The top k as k vector passes, each the best slot after the last one taken in the ordering: its largest value v
-    /// (a maximum over 8 lanes at a time), then the lowest expert holding v. Per token a few dozen vector operations
-    /// against a key and an unpredictable branch per score; -0 and +0 compare equal, as in <see cref="SlotKeys"/>.
+    /// (a maximum over 8 lanes at a time), then the lowest expert holding v: per token a few dozen vector operations,
+    /// where the keys cost one key and an unpredictable branch per score. -0 and +0 compare equal, as in
+    /// <see cref="SlotKeys"/>.
     /// False, with nothing written, when a score is NaN: NaN's place in the ordering is the keys' business.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -134,7 +135,6 @@ internal static class SlotOrder
         int lastExpert = -1;
         for (int slot = 0; slot < experts.Length; slot++)
         {
-            // Eligible: after (last, lastExpert) in the ordering, that is a smaller value, or an equal one at a higher expert.
             Vector256<float> lastValue = Vector256.Create(last), best = none;
             Vector256<int> lastIndex = Vector256.Create(lastExpert);
             Vector256<float> nan = Vector256<float>.Zero;
@@ -143,7 +143,10 @@ internal static class SlotOrder
                 Vector256<float> v = Vector256.LoadUnsafe(ref first, (nuint)i);
                 Vector256<float> eligible = Eligible(v, lastValue, lane + Vector256.Create(i), lastIndex, slot);
                 best = Vector256.Max(best, Vector256.ConditionalSelect(eligible, v, none));
-                nan |= ~Vector256.Equals(v, v);
+                if (slot == 0)
+                {
+                    nan |= ~Vector256.Equals(v, v);
+                }
             }
             if (slot == 0 && nan != Vector256<float>.Zero)
             {
@@ -157,11 +160,11 @@ internal static class SlotOrder
             for (int e = whole; e < count; e++)
             {
                 float v = scores[e];
-                if (float.IsNaN(v))
+                if (slot == 0 && float.IsNaN(v))
                 {
                     return false;
                 }
-                if (slot == 0 || v < last || (v == last && e > lastExpert))
+                if (Eligible(v, last, e, lastExpert, slot))
                 {
                     top = Math.Max(top, v);
                 }
@@ -178,7 +181,7 @@ internal static class SlotOrder
             for (int e = whole; e < count && found < 0; e++)
             {
                 float v = scores[e];
-                found = v == top && (slot == 0 || v < last || (v == last && e > lastExpert)) ? e : -1;
+                found = v == top && Eligible(v, last, e, lastExpert, slot) ? e : -1;
             }
             experts[slot] = found;
             selected[slot] = top + 0f; // -0 becomes +0, as the keys make it
@@ -187,6 +190,12 @@ internal static class SlotOrder
         return true;
     }
 
+    /// <summary>Whether (v, expert) comes after (last, lastExpert) in the ordering; every slot does before the first is taken.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool Eligible(float v, float last, int expert, int lastExpert, int slot) =>
+        slot == 0 || v < last || (v == last && expert > lastExpert);
+
+    /// <summary>The same for 8 lanes (experts <paramref name="index"/>), as a mask.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> Eligible(Vector256<float> v, Vector256<float> last, Vector256<int> index, Vector256<int> lastExpert, int slot) =>
         slot == 0 ? Vector256<float>.AllBitsSet

@@ -563,7 +563,7 @@ internal static unsafe class CpuKernels
     }
 }
 
-/// <summary>The number of tokens (1 to 8; the shrink's dot tiles take up to 4) a kernel tile computes, as a JIT-time constant.</summary>
+/// <summary>The number of tokens (1 to 8) a kernel tile computes, as a JIT-time constant.</summary>
 internal interface ITileTokens
 {
     static abstract int Count { get; }
