@@ -33,6 +33,17 @@ public sealed unsafe class CpuKernelTests
         return data;
     }
 
+    public static TheoryData<string, WeightPrecision> SixteenBitWidths()
+    {
+        var data = new TheoryData<string, WeightPrecision>();
+        foreach (string width in new[] { "128", "256", "512" })
+        {
+            data.Add(width, WeightPrecision.BFloat16);
+            data.Add(width, WeightPrecision.Float16);
+        }
+        return data;
+    }
+
     /// <summary>(rank, tokens, n): one panel or several with a short last one, every token tile, odd blocks and tails.</summary>
     private static readonly (int Rank, int Tokens, int N)[] ShrinkShapes =
         [(1, 1, 37), (3, 2, 300), (5, 3, 517), (16, 5, 4096), (17, 7, 1029), (8, 8, 256), (33, 4, 64), (16, 8, 1), (2, 6, 255), (24, 1, 513), (16, 2, 1029), (9, 1, 2048)];
@@ -232,6 +243,35 @@ public sealed unsafe class CpuKernelTests
             float[] x = data.Normal(tokens * n);
             AssertSameBitsAtEveryWidth(width => Score(width, precision, prototypes, experts, x, tokens, n, experts),
                 $"{data}: {precision} {tokens} tokens × {experts} experts, n = {n}");
+        }
+    }
+
+    /// <summary>
+    /// 16-bit prototypes give, bit for bit, the float32 scores of their values: read in place for one token tile, widened
+    /// once per block for more (the shapes cross that threshold at every width). Every eighth value is scaled into
+    /// binary16's subnormal range, where an inexact widening would show first.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(SixteenBitWidths))]
+    public void ScoresOf16BitPrototypesAreTheFloat32ScoresOfTheirValues(string width, WeightPrecision precision)
+    {
+        var data = new TestData();
+        foreach ((int experts, int tokens, int n) in ScoreShapes)
+        {
+            float[] values = data.Normal(experts * n);
+            for (int i = 0; i < values.Length; i += 8)
+            {
+                values[i] *= 1e-6f;
+            }
+            float[] prototypes = Stored.Values(values, precision);
+            float[] x = data.Normal(tokens * n);
+            float[] expected = Score(width, WeightPrecision.Float32, prototypes, experts, x, tokens, n, experts);
+            float[] actual = Score(width, precision, prototypes, experts, x, tokens, n, experts);
+            for (int i = 0; i < expected.Length; i++)
+            {
+                Assert.True(BitConverter.SingleToInt32Bits(actual[i]) == BitConverter.SingleToInt32Bits(expected[i]),
+                    $"{data}: {width}-bit {precision} score {i} of {tokens} tokens × {experts} experts, n = {n}: {actual[i]:R}, float32 on the same values {expected[i]:R}");
+            }
         }
     }
 

@@ -118,9 +118,11 @@ internal static unsafe class CpuScores
     }
 
     /// <summary>
-    /// The block in tiles of <see cref="ILanes{TV}.TileTokens"/> tokens, the last tile exactly as long as what is left,
-    /// one summation block at a time for all of them: the panel's block (32 KiB at 512 bits) is read from L1 by every
-    /// tile after the first, not streamed again from the outer caches once per tile.
+    /// One summation block at a time for all the tokens, in tiles of <see cref="ILanes{TV}.TileTokens"/> tokens, the last
+    /// tile exactly as long as what is left: the panel's block (32 KiB at 512 bits) is read from L1 by every tile after the
+    /// first, not streamed again from the outer caches once per tile. Where more than one tile reads a block of 16-bit
+    /// weights, the block is widened once into float32 on the stack and the tiles read that: widening is exact, so the
+    /// sums are the same, and it is no longer repeated per tile (F16's widening costs about as much as the multiply-adds).
     /// </summary>
     private static void Score<TV, T, TW>(T* panel, int experts, float* x, int tokenCount, int n, float* scores, int tokenStride)
         where TV : unmanaged, ILanes<TV>
@@ -128,47 +130,70 @@ internal static unsafe class CpuScores
         where TW : struct, IWeights<T>
     {
         int width = PanelWidthOf<TV>();
+        bool widen = typeof(T) != typeof(float) && tokenCount > TV.TileTokens;
         float* sums = stackalloc float[MaxTokens * width];
+        float* wide = stackalloc float[widen ? Block * width : 0];
         new Span<float>(sums, tokenCount * width).Clear();
         for (int k0 = 0; k0 < n; k0 += Block)
         {
             int length = Math.Min(Block, n - k0);
             T* block = panel + (long)k0 * width;
-            for (int t0 = 0; t0 < tokenCount; t0 += TV.TileTokens)
+            if (widen)
             {
-                float* xt = x + (long)t0 * n + k0, tile = sums + t0 * width;
-                switch (Math.Min(TV.TileTokens, tokenCount - t0))
+                for (int i = 0; i < length * width; i += TV.Count)
                 {
-                    case 1:
-                        Tile<TV, T, TW, OneToken>(block, xt, n, length, tile);
-                        break;
-                    case 2:
-                        Tile<TV, T, TW, TwoTokens>(block, xt, n, length, tile);
-                        break;
-                    case 3:
-                        Tile<TV, T, TW, ThreeTokens>(block, xt, n, length, tile);
-                        break;
-                    case 4:
-                        Tile<TV, T, TW, FourTokens>(block, xt, n, length, tile);
-                        break;
-                    case 5:
-                        Tile<TV, T, TW, FiveTokens>(block, xt, n, length, tile);
-                        break;
-                    case 6:
-                        Tile<TV, T, TW, SixTokens>(block, xt, n, length, tile);
-                        break;
-                    case 7:
-                        Tile<TV, T, TW, SevenTokens>(block, xt, n, length, tile);
-                        break;
-                    default:
-                        Tile<TV, T, TW, EightTokens>(block, xt, n, length, tile);
-                        break;
+                    TV.Store(TW.Load<TV>(block + i), wide + i);
                 }
+                Tiles<TV, float, Float32Weights>(wide, x + k0, tokenCount, n, length, sums);
+            }
+            else
+            {
+                Tiles<TV, T, TW>(block, x + k0, tokenCount, n, length, sums);
             }
         }
         for (int t = 0; t < tokenCount; t++)
         {
             new ReadOnlySpan<float>(sums + t * width, experts).CopyTo(new Span<float>(scores + (long)t * tokenStride, experts));
+        }
+    }
+
+    /// <summary>One summation block of every token (rows <paramref name="n"/> apart from <paramref name="x"/>), tile by tile.</summary>
+    private static void Tiles<TV, T, TW>(T* block, float* x, int tokenCount, int n, int length, float* sums)
+        where TV : unmanaged, ILanes<TV>
+        where T : unmanaged
+        where TW : struct, IWeights<T>
+    {
+        int width = PanelWidthOf<TV>();
+        for (int t0 = 0; t0 < tokenCount; t0 += TV.TileTokens)
+        {
+            float* xt = x + (long)t0 * n, tile = sums + t0 * width;
+            switch (Math.Min(TV.TileTokens, tokenCount - t0))
+            {
+                case 1:
+                    Tile<TV, T, TW, OneToken>(block, xt, n, length, tile);
+                    break;
+                case 2:
+                    Tile<TV, T, TW, TwoTokens>(block, xt, n, length, tile);
+                    break;
+                case 3:
+                    Tile<TV, T, TW, ThreeTokens>(block, xt, n, length, tile);
+                    break;
+                case 4:
+                    Tile<TV, T, TW, FourTokens>(block, xt, n, length, tile);
+                    break;
+                case 5:
+                    Tile<TV, T, TW, FiveTokens>(block, xt, n, length, tile);
+                    break;
+                case 6:
+                    Tile<TV, T, TW, SixTokens>(block, xt, n, length, tile);
+                    break;
+                case 7:
+                    Tile<TV, T, TW, SevenTokens>(block, xt, n, length, tile);
+                    break;
+                default:
+                    Tile<TV, T, TW, EightTokens>(block, xt, n, length, tile);
+                    break;
+            }
         }
     }
 
