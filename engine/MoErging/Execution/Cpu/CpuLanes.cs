@@ -19,7 +19,8 @@ internal unsafe interface ILanes<TV> where TV : unmanaged, ILanes<TV>
     /// <summary>
     /// Tokens an outer-product tile spans (router scores, <see cref="CpuScores"/>, and the shrink and the expand): 8 where
     /// the register file holds 32 vectors (AVX-512), so 8 tokens × 2 or 3 vectors of sums accumulate in registers beside
-    /// the operands, else 4.
+    /// the operands; 6 with 16 registers at 256 bits (12 sums, two operands and a broadcast: 4 left a 256-bit core's two
+    /// multiply-add pipes short of independent chains, and T = 512 ran about a tenth slower); 4 at 128 bits.
     /// </summary>
     static abstract int TileTokens { get; }
 
@@ -117,7 +118,7 @@ internal readonly unsafe struct Lanes256 : ILanes<Lanes256>
 
     public static int Count => Vector256<float>.Count;
 
-    public static int TileTokens => 4;
+    public static int TileTokens => 6;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Lanes256 Load(float* p) => new(Vector256.Load(p));
