@@ -140,10 +140,7 @@ internal static unsafe class CpuScores
             T* block = panel + (long)k0 * width;
             if (widen)
             {
-                for (int i = 0; i < length * width; i += TV.Count)
-                {
-                    TV.Store(TW.Load<TV>(block + i), wide + i);
-                }
+                Widen<TV, T, TW>(block, length * width, wide);
                 Tiles<TV, float, Float32Weights>(wide, x + k0, tokenCount, n, length, sums);
             }
             else
@@ -154,6 +151,22 @@ internal static unsafe class CpuScores
         for (int t = 0; t < tokenCount; t++)
         {
             new ReadOnlySpan<float>(sums + t * width, experts).CopyTo(new Span<float>(scores + (long)t * tokenStride, experts));
+        }
+    }
+
+    /// <summary>
+    /// <paramref name="count"/> weights (a multiple of TV.Count) from <paramref name="block"/> into float32 at
+    /// <paramref name="wide"/>, widened as the tiles would; compiled optimized from the first call, as the tiles are.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Widen<TV, T, TW>(T* block, int count, float* wide)
+        where TV : unmanaged, ILanes<TV>
+        where T : unmanaged
+        where TW : struct, IWeights<T>
+    {
+        for (int i = 0; i < count; i += TV.Count)
+        {
+            TV.Store(TW.Load<TV>(block + i), wide + i);
         }
     }
 
