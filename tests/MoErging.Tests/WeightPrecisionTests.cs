@@ -365,9 +365,9 @@ public sealed class WeightPrecisionTests
             for (int i = 0; i < 65536; i++)
             {
                 // Each pattern at lane i % lanes of one load, and at lane 0 of another.
-                float vector = Lane(precision == WeightPrecision.Float16 ? Float16Weights.Load<TV>(p + i / lanes * lanes) : BFloat16Weights.Load<TV>(p + i / lanes * lanes), i % lanes);
-                float first = Lane(precision == WeightPrecision.Float16 ? Float16Weights.Load<TV>(p + i) : BFloat16Weights.Load<TV>(p + i), 0);
-                float one = precision == WeightPrecision.Float16 ? Float16Weights.LoadOne(p + i) : BFloat16Weights.LoadOne(p + i);
+                float vector = Lane(precision == WeightPrecision.Float16 ? Float16Weights<TV>.Create().Load(p + i / lanes * lanes) : BFloat16Weights<TV>.Create().Load(p + i / lanes * lanes), i % lanes);
+                float first = Lane(precision == WeightPrecision.Float16 ? Float16Weights<TV>.Create().Load(p + i) : BFloat16Weights<TV>.Create().Load(p + i), 0);
+                float one = precision == WeightPrecision.Float16 ? Float16Weights<TV>.LoadOne(p + i) : BFloat16Weights<TV>.LoadOne(p + i);
                 double expected = Stored.Value((ushort)i, precision);
                 foreach (float widened in new[] { vector, first, one })
                 {

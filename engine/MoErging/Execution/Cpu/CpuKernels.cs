@@ -14,10 +14,10 @@ namespace MoErging.Execution.Cpu;
 /// term.
 /// Kernels skip tiered compilation: a latency-critical host must get SIMD code from the first call.
 /// The bodies are generic over the register width (<see cref="ILanes{TV}"/>, the widest the hardware runs at full
-/// speed, chosen once per call) and over the weight operand read through <see cref="IWeights{T}"/>, so one body serves
-/// float32, bfloat16 and float16 storage: only the load differs, widened exactly in registers, and the sums run in the
-/// same order, so 16-bit weights give the float32 result on their widened values bit for bit. A tile's token count is a
-/// type too (<see cref="ITileTokens"/>), so a tile of fewer tokens than its kernel takes computes only what it stores.
+/// speed, chosen once per call) and over the weight operand read through <see cref="IWeights{TSelf, T, TV}"/>, so one
+/// body serves float32, bfloat16 and float16 storage: only the load differs, widened exactly in registers, and the sums
+/// run in the same order, so 16-bit weights give the float32 result on their widened values bit for bit. A tile's token
+/// count is a type too (<see cref="ITileTokens"/>), so a tile of fewer tokens than its kernel takes computes only what it stores.
 /// </summary>
 internal static unsafe class CpuKernels
 {
@@ -63,13 +63,13 @@ internal static unsafe class CpuKernels
         switch (precision)
         {
             case WeightPrecision.Float32:
-                Shrink<TV, float, Float32Weights>((float*)panel, n, rows, tokens, x, v);
+                Shrink<TV, float, Float32Weights<TV>>((float*)panel, n, rows, tokens, x, v);
                 break;
             case WeightPrecision.BFloat16:
-                Shrink<TV, ushort, BFloat16Weights>((ushort*)panel, n, rows, tokens, x, v);
+                Shrink<TV, ushort, BFloat16Weights<TV>>((ushort*)panel, n, rows, tokens, x, v);
                 break;
             default:
-                Shrink<TV, ushort, Float16Weights>((ushort*)panel, n, rows, tokens, x, v);
+                Shrink<TV, ushort, Float16Weights<TV>>((ushort*)panel, n, rows, tokens, x, v);
                 break;
         }
     }
@@ -77,7 +77,7 @@ internal static unsafe class CpuKernels
     private static void Shrink<TV, T, TW>(T* panel, int n, int rows, int tokens, float** x, float** v)
         where TV : unmanaged, ILanes<TV>
         where T : unmanaged
-        where TW : struct, IWeights<T>
+        where TW : struct, IWeights<TW, T, TV>
     {
         switch (tokens)
         {
@@ -119,10 +119,11 @@ internal static unsafe class CpuKernels
     private static void Shrink<TV, T, TW, TM>(T* panel, int n, int rows, float** x, float** v)
         where TV : unmanaged, ILanes<TV>
         where T : unmanaged
-        where TW : struct, IWeights<T>
+        where TW : struct, IWeights<TW, T, TV>
         where TM : struct, ITileTokens
     {
         int w = TV.Count;
+        TW weights = TW.Create();
         bool t1 = TM.Count > 1, t2 = TM.Count > 2, t3 = TM.Count > 3, t4 = TM.Count > 4, t5 = TM.Count > 5, t6 = TM.Count > 6, t7 = TM.Count > 7;
         float* x0 = x[0], x1 = t1 ? x[1] : null, x2 = t2 ? x[2] : null, x3 = t3 ? x[3] : null;
         float* x4 = t4 ? x[4] : null, x5 = t5 ? x[5] : null, x6 = t6 ? x[6] : null, x7 = t7 ? x[7] : null;
@@ -136,7 +137,7 @@ internal static unsafe class CpuKernels
             for (; k < k1 - 1; k += 2, a += 2 * w)
             {
                 PrefetchStep<TV, T>(a);
-                TV even = TW.Load<TV>(a), odd = TW.Load<TV>(a + w);
+                TV even = weights.Load(a), odd = weights.Load(a + w);
                 e0 = TV.FusedMultiplyAdd(even, TV.Broadcast(x0[k]), e0);
                 o0 = TV.FusedMultiplyAdd(odd, TV.Broadcast(x0[k + 1]), o0);
                 if (t1)
@@ -178,7 +179,7 @@ internal static unsafe class CpuKernels
             if (k < k1)
             {
                 // An odd-length block: its last term joins the even chain.
-                TV even = TW.Load<TV>(a);
+                TV even = weights.Load(a);
                 a += w;
                 e0 = TV.FusedMultiplyAdd(even, TV.Broadcast(x0[k]), e0);
                 if (t1)
@@ -379,13 +380,13 @@ internal static unsafe class CpuKernels
         switch (precision)
         {
             case WeightPrecision.Float32:
-                Expand<TV, float, Float32Weights>((float*)panels, rank, tokens, v, y, j0, j1);
+                Expand<TV, float, Float32Weights<TV>>((float*)panels, rank, tokens, v, y, j0, j1);
                 break;
             case WeightPrecision.BFloat16:
-                Expand<TV, ushort, BFloat16Weights>((ushort*)panels, rank, tokens, v, y, j0, j1);
+                Expand<TV, ushort, BFloat16Weights<TV>>((ushort*)panels, rank, tokens, v, y, j0, j1);
                 break;
             default:
-                Expand<TV, ushort, Float16Weights>((ushort*)panels, rank, tokens, v, y, j0, j1);
+                Expand<TV, ushort, Float16Weights<TV>>((ushort*)panels, rank, tokens, v, y, j0, j1);
                 break;
         }
     }
@@ -393,7 +394,7 @@ internal static unsafe class CpuKernels
     private static void Expand<TV, T, TW>(T* panels, int rank, int tokens, float** v, float** y, int j0, int j1)
         where TV : unmanaged, ILanes<TV>
         where T : unmanaged
-        where TW : struct, IWeights<T>
+        where TW : struct, IWeights<TW, T, TV>
     {
         switch (tokens)
         {
@@ -434,7 +435,7 @@ internal static unsafe class CpuKernels
     private static void Expand<TV, T, TW, TM>(T* panels, int rank, float** v, float** y, int j0, int j1)
         where TV : unmanaged, ILanes<TV>
         where T : unmanaged
-        where TW : struct, IWeights<T>
+        where TW : struct, IWeights<TW, T, TV>
         where TM : struct, ITileTokens
     {
         int w = TV.Count, width = 2 * w;
@@ -442,7 +443,8 @@ internal static unsafe class CpuKernels
         float* v0 = v[0], v1 = t1 ? v[1] : null, v2 = t2 ? v[2] : null, v3 = t3 ? v[3] : null;
         float* v4 = t4 ? v[4] : null, v5 = t5 ? v[5] : null, v6 = t6 ? v[6] : null, v7 = t7 ? v[7] : null;
         int j = Math.Min(j1, (j0 + width - 1) / width * width);
-        Columns<T, TW>(panels, rank, width, TM.Count, v, y, j0, j);
+        Columns<TV, T, TW>(panels, rank, width, TM.Count, v, y, j0, j);
+        TW weights = TW.Create(); // after the call, not across it (IWeights)
         for (; j <= j1 - width; j += width)
         {
             TV a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
@@ -451,7 +453,7 @@ internal static unsafe class CpuKernels
             for (int k = 0; k < rank; k++, col += width)
             {
                 PrefetchStep<TV, T>(col);
-                TV lo = TW.Load<TV>(col), hi = TW.Load<TV>(col + w);
+                TV lo = weights.Load(col), hi = weights.Load(col + w);
                 TV c = TV.Broadcast(v0[k]);
                 a0 = TV.FusedMultiplyAdd(lo, c, a0);
                 b0 = TV.FusedMultiplyAdd(hi, c, b0);
@@ -528,14 +530,15 @@ internal static unsafe class CpuKernels
                 AddInto(y[7] + j, w, a7, b7);
             }
         }
-        Columns<T, TW>(panels, rank, width, TM.Count, v, y, j, j1);
+        Columns<TV, T, TW>(panels, rank, width, TM.Count, v, y, j, j1);
     }
 
     /// <summary>Columns [j0, j1) of the expand one by one, each token's chain in the same order as in the vector loop.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Columns<T, TW>(T* panels, int rank, int width, int tokens, float** v, float** y, int j0, int j1)
+    private static void Columns<TV, T, TW>(T* panels, int rank, int width, int tokens, float** v, float** y, int j0, int j1)
+        where TV : unmanaged, ILanes<TV>
         where T : unmanaged
-        where TW : struct, IWeights<T>
+        where TW : struct, IWeights<TW, T, TV>
     {
         for (int j = j0; j < j1; j++)
         {

@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace MoErging.Execution.Cpu;
 
@@ -9,7 +10,7 @@ namespace MoErging.Execution.Cpu;
 /// full speed: 512 bits where <see cref="Vector512.IsHardwareAccelerated"/> (AVX-512 machines that do not slow down for
 /// it), else 256, else 128. <c>Vector&lt;T&gt;</c> cannot serve: the runtime keeps it at 256 bits on AVX-512 hardware
 /// unless the host process opts in, and that halves the FMA peak of a core with 512-bit units.
-/// The bit operations serve the exact widening of 16-bit weights (<see cref="IWeights{T}"/>).
+/// The bit operations serve the exact widening of 16-bit weights (<see cref="IWeights{TSelf, T, TV}"/>).
 /// </summary>
 internal unsafe interface ILanes<TV> where TV : unmanaged, ILanes<TV>
 {
@@ -35,6 +36,9 @@ internal unsafe interface ILanes<TV> where TV : unmanaged, ILanes<TV>
 
     static abstract TV Add(TV a, TV b);
 
+    /// <summary>The lesser of each pair of lanes, for operands that are neither NaN nor zeros of both signs (one instruction).</summary>
+    static abstract TV Min(TV a, TV b);
+
     /// <summary>The sum of the lanes, in a fixed order for the width.</summary>
     static abstract float Sum(TV value);
 
@@ -44,20 +48,23 @@ internal unsafe interface ILanes<TV> where TV : unmanaged, ILanes<TV>
     /// <summary>Each lane's bits shifted left.</summary>
     static abstract TV ShiftLeft(TV bits, int count);
 
-    /// <summary>Each lane's bits plus <paramref name="value"/>, as integers (wrapping).</summary>
-    static abstract TV AddBits(TV bits, int value);
+    /// <summary>Each lane's bits plus <paramref name="value"/>'s, as integers (wrapping).</summary>
+    static abstract TV AddBits(TV bits, TV value);
 
-    /// <summary>Each lane's bits and <paramref name="mask"/>.</summary>
-    static abstract TV And(TV bits, uint mask);
+    /// <summary>Each lane's bits and <paramref name="mask"/>'s.</summary>
+    static abstract TV And(TV bits, TV mask);
 
     static abstract TV Or(TV a, TV b);
 
+    /// <summary>a | (b &amp; mask), bit by bit (one instruction on AVX-512).</summary>
+    static abstract TV OrAnd(TV a, TV b, TV mask);
+
     /// <summary>
     /// Each lane from <paramref name="whereAbove"/> where <paramref name="bits"/>, read as a signed integer, exceed
-    /// <paramref name="value"/>, else from <paramref name="elsewhere"/> (one expression, so that AVX-512 compiles it to
+    /// <paramref name="bound"/>'s, else from <paramref name="elsewhere"/> (one expression, so that AVX-512 compiles it to
     /// a compare into a mask register and a masked operation).
     /// </summary>
-    static abstract TV SelectAbove(TV bits, int value, TV whereAbove, TV elsewhere);
+    static abstract TV SelectAbove(TV bits, TV bound, TV whereAbove, TV elsewhere);
 }
 
 /// <summary>512-bit registers (AVX-512).</summary>
@@ -87,6 +94,9 @@ internal readonly unsafe struct Lanes512 : ILanes<Lanes512>
     public static Lanes512 Add(Lanes512 a, Lanes512 b) => new(a._v + b._v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes512 Min(Lanes512 a, Lanes512 b) => new(Vector512.MinNative(a._v, b._v));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Sum(Lanes512 value) => Vector512.Sum(value._v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -96,17 +106,21 @@ internal readonly unsafe struct Lanes512 : ILanes<Lanes512>
     public static Lanes512 ShiftLeft(Lanes512 bits, int count) => new(Vector512.ShiftLeft(bits._v.AsUInt32(), count).AsSingle());
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes512 AddBits(Lanes512 bits, int value) => new((bits._v.AsInt32() + Vector512.Create(value)).AsSingle());
+    public static Lanes512 AddBits(Lanes512 bits, Lanes512 value) => new((bits._v.AsInt32() + value._v.AsInt32()).AsSingle());
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes512 And(Lanes512 bits, uint mask) => new((bits._v.AsUInt32() & Vector512.Create(mask)).AsSingle());
+    public static Lanes512 And(Lanes512 bits, Lanes512 mask) => new(bits._v & mask._v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Lanes512 Or(Lanes512 a, Lanes512 b) => new(a._v | b._v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes512 SelectAbove(Lanes512 bits, int value, Lanes512 whereAbove, Lanes512 elsewhere) =>
-        new(Vector512.ConditionalSelect(Vector512.GreaterThan(bits._v.AsInt32(), Vector512.Create(value)).AsSingle(), whereAbove._v, elsewhere._v));
+    public static Lanes512 OrAnd(Lanes512 a, Lanes512 b, Lanes512 mask) =>
+        new(Avx512F.IsSupported ? Avx512F.TernaryLogic(a._v, b._v, mask._v, 0xF8) : a._v | (b._v & mask._v)); // 0xF8: the truth table of a | (b & c)
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes512 SelectAbove(Lanes512 bits, Lanes512 bound, Lanes512 whereAbove, Lanes512 elsewhere) =>
+        new(Vector512.ConditionalSelect(Vector512.GreaterThan(bits._v.AsInt32(), bound._v.AsInt32()).AsSingle(), whereAbove._v, elsewhere._v));
 }
 
 /// <summary>256-bit registers (AVX2).</summary>
@@ -136,6 +150,9 @@ internal readonly unsafe struct Lanes256 : ILanes<Lanes256>
     public static Lanes256 Add(Lanes256 a, Lanes256 b) => new(a._v + b._v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes256 Min(Lanes256 a, Lanes256 b) => new(Vector256.MinNative(a._v, b._v));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Sum(Lanes256 value) => Vector256.Sum(value._v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -145,17 +162,20 @@ internal readonly unsafe struct Lanes256 : ILanes<Lanes256>
     public static Lanes256 ShiftLeft(Lanes256 bits, int count) => new(Vector256.ShiftLeft(bits._v.AsUInt32(), count).AsSingle());
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes256 AddBits(Lanes256 bits, int value) => new((bits._v.AsInt32() + Vector256.Create(value)).AsSingle());
+    public static Lanes256 AddBits(Lanes256 bits, Lanes256 value) => new((bits._v.AsInt32() + value._v.AsInt32()).AsSingle());
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes256 And(Lanes256 bits, uint mask) => new((bits._v.AsUInt32() & Vector256.Create(mask)).AsSingle());
+    public static Lanes256 And(Lanes256 bits, Lanes256 mask) => new(bits._v & mask._v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Lanes256 Or(Lanes256 a, Lanes256 b) => new(a._v | b._v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes256 SelectAbove(Lanes256 bits, int value, Lanes256 whereAbove, Lanes256 elsewhere) =>
-        new(Vector256.ConditionalSelect(Vector256.GreaterThan(bits._v.AsInt32(), Vector256.Create(value)).AsSingle(), whereAbove._v, elsewhere._v));
+    public static Lanes256 OrAnd(Lanes256 a, Lanes256 b, Lanes256 mask) => new(a._v | (b._v & mask._v));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes256 SelectAbove(Lanes256 bits, Lanes256 bound, Lanes256 whereAbove, Lanes256 elsewhere) =>
+        new(Vector256.ConditionalSelect(Vector256.GreaterThan(bits._v.AsInt32(), bound._v.AsInt32()).AsSingle(), whereAbove._v, elsewhere._v));
 }
 
 /// <summary>128-bit registers (SSE, Arm NEON), and the software fallback where no SIMD is accelerated.</summary>
@@ -185,6 +205,9 @@ internal readonly unsafe struct Lanes128 : ILanes<Lanes128>
     public static Lanes128 Add(Lanes128 a, Lanes128 b) => new(a._v + b._v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes128 Min(Lanes128 a, Lanes128 b) => new(Vector128.MinNative(a._v, b._v));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Sum(Lanes128 value) => Vector128.Sum(value._v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -194,15 +217,18 @@ internal readonly unsafe struct Lanes128 : ILanes<Lanes128>
     public static Lanes128 ShiftLeft(Lanes128 bits, int count) => new(Vector128.ShiftLeft(bits._v.AsUInt32(), count).AsSingle());
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes128 AddBits(Lanes128 bits, int value) => new((bits._v.AsInt32() + Vector128.Create(value)).AsSingle());
+    public static Lanes128 AddBits(Lanes128 bits, Lanes128 value) => new((bits._v.AsInt32() + value._v.AsInt32()).AsSingle());
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes128 And(Lanes128 bits, uint mask) => new((bits._v.AsUInt32() & Vector128.Create(mask)).AsSingle());
+    public static Lanes128 And(Lanes128 bits, Lanes128 mask) => new(bits._v & mask._v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Lanes128 Or(Lanes128 a, Lanes128 b) => new(a._v | b._v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Lanes128 SelectAbove(Lanes128 bits, int value, Lanes128 whereAbove, Lanes128 elsewhere) =>
-        new(Vector128.ConditionalSelect(Vector128.GreaterThan(bits._v.AsInt32(), Vector128.Create(value)).AsSingle(), whereAbove._v, elsewhere._v));
+    public static Lanes128 OrAnd(Lanes128 a, Lanes128 b, Lanes128 mask) => new(a._v | (b._v & mask._v));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Lanes128 SelectAbove(Lanes128 bits, Lanes128 bound, Lanes128 whereAbove, Lanes128 elsewhere) =>
+        new(Vector128.ConditionalSelect(Vector128.GreaterThan(bits._v.AsInt32(), bound._v.AsInt32()).AsSingle(), whereAbove._v, elsewhere._v));
 }

@@ -106,13 +106,13 @@ internal static unsafe class CpuScores
         switch (precision)
         {
             case WeightPrecision.Float32:
-                Score<TV, float, Float32Weights>((float*)panel, experts, x, tokenCount, n, scores, tokenStride);
+                Score<TV, float, Float32Weights<TV>>((float*)panel, experts, x, tokenCount, n, scores, tokenStride);
                 break;
             case WeightPrecision.BFloat16:
-                Score<TV, ushort, BFloat16Weights>((ushort*)panel, experts, x, tokenCount, n, scores, tokenStride);
+                Score<TV, ushort, BFloat16Weights<TV>>((ushort*)panel, experts, x, tokenCount, n, scores, tokenStride);
                 break;
             default:
-                Score<TV, ushort, Float16Weights>((ushort*)panel, experts, x, tokenCount, n, scores, tokenStride);
+                Score<TV, ushort, Float16Weights<TV>>((ushort*)panel, experts, x, tokenCount, n, scores, tokenStride);
                 break;
         }
     }
@@ -127,7 +127,7 @@ internal static unsafe class CpuScores
     private static void Score<TV, T, TW>(T* panel, int experts, float* x, int tokenCount, int n, float* scores, int tokenStride)
         where TV : unmanaged, ILanes<TV>
         where T : unmanaged
-        where TW : struct, IWeights<T>
+        where TW : struct, IWeights<TW, T, TV>
     {
         int width = PanelWidthOf<TV>();
         bool widen = typeof(T) != typeof(float) && tokenCount > TV.TileTokens;
@@ -141,7 +141,7 @@ internal static unsafe class CpuScores
             if (widen)
             {
                 Widen<TV, T, TW>(block, length * width, wide);
-                Tiles<TV, float, Float32Weights>(wide, x + k0, tokenCount, n, length, sums);
+                Tiles<TV, float, Float32Weights<TV>>(wide, x + k0, tokenCount, n, length, sums);
             }
             else
             {
@@ -162,11 +162,12 @@ internal static unsafe class CpuScores
     private static void Widen<TV, T, TW>(T* block, int count, float* wide)
         where TV : unmanaged, ILanes<TV>
         where T : unmanaged
-        where TW : struct, IWeights<T>
+        where TW : struct, IWeights<TW, T, TV>
     {
+        TW weights = TW.Create();
         for (int i = 0; i < count; i += TV.Count)
         {
-            TV.Store(TW.Load<TV>(block + i), wide + i);
+            TV.Store(weights.Load(block + i), wide + i);
         }
     }
 
@@ -174,7 +175,7 @@ internal static unsafe class CpuScores
     private static void Tiles<TV, T, TW>(T* block, float* x, int tokenCount, int n, int length, float* sums)
         where TV : unmanaged, ILanes<TV>
         where T : unmanaged
-        where TW : struct, IWeights<T>
+        where TW : struct, IWeights<TW, T, TV>
     {
         int width = PanelWidthOf<TV>();
         for (int t0 = 0; t0 < tokenCount; t0 += TV.TileTokens)
@@ -220,10 +221,11 @@ internal static unsafe class CpuScores
     private static void Tile<TV, T, TW, TM>(T* block, float* x, int n, int length, float* sums)
         where TV : unmanaged, ILanes<TV>
         where T : unmanaged
-        where TW : struct, IWeights<T>
+        where TW : struct, IWeights<TW, T, TV>
         where TM : struct, ITileTokens
     {
         int w = TV.Count, width = PanelWidthOf<TV>();
+        TW weights = TW.Create();
         bool t1 = TM.Count > 1, t2 = TM.Count > 2, t3 = TM.Count > 3, t4 = TM.Count > 4, t5 = TM.Count > 5, t6 = TM.Count > 6, t7 = TM.Count > 7;
         float* x0 = x, x1 = x0 + n, x2 = x1 + n, x3 = x2 + n, x4 = x3 + n, x5 = x4 + n, x6 = x5 + n, x7 = x6 + n;
         TV a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
@@ -231,7 +233,7 @@ internal static unsafe class CpuScores
         T* p = block;
         for (int k = 0; k < length; k++, p += width)
         {
-            TV lo = TW.Load<TV>(p), hi = TW.Load<TV>(p + w);
+            TV lo = weights.Load(p), hi = weights.Load(p + w);
             TV c = TV.Broadcast(x0[k]);
             a0 = TV.FusedMultiplyAdd(lo, c, a0);
             b0 = TV.FusedMultiplyAdd(hi, c, b0);
