@@ -116,7 +116,8 @@ internal readonly unsafe struct Lanes512 : ILanes<Lanes512>
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Lanes512 OrAnd(Lanes512 a, Lanes512 b, Lanes512 mask) =>
-        new(Avx512F.IsSupported ? Avx512F.TernaryLogic(a._v, b._v, mask._v, 0xF8) : a._v | (b._v & mask._v)); // 0xF8: the truth table of a | (b & c)
+        // 0xF8 is the truth table of a | (b & c); without AVX-512 (a software Vector512) the plain form.
+        new(Avx512F.IsSupported ? Avx512F.TernaryLogic(a._v, b._v, mask._v, 0xF8) : a._v | (b._v & mask._v));
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Lanes512 SelectAbove(Lanes512 bits, Lanes512 bound, Lanes512 whereAbove, Lanes512 elsewhere) =>

@@ -63,8 +63,8 @@ internal readonly unsafe struct BFloat16Weights<TV> : IWeights<BFloat16Weights<T
 /// 2⁻¹⁴ (one exact fused multiply-add) is its value 2⁻²⁴ · m; that is below the first value exactly where the first is
 /// below 2⁻¹⁴ (for a normal half it is greater or equal), so the lesser of the two is the value either way. No operand
 /// is a float32 subnormal: multiplying the shifted bits by 2¹¹² would be a step fewer, but subnormal operands take a
-/// slow path on x64, and small trained factors hold many subnormal halves. Infinities and NaNs (exponent 31) get float32's all-ones exponent, their
-/// mantissa (a NaN's payload) kept. The seven constants live in the reader's registers.
+/// slow path on x64, and small trained factors hold many subnormal halves. Infinities and NaNs (exponent 31) get
+/// float32's all-ones exponent, their mantissa (a NaN's payload) kept. The seven constants live in the reader's registers.
 /// </summary>
 internal readonly unsafe struct Float16Weights<TV> : IWeights<Float16Weights<TV>, ushort, TV> where TV : unmanaged, ILanes<TV>
 {
