@@ -44,9 +44,13 @@ public sealed unsafe class CpuKernelTests
         return data;
     }
 
-    /// <summary>(rank, tokens, n): one panel or several with a short last one, every token tile, odd blocks and tails.</summary>
+    /// <summary>
+    /// (rank, tokens, n): one panel or several with a short last one, every token tile, odd blocks and tails, and calls of
+    /// several tiles with a short last one, up to the most tokens a call takes.
+    /// </summary>
     private static readonly (int Rank, int Tokens, int N)[] ShrinkShapes =
-        [(1, 1, 37), (3, 2, 300), (5, 3, 517), (16, 5, 4096), (17, 7, 1029), (8, 8, 256), (33, 4, 64), (16, 8, 1), (2, 6, 255), (24, 1, 513), (16, 2, 1029), (9, 1, 2048)];
+        [(1, 1, 37), (3, 2, 300), (5, 3, 517), (16, 5, 4096), (17, 7, 1029), (8, 8, 256), (33, 4, 64), (16, 8, 1), (2, 6, 255), (24, 1, 513), (16, 2, 1029), (9, 1, 2048),
+         (16, 9, 600), (5, 13, 37), (17, 23, 771), (16, CpuKernels.MaxShrinkTokens, 517)];
 
     [Theory]
     [MemberData(nameof(Widths))]
@@ -183,8 +187,8 @@ public sealed unsafe class CpuKernelTests
             CpuKernels.PackPanels<ushort>([.. a.Select(v => Stored.Bits(v, precision))], n, rank, 1, n, lanes, bits);
         }
         float[] output = [.. Enumerable.Repeat(float.NaN, tokens * stride)];
-        float** xs = stackalloc float*[CpuKernels.MaxTileTokens];
-        float** vs = stackalloc float*[CpuKernels.MaxTileTokens];
+        float** xs = stackalloc float*[CpuKernels.MaxShrinkTokens];
+        float** vs = stackalloc float*[CpuKernels.MaxShrinkTokens];
         fixed (float* pa = panels, px = x, po = output)
         fixed (ushort* pb = bits)
         {

@@ -20,7 +20,7 @@ namespace MoErging.Execution.Cpu;
 /// </summary>
 internal sealed unsafe class CpuExecutor : IExecutor
 {
-    private const int PairBlock = 64;        // shrink: routed tokens per work item
+    private const int PairBlock = CpuKernels.MaxShrinkTokens; // shrink: routed tokens per work item
     private const int MinColumnBlock = 256;  // expand: fewest output columns per work item
     private const int TokenBlock = 16;       // selection: tokens per work item
 
@@ -411,23 +411,19 @@ internal sealed unsafe class CpuExecutor : IExecutor
             CpuExecutor o = owner;
             int e = o._shrinkExpert[item], p0 = o._shrinkPair[item], panelRows = CpuKernels.ShrinkPanelRows;
             int row0 = o._shrinkPanel[item] * panelRows, rows = Math.Min(panelRows, o._rank[e] - row0);
-            int p1 = Math.Min(p0 + PairBlock, o._segmentEnd[e]), n = _n, stride = _vStride, group = CpuKernels.TileTokens;
+            int p1 = Math.Min(p0 + PairBlock, o._segmentEnd[e]), n = _n, stride = _vStride;
             void* panel = (byte*)o._a[e] + (long)row0 * n * WeightStorage.ElementSize(o._precision);
-            float** xs = stackalloc float*[CpuKernels.MaxTileTokens];
-            float** vs = stackalloc float*[CpuKernels.MaxTileTokens];
+            float** xs = stackalloc float*[PairBlock];
+            float** vs = stackalloc float*[PairBlock];
             fixed (int* token = o._pairToken)
             fixed (float* coefficient = o._pairCoefficient, v = o._v)
             {
-                for (int p = p0; p < p1; p += group)
+                for (int p = p0; p < p1; p++)
                 {
-                    int m = Math.Min(group, p1 - p);
-                    for (int i = 0; i < m; i++)
-                    {
-                        xs[i] = _x + (long)token[p + i] * n;
-                        vs[i] = v + (long)(p + i) * stride + row0;
-                    }
-                    CpuKernels.Shrink(o._precision, panel, n, rows, m, xs, vs);
+                    xs[p - p0] = _x + (long)token[p] * n;
+                    vs[p - p0] = v + (long)p * stride + row0;
                 }
+                CpuKernels.Shrink(o._precision, panel, n, rows, p1 - p0, xs, vs);
                 for (int p = p0; p < p1; p++)
                 {
                     float* row = v + (long)p * stride + row0;

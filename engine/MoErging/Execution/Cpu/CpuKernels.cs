@@ -24,17 +24,20 @@ internal static unsafe class CpuKernels
     /// <summary>float32 lanes per register at the width the kernels run at on this machine (the entry points' choice).</summary>
     public static int Lanes => Vector512.IsHardwareAccelerated ? Lanes512.Count : Vector256.IsHardwareAccelerated ? Lanes256.Count : Lanes128.Count;
 
-    /// <summary>Most tokens one <see cref="Shrink"/> or <see cref="Expand"/> call takes.</summary>
+    /// <summary>Most tokens one <see cref="Expand"/> call takes.</summary>
     public const int MaxTileTokens = 8;
 
-    /// <summary>Tokens a <see cref="Shrink"/> or <see cref="Expand"/> call takes at full speed at that width (<see cref="ILanes{TV}.TileTokens"/>).</summary>
+    /// <summary>Most tokens one <see cref="Shrink"/> call takes (its running sums live on the stack: 4 KiB at 512 bits).</summary>
+    public const int MaxShrinkTokens = 64;
+
+    /// <summary>Tokens an <see cref="Expand"/> call takes at full speed at that width, and a <see cref="Shrink"/> tile (<see cref="ILanes{TV}.TileTokens"/>).</summary>
     public static int TileTokens => Vector512.IsHardwareAccelerated ? Lanes512.TileTokens : Vector256.IsHardwareAccelerated ? Lanes256.TileTokens : Lanes128.TileTokens;
 
     /// <summary>Rank rows per shrink panel at the width the kernels run at on this machine: one register's lanes.</summary>
     public static int ShrinkPanelRows => Lanes;
 
     /// <summary>
-    /// The shrink for <paramref name="tokens"/> (1 to <see cref="MaxTileTokens"/>; <see cref="TileTokens"/> at full speed)
+    /// The shrink for <paramref name="tokens"/> (1 to <see cref="MaxShrinkTokens"/>, in tiles of <see cref="TileTokens"/>)
     /// of one panel of an expert's A: v_i[r] = Σ_k A[r, k] · x_i[k] for the panel's first <paramref name="rows"/> rank
     /// rows, with A in panels of <see cref="ShrinkPanelRows"/> rank rows (<see cref="PackPanels{T}"/> of Aᵀ: for each k,
     /// the panel's rank values side by side). Each step loads one register of A for all the tokens. The even and the
@@ -74,49 +77,78 @@ internal static unsafe class CpuKernels
         }
     }
 
+    /// <summary>
+    /// One summation block of the panel at a time for all the tokens, in tiles of <see cref="ILanes{TV}.TileTokens"/>
+    /// tokens, the running sums on the stack: the block (16 KiB at 512 bits in float32) comes from memory for the first
+    /// tile and from L1 for the rest, and the tiles after the first ask for the next block, so memory keeps streaming
+    /// while they run (a whole pass over the panel per tile left it idle through every pass after the first). The sums
+    /// are the same: each block's chains still start from zero and join the running sum in order.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Shrink<TV, T, TW>(T* panel, int n, int rows, int tokens, float** x, float** v)
         where TV : unmanaged, ILanes<TV>
         where T : unmanaged
         where TW : struct, IWeights<TW, T, TV>
     {
-        switch (tokens)
+        if (tokens < 1 || tokens > MaxShrinkTokens)
         {
-            case 1:
-                Shrink<TV, T, TW, OneToken>(panel, n, rows, x, v);
-                break;
-            case 2:
-                Shrink<TV, T, TW, TwoTokens>(panel, n, rows, x, v);
-                break;
-            case 3:
-                Shrink<TV, T, TW, ThreeTokens>(panel, n, rows, x, v);
-                break;
-            case 4:
-                Shrink<TV, T, TW, FourTokens>(panel, n, rows, x, v);
-                break;
-            case 5:
-                Shrink<TV, T, TW, FiveTokens>(panel, n, rows, x, v);
-                break;
-            case 6:
-                Shrink<TV, T, TW, SixTokens>(panel, n, rows, x, v);
-                break;
-            case 7:
-                Shrink<TV, T, TW, SevenTokens>(panel, n, rows, x, v);
-                break;
-            case 8:
-                Shrink<TV, T, TW, EightTokens>(panel, n, rows, x, v);
-                break;
-            default:
-                throw new ArgumentOutOfRangeException(nameof(tokens), tokens, $"a shrink call takes 1 to {MaxTileTokens} tokens");
+            throw new ArgumentOutOfRangeException(nameof(tokens), tokens, $"a shrink call takes 1 to {MaxShrinkTokens} tokens");
+        }
+        int w = TV.Count;
+        float* sums = stackalloc float[MaxShrinkTokens * w];
+        new Span<float>(sums, tokens * w).Clear();
+        for (int k0 = 0; k0 < n; k0 += CpuScores.Block)
+        {
+            int length = Math.Min(CpuScores.Block, n - k0);
+            T* block = panel + (long)k0 * w;
+            for (int t0 = 0; t0 < tokens; t0 += TV.TileTokens)
+            {
+                float** xt = x + t0;
+                float* tile = sums + t0 * w;
+                int prefetch = t0 == 0 ? PrefetchDistance : CpuScores.Block * w * sizeof(T); // later tiles: the next block
+                switch (Math.Min(TV.TileTokens, tokens - t0))
+                {
+                    case 1:
+                        ShrinkTile<TV, T, TW, OneToken>(block, length, xt, k0, tile, prefetch);
+                        break;
+                    case 2:
+                        ShrinkTile<TV, T, TW, TwoTokens>(block, length, xt, k0, tile, prefetch);
+                        break;
+                    case 3:
+                        ShrinkTile<TV, T, TW, ThreeTokens>(block, length, xt, k0, tile, prefetch);
+                        break;
+                    case 4:
+                        ShrinkTile<TV, T, TW, FourTokens>(block, length, xt, k0, tile, prefetch);
+                        break;
+                    case 5:
+                        ShrinkTile<TV, T, TW, FiveTokens>(block, length, xt, k0, tile, prefetch);
+                        break;
+                    case 6:
+                        ShrinkTile<TV, T, TW, SixTokens>(block, length, xt, k0, tile, prefetch);
+                        break;
+                    case 7:
+                        ShrinkTile<TV, T, TW, SevenTokens>(block, length, xt, k0, tile, prefetch);
+                        break;
+                    default:
+                        ShrinkTile<TV, T, TW, EightTokens>(block, length, xt, k0, tile, prefetch);
+                        break;
+                }
+            }
+        }
+        for (int i = 0; i < tokens; i++)
+        {
+            StoreRows(TV.Load(sums + i * w), rows, v[i]);
         }
     }
 
     /// <summary>
-    /// Two k per step, sums in blocks of <see cref="CpuScores.Block"/> terms as the router's scores are (each block's even
-    /// and odd chains added, then the block added to the running sum, so the rounding grows with the block, not with n):
-    /// up to 24 accumulators (eight tokens) beside two registers of A.
+    /// One summation block of <paramref name="length"/> elements, from element <paramref name="k0"/> of each token's x,
+    /// two k per step: the block's even and odd chains from zero, added together and then to the tile's running sums.
+    /// Up to 16 accumulators (eight tokens) beside two registers of A; each step asks for the weights
+    /// <paramref name="prefetch"/> bytes on.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Shrink<TV, T, TW, TM>(T* panel, int n, int rows, float** x, float** v)
+    private static void ShrinkTile<TV, T, TW, TM>(T* block, int length, float** x, int k0, float* sums, int prefetch)
         where TV : unmanaged, ILanes<TV>
         where T : unmanaged
         where TW : struct, IWeights<TW, T, TV>
@@ -125,150 +157,116 @@ internal static unsafe class CpuKernels
         int w = TV.Count;
         TW weights = TW.Create();
         bool t1 = TM.Count > 1, t2 = TM.Count > 2, t3 = TM.Count > 3, t4 = TM.Count > 4, t5 = TM.Count > 5, t6 = TM.Count > 6, t7 = TM.Count > 7;
-        float* x0 = x[0], x1 = t1 ? x[1] : null, x2 = t2 ? x[2] : null, x3 = t3 ? x[3] : null;
-        float* x4 = t4 ? x[4] : null, x5 = t5 ? x[5] : null, x6 = t6 ? x[6] : null, x7 = t7 ? x[7] : null;
-        TV s0 = default, s1 = default, s2 = default, s3 = default, s4 = default, s5 = default, s6 = default, s7 = default;
-        T* a = panel;
-        for (int k0 = 0; k0 < n; k0 += CpuScores.Block)
+        float* x0 = x[0] + k0, x1 = t1 ? x[1] + k0 : null, x2 = t2 ? x[2] + k0 : null, x3 = t3 ? x[3] + k0 : null;
+        float* x4 = t4 ? x[4] + k0 : null, x5 = t5 ? x[5] + k0 : null, x6 = t6 ? x[6] + k0 : null, x7 = t7 ? x[7] + k0 : null;
+        T* a = block;
+        TV e0 = default, o0 = default, e1 = default, o1 = default, e2 = default, o2 = default, e3 = default, o3 = default;
+        TV e4 = default, o4 = default, e5 = default, o5 = default, e6 = default, o6 = default, e7 = default, o7 = default;
+        int k = 0;
+        for (; k < length - 1; k += 2, a += 2 * w)
         {
-            int k = k0, k1 = Math.Min(n, k0 + CpuScores.Block);
-            TV e0 = default, o0 = default, e1 = default, o1 = default, e2 = default, o2 = default, e3 = default, o3 = default;
-            TV e4 = default, o4 = default, e5 = default, o5 = default, e6 = default, o6 = default, e7 = default, o7 = default;
-            for (; k < k1 - 1; k += 2, a += 2 * w)
-            {
-                PrefetchStep<TV, T>(a);
-                TV even = weights.Load(a), odd = weights.Load(a + w);
-                e0 = TV.FusedMultiplyAdd(even, TV.Broadcast(x0[k]), e0);
-                o0 = TV.FusedMultiplyAdd(odd, TV.Broadcast(x0[k + 1]), o0);
-                if (t1)
-                {
-                    e1 = TV.FusedMultiplyAdd(even, TV.Broadcast(x1[k]), e1);
-                    o1 = TV.FusedMultiplyAdd(odd, TV.Broadcast(x1[k + 1]), o1);
-                }
-                if (t2)
-                {
-                    e2 = TV.FusedMultiplyAdd(even, TV.Broadcast(x2[k]), e2);
-                    o2 = TV.FusedMultiplyAdd(odd, TV.Broadcast(x2[k + 1]), o2);
-                }
-                if (t3)
-                {
-                    e3 = TV.FusedMultiplyAdd(even, TV.Broadcast(x3[k]), e3);
-                    o3 = TV.FusedMultiplyAdd(odd, TV.Broadcast(x3[k + 1]), o3);
-                }
-                if (t4)
-                {
-                    e4 = TV.FusedMultiplyAdd(even, TV.Broadcast(x4[k]), e4);
-                    o4 = TV.FusedMultiplyAdd(odd, TV.Broadcast(x4[k + 1]), o4);
-                }
-                if (t5)
-                {
-                    e5 = TV.FusedMultiplyAdd(even, TV.Broadcast(x5[k]), e5);
-                    o5 = TV.FusedMultiplyAdd(odd, TV.Broadcast(x5[k + 1]), o5);
-                }
-                if (t6)
-                {
-                    e6 = TV.FusedMultiplyAdd(even, TV.Broadcast(x6[k]), e6);
-                    o6 = TV.FusedMultiplyAdd(odd, TV.Broadcast(x6[k + 1]), o6);
-                }
-                if (t7)
-                {
-                    e7 = TV.FusedMultiplyAdd(even, TV.Broadcast(x7[k]), e7);
-                    o7 = TV.FusedMultiplyAdd(odd, TV.Broadcast(x7[k + 1]), o7);
-                }
-            }
-            if (k < k1)
-            {
-                // An odd-length block: its last term joins the even chain.
-                TV even = weights.Load(a);
-                a += w;
-                e0 = TV.FusedMultiplyAdd(even, TV.Broadcast(x0[k]), e0);
-                if (t1)
-                {
-                    e1 = TV.FusedMultiplyAdd(even, TV.Broadcast(x1[k]), e1);
-                }
-                if (t2)
-                {
-                    e2 = TV.FusedMultiplyAdd(even, TV.Broadcast(x2[k]), e2);
-                }
-                if (t3)
-                {
-                    e3 = TV.FusedMultiplyAdd(even, TV.Broadcast(x3[k]), e3);
-                }
-                if (t4)
-                {
-                    e4 = TV.FusedMultiplyAdd(even, TV.Broadcast(x4[k]), e4);
-                }
-                if (t5)
-                {
-                    e5 = TV.FusedMultiplyAdd(even, TV.Broadcast(x5[k]), e5);
-                }
-                if (t6)
-                {
-                    e6 = TV.FusedMultiplyAdd(even, TV.Broadcast(x6[k]), e6);
-                }
-                if (t7)
-                {
-                    e7 = TV.FusedMultiplyAdd(even, TV.Broadcast(x7[k]), e7);
-                }
-            }
-            s0 = TV.Add(s0, TV.Add(e0, o0));
+            PrefetchStep<TV, T>(a, prefetch);
+            TV even = weights.Load(a), odd = weights.Load(a + w);
+            TV.MultiplyAdd(ref e0, even, x0 + k);
+            TV.MultiplyAdd(ref o0, odd, x0 + k + 1);
             if (t1)
             {
-                s1 = TV.Add(s1, TV.Add(e1, o1));
+                TV.MultiplyAdd(ref e1, even, x1 + k);
+                TV.MultiplyAdd(ref o1, odd, x1 + k + 1);
             }
             if (t2)
             {
-                s2 = TV.Add(s2, TV.Add(e2, o2));
+                TV.MultiplyAdd(ref e2, even, x2 + k);
+                TV.MultiplyAdd(ref o2, odd, x2 + k + 1);
             }
             if (t3)
             {
-                s3 = TV.Add(s3, TV.Add(e3, o3));
+                TV.MultiplyAdd(ref e3, even, x3 + k);
+                TV.MultiplyAdd(ref o3, odd, x3 + k + 1);
             }
             if (t4)
             {
-                s4 = TV.Add(s4, TV.Add(e4, o4));
+                TV.MultiplyAdd(ref e4, even, x4 + k);
+                TV.MultiplyAdd(ref o4, odd, x4 + k + 1);
             }
             if (t5)
             {
-                s5 = TV.Add(s5, TV.Add(e5, o5));
+                TV.MultiplyAdd(ref e5, even, x5 + k);
+                TV.MultiplyAdd(ref o5, odd, x5 + k + 1);
             }
             if (t6)
             {
-                s6 = TV.Add(s6, TV.Add(e6, o6));
+                TV.MultiplyAdd(ref e6, even, x6 + k);
+                TV.MultiplyAdd(ref o6, odd, x6 + k + 1);
             }
             if (t7)
             {
-                s7 = TV.Add(s7, TV.Add(e7, o7));
+                TV.MultiplyAdd(ref e7, even, x7 + k);
+                TV.MultiplyAdd(ref o7, odd, x7 + k + 1);
             }
         }
-        StoreRows(s0, rows, v[0]);
+        if (k < length)
+        {
+            // An odd-length block: its last term joins the even chain.
+            TV even = weights.Load(a);
+            TV.MultiplyAdd(ref e0, even, x0 + k);
+            if (t1)
+            {
+                TV.MultiplyAdd(ref e1, even, x1 + k);
+            }
+            if (t2)
+            {
+                TV.MultiplyAdd(ref e2, even, x2 + k);
+            }
+            if (t3)
+            {
+                TV.MultiplyAdd(ref e3, even, x3 + k);
+            }
+            if (t4)
+            {
+                TV.MultiplyAdd(ref e4, even, x4 + k);
+            }
+            if (t5)
+            {
+                TV.MultiplyAdd(ref e5, even, x5 + k);
+            }
+            if (t6)
+            {
+                TV.MultiplyAdd(ref e6, even, x6 + k);
+            }
+            if (t7)
+            {
+                TV.MultiplyAdd(ref e7, even, x7 + k);
+            }
+        }
+        AddTo(sums, TV.Add(e0, o0));
         if (t1)
         {
-            StoreRows(s1, rows, v[1]);
+            AddTo(sums + 1 * w, TV.Add(e1, o1));
         }
         if (t2)
         {
-            StoreRows(s2, rows, v[2]);
+            AddTo(sums + 2 * w, TV.Add(e2, o2));
         }
         if (t3)
         {
-            StoreRows(s3, rows, v[3]);
+            AddTo(sums + 3 * w, TV.Add(e3, o3));
         }
         if (t4)
         {
-            StoreRows(s4, rows, v[4]);
+            AddTo(sums + 4 * w, TV.Add(e4, o4));
         }
         if (t5)
         {
-            StoreRows(s5, rows, v[5]);
+            AddTo(sums + 5 * w, TV.Add(e5, o5));
         }
         if (t6)
         {
-            StoreRows(s6, rows, v[6]);
+            AddTo(sums + 6 * w, TV.Add(e6, o6));
         }
         if (t7)
         {
-            StoreRows(s7, rows, v[7]);
+            AddTo(sums + 7 * w, TV.Add(e7, o7));
         }
     }
 
@@ -282,19 +280,19 @@ internal static unsafe class CpuKernels
 
     /// <summary>
     /// Prefetches the lines a step reading two registers of weights at <paramref name="p"/> will read
-    /// <see cref="PrefetchDistance"/> bytes on. A hint: it never faults, past the end of an array included.
+    /// <paramref name="distance"/> bytes on. A hint: it never faults, past the end of an array included.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void PrefetchStep<TV, T>(T* p)
+    private static void PrefetchStep<TV, T>(T* p, int distance = PrefetchDistance)
         where TV : unmanaged, ILanes<TV>
         where T : unmanaged
     {
         if (Sse.IsSupported)
         {
-            Sse.Prefetch0((byte*)p + PrefetchDistance);
+            Sse.Prefetch0((byte*)p + distance);
             if (2 * TV.Count * sizeof(T) > 64)
             {
-                Sse.Prefetch0((byte*)p + PrefetchDistance + 64);
+                Sse.Prefetch0((byte*)p + distance + 64);
             }
         }
     }
@@ -454,50 +452,42 @@ internal static unsafe class CpuKernels
             {
                 PrefetchStep<TV, T>(col);
                 TV lo = weights.Load(col), hi = weights.Load(col + w);
-                TV c = TV.Broadcast(v0[k]);
-                a0 = TV.FusedMultiplyAdd(lo, c, a0);
-                b0 = TV.FusedMultiplyAdd(hi, c, b0);
+                TV.MultiplyAdd(ref a0, lo, v0 + k);
+                TV.MultiplyAdd(ref b0, hi, v0 + k);
                 if (t1)
                 {
-                    c = TV.Broadcast(v1[k]);
-                    a1 = TV.FusedMultiplyAdd(lo, c, a1);
-                    b1 = TV.FusedMultiplyAdd(hi, c, b1);
+                    TV.MultiplyAdd(ref a1, lo, v1 + k);
+                    TV.MultiplyAdd(ref b1, hi, v1 + k);
                 }
                 if (t2)
                 {
-                    c = TV.Broadcast(v2[k]);
-                    a2 = TV.FusedMultiplyAdd(lo, c, a2);
-                    b2 = TV.FusedMultiplyAdd(hi, c, b2);
+                    TV.MultiplyAdd(ref a2, lo, v2 + k);
+                    TV.MultiplyAdd(ref b2, hi, v2 + k);
                 }
                 if (t3)
                 {
-                    c = TV.Broadcast(v3[k]);
-                    a3 = TV.FusedMultiplyAdd(lo, c, a3);
-                    b3 = TV.FusedMultiplyAdd(hi, c, b3);
+                    TV.MultiplyAdd(ref a3, lo, v3 + k);
+                    TV.MultiplyAdd(ref b3, hi, v3 + k);
                 }
                 if (t4)
                 {
-                    c = TV.Broadcast(v4[k]);
-                    a4 = TV.FusedMultiplyAdd(lo, c, a4);
-                    b4 = TV.FusedMultiplyAdd(hi, c, b4);
+                    TV.MultiplyAdd(ref a4, lo, v4 + k);
+                    TV.MultiplyAdd(ref b4, hi, v4 + k);
                 }
                 if (t5)
                 {
-                    c = TV.Broadcast(v5[k]);
-                    a5 = TV.FusedMultiplyAdd(lo, c, a5);
-                    b5 = TV.FusedMultiplyAdd(hi, c, b5);
+                    TV.MultiplyAdd(ref a5, lo, v5 + k);
+                    TV.MultiplyAdd(ref b5, hi, v5 + k);
                 }
                 if (t6)
                 {
-                    c = TV.Broadcast(v6[k]);
-                    a6 = TV.FusedMultiplyAdd(lo, c, a6);
-                    b6 = TV.FusedMultiplyAdd(hi, c, b6);
+                    TV.MultiplyAdd(ref a6, lo, v6 + k);
+                    TV.MultiplyAdd(ref b6, hi, v6 + k);
                 }
                 if (t7)
                 {
-                    c = TV.Broadcast(v7[k]);
-                    a7 = TV.FusedMultiplyAdd(lo, c, a7);
-                    b7 = TV.FusedMultiplyAdd(hi, c, b7);
+                    TV.MultiplyAdd(ref a7, lo, v7 + k);
+                    TV.MultiplyAdd(ref b7, hi, v7 + k);
                 }
             }
             AddInto(y[0] + j, w, a0, b0);
@@ -561,9 +551,13 @@ internal static unsafe class CpuKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void AddInto<TV>(float* y, int w, TV lo, TV hi) where TV : unmanaged, ILanes<TV>
     {
-        TV.Store(TV.Add(TV.Load(y), lo), y);
-        TV.Store(TV.Add(TV.Load(y + w), hi), y + w);
+        AddTo(y, lo);
+        AddTo(y + w, hi);
     }
+
+    /// <summary>*p += value.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void AddTo<TV>(float* p, TV value) where TV : unmanaged, ILanes<TV> => TV.Store(TV.Add(TV.Load(p), value), p);
 }
 
 /// <summary>The number of tokens (1 to 8) a kernel tile computes, as a JIT-time constant.</summary>

@@ -234,50 +234,42 @@ internal static unsafe class CpuScores
         for (int k = 0; k < length; k++, p += width)
         {
             TV lo = weights.Load(p), hi = weights.Load(p + w);
-            TV c = TV.Broadcast(x0[k]);
-            a0 = TV.FusedMultiplyAdd(lo, c, a0);
-            b0 = TV.FusedMultiplyAdd(hi, c, b0);
+            TV.MultiplyAdd(ref a0, lo, x0 + k);
+            TV.MultiplyAdd(ref b0, hi, x0 + k);
             if (t1)
             {
-                c = TV.Broadcast(x1[k]);
-                a1 = TV.FusedMultiplyAdd(lo, c, a1);
-                b1 = TV.FusedMultiplyAdd(hi, c, b1);
+                TV.MultiplyAdd(ref a1, lo, x1 + k);
+                TV.MultiplyAdd(ref b1, hi, x1 + k);
             }
             if (t2)
             {
-                c = TV.Broadcast(x2[k]);
-                a2 = TV.FusedMultiplyAdd(lo, c, a2);
-                b2 = TV.FusedMultiplyAdd(hi, c, b2);
+                TV.MultiplyAdd(ref a2, lo, x2 + k);
+                TV.MultiplyAdd(ref b2, hi, x2 + k);
             }
             if (t3)
             {
-                c = TV.Broadcast(x3[k]);
-                a3 = TV.FusedMultiplyAdd(lo, c, a3);
-                b3 = TV.FusedMultiplyAdd(hi, c, b3);
+                TV.MultiplyAdd(ref a3, lo, x3 + k);
+                TV.MultiplyAdd(ref b3, hi, x3 + k);
             }
             if (t4)
             {
-                c = TV.Broadcast(x4[k]);
-                a4 = TV.FusedMultiplyAdd(lo, c, a4);
-                b4 = TV.FusedMultiplyAdd(hi, c, b4);
+                TV.MultiplyAdd(ref a4, lo, x4 + k);
+                TV.MultiplyAdd(ref b4, hi, x4 + k);
             }
             if (t5)
             {
-                c = TV.Broadcast(x5[k]);
-                a5 = TV.FusedMultiplyAdd(lo, c, a5);
-                b5 = TV.FusedMultiplyAdd(hi, c, b5);
+                TV.MultiplyAdd(ref a5, lo, x5 + k);
+                TV.MultiplyAdd(ref b5, hi, x5 + k);
             }
             if (t6)
             {
-                c = TV.Broadcast(x6[k]);
-                a6 = TV.FusedMultiplyAdd(lo, c, a6);
-                b6 = TV.FusedMultiplyAdd(hi, c, b6);
+                TV.MultiplyAdd(ref a6, lo, x6 + k);
+                TV.MultiplyAdd(ref b6, hi, x6 + k);
             }
             if (t7)
             {
-                c = TV.Broadcast(x7[k]);
-                a7 = TV.FusedMultiplyAdd(lo, c, a7);
-                b7 = TV.FusedMultiplyAdd(hi, c, b7);
+                TV.MultiplyAdd(ref a7, lo, x7 + k);
+                TV.MultiplyAdd(ref b7, hi, x7 + k);
             }
         }
         CpuKernels.AddInto(sums, w, a0, b0);
