@@ -124,6 +124,7 @@ internal static unsafe class CpuScores
     /// weights, the block is widened once into float32 on the stack and the tiles read that: widening is exact, so the
     /// sums are the same, and it is no longer repeated per tile (F16's widening costs about as much as the multiply-adds).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Score<TV, T, TW>(T* panel, int experts, float* x, int tokenCount, int n, float* scores, int tokenStride)
         where TV : unmanaged, ILanes<TV>
         where T : unmanaged
@@ -172,6 +173,7 @@ internal static unsafe class CpuScores
     }
 
     /// <summary>One summation block of every token (rows <paramref name="n"/> apart from <paramref name="x"/>), tile by tile.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Tiles<TV, T, TW>(T* block, float* x, int tokenCount, int n, int length, float* sums)
         where TV : unmanaged, ILanes<TV>
         where T : unmanaged
