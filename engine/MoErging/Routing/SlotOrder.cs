@@ -64,6 +64,7 @@ internal static class SlotOrder
     /// Writes the <c>experts.Length</c> best of <paramref name="scores"/> (indexed by expert) in order,
     /// with their scores, without allocating.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void SelectTopK(ReadOnlySpan<float> scores, Span<int> experts, Span<float> selected)
     {
         int k = experts.Length;
@@ -205,6 +206,7 @@ internal static class SlotOrder
     /// In place: values (kept scores in decision order, so the first is the largest) become their softmax as the
     /// routing contract defines it and the gating kernel computes it: exp(v - v_0) / Σ exp(v_j - v_0).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Softmax(Span<float> values)
     {
         float top = values[0], sum = 0;
