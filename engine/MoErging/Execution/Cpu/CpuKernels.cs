@@ -106,33 +106,7 @@ internal static unsafe class CpuKernels
                 float** xt = x + t0;
                 float* tile = sums + t0 * w;
                 int prefetch = t0 == 0 ? PrefetchDistance : CpuScores.Block * w * sizeof(T); // later tiles: the next block
-                switch (Math.Min(TV.TileTokens, tokens - t0))
-                {
-                    case 1:
-                        ShrinkTile<TV, T, TW, OneToken>(block, length, xt, k0, tile, prefetch);
-                        break;
-                    case 2:
-                        ShrinkTile<TV, T, TW, TwoTokens>(block, length, xt, k0, tile, prefetch);
-                        break;
-                    case 3:
-                        ShrinkTile<TV, T, TW, ThreeTokens>(block, length, xt, k0, tile, prefetch);
-                        break;
-                    case 4:
-                        ShrinkTile<TV, T, TW, FourTokens>(block, length, xt, k0, tile, prefetch);
-                        break;
-                    case 5:
-                        ShrinkTile<TV, T, TW, FiveTokens>(block, length, xt, k0, tile, prefetch);
-                        break;
-                    case 6:
-                        ShrinkTile<TV, T, TW, SixTokens>(block, length, xt, k0, tile, prefetch);
-                        break;
-                    case 7:
-                        ShrinkTile<TV, T, TW, SevenTokens>(block, length, xt, k0, tile, prefetch);
-                        break;
-                    default:
-                        ShrinkTile<TV, T, TW, EightTokens>(block, length, xt, k0, tile, prefetch);
-                        break;
-                }
+                TokenCount.Run(Math.Min(TV.TileTokens, tokens - t0), new ShrinkTileCall<TV, T, TW>(block, length, xt, k0, tile, prefetch));
             }
         }
         for (int i = 0; i < tokens; i++)
@@ -389,40 +363,18 @@ internal static unsafe class CpuKernels
         }
     }
 
+    /// <summary>The expand at one token count; compiled optimized from the first call, as the kernels are.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Expand<TV, T, TW>(T* panels, int rank, int tokens, float** v, float** y, int j0, int j1)
         where TV : unmanaged, ILanes<TV>
         where T : unmanaged
         where TW : struct, IWeights<TW, T, TV>
     {
-        switch (tokens)
+        if (tokens < 1 || tokens > MaxTileTokens)
         {
-            case 1:
-                Expand<TV, T, TW, OneToken>(panels, rank, v, y, j0, j1);
-                break;
-            case 2:
-                Expand<TV, T, TW, TwoTokens>(panels, rank, v, y, j0, j1);
-                break;
-            case 3:
-                Expand<TV, T, TW, ThreeTokens>(panels, rank, v, y, j0, j1);
-                break;
-            case 4:
-                Expand<TV, T, TW, FourTokens>(panels, rank, v, y, j0, j1);
-                break;
-            case 5:
-                Expand<TV, T, TW, FiveTokens>(panels, rank, v, y, j0, j1);
-                break;
-            case 6:
-                Expand<TV, T, TW, SixTokens>(panels, rank, v, y, j0, j1);
-                break;
-            case 7:
-                Expand<TV, T, TW, SevenTokens>(panels, rank, v, y, j0, j1);
-                break;
-            case 8:
-                Expand<TV, T, TW, EightTokens>(panels, rank, v, y, j0, j1);
-                break;
-            default:
-                throw new ArgumentOutOfRangeException(nameof(tokens), tokens, $"an expand call takes 1 to {MaxTileTokens} tokens");
+            throw new ArgumentOutOfRangeException(nameof(tokens), tokens, $"an expand call takes 1 to {MaxTileTokens} tokens");
         }
+        TokenCount.Run(tokens, new ExpandCall<TV, T, TW>(panels, rank, v, y, j0, j1));
     }
 
     /// <summary>
@@ -558,6 +510,71 @@ internal static unsafe class CpuKernels
     /// <summary>*p += value.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void AddTo<TV>(float* p, TV value) where TV : unmanaged, ILanes<TV> => TV.Store(TV.Add(TV.Load(p), value), p);
+
+    /// <summary>One summation block of a shrink tile, at the tile's token count.</summary>
+    private readonly struct ShrinkTileCall<TV, T, TW>(T* block, int length, float** x, int k0, float* sums, int prefetch) : ITile
+        where TV : unmanaged, ILanes<TV>
+        where T : unmanaged
+        where TW : struct, IWeights<TW, T, TV>
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Run<TM>() where TM : struct, ITileTokens => ShrinkTile<TV, T, TW, TM>(block, length, x, k0, sums, prefetch);
+    }
+
+    /// <summary>An expand call's columns, at its token count.</summary>
+    private readonly struct ExpandCall<TV, T, TW>(T* panels, int rank, float** v, float** y, int j0, int j1) : ITile
+        where TV : unmanaged, ILanes<TV>
+        where T : unmanaged
+        where TW : struct, IWeights<TW, T, TV>
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Run<TM>() where TM : struct, ITileTokens => Expand<TV, T, TW, TM>(panels, rank, v, y, j0, j1);
+    }
+}
+
+/// <summary>A kernel's work for one tile of tokens, run at the tile's token count as a type (<see cref="TokenCount.Run"/>).</summary>
+internal interface ITile
+{
+    void Run<TM>() where TM : struct, ITileTokens;
+}
+
+/// <summary>The one place a tile's token count becomes the <see cref="ITileTokens"/> type its kernel is compiled for.</summary>
+internal static class TokenCount
+{
+    /// <summary>Runs <paramref name="tile"/> at <paramref name="tokens"/> (1 to <see cref="CpuKernels.MaxTileTokens"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Run<TTile>(int tokens, TTile tile) where TTile : struct, ITile
+    {
+        switch (tokens)
+        {
+            case 1:
+                tile.Run<OneToken>();
+                break;
+            case 2:
+                tile.Run<TwoTokens>();
+                break;
+            case 3:
+                tile.Run<ThreeTokens>();
+                break;
+            case 4:
+                tile.Run<FourTokens>();
+                break;
+            case 5:
+                tile.Run<FiveTokens>();
+                break;
+            case 6:
+                tile.Run<SixTokens>();
+                break;
+            case 7:
+                tile.Run<SevenTokens>();
+                break;
+            case 8:
+                tile.Run<EightTokens>();
+                break;
+            default:
+                throw new ArgumentOutOfRangeException(nameof(tokens), tokens, $"a tile takes 1 to {CpuKernels.MaxTileTokens} tokens");
+        }
+    }
 }
 
 /// <summary>The number of tokens (1 to 8) a kernel tile computes, as a JIT-time constant.</summary>

@@ -183,33 +183,7 @@ internal static unsafe class CpuScores
         for (int t0 = 0; t0 < tokenCount; t0 += TV.TileTokens)
         {
             float* xt = x + (long)t0 * n, tile = sums + t0 * width;
-            switch (Math.Min(TV.TileTokens, tokenCount - t0))
-            {
-                case 1:
-                    Tile<TV, T, TW, OneToken>(block, xt, n, length, tile);
-                    break;
-                case 2:
-                    Tile<TV, T, TW, TwoTokens>(block, xt, n, length, tile);
-                    break;
-                case 3:
-                    Tile<TV, T, TW, ThreeTokens>(block, xt, n, length, tile);
-                    break;
-                case 4:
-                    Tile<TV, T, TW, FourTokens>(block, xt, n, length, tile);
-                    break;
-                case 5:
-                    Tile<TV, T, TW, FiveTokens>(block, xt, n, length, tile);
-                    break;
-                case 6:
-                    Tile<TV, T, TW, SixTokens>(block, xt, n, length, tile);
-                    break;
-                case 7:
-                    Tile<TV, T, TW, SevenTokens>(block, xt, n, length, tile);
-                    break;
-                default:
-                    Tile<TV, T, TW, EightTokens>(block, xt, n, length, tile);
-                    break;
-            }
+            TokenCount.Run(Math.Min(TV.TileTokens, tokenCount - t0), new ScoreTileCall<TV, T, TW>(block, xt, n, length, tile));
         }
     }
 
@@ -303,5 +277,15 @@ internal static unsafe class CpuScores
         {
             CpuKernels.AddInto(sums + 7 * width, w, a7, b7);
         }
+    }
+
+    /// <summary>One summation block of a scoring tile, at the tile's token count.</summary>
+    private readonly struct ScoreTileCall<TV, T, TW>(T* block, float* x, int n, int length, float* sums) : ITile
+        where TV : unmanaged, ILanes<TV>
+        where T : unmanaged
+        where TW : struct, IWeights<TW, T, TV>
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Run<TM>() where TM : struct, ITileTokens => Tile<TV, T, TW, TM>(block, x, n, length, sums);
     }
 }
